@@ -1,0 +1,31 @@
+# As root on Debian. make test: the whole suite. make example: render the example stack and check it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+OUT ?= out
+
+.PHONY: deps venv test example clean
+
+# The real daemons and tools the checks and the lab run. No service is started by installing them.
+DEBS := opensmtpd openbgpd packer dnsmasq-base swaks iproute2 openssl python3-venv
+
+deps:
+	@dpkg -s $(DEBS) >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null; }
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+test: deps venv
+	$(PY) -m pytest -q
+
+example: deps venv
+	$(PY) -m mailsite secrets init --config Pulumi.example.yaml
+	$(PY) -m mailsite render --config Pulumi.example.yaml --out $(OUT)
+	$(PY) -m mailsite check $(OUT)
+
+clean:
+	rm -rf $(OUT) $(VENV)

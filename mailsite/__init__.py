@@ -1,0 +1,1 @@
+"""mailsite: a three-host OpenBSD mail site as code. See README.md."""

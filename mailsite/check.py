@@ -1,0 +1,145 @@
+"""Check rendered host trees with the real daemons' own parsers (an I/O edge).
+
+smtpd -n resolves `listen on vmx0` against the running host and opens every table, include and
+pki file by its absolute path, so each host is checked in a throwaway network namespace whose
+links carry the OpenBSD names, and a private mount namespace where the host's /etc/mail (and a
+test certificate at each pki path) are laid over this machine's directories where smtpd looks. bgpd -n runs on the file as rendered,
+except that Linux has no pf: its `set pftable` lines are blanked, keeping line numbers.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+_WHERE = re.compile(r"^(?P<file>[^:\s]+):\s?(?P<line>\d+):\s*(?P<message>.*)$")
+_PKI = re.compile(r'^\s*pki \S+ (?:cert|key) "([^"]+)"', re.M)
+# bgpd on Linux: the only two messages a `set pftable` line makes there.
+_PFTABLE = re.compile(r"\bset pftable\b")
+
+
+@dataclass(frozen=True)
+class CheckProblem:
+    host: str
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{self.host}: {where}: {self.message}"
+
+
+def _problems(host: str, file: str, output: str) -> list[CheckProblem]:
+    problems = []
+    for raw in output.splitlines():
+        text = re.sub(r"^(smtpd|bgpd): ", "", raw.strip())
+        if not text or text == "configuration OK":
+            continue
+        match = _WHERE.match(text)
+        if match:
+            problems.append(CheckProblem(host, file, int(match["line"]), match["message"]))
+        else:
+            problems.append(CheckProblem(host, file, None, text))
+    return problems
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def _interfaces(tree: Path) -> list[str]:
+    """The links the host will have: its hostname.if files (pflog aside) and OpenBSD's lo0."""
+    names = [path.name.removeprefix("hostname.") for path in sorted((tree / "etc").glob("hostname.*"))]
+    return [name for name in names if not name.startswith("pflog")] + ["lo0"]
+
+
+def _test_certificate(path: Path, key: Path) -> None:
+    key.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mailsite-check",
+          "-keyout", str(key), "-out", str(path)]).check_returncode()
+    key.chmod(0o600)
+
+
+def check_smtpd(host: str, tree: Path) -> list[CheckProblem]:
+    conf_path = tree / "etc/mail/smtpd.conf"
+    conf = conf_path.read_text()
+    namespace = f"mscheck-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="mailsite-check-") as scratch:
+        root = Path(scratch)
+        # The host's /etc/mail and a test certificate at each pki path, laid over this machine's
+        # own directories (Debian has no /etc/mail to bind onto).
+        shutil.copytree(tree / "etc/mail", root / "etc/mail", symlinks=True)
+        pki = _PKI.findall(conf)
+        for certificate, key in zip(pki[0::2], pki[1::2]):
+            _test_certificate(root / certificate.lstrip("/"), root / key.lstrip("/"))
+        overlays = " && ".join(
+            f"mount -t overlay overlay -o lowerdir={top}:/{top.name} /{top.name}" for top in sorted(root.iterdir())
+        )
+        setup = [f"ip netns add {namespace}", f"ip -n {namespace} link set lo up"]
+        for index, name in enumerate(_interfaces(tree)):
+            setup += [
+                f"ip -n {namespace} link add {name} type veth peer name mscheck{index}",
+                # An address from the benchmarking range, in a namespace nothing else can reach.
+                f"ip -n {namespace} addr add 198.18.0.{index + 1}/32 dev {name}",
+                f"ip -n {namespace} link set {name} up",
+            ]
+        try:
+            for command in setup:
+                result = _run(command.split())
+                if result.returncode != 0:
+                    return [CheckProblem(host, "smtpd.conf", None, f"cannot set up the check namespace ({command}): {result.stderr.strip()}")]
+            result = _run(["ip", "netns", "exec", namespace, "unshare", "--mount", "--propagation", "private",
+                           "sh", "-c", f"{overlays} && exec smtpd -n -f /etc/mail/smtpd.conf"])
+        finally:
+            _run(["ip", "netns", "del", namespace])
+    output = (result.stdout + result.stderr).replace("/etc/mail/smtpd.conf", "smtpd.conf")
+    problems = _problems(host, "smtpd.conf", output)
+    if result.returncode != 0 and not problems:
+        problems.append(CheckProblem(host, "smtpd.conf", None, f"smtpd -n failed with status {result.returncode}"))
+    return problems
+
+
+def linux_bgpd_conf(text: str) -> str:
+    """The file bgpd on Linux can parse: `set pftable` lines blanked, every other line intact."""
+    return "".join("#\n" if _PFTABLE.search(line) else line for line in text.splitlines(keepends=True))
+
+
+def check_bgpd(host: str, tree: Path) -> list[CheckProblem]:
+    with tempfile.TemporaryDirectory(prefix="mailsite-check-") as scratch:
+        copy = Path(scratch) / "bgpd.conf"
+        copy.write_text(linux_bgpd_conf((tree / "etc/bgpd.conf").read_text()))
+        copy.chmod(0o600)  # bgpd refuses a config others can read
+        result = _run(["bgpd", "-n", "-f", str(copy)])
+    problems = _problems(host, "bgpd.conf", (result.stdout + result.stderr).replace(str(copy), "bgpd.conf"))
+    if result.returncode != 0 and not problems:
+        problems.append(CheckProblem(host, "bgpd.conf", None, f"bgpd -n failed with status {result.returncode}"))
+    return problems
+
+
+def check_shell(host: str, tree: Path, path: str) -> list[CheckProblem]:
+    result = _run(["sh", "-n", str(tree / path)])
+    return _problems(host, path, result.stderr.replace(str(tree / path), path))
+
+
+def check_host(host: str, tree: Path) -> list[CheckProblem]:
+    return (
+        check_smtpd(host, tree)
+        + check_bgpd(host, tree)
+        + check_shell(host, tree, "usr/local/sbin/bgp-spamd-update")
+        + check_shell(host, tree, "etc/rc.conf.local")
+    )
+
+
+def host_trees(directory: Path) -> dict[str, Path]:
+    return {
+        tree.name: tree
+        for tree in sorted(directory.iterdir())
+        if (tree / "etc/mail/smtpd.conf").is_file()
+    }

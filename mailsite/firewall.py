@@ -1,0 +1,50 @@
+"""The site's inbound rule set: one list that both pf.conf and the cloud firewall are made from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+from .model import Host, HostAddresses, Site
+
+ANYWHERE = ("0.0.0.0/0", "::/0")
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # as in OpenBSD's /etc/services, so pf.conf reads like an admin wrote it
+    protocol: Literal["tcp", "udp"]
+    port: int
+    sources: tuple[str, ...]  # CIDRs allowed in; ANYWHERE for the whole internet
+    purpose: str
+    greylisted: bool = False  # new IPv4 senders meet spamd first
+    rate_limited: bool = False  # floods land in <bruteforce>
+
+    @property
+    def from_anywhere(self) -> bool:
+        return self.sources == ANYWHERE
+
+
+def _cidr(address) -> str:
+    return f"{address}/{address.max_prefixlen}"
+
+
+def inbound_services(site: Site, host: Host, addresses: Mapping[str, HostAddresses]) -> list[Service]:
+    """What this host accepts from outside, and from whom."""
+    services = [Service("smtp", "tcp", 25, ANYWHERE, "inbound mail (MTA)", greylisted=True)]
+    if host.is_primary:
+        # Only the primary is an MSA and a mailbox server; a backup MX is an MTA and nothing else.
+        services += [
+            Service("submission", "tcp", 587, ANYWHERE, "mail submission (MSA, STARTTLS + auth)", rate_limited=True),
+            Service("smtps", "tcp", 465, ANYWHERE, "mail submission (MSA, TLS + auth)", rate_limited=True),
+            Service("imaps", "tcp", 993, ANYWHERE, "mailbox access (IMAP over TLS)", rate_limited=True),
+        ]
+    peers = tuple(_cidr(addresses[peer.name].ipv4) for peer in site.spamd_sync_peers(host))
+    if peers:
+        services.append(Service("spamd-sync", "udp", 8025, peers, "spamd greylist sync between the site's MXes"))
+    route_servers = tuple(_cidr(server.address) for server in site.bgp_spamd.route_servers)
+    services.append(Service("bgp", "tcp", 179, route_servers, "eBGP multihop from the bgp-spamd route servers"))
+    admin = tuple(str(cidr) for cidr in site.admin_cidrs)
+    if admin:
+        services.append(Service("ssh", "tcp", 22, admin, "administration", rate_limited=True))
+    return services

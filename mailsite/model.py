@@ -1,0 +1,310 @@
+"""The site model: one typed description of a mail site, validated once.
+
+Every fact that more than one file depends on (an MX preference, a host's MX name, a pf table
+name, the spamd sync peers) is decided here and nowhere else; renderers, the firewall rule set,
+DNS and the lab only read it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# spamd(8) hard-codes these two pf table names; a bgp table may not take either.
+SPAMD_TABLES = ("spamd", "spamd-white")
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_SIZE = re.compile(r"^([1-9][0-9]*)([KMG]?)$")
+_DURATION = re.compile(r"^[1-9][0-9]*[smhd]$")
+_COMMUNITY = re.compile(r"^([0-9]{1,5}):([0-9]{1,5})$")
+_PF_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,31}$")
+_INTERFACE = re.compile(r"^[a-z]+[0-9]+$")
+_QUEUE_KEY = re.compile(r"^[0-9a-f]{32}$")
+# RFC 6996 private ranges; a site's own AS toward the route servers must be one of them.
+_PRIVATE_AS = ((64512, 65534), (4200000000, 4294967294))
+
+
+@dataclass(frozen=True)
+class HostAddresses:
+    """A host's addresses once known: fixed in the stack file, or allocated by the provider."""
+
+    ipv4: ipaddress.IPv4Address
+    ipv6: ipaddress.IPv6Address | None = None
+
+
+@dataclass(frozen=True)
+class HostSecrets:
+    """The secrets a host's image carries; the version names the queue key without revealing it."""
+
+    queue_key: SecretStr
+    queue_key_version: str
+    spamd_sync_key: SecretStr
+
+
+class Settings(BaseModel):
+    """Settings are camelCase in the stack file, as Pulumi config is; unknown keys are errors."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+
+def _domain(value: str) -> str:
+    name = value.rstrip(".").lower()
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+        raise ValueError("not a domain name; write it like example.org")
+    if labels[-1].isdigit():
+        raise ValueError("not a domain name (an address?); write it like example.org")
+    return name
+
+
+def _local_part(value: str) -> str:
+    if not re.match(r"^[a-z0-9][a-z0-9._+-]*$", value):
+        raise ValueError("not a mailbox name; use lower-case letters, digits and . _ + -")
+    return value
+
+
+Domain = Annotated[str, AfterValidator(_domain)]
+LocalPart = Annotated[str, AfterValidator(_local_part)]
+
+
+class Host(Settings):
+    """One MX. Its preference and fqdn, when not given, are filled in by Site."""
+
+    name: Annotated[str, Field(pattern=_LABEL.pattern)]
+    role: Literal["primary", "backup"]
+    preference: Annotated[int, Field(ge=0, le=65535)] | None = None
+    fqdn: Domain | None = None
+    ipv4: ipaddress.IPv4Address | Literal["allocate"] | None = None
+    ipv6: ipaddress.IPv6Address | Literal["allocate"] | None = None
+    egress_interface: Annotated[str, Field(pattern=_INTERFACE.pattern)] = "vmx0"
+
+    @property
+    def mx_name(self) -> str:
+        """The name MX records point at, the PTR answers and a backup names in `relay backup mx`."""
+        assert self.fqdn is not None, "Site fills in fqdn"
+        return self.fqdn
+
+    @property
+    def is_primary(self) -> bool:
+        return self.role == "primary"
+
+
+class Recipients(Settings):
+    """Who receives mail: mailbox users on the primary, and aliases onto them.
+
+    Backups accept only these, in every site domain, so they refuse unknown recipients at RCPT
+    time instead of accepting and bouncing later (backscatter).
+    """
+
+    users: list[LocalPart] = Field(min_length=1)
+    aliases: dict[LocalPart, str] = {}
+
+    def local_parts(self) -> list[str]:
+        return sorted(set(self.users) | set(self.aliases))
+
+
+class Greylist(Settings):
+    """spamd -G passtime:greyexp:whiteexp (minutes, hours, hours)."""
+
+    pass_minutes: Annotated[int, Field(ge=1, le=1440)] = 2
+    grey_expiry_hours: Annotated[int, Field(ge=1, le=8760)] = 4
+    white_expiry_hours: Annotated[int, Field(ge=1, le=8760)] = 864
+
+    @property
+    def spamd_g(self) -> str:
+        return f"{self.pass_minutes}:{self.grey_expiry_hours}:{self.white_expiry_hours}"
+
+
+class RouteServer(Settings):
+    address: ipaddress.IPv4Address
+    description: str = "bgp-spamd route server"
+
+
+class PfTables(Settings):
+    blacklist: Annotated[str, Field(pattern=_PF_TABLE.pattern)] = "bgp_spamd"
+    bypass: Annotated[str, Field(pattern=_PF_TABLE.pattern)] = "bgp_spamd_bypass"
+
+
+def _community(value: str) -> str:
+    match = _COMMUNITY.match(value)
+    if not match or max(int(part) for part in match.groups()) > 65535:
+        raise ValueError("not a BGP community; write it as AS:N, both at most 65535, like 65066:666")
+    return value
+
+
+Community = Annotated[str, AfterValidator(_community)]
+
+
+class BgpSpamd(Settings):
+    """The bgp-spamd feed: eBGP multihop sessions that carry black and bypass lists as /32s."""
+
+    local_as: Annotated[int, Field(ge=1, le=4294967295)]
+    route_server_as: Annotated[int, Field(ge=1, le=4294967295)] = 65066
+    route_servers: list[RouteServer] = Field(min_length=1)
+    multihop: Annotated[int, Field(ge=2, le=255)] = 64
+    blacklist_community: Community = "65066:666"
+    bypass_community: Community = "65066:42"
+    pf_tables: PfTables = PfTables()
+    # pf must hold every prefix the route servers send; the lists run to about 200,000.
+    table_entries: Annotated[int, Field(ge=10000, le=10000000)] = 400000
+    update_minutes: Annotated[int, Field(ge=1, le=59)] = 20
+
+    @field_validator("local_as")
+    @classmethod
+    def _private_as(cls, value: int) -> int:
+        if not any(low <= value <= high for low, high in _PRIVATE_AS):
+            raise ValueError(
+                "a public AS number; use a private one (64512-65534 or 4200000000-4294967294)"
+            )
+        return value
+
+
+class Tls(Settings):
+    """Where each host's certificate and key live on the host; {fqdn} is the host's MX name."""
+
+    certificate: str = "/etc/ssl/{fqdn}.crt"
+    key: str = "/etc/ssl/private/{fqdn}.key"
+
+    @field_validator("certificate", "key")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or " " in value or '"' in value:
+            raise ValueError("must be an absolute path with no spaces or quotes")
+        return value
+
+    def certificate_for(self, host: Host) -> str:
+        return self.certificate.replace("{fqdn}", host.mx_name)
+
+    def key_for(self, host: Host) -> str:
+        return self.key.replace("{fqdn}", host.mx_name)
+
+
+class Delivery(Settings):
+    """How the primary hands mail to mailboxes."""
+
+    method: Literal["lmtp", "maildir"] = "lmtp"
+    lmtp_socket: str = "/var/dovecot/lmtp"
+    maildir: str = "~/Maildir"
+
+
+class Queue(Settings):
+    # A backup may hold mail for as long as the primary is away; smtpd's default is 4 days.
+    ttl: Annotated[str, Field(pattern=_DURATION.pattern)] = "7d"
+
+
+class Network(Settings):
+    """How each host's egress interface gets its address."""
+
+    addressing: Literal["static", "autoconf"] = "autoconf"
+    ipv4_prefix_length: Annotated[int, Field(ge=8, le=32)] = 24
+    ipv4_gateway: ipaddress.IPv4Address | None = None
+    ipv6_prefix_length: Annotated[int, Field(ge=16, le=128)] = 64
+    ipv6_gateway: ipaddress.IPv6Address | None = None
+
+
+class Secrets(Settings):
+    """Where queue keys (one per host) and the spamd sync key (one per site) come from.
+
+    `inline` holds the values in the stack file itself and exists for tests only.
+    """
+
+    backend: Literal["file", "aws-secretsmanager", "inline"] = "file"
+    path: str = ".mailsite/secrets"
+    region: str | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
+    queue_keys: dict[str, SecretStr] = {}
+    spamd_sync_key: SecretStr | None = None
+
+
+class Site(Settings):
+    """A whole mail site: the `mailsite:` namespace of a Pulumi stack file."""
+
+    domains: list[Domain] = Field(min_length=1)
+    hosts: list[Host] = Field(min_length=1)
+    admin_cidrs: list[IPNetwork] = []
+    recipients: Recipients
+    greylist: Greylist = Greylist()
+    bgp_spamd: BgpSpamd
+    max_message_size: str = "50M"
+    queue: Queue = Queue()
+    tls: Tls = Tls()
+    delivery: Delivery = Delivery()
+    network: Network = Network()
+    secrets: Secrets = Secrets()
+
+    @field_validator("max_message_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        match = _SIZE.match(value)
+        if not match:
+            raise ValueError("not a size; write a whole number with K, M or G, like 50M")
+        number, unit = int(match[1]), match[2]
+        size = number * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit]
+        if not 64 << 10 <= size <= 2 << 30:
+            raise ValueError("out of range; choose between 64K and 2G, like 50M")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_in_hosts(self) -> Site:
+        # Defaults that depend on host order and the site's domain, decided once here.
+        filled = [
+            host.model_copy(
+                update={
+                    "preference": 10 * (index + 1) if host.preference is None else host.preference,
+                    "fqdn": host.fqdn or f"{host.name}.{self.domains[0]}",
+                }
+            )
+            for index, host in enumerate(self.hosts)
+        ]
+        object.__setattr__(self, "hosts", filled)
+        return self
+
+    # Facts derived from the model: every consumer asks here.
+
+    @property
+    def primary(self) -> Host:
+        return next(host for host in self.hosts if host.is_primary)
+
+    @property
+    def backups(self) -> list[Host]:
+        return [host for host in self.hosts if not host.is_primary]
+
+    def host(self, name: str) -> Host:
+        return next(host for host in self.hosts if host.name == name)
+
+    def spamd_sync_peers(self, host: Host) -> list[Host]:
+        """Every other MX: spamd sync targets, pf's spamd-sync sources, the firewall's udp/8025."""
+        return [other for other in self.hosts if other.name != host.name]
+
+    def relay_backup_mx(self, host: Host) -> str:
+        """The name a backup gives `relay backup mx`: its own MX name, so that smtpd relays only
+        to MXes whose preference is strictly better than its own, never to itself."""
+        assert not host.is_primary
+        return host.mx_name
+
+    def mx_records(self) -> list[tuple[str, int, str]]:
+        """(domain, preference, target) for every site domain and MX, best preference first."""
+        ordered = sorted(self.hosts, key=lambda host: (host.preference, host.name))
+        return [(domain, host.preference, host.mx_name) for domain in self.domains for host in ordered]
+
+    def valid_recipients(self) -> list[str]:
+        return [f"{part}@{domain}" for domain in self.domains for part in self.recipients.local_parts()]

@@ -1,0 +1,210 @@
+"""Problems with a stack's settings, each one line: the setting, its value, what to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+
+from .keys import key_problem
+from .model import SPAMD_TABLES, Site
+
+NAMESPACE = "mailsite"
+
+
+@dataclass(frozen=True)
+class Problem:
+    setting: str
+    value: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.setting} = {self.value}: {self.message}"
+
+
+class SiteConfigError(Exception):
+    """Raised at the edge with every problem found; callers print one line each."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__("\n".join(map(str, problems)))
+        self.problems = problems
+
+
+def setting_name(loc: tuple[Any, ...]) -> str:
+    name = NAMESPACE
+    for index, part in enumerate(loc):
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += (":" if index == 0 else ".") + str(part)
+    return name
+
+
+def show(value: Any) -> str:
+    """A value as it may appear in an error: never a secret's contents."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+        return f"<secret of {len(value)} characters>"
+    if isinstance(value, (dict, list)):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return repr(value) if isinstance(value, str) and value == "" else str(value)
+
+
+# Pydantic's messages say what is wrong; these say what to do about it.
+_FIXES = {
+    "extra_forbidden": "unknown setting; remove it or correct its spelling (see Pulumi.example.yaml)",
+    "missing": "required; add it (see Pulumi.example.yaml)",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "greater_than_equal": "too small",
+    "less_than_equal": "too large",
+    "too_short": "must not be empty",
+    "string_pattern_mismatch": "has characters or a form that is not allowed",
+    "literal_error": "not one of the allowed values",
+    "ip_v4_address": "not an IPv4 address; write one like 192.0.2.10, or allocate",
+    "ip_v6_address": "not an IPv6 address; write one like 2001:db8::10, or allocate",
+    "ip_v4_network": "not a network in CIDR form with no host bits; write one like 192.0.2.0/24",
+    "ip_v6_network": "not a network in CIDR form with no host bits; write one like 2001:db8::/48",
+}
+# Where a setting takes one of several forms, pydantic reports every form; the first of these
+# that it reported says the most.
+_TELLING = ("ip_v4_address", "ip_v6_address", "ip_v4_network", "ip_v6_network")
+_BRANCH_TAGS = {"str", "int", "IPv4Address", "IPv6Address", "IPv4Network", "IPv6Network"}
+
+
+def from_validation_error(error: ValidationError, secret_paths: set[str] = frozenset()) -> list[Problem]:
+    problems: dict[str, tuple[Problem, str]] = {}
+    for detail in error.errors(include_url=False):
+        loc = tuple(part for part in detail["loc"] if not _is_union_branch(part))
+        setting = setting_name(loc)
+        kind = detail["type"]
+        message = detail["msg"].removeprefix("Value error, ")
+        if kind in _TELLING:
+            message = _FIXES[kind]
+        elif kind in _FIXES:
+            message = f"{_FIXES[kind]} ({message[0].lower()}{message[1:]})"
+        value = detail.get("input")
+        if kind == "missing":
+            value = "(absent)"
+        hidden = any(setting.startswith(path) for path in secret_paths)
+        problem = Problem(setting, show(SecretStr(str(value))) if hidden else show(value), message)
+        # A union (an address or "allocate") reports once per form: one line per setting.
+        if setting not in problems or (kind in _TELLING and problems[setting][1] not in _TELLING):
+            problems[setting] = (problem, kind)
+    return [problem for problem, _ in problems.values()]
+
+
+def _is_union_branch(part: Any) -> bool:
+    return isinstance(part, str) and ("[" in part or part in _BRANCH_TAGS)
+
+
+def site_problems(site: Site) -> list[Problem]:
+    """Checks that span settings: run once the settings are each valid on their own."""
+    problems: list[Problem] = []
+    add = lambda setting, value, message: problems.append(Problem(setting, show(value), message))
+    hosts = "mailsite:hosts"
+
+    primaries = [i for i, host in enumerate(site.hosts) if host.is_primary]
+    if not primaries:
+        add(hosts, [h.name for h in site.hosts], "no host has role primary; give exactly one host role: primary")
+    for i in primaries[1:]:
+        add(f"{hosts}[{i}].role", "primary", f"{site.hosts[primaries[0]].name} is already the primary; make this host role: backup")
+
+    for field, label in (("name", "host name"), ("fqdn", "MX name")):
+        seen: dict[str, int] = {}
+        for i, host in enumerate(site.hosts):
+            value = getattr(host, field)
+            if value in seen:
+                add(f"{hosts}[{i}].{field}", value, f"same {label} as hosts[{seen[value]}]; give each host its own")
+            seen.setdefault(value, i)
+
+    addresses: dict[str, str] = {}
+    for i, host in enumerate(site.hosts):
+        for family in ("ipv4", "ipv6"):
+            value = getattr(host, family)
+            if value not in (None, "allocate"):
+                if str(value) in addresses:
+                    add(f"{hosts}[{i}].{family}", value, f"already the address of {addresses[str(value)]}; give each host its own")
+                addresses.setdefault(str(value), host.name)
+        if host.ipv4 is None:
+            # spamd greylists and syncs over IPv4 only (spamd(8) -y/-Y take IPv4 addresses).
+            add(f"{hosts}[{i}].ipv4", "(absent)", "every MX needs IPv4 for spamd greylisting and sync; set an address or allocate")
+
+    if primaries:
+        primary = site.hosts[primaries[0]]
+        for i, host in enumerate(site.hosts):
+            if not host.is_primary and host.preference <= primary.preference:
+                add(
+                    f"{hosts}[{i}].preference",
+                    host.preference,
+                    f"a backup's preference must be worse (higher) than the primary's {primary.preference}; "
+                    f"set it above {primary.preference}",
+                )
+
+    seen_domains: set[str] = set()
+    for i, domain in enumerate(site.domains):
+        if domain in seen_domains:
+            add(f"mailsite:domains[{i}]", domain, "listed twice; remove the copy")
+        seen_domains.add(domain)
+
+    for i, cidr in enumerate(site.admin_cidrs):
+        if cidr.prefixlen == 0:
+            add(f"mailsite:adminCidrs[{i}]", cidr, "opens ssh to the whole internet; list only your admin networks")
+
+    recipients = site.recipients
+    if "postmaster" not in recipients.local_parts():
+        add("mailsite:recipients", "(no postmaster)", "RFC 5321 requires postmaster; add postmaster to recipients.aliases")
+    for part, target in recipients.aliases.items():
+        if "@" not in target and target not in recipients.users:
+            add(f"mailsite:recipients.aliases.{part}", target, "not a user; name one of recipients.users or a full address")
+
+    bgp = site.bgp_spamd
+    if bgp.local_as == bgp.route_server_as:
+        add("mailsite:bgpSpamd.localAs", bgp.local_as, "equals routeServerAs; the bgp-spamd sessions are eBGP, pick another private AS")
+    for i, server in enumerate(bgp.route_servers):
+        if str(server.address) in addresses:
+            add(f"mailsite:bgpSpamd.routeServers[{i}].address", server.address, f"is {addresses[str(server.address)]}'s address; a route server is outside the site")
+    if bgp.blacklist_community == bgp.bypass_community:
+        add("mailsite:bgpSpamd.bypassCommunity", bgp.bypass_community, "same as blacklistCommunity; they mark opposite lists")
+    tables = bgp.pf_tables
+    for field in ("blacklist", "bypass"):
+        if getattr(tables, field) in SPAMD_TABLES:
+            add(f"mailsite:bgpSpamd.pfTables.{field}", getattr(tables, field), "spamd owns this table name; choose another")
+    if tables.blacklist == tables.bypass:
+        add("mailsite:bgpSpamd.pfTables.bypass", tables.bypass, "same as pfTables.blacklist; give each list its own table")
+
+    if site.network.addressing == "static":
+        for i, host in enumerate(site.hosts):
+            for family in ("ipv4", "ipv6"):
+                if getattr(host, family) == "allocate":
+                    add(f"{hosts}[{i}].{family}", "allocate", "network.addressing is static; give a fixed address")
+
+    problems.extend(secret_problems(site))
+    return problems
+
+
+def secret_problems(site: Site) -> list[Problem]:
+    secrets = site.secrets
+    problems: list[Problem] = []
+    if secrets.backend != "inline":
+        for field in ("queueKeys", "spamdSyncKey"):
+            if getattr(secrets, "queue_keys" if field == "queueKeys" else "spamd_sync_key"):
+                problems.append(Problem(f"mailsite:secrets.{field}", "<secret hidden>", f"values belong in the {secrets.backend} backend, not the stack file; remove it"))
+        return problems
+    for host in site.hosts:
+        key = secrets.queue_keys.get(host.name)
+        setting = f"mailsite:secrets.queueKeys.{host.name}"
+        if key is None:
+            problems.append(Problem(setting, "(absent)", "inline backend needs a queue key per host; add one (openssl rand -hex 16)"))
+        elif (message := key_problem(key.get_secret_value())) is not None:
+            problems.append(Problem(setting, show(key), message))
+    for name in set(secrets.queue_keys) - {host.name for host in site.hosts}:
+        problems.append(Problem(f"mailsite:secrets.queueKeys.{name}", "<secret hidden>", "no host has this name; remove it"))
+    sync = secrets.spamd_sync_key
+    if sync is None:
+        problems.append(Problem("mailsite:secrets.spamdSyncKey", "(absent)", "inline backend needs a spamd sync key; add one (openssl rand -hex 16)"))
+    elif (message := key_problem(sync.get_secret_value())) is not None:
+        problems.append(Problem("mailsite:secrets.spamdSyncKey", show(sync), message))
+    return problems

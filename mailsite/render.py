@@ -1,0 +1,233 @@
+"""Renderers: pure functions from the site model to each host's OpenBSD files.
+
+Each daemon has one template in configs/ and one small function here that hands it plain values;
+render_host() puts a host's files together as {path: RenderedFile}. No I/O beyond reading the
+templates, no decisions the model already made.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import jinja2
+from .firewall import Service, inbound_services
+from .model import Host, HostAddresses, HostSecrets, Site
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "configs"
+
+BLACK_LIST_FILE = "/etc/mail/bgp-spamd.black"
+BYPASS_LIST_FILE = "/etc/mail/bgp-spamd.bypass"
+UPDATE_JOB = "usr/local/sbin/bgp-spamd-update"
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    text: str
+    mode: int = 0o644
+    secret: bool = False  # holds a key: mode 0600, redacted wherever it is shown
+
+
+@dataclass(frozen=True)
+class LinuxDifferences:
+    """What a host's files must do differently to run on Linux (the lab); empty for OpenBSD."""
+
+    plain_smtp: bool = False  # Debian's smtpd 6.8 cannot finish a TLS handshake with OpenSSL 3
+    bgpd_socket: str | None = None  # two bgpd on one machine need their own control sockets
+
+
+OPENBSD = LinuxDifferences()
+
+HostTree = dict[str, RenderedFile]
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def _render(template: str, **values: object) -> str:
+    return _environment().get_template(template).render(**values)
+
+
+@dataclass(frozen=True)
+class PfRule:
+    service: Service
+    macro: str | None  # the pf macro that names its sources, None when from anywhere
+
+
+def render_pf_conf(site: Site, host: Host, addresses: Mapping[str, HostAddresses]) -> str:
+    services = inbound_services(site, host, addresses)
+    rules = [
+        PfRule(service, None if service.from_anywhere else service.name.replace("-", "_") + "_sources")
+        for service in services
+        if not service.greylisted
+    ]
+    tables = site.bgp_spamd.pf_tables
+    return _render(
+        "pf.conf.j2",
+        host=host,
+        pf_rules=rules,
+        table_entries=site.bgp_spamd.table_entries,
+        site_addresses=[str(address) for a in addresses.values() for address in (a.ipv4, a.ipv6) if address],
+        blacklist_table=tables.blacklist,
+        bypass_table=tables.bypass,
+    )
+
+
+def render_smtpd_conf(site: Site, host: Host, linux: LinuxDifferences = OPENBSD) -> str:
+    tls = None if linux.plain_smtp else {"certificate": site.tls.certificate_for(host), "key": site.tls.key_for(host)}
+    return _render(
+        "smtpd.conf.j2",
+        mx_name=host.mx_name,
+        role=host.role,
+        preference=host.preference,
+        primary=host.is_primary,
+        relay_backup_mx=None if host.is_primary else site.relay_backup_mx(host),
+        egress_interface=host.egress_interface,
+        queue_ttl=site.queue.ttl,
+        max_message_size=site.max_message_size,
+        delivery=site.delivery,
+        tls=tls,
+    )
+
+
+def render_queue_key_conf(host: Host, secrets: HostSecrets) -> str:
+    return _render(
+        "queue-key.conf.j2",
+        mx_name=host.mx_name,
+        version=secrets.queue_key_version,
+        queue_key=secrets.queue_key.get_secret_value(),
+    )
+
+
+def render_rc_conf_local(site: Site, host: Host, addresses: Mapping[str, HostAddresses], linux: LinuxDifferences = OPENBSD) -> str:
+    return _render(
+        "rc.conf.local.j2",
+        mx_name=host.mx_name,
+        greylist=site.greylist.spamd_g,
+        white_expiry_hours=site.greylist.white_expiry_hours,
+        sync_listen=addresses[host.name].ipv4,
+        sync_peers=[addresses[peer.name].ipv4 for peer in site.spamd_sync_peers(host)],
+        tls=None if linux.plain_smtp else {"certificate": site.tls.certificate_for(host), "key": site.tls.key_for(host)},
+    )
+
+
+def render_spamd_conf() -> str:
+    return _render("spamd.conf.j2", black_list_file=BLACK_LIST_FILE, bypass_list_file=BYPASS_LIST_FILE)
+
+
+def render_bgpd_conf(site: Site, host: Host, addresses: Mapping[str, HostAddresses], linux: LinuxDifferences = OPENBSD) -> str:
+    bgp = site.bgp_spamd
+    return _render(
+        "bgpd.conf.j2",
+        mx_name=host.mx_name,
+        local_as=bgp.local_as,
+        router_id=addresses[host.name].ipv4,
+        socket=linux.bgpd_socket,
+        route_server_as=bgp.route_server_as,
+        multihop=bgp.multihop,
+        route_servers=bgp.route_servers,
+        blacklist_community=bgp.blacklist_community,
+        bypass_community=bgp.bypass_community,
+        blacklist_table=bgp.pf_tables.blacklist,
+        bypass_table=bgp.pf_tables.bypass,
+    )
+
+
+def render_bgp_spamd_update(site: Site) -> str:
+    bgp = site.bgp_spamd
+    return _render(
+        "bgp-spamd-update.j2",
+        blacklist_community=bgp.blacklist_community,
+        bypass_community=bgp.bypass_community,
+        black_list_file=BLACK_LIST_FILE,
+        bypass_list_file=BYPASS_LIST_FILE,
+    )
+
+
+def render_crontab(site: Site) -> str:
+    minutes = site.bgp_spamd.update_minutes
+    return (
+        "# root's crontab additions, installed by the image's install.site. Rendered by mailsite.\n"
+        f"*/{minutes}\t*\t*\t*\t*\t-n -s /{UPDATE_JOB}\n"
+    )
+
+
+def render_hostname_egress(site: Site, host: Host, addresses: Mapping[str, HostAddresses]) -> str:
+    own = addresses[host.name]
+    network = site.network
+    return _render(
+        "hostname.egress.j2",
+        addressing=network.addressing,
+        ipv4=own.ipv4,
+        ipv4_prefix_length=network.ipv4_prefix_length,
+        ipv6=own.ipv6,
+        ipv6_prefix_length=network.ipv6_prefix_length,
+    )
+
+
+def _lines(header: str, lines: list[str]) -> str:
+    return f"# {header} Rendered by mailsite: change the stack, not this file.\n" + "".join(f"{line}\n" for line in lines)
+
+
+def render_tables(site: Site, host: Host) -> dict[str, str]:
+    """smtpd's tables: domains, aliases, and recipients (backup) or virtuals (primary)."""
+    postmaster = f"postmaster@{site.domains[0]}"
+    tables = {
+        "etc/mail/domains": _lines("Domains this site receives mail for.", site.domains),
+        "etc/mail/aliases": _lines(
+            "The host's own accounts; their mail goes to the site's postmaster.",
+            [f"root: {postmaster}", "daemon: root", "MAILER-DAEMON: root", "postmaster: root"],
+        ),
+        "etc/mail/nospamd": _lines("Senders that skip spamd, besides the site's own MXes (pf <nospamd>).", []),
+    }
+    if host.is_primary:
+        recipients = site.recipients
+        virtuals = [f"{user}@{domain} {user}" for domain in site.domains for user in recipients.users]
+        virtuals += [f"{part}@{domain} {target}" for domain in site.domains for part, target in recipients.aliases.items()]
+        tables["etc/mail/virtuals"] = _lines("Addresses of the site and the mailbox each one reaches.", virtuals)
+    else:
+        tables["etc/mail/recipients"] = _lines(
+            "The only recipients this backup accepts mail for; everyone else is refused.", site.valid_recipients()
+        )
+    return tables
+
+
+def render_host(
+    site: Site,
+    host: Host,
+    addresses: Mapping[str, HostAddresses],
+    secrets: HostSecrets,
+    linux: LinuxDifferences = OPENBSD,
+) -> HostTree:
+    """Every file a host's image carries, by path below /."""
+    tree: HostTree = {
+        "etc/myname": RenderedFile(f"{host.mx_name}\n"),
+        f"etc/hostname.{host.egress_interface}": RenderedFile(render_hostname_egress(site, host, addresses), 0o640),
+        "etc/hostname.pflog1": RenderedFile(_render("hostname.pflog1.j2"), 0o640),
+        "etc/pf.conf": RenderedFile(render_pf_conf(site, host, addresses), 0o600),
+        "etc/rc.conf.local": RenderedFile(render_rc_conf_local(site, host, addresses, linux)),
+        "etc/bgpd.conf": RenderedFile(render_bgpd_conf(site, host, addresses, linux), 0o600),
+        "etc/mail/smtpd.conf": RenderedFile(render_smtpd_conf(site, host, linux)),
+        "etc/mail/queue-key.conf": RenderedFile(render_queue_key_conf(host, secrets), 0o600, secret=True),
+        "etc/mail/spamd.conf": RenderedFile(render_spamd_conf()),
+        "etc/mail/spamd.key": RenderedFile(secrets.spamd_sync_key.get_secret_value() + "\n", 0o600, secret=True),
+        UPDATE_JOB: RenderedFile(render_bgp_spamd_update(site), 0o755),
+        "etc/mailsite/crontab": RenderedFile(render_crontab(site)),
+    }
+    if site.network.addressing == "static":
+        gateways = [g for g in (site.network.ipv4_gateway, site.network.ipv6_gateway) if g]
+        tree["etc/mygate"] = RenderedFile(_render("mygate.j2", gateways=gateways))
+    for path, text in render_tables(site, host).items():
+        tree[path] = RenderedFile(text)
+    return dict(sorted(tree.items()))

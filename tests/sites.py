@@ -1,0 +1,52 @@
+"""Stack settings for tests: the example stack, and sites of other sizes made by config alone."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from mailsite.config import load_site, read_stack_settings
+from mailsite.model import HostAddresses, HostSecrets, Site
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "Pulumi.example.yaml"
+
+
+def example_settings() -> dict:
+    return copy.deepcopy(read_stack_settings(EXAMPLE))
+
+
+def sized_settings(count: int) -> dict:
+    """The example stack with `count` hosts: mx1 primary, the rest backups, addresses in order."""
+    settings = example_settings()
+    settings["hosts"] = [
+        {
+            "name": f"mx{n}",
+            "role": "primary" if n == 1 else "backup",
+            "ipv4": f"192.0.2.{10 * n}",
+            "ipv6": f"2001:db8::{10 * n}",
+        }
+        for n in range(1, count + 1)
+    ]
+    return settings
+
+
+def fake_key(label: str) -> str:
+    """A valid, obviously fake key, fixed per label so golden files stay put."""
+    return hashlib.sha256(f"mailsite test {label}".encode()).hexdigest()[:32]
+
+
+def fake_secrets(site: Site) -> dict[str, HostSecrets]:
+    sync = SecretStr(fake_key("spamd-sync"))
+    return {h.name: HostSecrets(SecretStr(fake_key(h.name)), f"test-{h.name}", sync) for h in site.hosts}
+
+
+def addresses(site: Site) -> dict[str, HostAddresses]:
+    return {h.name: HostAddresses(h.ipv4, h.ipv6) for h in site.hosts}
+
+
+def site_of(settings: dict) -> Site:
+    return load_site(settings)

@@ -1,0 +1,100 @@
+"""The real parsers on rendered trees: smtpd -n in a network namespace, bgpd -n, sh -n.
+
+These need root (network namespaces, mounts) and the Debian opensmtpd and openbgpd packages;
+CI runs as root and never skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailsite.check import check_host, linux_bgpd_conf
+from mailsite.trees import write_trees
+from tests.sites import ROOT, example_settings, site_of, sized_settings
+from tests.test_render import render_site
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root for network namespaces (CI runs it as root)"
+)
+
+
+def _write(tmp_path: Path, settings: dict) -> Path:
+    out = tmp_path / "out"
+    write_trees(out, render_site(site_of(settings)))
+    return out
+
+
+@pytest.mark.parametrize("count", [2, 3, 5])
+def test_every_host_passes_smtpd_and_bgpd(tmp_path, count):
+    settings = example_settings() if count == 3 else sized_settings(count)
+    out = _write(tmp_path, settings)
+    for host in sorted(p.name for p in out.iterdir()):
+        assert check_host(host, out / host) == [], host
+
+
+def test_maildir_and_vio0_variants_pass(tmp_path):
+    settings = example_settings()
+    settings["delivery"]["method"] = "maildir"
+    for host in settings["hosts"]:
+        host["egressInterface"] = "vio0"
+    out = _write(tmp_path, settings)
+    assert check_host("mx1", out / "mx1") == []
+
+
+def test_smtpd_problem_names_host_file_and_line(tmp_path):
+    out = _write(tmp_path, example_settings())
+    conf = out / "mx2/etc/mail/smtpd.conf"
+    lines = conf.read_text().splitlines()
+    lines.insert(6, "queue encryptoin")
+    conf.write_text("\n".join(lines) + "\n")
+    problems = check_host("mx2", out / "mx2")
+    assert [(p.host, p.file, p.line) for p in problems] == [("mx2", "smtpd.conf", 7)]
+    assert "syntax error" in problems[0].message
+
+
+def test_wrong_queue_key_length_fails_smtpd(tmp_path):
+    out = _write(tmp_path, example_settings())
+    (out / "mx3/etc/mail/queue-key.conf").write_text("queue encryption 0123456789abcdef\n")
+    problems = check_host("mx3", out / "mx3")
+    assert any("invalid key for queue encryption" in p.message for p in problems), problems
+
+
+def test_bgpd_problem_keeps_its_line_number(tmp_path):
+    out = _write(tmp_path, example_settings())
+    conf = out / "mx1/etc/bgpd.conf"
+    text = conf.read_text().replace("export none", "announce none")
+    conf.write_text(text)
+    (line,) = [n for n, l in enumerate(text.splitlines(), 1) if "announce none" in l]
+    problems = check_host("mx1", out / "mx1")
+    assert [(p.file, p.line) for p in problems] == [("bgpd.conf", line)], problems
+
+
+def test_only_pftable_lines_are_blanked_for_linux():
+    text = 'AS 65500\nmatch from group "g" community 65066:666 set pftable "bgp_spamd"\nfib-update no\n'
+    assert linux_bgpd_conf(text) == "AS 65500\n#\nfib-update no\n"
+
+
+def test_cli_render_then_check_example(tmp_path):
+    stack = tmp_path / "Pulumi.example.yaml"
+    stack.write_text((ROOT / "Pulumi.example.yaml").read_text())
+    run = lambda *args: subprocess.run([sys.executable, "-m", "mailsite", *args], capture_output=True, text=True, cwd=ROOT)
+    assert run("secrets", "init", "--config", str(stack)).returncode == 0
+    keys = tmp_path / ".mailsite/secrets"
+    assert keys.stat().st_mode & 0o777 == 0o700
+    rendered = run("render", "--config", str(stack), "--out", str(tmp_path / "out"))
+    assert rendered.returncode == 0, rendered.stderr
+    checked = run("check", str(tmp_path / "out"))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines() == [f"mx{n}: ok (smtpd -n, bgpd -n, sh -n)" for n in (1, 2, 3)]
+    key_file = tmp_path / "out/mx1/etc/mail/queue-key.conf"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    smtpd_conf = tmp_path / "out/mx2/etc/mail/smtpd.conf"
+    smtpd_conf.write_text(smtpd_conf.read_text().replace("listen on vmx0", "listen on em0"))
+    broken = run("check", str(tmp_path / "out"))
+    assert broken.returncode == 1
+    assert broken.stderr.splitlines() == ["mx2: smtpd.conf: invalid virtual ip or interface: em0"]

@@ -1,0 +1,181 @@
+"""The site model: what a valid stack means, and one clear line for every bad value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from mailsite.config import load_site
+from mailsite.problems import SiteConfigError
+from tests.sites import ROOT, site_of, sized_settings, fake_key
+
+
+def test_example_stack_is_a_three_host_site(example_site):
+    assert [h.name for h in example_site.hosts] == ["mx1", "mx2", "mx3"]
+    assert example_site.primary.name == "mx1"
+    assert [h.preference for h in example_site.hosts] == [10, 20, 30]
+    assert example_site.mx_records()[:3] == [
+        ("example.org", 10, "mx1.example.org"),
+        ("example.org", 20, "mx2.example.org"),
+        ("example.org", 30, "mx3.example.org"),
+    ]
+
+
+def test_defaults_follow_host_order_and_first_domain():
+    site = site_of(sized_settings(5))
+    assert [h.preference for h in site.hosts] == [10, 20, 30, 40, 50]
+    assert [h.mx_name for h in site.hosts] == [f"mx{n}.example.org" for n in range(1, 6)]
+    assert all(h.egress_interface == "vmx0" for h in site.hosts)
+
+
+def test_spamd_sync_peers_are_every_other_mx(example_site):
+    mx2 = example_site.host("mx2")
+    assert [h.name for h in example_site.spamd_sync_peers(mx2)] == ["mx1", "mx3"]
+
+
+def test_backup_relays_naming_itself(example_site):
+    assert example_site.relay_backup_mx(example_site.host("mx3")) == "mx3.example.org"
+
+
+def _host(settings, index):
+    return settings["hosts"][index]
+
+
+BAD = [
+    # (what to change, setting named in the error, words of the fix)
+    ("duplicate host", lambda s: _host(s, 2).update(name="mx2"), "mailsite:hosts[2].name", "give each host its own"),
+    ("no primary", lambda s: _host(s, 0).update(role="backup"), "mailsite:hosts", "give exactly one host role: primary"),
+    ("two primaries", lambda s: _host(s, 1).update(role="primary"), "mailsite:hosts[1].role", "make this host role: backup"),
+    ("backup not worse", lambda s: _host(s, 1).update(preference=10), "mailsite:hosts[1].preference", "set it above 10"),
+    ("backup better", lambda s: _host(s, 2).update(preference=5), "mailsite:hosts[2].preference", "set it above 10"),
+    ("bad domain", lambda s: s["domains"].__setitem__(0, "example..org"), "mailsite:domains[0]", "like example.org"),
+    ("address as domain", lambda s: s["domains"].__setitem__(1, "192.0.2.1"), "mailsite:domains[1]", "like example.org"),
+    ("bad CIDR", lambda s: s["adminCidrs"].__setitem__(0, "198.51.100.7/24"), "mailsite:adminCidrs[0]", "no host bits"),
+    ("ssh to world", lambda s: s["adminCidrs"].append("0.0.0.0/0"), "mailsite:adminCidrs[2]", "list only your admin networks"),
+    ("public AS", lambda s: s["bgpSpamd"].update(localAs=3320), "mailsite:bgpSpamd.localAs", "use a private one"),
+    ("bad size", lambda s: s.update(maxMessageSize="50MB"), "mailsite:maxMessageSize", "like 50M"),
+    ("huge size", lambda s: s.update(maxMessageSize="9G"), "mailsite:maxMessageSize", "between 64K and 2G"),
+    ("unknown key", lambda s: s.update(maxMesageSize="50M"), "mailsite:maxMesageSize", "remove it or correct its spelling"),
+    ("unknown host key", lambda s: _host(s, 0).update(prefrence=5), "mailsite:hosts[0].prefrence", "unknown setting"),
+    ("bad address", lambda s: _host(s, 1).update(ipv4="192.0.2.300"), "mailsite:hosts[1].ipv4", "not an IPv4 address"),
+    ("same address", lambda s: _host(s, 1).update(ipv4="192.0.2.10"), "mailsite:hosts[1].ipv4", "already the address of mx1"),
+    ("no IPv4", lambda s: _host(s, 1).pop("ipv4"), "mailsite:hosts[1].ipv4", "every MX needs IPv4"),
+    ("bad role", lambda s: _host(s, 1).update(role="secondary"), "mailsite:hosts[1].role", "not one of the allowed values"),
+    ("bad interface", lambda s: _host(s, 1).update(egressInterface="eth 0"), "mailsite:hosts[1].egressInterface", "not allowed"),
+    ("missing recipients", lambda s: s.pop("recipients"), "mailsite:recipients", "required; add it"),
+    ("no postmaster", lambda s: s["recipients"]["aliases"].pop("postmaster"), "mailsite:recipients", "add postmaster"),
+    ("alias to nobody", lambda s: s["recipients"]["aliases"].update(abuse="carol"), "mailsite:recipients.aliases.abuse", "not a user"),
+    ("bad community", lambda s: s["bgpSpamd"].update(blacklistCommunity="65066:70000"), "mailsite:bgpSpamd.blacklistCommunity", "like 65066:666"),
+    ("same communities", lambda s: s["bgpSpamd"].update(bypassCommunity="65066:666"), "mailsite:bgpSpamd.bypassCommunity", "opposite lists"),
+    ("spamd's table", lambda s: s["bgpSpamd"]["pfTables"].update(blacklist="spamd"), "mailsite:bgpSpamd.pfTables.blacklist", "spamd owns this table"),
+    ("eBGP to itself", lambda s: s["bgpSpamd"].update(localAs=65066), "mailsite:bgpSpamd.localAs", "eBGP"),
+    ("greylist zero", lambda s: s["greylist"].update(passMinutes=0), "mailsite:greylist.passMinutes", "too small"),
+    ("bad queue ttl", lambda s: s["queue"].update(ttl="7 days"), "mailsite:queue.ttl", "not allowed"),
+    ("relative tls path", lambda s: s["tls"].update(key="private/x.key"), "mailsite:tls.key", "absolute path"),
+    ("allocate with static", lambda s: _host(s, 2).update(ipv4="allocate"), "mailsite:hosts[2].ipv4", "give a fixed address"),
+    ("inline key in file backend", lambda s: s["secrets"].update(spamdSyncKey="x" * 32), "mailsite:secrets.spamdSyncKey", "not the stack file"),
+]
+
+
+@pytest.mark.parametrize("change,setting,fix", [case[1:] for case in BAD], ids=[case[0] for case in BAD])
+def test_bad_value_is_one_line_naming_setting_and_fix(settings, change, setting, fix):
+    change(settings)
+    with pytest.raises(SiteConfigError) as raised:
+        load_site(settings)
+    problems = raised.value.problems
+    assert len(problems) == 1, [str(p) for p in problems]
+    line = str(problems[0])
+    assert line.startswith(f"{setting} = "), line
+    assert fix in line, line
+    assert "\n" not in line
+
+
+def test_every_problem_is_reported_at_once(settings):
+    settings["hosts"][1]["role"] = "primary"
+    settings["hosts"][2]["preference"] = 5
+    settings["bgpSpamd"]["pfTables"]["bypass"] = "spamd-white"
+    with pytest.raises(SiteConfigError) as raised:
+        load_site(settings)
+    assert {p.setting for p in raised.value.problems} == {
+        "mailsite:hosts[1].role",
+        "mailsite:hosts[2].preference",
+        "mailsite:bgpSpamd.pfTables.bypass",
+    }
+
+
+def _inline(settings, **keys):
+    settings["secrets"] = {"backend": "inline", "spamdSyncKey": fake_key("sync"), "queueKeys": keys}
+    return settings
+
+
+@pytest.mark.parametrize("bad", ["0123456789abcdef0123456789abcde", "0123456789abcdef0123456789abcdef0", "0123456789ABCDEF0123456789ABCDEZ"])
+def test_queue_key_must_be_32_hex_characters_and_is_never_shown(settings, bad):
+    _inline(settings, mx1=bad, mx2=fake_key("mx2"), mx3=fake_key("mx3"))
+    with pytest.raises(SiteConfigError) as raised:
+        load_site(settings)
+    (problem,) = raised.value.problems
+    assert problem.setting == "mailsite:secrets.queueKeys.mx1"
+    assert "openssl rand -hex 16" in str(problem)
+    assert bad not in str(problem)
+    assert f"<secret of {len(bad)} characters>" in str(problem)
+
+
+def test_inline_keys_for_tests_are_accepted(settings):
+    site = load_site(_inline(settings, mx1=fake_key("mx1"), mx2=fake_key("mx2"), mx3=fake_key("mx3")))
+    assert site.secrets.queue_keys["mx1"].get_secret_value() == fake_key("mx1")
+    assert fake_key("mx1") not in repr(site)
+
+
+def _write_stack(tmp_path, settings):
+    path = tmp_path / "Pulumi.bad.yaml"
+    path.write_text(yaml.safe_dump({"config": {f"mailsite:{k}": v for k, v in settings.items()}}))
+    return path
+
+
+def test_cli_bad_stack_exits_2_with_one_line_each_and_writes_nothing(tmp_path, settings):
+    settings["hosts"][1]["preference"] = 10
+    settings["maxMessageSize"] = "lots"
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "mailsite", "render", "--config", str(_write_stack(tmp_path, settings)), "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines == [
+        "error: mailsite:maxMessageSize = lots: not a size; write a whole number with K, M or G, like 50M",
+    ]
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_cli_reports_cross_setting_problems_too(tmp_path, settings):
+    settings["hosts"][1]["preference"] = 10
+    result = subprocess.run(
+        [sys.executable, "-m", "mailsite", "render", "--config", str(_write_stack(tmp_path, settings)), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: mailsite:hosts[1].preference = 10: a backup's preference must be worse (higher) than the primary's 10; set it above 10"
+    ]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("config: [unclosed", "not valid YAML at line"),
+    ("name: x\n", "has no config: section"),
+    ("config:\n  mailsite:maxMessageSize:\n    secure: v1:abc\n", "encrypted config is read only by pulumi"),
+])
+def test_cli_unreadable_stack_file_is_one_line(tmp_path, text, message):
+    path = tmp_path / "Pulumi.odd.yaml"
+    path.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "mailsite", "render", "--config", str(path), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and message in result.stderr, result.stderr

@@ -1,0 +1,172 @@
+"""Rendered host trees: golden files for the example stack, and the facts files must agree on."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from mailsite.firewall import ANYWHERE, inbound_services
+from mailsite.render import render_host
+from tests.sites import addresses, example_settings, fake_key, fake_secrets, site_of, sized_settings
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def render_site(site):
+    secrets = fake_secrets(site)
+    return {h.name: render_host(site, h, addresses(site), secrets[h.name]) for h in site.hosts}
+
+
+def _modes(tree) -> str:
+    return "".join(f"{rendered.mode:04o} {path}\n" for path, rendered in tree.items())
+
+
+@pytest.mark.parametrize("host", ["mx1", "mx2", "mx3"])
+def test_example_host_matches_golden_tree(example_site, host):
+    """A diff here is a change in behaviour: review it like code (UPDATE_GOLDEN=1 rewrites)."""
+    tree = render_site(example_site)[host]
+    root = GOLDEN / "example" / host
+    if os.environ.get("UPDATE_GOLDEN"):
+        for path, rendered in tree.items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_text(rendered.text)
+        (GOLDEN / "example" / f"{host}.modes").write_text(_modes(tree))
+    golden_paths = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert golden_paths == sorted(tree), "the set of files a host carries changed"
+    for path, rendered in tree.items():
+        assert rendered.text == (root / path).read_text(), f"{host}:{path} differs from its golden file"
+    assert _modes(tree) == (GOLDEN / "example" / f"{host}.modes").read_text()
+
+
+def _smtpd(tree) -> str:
+    return tree["etc/mail/smtpd.conf"].text
+
+
+SIZES = [2, 3, 5]
+
+
+@pytest.mark.parametrize("count", SIZES)
+def test_backup_relays_to_better_mx_naming_its_own_mx_target(count):
+    site = site_of(sized_settings(count))
+    targets = {target for _, _, target in site.mx_records()}
+    for host, tree in render_site(site).items():
+        relay = re.findall(r'relay backup mx "([^"]+)"', _smtpd(tree))
+        if site.host(host).is_primary:
+            assert relay == [], "the primary must deliver, never relay as a backup"
+        else:
+            assert relay == [site.host(host).mx_name], f"{host} must name its own MX target in relay backup mx"
+            assert relay[0] in targets, f"{host}'s relay backup mx name is not an MX target in DNS"
+
+
+@pytest.mark.parametrize("count", SIZES)
+def test_pf_tables_are_the_tables_bgpd_and_spamd_fill(count):
+    site = site_of(sized_settings(count))
+    for host, tree in render_site(site).items():
+        pf_tables = set(re.findall(r"^table <([^>]+)>", tree["etc/pf.conf"].text, re.M))
+        bgpd_tables = set(re.findall(r'set pftable "([^"]+)"', tree["etc/bgpd.conf"].text))
+        assert bgpd_tables == {"bgp_spamd", "bgp_spamd_bypass"}
+        assert bgpd_tables <= pf_tables, f"{host}: bgpd fills pf tables that pf.conf does not declare"
+        assert {"spamd", "spamd-white"} <= pf_tables, f"{host}: pf.conf lacks spamd's compiled-in tables"
+
+
+def test_renamed_pf_tables_reach_both_pf_and_bgpd():
+    settings = example_settings()
+    settings["bgpSpamd"]["pfTables"] = {"blacklist": "rs_black", "bypass": "rs_white"}
+    tree = render_site(site_of(settings))["mx2"]
+    assert 'set pftable "rs_black"' in tree["etc/bgpd.conf"].text
+    assert "table <rs_black> persist" in tree["etc/pf.conf"].text
+    assert "<bgp_spamd>" not in tree["etc/pf.conf"].text
+
+
+@pytest.mark.parametrize("count", SIZES)
+def test_spamd_sync_peers_agree_in_spamd_spamlogd_pf_and_firewall(count):
+    site = site_of(sized_settings(count))
+    for host, tree in render_site(site).items():
+        rc = tree["etc/rc.conf.local"].text
+        spamd_flags = re.search(r'^spamd_flags="([^"]*)"', rc, re.M)[1]
+        spamlogd_flags = re.search(r'^spamlogd_flags="([^"]*)"', rc, re.M)[1]
+        spamd_peers = set(re.findall(r"-Y (\S+)", spamd_flags))
+        spamlogd_peers = set(re.findall(r"-Y (\S+)", spamlogd_flags))
+        pf = tree["etc/pf.conf"].text
+        pf_sources = set(re.search(r'^spamd_sync_sources = "\{ (.*) \}"', pf, re.M)[1].removesuffix("/32").split("/32 "))
+        (sync,) = [s for s in inbound_services(site, site.host(host), addresses(site)) if s.name == "spamd-sync"]
+        firewall_sources = {source.removesuffix("/32") for source in sync.sources}
+        others = {str(h.ipv4) for h in site.hosts if h.name != host}
+        assert spamd_peers == others, f"{host}: spamd -Y targets are not every other MX"
+        assert spamlogd_peers == spamd_peers, f"{host}: spamlogd syncs with other peers than spamd"
+        assert pf_sources == spamd_peers, f"{host}: pf lets spamd-sync in from other hosts than spamd syncs with"
+        assert firewall_sources == spamd_peers, f"{host}: the firewall's udp/8025 sources differ from spamd's peers"
+        assert f"-y {site.host(host).ipv4} " in spamd_flags
+
+
+def test_backup_exposes_smtp_only_and_primary_adds_msa_and_imap(example_site):
+    for host in example_site.hosts:
+        services = inbound_services(example_site, host, addresses(example_site))
+        public = sorted((s.protocol, s.port) for s in services if s.sources == ANYWHERE)
+        expected = [("tcp", 25), ("tcp", 465), ("tcp", 587), ("tcp", 993)] if host.is_primary else [("tcp", 25)]
+        assert public == expected, f"{host.name} exposes {public}"
+        limited = {s.name: s.sources for s in services if s.sources != ANYWHERE}
+        assert limited["bgp"] == ("198.51.100.100/32", "203.0.113.100/32")
+        assert limited["ssh"] == ("198.51.100.0/28", "2001:db8:ad::/48")
+
+
+def test_backup_smtpd_has_no_submission_or_auth(example_site):
+    trees = render_site(example_site)
+    for name in ("mx2", "mx3"):
+        smtpd = _smtpd(trees[name])
+        assert "auth" not in smtpd and "submission" not in smtpd and "smtps" not in smtpd
+        assert "rcpt-to <recipients>" in smtpd
+    primary = _smtpd(trees["mx1"])
+    assert "listen on vmx0 port submission tls-require pki mx1.example.org auth" in primary
+    assert "match from auth for any action \"outbound\"" in primary
+    assert not re.search(r"match from any for any", primary), "the primary must not be an open relay"
+
+
+def test_backup_accepts_exactly_the_site_recipients(example_site):
+    recipients = render_site(example_site)["mx2"]["etc/mail/recipients"].text.splitlines()[1:]
+    expected = [f"{part}@{domain}" for domain in ("example.org", "example.net")
+                for part in ("abuse", "alice", "bob", "hostmaster", "postmaster")]
+    assert recipients == expected
+
+
+def test_secrets_only_in_root_only_files(example_site):
+    site = example_site
+    for host, tree in render_site(site).items():
+        queue_key = fake_key(host)
+        holders = {path for path, rendered in tree.items() if queue_key in rendered.text}
+        assert holders == {"etc/mail/queue-key.conf"}
+        sync_holders = {path for path, rendered in tree.items() if fake_key("spamd-sync") in rendered.text}
+        assert sync_holders == {"etc/mail/spamd.key"}
+        for path in holders | sync_holders:
+            assert tree[path].mode == 0o600 and tree[path].secret
+        assert 'include "/etc/mail/queue-key.conf"' in _smtpd(tree)
+
+
+def test_interface_name_is_a_per_host_setting():
+    settings = example_settings()
+    for host in settings["hosts"]:
+        host["egressInterface"] = "vio0"
+    tree = render_site(site_of(settings))["mx1"]
+    assert "etc/hostname.vio0" in tree and "etc/hostname.vmx0" not in tree
+    assert 'ext_if = "vio0"' in tree["etc/pf.conf"].text
+    assert "listen on vio0 tls" in _smtpd(tree)
+    assert not any("vmx0" in rendered.text for rendered in tree.values())
+
+
+def test_maildir_delivery_by_setting():
+    settings = example_settings()
+    settings["delivery"]["method"] = "maildir"
+    smtpd = _smtpd(render_site(site_of(settings))["mx1"])
+    assert 'action "mailbox" maildir "~/Maildir" virtual <virtuals>' in smtpd
+    assert "lmtp" not in smtpd
+
+
+def test_autoconf_addressing_has_no_static_address():
+    settings = example_settings()
+    settings["network"] = {"addressing": "autoconf"}
+    tree = render_site(site_of(settings))["mx2"]
+    assert tree["etc/hostname.vmx0"].text == "inet autoconf\ninet6 autoconf\n"
+    assert "etc/mygate" not in tree
