@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
@@ -48,3 +49,38 @@ def inbound_services(site: Site, host: Host, addresses: Mapping[str, HostAddress
     if admin:
         services.append(Service("ssh", "tcp", 22, admin, "administration", rate_limited=True))
     return services
+
+
+@dataclass(frozen=True)
+class CloudRule:
+    """One provider firewall rule: a protocol and port from one network (Vultr's shape)."""
+
+    ip_type: Literal["v4", "v6"]
+    protocol: Literal["tcp", "udp", "icmp"]
+    subnet: str
+    subnet_size: int
+    port: str | None
+    notes: str
+
+
+def cloud_rules(services: list[Service]) -> list[CloudRule]:
+    """The provider firewall in front of a host: the same services pf lets in, and nothing wider."""
+    rules = [
+        # Path MTU discovery dies without ICMP "fragmentation needed" / "packet too big".
+        CloudRule("v4", "icmp", "0.0.0.0", 0, None, "icmp: path MTU discovery, echo"),
+        CloudRule("v6", "icmp", "::", 0, None, "icmp6: path MTU discovery, neighbour discovery"),
+    ]
+    for service in services:
+        for source in service.sources:
+            network = ipaddress.ip_network(source)
+            rules.append(
+                CloudRule(
+                    "v4" if network.version == 4 else "v6",
+                    service.protocol,
+                    str(network.network_address),
+                    network.prefixlen,
+                    str(service.port),
+                    f"{service.name}: {service.purpose}",
+                )
+            )
+    return rules

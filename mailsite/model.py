@@ -55,6 +55,7 @@ class HostSecrets:
     queue_key: SecretStr
     queue_key_version: str
     spamd_sync_key: SecretStr
+    spamd_sync_key_version: str
 
 
 class Settings(BaseModel):
@@ -235,12 +236,67 @@ class Secrets(Settings):
     spamd_sync_key: SecretStr | None = None
 
 
+class Vultr(Settings):
+    """The Vultr target: VMs from baked snapshots, reserved IPs, firewall groups, Vultr DNS."""
+
+    region: str = "ams"
+    plan: str = "vc2-1c-2gb"
+    ssh_key_ids: list[str] = []
+    dns: bool = True  # serve the site's zones from Vultr DNS
+
+
+class Libvirt(Settings):
+    """The libvirt target: VMs from baked qcow2 volumes on a routed network with fixed addresses."""
+
+    uri: str = "qemu:///system"
+    network_name: str = "mailsite"
+    bridge: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,14}$")] = "virbr-mail"
+    pool: str = "default"
+    memory_mib: Annotated[int, Field(ge=256, le=65536)] = 1024
+    vcpus: Annotated[int, Field(ge=1, le=64)] = 1
+    zone_dir: str = "zones"  # nsd zone files for your own name server, one per domain
+
+
+class ObjectStorage(Settings):
+    """S3-compatible storage (Vultr Object Storage or S3) that hands raw images to Vultr."""
+
+    endpoint_url: str | None = None  # e.g. https://ams1.vultrobjects.com; None for AWS S3
+    bucket: str = ""
+    region: str | None = None
+    profile: str | None = None
+    # Vultr fetches the image once, right after the URL is made; an hour is plenty.
+    presign_seconds: Annotated[int, Field(ge=60, le=43200)] = 3600
+
+
+class Images(Settings):
+    """How each host's OpenBSD image is baked."""
+
+    openbsd_version: Annotated[str, Field(pattern=r"^[0-9]\.[0-9]$")] = "7.8"
+    iso_url: str = "https://cdn.openbsd.org/pub/OpenBSD/7.8/amd64/install78.iso"
+    iso_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    cache_dir: str = "~/.cache/mailsite/images"
+    disk_size: Annotated[str, Field(pattern=r"^[1-9][0-9]*[MG]$")] = "8G"
+    timeout_minutes: Annotated[int, Field(ge=5, le=600)] = 90
+    object_storage: ObjectStorage = ObjectStorage()
+
+    @property
+    def set_suffix(self) -> str:
+        """The installer names sets by version without the dot: site78.tgz for 7.8."""
+        return self.openbsd_version.replace(".", "")
+
+
 class Site(Settings):
     """A whole mail site: the `mailsite:` namespace of a Pulumi stack file."""
+
+    target: Literal["libvirt", "vultr"] = "libvirt"
+    vultr: Vultr = Vultr()
+    libvirt: Libvirt = Libvirt()
 
     domains: list[Domain] = Field(min_length=1)
     hosts: list[Host] = Field(min_length=1)
     admin_cidrs: list[IPNetwork] = []
+    # Baked into root's authorized_keys: a VM from a snapshot gets no provider-injected keys.
+    admin_ssh_keys: list[Annotated[str, Field(pattern=r"^(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa|sk-ssh-ed25519@openssh.com) [A-Za-z0-9+/=]+( [^\n]*)?$")]] = []
     recipients: Recipients
     greylist: Greylist = Greylist()
     bgp_spamd: BgpSpamd
@@ -250,6 +306,7 @@ class Site(Settings):
     delivery: Delivery = Delivery()
     network: Network = Network()
     secrets: Secrets = Secrets()
+    images: Images = Images()
 
     @field_validator("max_message_size")
     @classmethod
@@ -305,6 +362,15 @@ class Site(Settings):
         """(domain, preference, target) for every site domain and MX, best preference first."""
         ordered = sorted(self.hosts, key=lambda host: (host.preference, host.name))
         return [(domain, host.preference, host.mx_name) for domain in self.domains for host in ordered]
+
+    def ipv4_network(self) -> ipaddress.IPv4Network:
+        """The one network every host sits in, when addressing is static."""
+        return ipaddress.ip_network(f"{self.primary.ipv4}/{self.network.ipv4_prefix_length}", strict=False)
+
+    def ipv6_network(self) -> ipaddress.IPv6Network | None:
+        if not isinstance(self.primary.ipv6, ipaddress.IPv6Address):
+            return None
+        return ipaddress.ip_network(f"{self.primary.ipv6}/{self.network.ipv6_prefix_length}", strict=False)
 
     def valid_recipients(self) -> list[str]:
         return [f"{part}@{domain}" for domain in self.domains for part in self.recipients.local_parts()]

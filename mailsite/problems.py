@@ -175,13 +175,51 @@ def site_problems(site: Site) -> list[Problem]:
     if tables.blacklist == tables.bypass:
         add("mailsite:bgpSpamd.pfTables.bypass", tables.bypass, "same as pfTables.blacklist; give each list its own table")
 
-    if site.network.addressing == "static":
+    if site.network.addressing == "static" and site.target == "libvirt":
         for i, host in enumerate(site.hosts):
             for family in ("ipv4", "ipv6"):
                 if getattr(host, family) == "allocate":
                     add(f"{hosts}[{i}].{family}", "allocate", "network.addressing is static; give a fixed address")
 
+    problems.extend(target_problems(site))
     problems.extend(secret_problems(site))
+    return problems
+
+
+def target_problems(site: Site) -> list[Problem]:
+    """What each target needs of the hosts' settings."""
+    problems: list[Problem] = []
+    hosts = "mailsite:hosts"
+    if site.target == "libvirt":
+        if site.network.addressing != "static":
+            problems.append(Problem("mailsite:network.addressing", site.network.addressing,
+                                    "the libvirt target uses fixed addresses on its own network; set static"))
+            return problems
+        if sum(h.is_primary for h in site.hosts) != 1 or any(h.ipv4 is None or isinstance(h.ipv4, str) for h in site.hosts):
+            return problems  # reported above
+        network4, network6 = site.ipv4_network(), site.ipv6_network()
+        for i, host in enumerate(site.hosts):
+            if host.ipv4 not in network4:
+                problems.append(Problem(f"{hosts}[{i}].ipv4", str(host.ipv4), f"outside the site network {network4}; use an address in it"))
+            if network6 and host.ipv6 is not None and host.ipv6 not in network6:
+                problems.append(Problem(f"{hosts}[{i}].ipv6", str(host.ipv6), f"outside the site network {network6}; use an address in it"))
+        gateway = site.network.ipv4_gateway
+        if gateway is None or gateway not in network4:
+            problems.append(Problem("mailsite:network.ipv4Gateway", show(gateway), f"the libvirt network's own address must be in {network4}; set it, like {next(network4.hosts())}"))
+    else:
+        if site.network.addressing != "autoconf":
+            problems.append(Problem("mailsite:network.addressing", site.network.addressing,
+                                    "Vultr hands out the reserved addresses by DHCP and router advertisements; set autoconf"))
+        for i, host in enumerate(site.hosts):
+            # Vultr cannot take an address of our choosing: IPv4 is a reserved IP made by the stack,
+            # IPv6 the instance's own (spamd and the images need only IPv4 before the VM exists).
+            for family in ("ipv4", "ipv6"):
+                value = getattr(host, family)
+                if value is not None and value != "allocate":
+                    problems.append(Problem(f"{hosts}[{i}].{family}", str(value), "on Vultr the provider assigns addresses; set allocate"))
+            if host.egress_interface != "vio0":
+                problems.append(Problem(f"{hosts}[{i}].egressInterface", host.egress_interface,
+                                        "Vultr's NIC is virtio, which OpenBSD names vio0; set vio0"))
     return problems
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Mapping
 
 import jinja2
+
+from .check import linux_bgpd_conf
 from .firewall import Service, inbound_services
 from .model import Host, HostAddresses, HostSecrets, Site
 
@@ -32,10 +34,17 @@ class RenderedFile:
 
 @dataclass(frozen=True)
 class LinuxDifferences:
-    """What a host's files must do differently to run on Linux (the lab); empty for OpenBSD."""
+    """What a host's files must do differently to run on Linux (the lab); empty for OpenBSD.
+
+    Every difference the lab makes to a rendered file is a field here, and only what Linux forces.
+    (Interface names are not one: the lab names its links vmx0 and lo0, as on OpenBSD.)
+    """
 
     plain_smtp: bool = False  # Debian's smtpd 6.8 cannot finish a TLS handshake with OpenSSL 3
     bgpd_socket: str | None = None  # two bgpd on one machine need their own control sockets
+    # Linux has no pf: bgpd there refuses `set pftable` ("pftable not supported"). The lines are
+    # blanked, not dropped, so that line numbers in bgpd's messages still match the OpenBSD file.
+    pftable: bool = True
 
 
 OPENBSD = LinuxDifferences()
@@ -78,7 +87,7 @@ def render_pf_conf(site: Site, host: Host, addresses: Mapping[str, HostAddresses
         host=host,
         pf_rules=rules,
         table_entries=site.bgp_spamd.table_entries,
-        site_addresses=[str(address) for a in addresses.values() for address in (a.ipv4, a.ipv6) if address],
+        site_addresses=[str(a.ipv4) for a in addresses.values()],
         blacklist_table=tables.blacklist,
         bypass_table=tables.bypass,
     )
@@ -128,7 +137,7 @@ def render_spamd_conf() -> str:
 
 def render_bgpd_conf(site: Site, host: Host, addresses: Mapping[str, HostAddresses], linux: LinuxDifferences = OPENBSD) -> str:
     bgp = site.bgp_spamd
-    return _render(
+    text = _render(
         "bgpd.conf.j2",
         mx_name=host.mx_name,
         local_as=bgp.local_as,
@@ -142,6 +151,7 @@ def render_bgpd_conf(site: Site, host: Host, addresses: Mapping[str, HostAddress
         blacklist_table=bgp.pf_tables.blacklist,
         bypass_table=bgp.pf_tables.bypass,
     )
+    return text if linux.pftable else linux_bgpd_conf(text)
 
 
 def render_bgp_spamd_update(site: Site) -> str:
@@ -224,6 +234,7 @@ def render_host(
         "etc/mail/spamd.key": RenderedFile(secrets.spamd_sync_key.get_secret_value() + "\n", 0o600, secret=True),
         UPDATE_JOB: RenderedFile(render_bgp_spamd_update(site), 0o755),
         "etc/mailsite/crontab": RenderedFile(render_crontab(site)),
+        "root/.ssh/authorized_keys": RenderedFile(_lines("Administrators' keys (adminSshKeys).", site.admin_ssh_keys), 0o600),
     }
     if site.network.addressing == "static":
         gateways = [g for g in (site.network.ipv4_gateway, site.network.ipv6_gateway) if g]

@@ -94,7 +94,7 @@ def site_secrets(site: Site, stack: str, base: Path) -> dict[str, HostSecrets]:
         sync = site.secrets.spamd_sync_key
         assert sync is not None, "validated by the model"
         return {
-            host.name: HostSecrets(site.secrets.queue_keys[host.name], "inline", sync)
+            host.name: HostSecrets(site.secrets.queue_keys[host.name], "inline", sync, "inline")
             for host in site.hosts
         }
     store = _store(site, base)
@@ -104,7 +104,7 @@ def site_secrets(site: Site, stack: str, base: Path) -> dict[str, HostSecrets]:
     for host in site.hosts:
         key_id = queue_key_id(stack, host.name)
         key = _checked(key_id, store.read(key_id))
-        result[host.name] = HostSecrets(key.value, key.version, sync.value)
+        result[host.name] = HostSecrets(key.value, key.version, sync.value, sync.version)
     return result
 
 

@@ -41,7 +41,7 @@ def fake_key(label: str) -> str:
 
 def fake_secrets(site: Site) -> dict[str, HostSecrets]:
     sync = SecretStr(fake_key("spamd-sync"))
-    return {h.name: HostSecrets(SecretStr(fake_key(h.name)), f"test-{h.name}", sync) for h in site.hosts}
+    return {h.name: HostSecrets(SecretStr(fake_key(h.name)), f"test-{h.name}", sync, "test-sync") for h in site.hosts}
 
 
 def addresses(site: Site) -> dict[str, HostAddresses]:

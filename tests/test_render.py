@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mailsite.firewall import ANYWHERE, inbound_services
+from mailsite.model import HostAddresses
 from mailsite.render import render_host
 from tests.sites import addresses, example_settings, fake_key, fake_secrets, site_of, sized_settings
 
@@ -166,7 +168,11 @@ def test_maildir_delivery_by_setting():
 
 def test_autoconf_addressing_has_no_static_address():
     settings = example_settings()
-    settings["network"] = {"addressing": "autoconf"}
-    tree = render_site(site_of(settings))["mx2"]
-    assert tree["etc/hostname.vmx0"].text == "inet autoconf\ninet6 autoconf\n"
+    settings.update(target="vultr", network={"addressing": "autoconf"})
+    for host in settings["hosts"]:
+        host.update(egressInterface="vio0", ipv4="allocate", ipv6="allocate")
+    site = site_of(settings)
+    allocated = {h.name: HostAddresses(ipaddress.IPv4Address(f"203.0.113.{n}")) for n, h in enumerate(site.hosts, 1)}
+    tree = render_host(site, site.host("mx2"), allocated, fake_secrets(site)["mx2"])
+    assert tree["etc/hostname.vio0"].text == "inet autoconf\ninet6 autoconf\n"
     assert "etc/mygate" not in tree

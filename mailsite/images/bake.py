@@ -1,0 +1,167 @@
+"""Baking one host's image: content-addressed, secrets through a private var-file, nothing
+half-made left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as random
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import jinja2
+
+from ..model import Host, HostSecrets, Images
+from ..render import HostTree
+from .identity import PACKER_DIR, image_identity, template_digest
+from .packer import BakeError, packer_version, redact, run_packer
+from .siteset import secret_files, site_set
+
+TEMPLATE = PACKER_DIR / "openbsd.pkr.hcl"
+
+
+@dataclass(frozen=True)
+class BakeRequest:
+    host: Host
+    tree: HostTree
+    secrets: HostSecrets
+    settings: Images
+    image_format: str  # raw (Vultr) or qcow2 (libvirt)
+    template: Path = TEMPLATE
+
+
+@dataclass(frozen=True)
+class BakedImage:
+    identity: str
+    path: Path
+    cached: bool  # True when no packer ran
+
+
+def nic_model(host: Host) -> str:
+    """The NIC qemu gives the bake: the one the host runs with, so pf sees the same interface."""
+    return "vmxnet3" if host.egress_interface.startswith("vmx") else "virtio-net"
+
+
+def accelerator() -> str:
+    return "kvm" if os.access("/dev/kvm", os.W_OK) else "tcg"
+
+
+def identity_of(request: BakeRequest, version: str | None = None) -> str:
+    settings = request.settings
+    return image_identity(
+        request.tree,
+        key_versions={"queue-key": request.secrets.queue_key_version, "spamd-sync-key": request.secrets.spamd_sync_key_version},
+        template=template_digest(request.template.parent, tuple(_template_files(request.template))),
+        packer_version=version or packer_version(),
+        openbsd_version=settings.openbsd_version,
+        media_sha256=settings.iso_sha256 or "",
+        image_format=request.image_format,
+        nic_model=nic_model(request.host),
+    )
+
+
+def _template_files(template: Path) -> list[str]:
+    names = [template.name] + [n for n in ("finish.sh", "install.site", "install.conf.j2") if (template.parent / n).exists()]
+    return names
+
+
+def cache_root(settings: Images) -> Path:
+    return Path(os.path.expanduser(settings.cache_dir))
+
+
+def cached_image(request: BakeRequest, identity: str) -> Path | None:
+    path = cache_root(request.settings) / identity / f"image.{request.image_format}"
+    return path if path.is_file() else None
+
+
+def bake(request: BakeRequest, progress: Callable[[str], None] = print) -> BakedImage:
+    """The host's image: from the cache when its identity is there, else baked by packer."""
+    settings = request.settings
+    if settings.iso_sha256 is None and request.template == TEMPLATE:
+        raise BakeError("mailsite:images.isoSha256 is not set; copy the install media's SHA256 from its SHA256 file")
+    identity = identity_of(request)
+    hit = cached_image(request, identity)
+    if hit:
+        progress(f"{request.host.name}: image {identity[:12]} already baked, reused")
+        return BakedImage(identity, hit, cached=True)
+
+    root = cache_root(settings)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(root, 0o700)  # images hold keys
+    log_path = root / "logs" / f"{request.host.name}-{identity[:12]}.log"
+    keys = [request.secrets.queue_key.get_secret_value(), request.secrets.spamd_sync_key.get_secret_value()]
+    sensitive = secret_files(request.tree)
+    hidden = keys + sensitive.split() + [sensitive]
+    work = Path(tempfile.mkdtemp(prefix="mailsite-bake-"))  # mode 0700 by mkdtemp
+    try:
+        variables = _prepare(request, work, sensitive)
+        var_file = work / "bake.pkrvars.json"
+        descriptor = os.open(var_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(variables, handle)
+        progress(f"{request.host.name}: baking image {identity[:12]} (log: {log_path})")
+        run_packer(
+            [f"-var-file={var_file}", str(request.template)],
+            cwd=work,
+            log_path=log_path,
+            timeout=settings.timeout_minutes * 60,
+            secrets=hidden,
+            progress=lambda step: progress(f"{request.host.name}: {redact(step, hidden)}"),
+        )
+        artifact = work / "output" / request.host.name
+        if not artifact.is_file():
+            raise BakeError(f"packer finished but left no image at {artifact.name}; log: {log_path}")
+        final = root / identity
+        staging = root / f".partial-{identity}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700)
+        shutil.move(str(artifact), staging / f"image.{request.image_format}")
+        os.chmod(staging / f"image.{request.image_format}", 0o600)
+        (staging / "bake.json").write_text(json.dumps({"host": request.host.name, "identity": identity}) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        return BakedImage(identity, final / f"image.{request.image_format}", cached=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(root / f".partial-{identity}", ignore_errors=True)
+
+
+def _prepare(request: BakeRequest, work: Path, sensitive: str) -> dict[str, str]:
+    """The bake's private inputs in `work`: site set, install.conf, throwaway ssh key, variables."""
+    settings = request.settings
+    site_set_path = work / f"site{settings.set_suffix}.tgz"
+    site_set_path.write_bytes(site_set(request.tree))
+    os.chmod(site_set_path, 0o600)
+    http = work / "http"
+    http.mkdir()
+    key = work / "bake_ed25519"
+    result = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailsite-bake", "-f", str(key)],
+                            capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise BakeError(f"ssh-keygen failed: {result.stderr.strip()}")
+    install_conf = jinja2.Template((PACKER_DIR / "install.conf.j2").read_text(), keep_trailing_newline=True).render(
+        hostname=request.host.name,
+        interface=request.host.egress_interface,
+        # Only for the bake's console; finish.sh locks it and root logs in with keys only.
+        root_password_hash=random.token_urlsafe(24),
+        bake_ssh_public_key=(work / "bake_ed25519.pub").read_text().strip(),
+    )
+    (http / "install.conf").write_text(install_conf)
+    return {
+        "iso_url": settings.iso_url,
+        "iso_checksum": f"sha256:{settings.iso_sha256}",
+        "output_directory": str(work / "output"),
+        "vm_name": request.host.name,
+        "format": request.image_format,
+        "accelerator": accelerator(),
+        "nic_model": nic_model(request.host),
+        "disk_size": settings.disk_size,
+        "http_directory": str(http),
+        "ssh_private_key_file": str(key),
+        "site_set": str(site_set_path),
+        "secret_files": sensitive,
+    }

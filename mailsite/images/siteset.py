@@ -1,0 +1,63 @@
+"""The site set: siteXX.tgz with a host's rendered tree and install.site, byte for byte the same
+for the same inputs (sorted entries, fixed times and owners), so that it can be compared and cached."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import tarfile
+
+from ..render import HostTree
+from .identity import PACKER_DIR
+
+# The OpenBSD installer's own sets carry a time; 2000-01-01 says "not a real date" and keeps
+# the archive the same from bake to bake.
+FIXED_MTIME = 946684800
+
+
+def _directories(paths: list[str]) -> list[str]:
+    found = set()
+    for path in paths:
+        parts = path.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            found.add("/".join(parts[:depth]))
+    return sorted(found)
+
+
+def _info(name: str, mode: int, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo("./" + name)
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = mode
+    info.size = size
+    info.mtime = FIXED_MTIME
+    info.uid = info.gid = 0
+    info.uname, info.gname = "root", "wheel"
+    return info
+
+
+def site_set(tree: HostTree, install_site: bytes | None = None) -> bytes:
+    """The archive of every file a host carries but its keys (they travel apart, see bake)."""
+    files = {path: (rendered.text.encode(), rendered.mode) for path, rendered in tree.items() if not rendered.secret}
+    files["install.site"] = (install_site if install_site is not None else (PACKER_DIR / "install.site").read_bytes(), 0o755)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for directory in _directories(list(files)):
+            # root/ stays private, as OpenBSD ships it.
+            archive.addfile(_info(directory, 0o700 if directory.startswith("root") else 0o755, directory=True))
+        for path in sorted(files):
+            data, mode = files[path]
+            archive.addfile(_info(path, mode, len(data)), io.BytesIO(data))
+    packed = io.BytesIO()
+    with gzip.GzipFile(fileobj=packed, mode="wb", mtime=0, compresslevel=9) as gz:
+        gz.write(raw.getvalue())
+    return packed.getvalue()
+
+
+def secret_files(tree: HostTree) -> str:
+    """The key files as `mode path base64` lines: the bake's sensitive variable."""
+    return "\n".join(
+        f"{rendered.mode:04o} /{path} {base64.b64encode(rendered.text.encode()).decode()}"
+        for path, rendered in sorted(tree.items())
+        if rendered.secret
+    )
