@@ -363,6 +363,11 @@ class Site(Settings):
         ordered = sorted(self.hosts, key=lambda host: (host.preference, host.name))
         return [(domain, host.preference, host.mx_name) for domain in self.domains for host in ordered]
 
+    @property
+    def image_format(self) -> str:
+        """Vultr makes snapshots from raw disk images; libvirt volumes are qcow2."""
+        return "raw" if self.target == "vultr" else "qcow2"
+
     def ipv4_network(self) -> ipaddress.IPv4Network:
         """The one network every host sits in, when addressing is static."""
         return ipaddress.ip_network(f"{self.primary.ipv4}/{self.network.ipv4_prefix_length}", strict=False)

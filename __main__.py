@@ -1,0 +1,27 @@
+"""The Pulumi program: the mail site this stack's `mailsite:` settings describe."""
+
+from pathlib import Path
+
+import pulumi
+
+from components.host_image import ImageSettings
+from components.mail_site import MailSite, MailSiteArgs
+from mailsite.problems import SiteConfigError
+from mailsite.stack import stack_secrets, stack_site
+
+
+def main() -> MailSite:
+    try:
+        site = stack_site()
+        secrets = stack_secrets(site, pulumi.get_stack(), Path(__file__).resolve().parent)
+    except SiteConfigError as error:
+        # One line per problem, no traceback: the same words `python -m mailsite` prints.
+        raise pulumi.RunError("\n".join(f"error: {problem}" for problem in error.problems)) from None
+    mail = MailSite("mail", MailSiteArgs(site, secrets, ImageSettings(site.images, site.image_format)))
+    pulumi.export("mx", mail.mx_table)
+    pulumi.export("hosts", mail.host_outputs)
+    return mail
+
+
+if __name__ == "__main__":
+    main()

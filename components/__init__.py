@@ -1,0 +1,1 @@
+"""Pulumi ComponentResources: each translates part of the site model into provider resources."""

@@ -1,0 +1,62 @@
+"""SiteFirewall: the provider firewall in front of each MX, made from the rule set pf is made from."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Mapping
+
+import ediri_vultr as vultr
+import pulumi
+
+from mailsite.firewall import cloud_rules, inbound_services
+from mailsite.model import HostAddresses, Site
+
+
+@dataclass
+class SiteFirewallArgs:
+    site: Site
+    addresses: Mapping[str, pulumi.Output[HostAddresses]]
+
+
+class SiteFirewall(pulumi.ComponentResource):
+    """Vultr: one firewall group per host, exactly that host's services. libvirt has no provider
+    firewall in front of a VM: pf on the host is the whole firewall there, so this creates nothing."""
+
+    group_ids: dict[str, pulumi.Output[str]]
+
+    def __init__(self, name: str, args: SiteFirewallArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mailsite:index:SiteFirewall", name, None, opts)
+        site = args.site
+        self.group_ids = {}
+        if site.target == "vultr":
+            every = pulumi.Output.all(**args.addresses)
+            for host in site.hosts:
+                group = vultr.FirewallGroup(
+                    f"{name}-{host.name}",
+                    description=f"mailsite {host.mx_name} ({host.role} MX)",
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
+                self.group_ids[host.name] = group.id
+                # Peers' addresses are outputs, but how many rules there are is fixed by the model
+                # (services and how many sources each has): count them on stand-in addresses, then
+                # fill each rule in from the real ones.
+                shape = cloud_rules(inbound_services(site, host, _stand_in(site)))
+                for index, stand_in in enumerate(shape):
+                    rule = every.apply(lambda addresses, h=host, i=index: cloud_rules(inbound_services(site, h, addresses))[i])
+                    vultr.FirewallRule(
+                        f"{name}-{host.name}-{stand_in.notes.split(':')[0]}-{index}",
+                        firewall_group_id=group.id,
+                        ip_type=rule.ip_type,
+                        protocol=rule.protocol,
+                        subnet=rule.subnet,
+                        subnet_size=rule.subnet_size,
+                        port=rule.port,
+                        notes=rule.notes,
+                        opts=pulumi.ResourceOptions(parent=group),
+                    )
+        self.register_outputs({"groupIds": self.group_ids})
+
+
+def _stand_in(site: Site) -> dict[str, HostAddresses]:
+    return {h.name: HostAddresses(ipaddress.IPv4Address("192.0.2.1") + i) for i, h in enumerate(site.hosts)}

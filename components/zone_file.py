@@ -1,0 +1,49 @@
+"""ZoneFile: a zone file on the machine running pulumi, for the user's own name server (libvirt).
+
+A dynamic resource rather than a write inside the program, so that preview shows it, `up` writes
+it, `destroy` removes it, and a change of records is an update like any other.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
+
+
+class _ZoneFileProvider(ResourceProvider):
+    def create(self, props):
+        _write(props["path"], props["text"])
+        return CreateResult(id_=props["path"], outs=props)
+
+    def diff(self, _id, olds, news):
+        return DiffResult(
+            changes=olds.get("text") != news["text"] or olds.get("path") != news["path"],
+            replaces=["path"] if olds.get("path") != news["path"] else [],
+            delete_before_replace=False,
+        )
+
+    def update(self, _id, _olds, news):
+        _write(news["path"], news["text"])
+        return UpdateResult(outs=news)
+
+    def delete(self, _id, props):
+        Path(props["path"]).unlink(missing_ok=True)
+
+
+def _write(path: str, text: str) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(target.name + ".new")
+    staging.write_text(text)
+    os.replace(staging, target)
+
+
+class ZoneFile(pulumi.dynamic.Resource):
+    path: pulumi.Output[str]
+    text: pulumi.Output[str]
+
+    def __init__(self, name: str, path: pulumi.Input[str], text: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(_ZoneFileProvider(), name, {"path": path, "text": text}, opts)

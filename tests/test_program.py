@@ -1,0 +1,271 @@
+"""The Pulumi program's resource graph, under Pulumi's own mocks (no cloud, no CLI): what
+`pulumi preview` would show for each target."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pulumi
+import pytest
+
+from mailsite.config import load_site
+from mailsite.keys import new_key
+from mailsite.secrets import FileStore, init_secrets, queue_key_id
+from tests.sites import ROOT, example_settings, fake_key, sized_settings
+
+PROGRAM = ROOT / "__main__.py"
+DYNAMIC = "pulumi-python:dynamic:Resource"
+SECRET_SIGNATURE, SECRET_MARK = "4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270"
+
+
+@dataclass
+class Recorded:
+    resources: list = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)
+
+    def of(self, typ: str) -> list:
+        return [r for r in self.resources if r.typ == typ]
+
+    def named(self, part: str) -> list:
+        return [r for r in self.resources if part in r.name]
+
+
+class SiteMocks(pulumi.runtime.Mocks):
+    """Stands in for the providers: echoes inputs and makes up what only a cloud would know."""
+
+    def __init__(self, recorded: Recorded):
+        self.recorded = recorded
+        self.next_ipv4 = ipaddress.IPv4Address("203.0.113.10")
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        outputs = dict(args.inputs)
+        if args.typ == "vultr:index/reservedIp:ReservedIp":
+            outputs["subnet"] = str(self.next_ipv4)
+            self.next_ipv4 += 10
+        if args.typ == "vultr:index/instance:Instance":
+            outputs["v6MainIp"] = f"2001:db8:77::{len(self.recorded.of(args.typ)) + 1}"
+        if args.typ == DYNAMIC and "identity" in args.inputs:
+            outputs["path"] = f"/cache/{args.inputs['identity']}/image"
+            outputs["url"] = "https://objects.example/presigned"
+            outputs["objectKey"] = f"mailsite/images/{args.inputs['identity']}.raw"
+        self.recorded.resources.append(args)
+        return [f"{args.name}-id", outputs]
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}
+
+
+def inline_secrets(settings: dict, version: str = "v1", rotated: str | None = None) -> dict:
+    settings["secrets"] = {
+        "backend": "inline",
+        "spamdSyncKey": fake_key("spamd-sync"),
+        "queueKeys": {h["name"]: fake_key(h["name"] + ("-rotated" if h["name"] == rotated else "")) for h in settings["hosts"]},
+    }
+    return settings
+
+
+def vultr_settings(settings: dict) -> dict:
+    settings.update(target="vultr", network={"addressing": "autoconf"})
+    settings["images"] = {"isoSha256": "1" * 64, "objectStorage": {"bucket": "images", "endpointUrl": "https://ams1.vultrobjects.com"}}
+    for host in settings["hosts"]:
+        host.update(ipv4="allocate", ipv6="allocate", egressInterface="vio0")
+    return settings
+
+
+def evaluate(settings: dict) -> Recorded:
+    """Run the program under mocks with these `mailsite:` settings; return what it registered."""
+    recorded = Recorded()
+    pulumi.runtime.set_mocks(SiteMocks(recorded), project="mailsite", stack="test", preview=False)
+    pulumi.runtime.set_all_config({f"mailsite:{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in settings.items()})
+
+    @pulumi.runtime.test
+    def run():
+        mail = runpy.run_path(str(PROGRAM), run_name="mailsite_program")["main"]()
+
+        def keep(values):
+            recorded.outputs.update(hosts=values[0], mx=mail.mx_table)
+
+        return pulumi.Output.all(mail.host_outputs).apply(keep)
+
+    run()
+    return recorded
+
+
+@pytest.fixture(scope="module")
+def libvirt_site() -> Recorded:
+    return evaluate(inline_secrets(example_settings()))
+
+
+@pytest.fixture(scope="module")
+def vultr_site() -> Recorded:
+    return evaluate(vultr_settings(inline_secrets(example_settings())))
+
+
+def test_libvirt_site_has_three_vms_on_vmxnet3_at_fixed_addresses(libvirt_site):
+    domains = libvirt_site.of("libvirt:index/domain:Domain")
+    assert sorted(d.inputs["name"] for d in domains) == ["mx1.example.org", "mx2.example.org", "mx3.example.org"]
+    for domain in domains:
+        assert "vmxnet3" in domain.inputs["xml"]["xslt"]
+        (nic,) = domain.inputs["networkInterfaces"]
+        assert nic["networkId"] == "mail-addresses-network-id"
+    addresses = {d.inputs["name"]: d.inputs["networkInterfaces"][0]["addresses"] for d in domains}
+    assert addresses["mx2.example.org"] == ["192.0.2.20", "2001:db8::20"]
+    (network,) = libvirt_site.of("libvirt:index/network:Network")
+    assert network.inputs["mode"] == "route" and network.inputs["addresses"] == ["192.0.2.0/24", "2001:db8::/64"]
+    volumes = libvirt_site.of("libvirt:index/volume:Volume")
+    assert len(volumes) == 3 and all(v.inputs["format"] == "qcow2" and v.inputs["source"].startswith("/cache/") for v in volumes)
+
+
+def test_libvirt_zone_files_hold_mx_a_aaaa_and_ptr(libvirt_site):
+    zones = {r.inputs["path"]: r.inputs["text"] for r in libvirt_site.of(DYNAMIC) if "path" in r.inputs and r.inputs["path"].endswith(".zone")}
+    org = zones["zones/example.org.zone"]
+    assert "@\tIN\tMX\t10\tmx1.example.org." in org and "@\tIN\tMX\t30\tmx3.example.org." in org
+    assert "mx2\tIN\tA\t192.0.2.20" in org and "mx2\tIN\tAAAA\t2001:db8::20" in org
+    assert "@\tIN\tMX\t20\tmx2.example.org." in zones["zones/example.net.zone"]
+    assert "20.2.0.192.in-addr.arpa.\tIN\tPTR\tmx2.example.org." in zones["zones/2.0.192.in-addr.arpa.zone"]
+    ptr6 = zones["zones/0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.zone"]
+    assert ipaddress.ip_address("2001:db8::30").reverse_pointer + ".\tIN\tPTR\tmx3.example.org." in ptr6
+
+
+def test_vultr_site_instances_boot_from_baked_snapshots_with_reserved_ips(vultr_site):
+    instances = vultr_site.of("vultr:index/instance:Instance")
+    snapshots = vultr_site.of("vultr:index/snapshotFromUrl:SnapshotFromUrl")
+    reserved = vultr_site.of("vultr:index/reservedIp:ReservedIp")
+    assert len(instances) == len(snapshots) == len(reserved) == 3
+    snapshot_ids = {f"{s.name}-id" for s in snapshots}
+    for instance in instances:
+        assert instance.inputs["snapshotId"] in snapshot_ids, "every instance boots from a baked image"
+        assert instance.inputs["reservedIpId"].endswith("-ipv4-id") and instance.inputs["enableIpv6"] is True
+    assert all(r.inputs["ipType"] == "v4" for r in reserved)
+    assert all(s.inputs["url"] == "https://objects.example/presigned" for s in snapshots)
+    releases = [r for r in vultr_site.of(DYNAMIC) if r.name.endswith("-release")]
+    assert len(releases) == 3, "each uploaded image is deleted once its snapshot exists"
+
+
+def test_vultr_dns_mx_preferences_point_at_names_with_a_aaaa_and_ptr(vultr_site):
+    records = vultr_site.of("vultr:index/dnsRecord:DnsRecord")
+    mx = sorted((r.inputs["domain"], r.inputs["priority"], r.inputs["data"]) for r in records if r.inputs["type"] == "MX")
+    assert mx == [(d, p, f"mx{p // 10}.example.org") for d in ("example.net", "example.org") for p in (10, 20, 30)]
+    a = {r.inputs["name"]: r.inputs["data"] for r in records if r.inputs["type"] == "A"}
+    aaaa = {r.inputs["name"]: r.inputs["data"] for r in records if r.inputs["type"] == "AAAA"}
+    assert a == {"mx1": "203.0.113.10", "mx2": "203.0.113.20", "mx3": "203.0.113.30"}
+    assert set(aaaa) == {"mx1", "mx2", "mx3"}
+    ptr4 = {r.inputs["ip"]: r.inputs["reverse"] for r in vultr_site.of("vultr:index/reverseIpv4:ReverseIpv4")}
+    ptr6 = {r.inputs["ip"]: r.inputs["reverse"] for r in vultr_site.of("vultr:index/reverseIpv6:ReverseIpv6")}
+    assert ptr4 == {a[name]: f"{name}.example.org" for name in a}, "PTR must answer the name A points at"
+    assert ptr6 == {aaaa[name]: f"{name}.example.org" for name in aaaa}
+
+
+def _rules(recorded: Recorded, host: str) -> set[tuple]:
+    return {
+        (r.inputs["ipType"], r.inputs["protocol"], f"{r.inputs['subnet']}/{int(r.inputs['subnetSize'])}", r.inputs.get("port"))
+        for r in recorded.of("vultr:index/firewallRule:FirewallRule")
+        if r.name.startswith(f"mail-firewall-{host}-")
+    }
+
+
+def test_vultr_firewall_is_exactly_the_rule_set_and_nothing_wider(vultr_site):
+    common = {
+        ("v4", "icmp", "0.0.0.0/0", None), ("v6", "icmp", "::/0", None),
+        ("v4", "tcp", "0.0.0.0/0", "25"), ("v6", "tcp", "::/0", "25"),
+        ("v4", "tcp", "198.51.100.100/32", "179"), ("v4", "tcp", "203.0.113.100/32", "179"),
+        ("v4", "tcp", "198.51.100.0/28", "22"), ("v6", "tcp", "2001:db8:ad::/48", "22"),
+    }
+    msa = {(family, "tcp", world, port) for family, world in (("v4", "0.0.0.0/0"), ("v6", "::/0")) for port in ("465", "587", "993")}
+    sync = lambda *peers: {("v4", "udp", f"203.0.113.{p}/32", "8025") for p in peers}
+    assert _rules(vultr_site, "mx1") == common | msa | sync(20, 30)
+    assert _rules(vultr_site, "mx2") == common | sync(10, 30)
+    assert _rules(vultr_site, "mx3") == common | sync(10, 20)
+    groups = {r.name: f"{r.name}-id" for r in vultr_site.of("vultr:index/firewallGroup:FirewallGroup")}
+    for instance in vultr_site.of("vultr:index/instance:Instance"):
+        host = instance.name.split("-")[1]
+        assert instance.inputs["firewallGroupId"] == groups[f"mail-firewall-{host}"]
+
+
+def test_keys_stay_secret_and_outputs_are_complete(vultr_site):
+    bakes = [r for r in vultr_site.of(DYNAMIC) if "queueKey" in r.inputs]
+    assert len(bakes) == 3
+    for resource in bakes:
+        # Pulumi's wire form of a secret: the engine stores it encrypted and previews show [secret].
+        for name in ("queueKey", "spamdSyncKey", "tree"):
+            assert resource.inputs[name].get(SECRET_SIGNATURE) == SECRET_MARK, name
+        assert resource.inputs["queueKey"]["value"] == fake_key(resource.inputs["host"]["name"])
+    for resource in vultr_site.resources:
+        if resource.typ == DYNAMIC:
+            continue
+        assert fake_key("mx1") not in json.dumps(resource.inputs, default=str), resource.typ
+    hosts = vultr_site.outputs["hosts"]
+    assert set(hosts) == {"mx1", "mx2", "mx3"}
+    for name, host in hosts.items():
+        assert set(host) == {"ipv4", "ipv6", "imageId", "imageIdentity", "queueKeyVersion"}
+        assert host["queueKeyVersion"] == "inline" and len(host["imageIdentity"]) == 64
+        assert fake_key(name) not in json.dumps(host)
+    assert vultr_site.outputs["mx"][0] == {"domain": "example.org", "preference": 10, "target": "mx1.example.org"}
+
+
+def test_secret_inputs_are_marked_secret():
+    """The bake's key inputs are secret Outputs, so state and previews hold them encrypted."""
+    recorded = Recorded()
+    pulumi.runtime.set_mocks(SiteMocks(recorded), project="mailsite", stack="test", preview=True)
+    settings = inline_secrets(example_settings())
+    pulumi.runtime.set_all_config({f"mailsite:{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in settings.items()})
+    seen = {}
+
+    @pulumi.runtime.test
+    def run():
+        mail = runpy.run_path(str(PROGRAM), run_name="mailsite_program")["main"]()
+        image = mail.images["mx2"]
+        return pulumi.Output.all(image.identity.is_secret(), mail.hosts["mx2"].ipv4.is_secret()).apply(lambda v: seen.update(identity=v[0], ipv4=v[1]))
+
+    run()
+    assert seen == {"identity": False, "ipv4": False}, "derived, non-secret values stay readable"
+
+
+@pytest.mark.parametrize("count", [2, 5])
+def test_other_site_sizes_by_config_alone(count):
+    recorded = evaluate(inline_secrets(sized_settings(count)))
+    assert len(recorded.of("libvirt:index/domain:Domain")) == count
+    assert len(recorded.outputs["hosts"]) == count
+
+
+def _identities(settings: dict) -> dict[str, str]:
+    return {name: host["imageIdentity"] for name, host in evaluate(settings).outputs["hosts"].items()}
+
+
+def _changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    return {host for host in before if before[host] != after[host]}
+
+
+def test_new_queue_key_changes_that_host_image_only(tmp_path):
+    settings = example_settings()
+    settings["secrets"] = {"backend": "file", "path": str(tmp_path / "keys")}
+    init_secrets(load_site(settings), "test", ROOT)
+    before = _identities(settings)
+    FileStore(tmp_path / "keys").create(queue_key_id("test", "mx2"), new_key())
+    assert _changed(before, _identities(settings)) == {"mx2"}
+
+
+def test_config_change_on_one_host_changes_its_image_only():
+    settings = inline_secrets(example_settings())
+    before = _identities(settings)
+    settings["hosts"][2]["fqdn"] = "mx3.example.net"
+    assert _changed(before, _identities(settings)) == {"mx3"}
+
+
+def test_site_wide_change_changes_every_image():
+    settings = inline_secrets(example_settings())
+    before = _identities(settings)
+    settings["maxMessageSize"] = "25M"
+    assert _changed(before, _identities(settings)) == {"mx1", "mx2", "mx3"}
+
+
+def test_bad_stack_settings_fail_the_program_with_one_line_each():
+    settings = inline_secrets(example_settings())
+    settings["hosts"][1]["preference"] = 5
+    with pytest.raises(Exception) as raised:
+        evaluate(settings)
+    assert "error: mailsite:hosts[1].preference = 5: a backup's preference must be worse" in str(raised.value)
