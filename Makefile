@@ -4,10 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: deps venv test example clean
+.PHONY: deps venv test example lab bench clean
 
 # The real daemons and tools the checks and the lab run. No service is started by installing them.
-DEBS := opensmtpd openbgpd packer dnsmasq-base swaks iproute2 openssl python3-venv
+DEBS := opensmtpd openbgpd packer dnsmasq-base swaks iproute2 openssl python3-venv bind9-dnsutils shellcheck git
 
 deps:
 	@dpkg -s $(DEBS) >/dev/null 2>&1 || { apt-get update -qq && \
@@ -26,6 +26,14 @@ example: deps venv
 	$(PY) -m mailsite secrets init --config Pulumi.example.yaml
 	$(PY) -m mailsite render --config Pulumi.example.yaml --out $(OUT)
 	$(PY) -m mailsite check $(OUT)
+
+# The site on the real daemons in network namespaces: up, the demonstration, its summary, down.
+lab: deps venv
+	$(PY) -m mailsite lab demo --config Pulumi.example.yaml
+
+# Every benchmark: the lab (start-up, latency, burst, 200k list update), program evaluation, images.
+bench: deps venv
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(OUT) $(VENV)

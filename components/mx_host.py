@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import ediri_vultr as vultr
 import pulumi
 import pulumi_libvirt as libvirt
 
 from mailsite.model import Host, HostAddresses, Site
+from mailsite.rotation import HostControl, drain, ssh_control
 
 # OpenBSD names a vmxnet3 NIC vmx0; libvirt's default model (virtio) would be vio0.
 _VMXNET3 = """<?xml version="1.0"?>
@@ -32,6 +34,22 @@ class MxHostArgs:
     reserved_ip_id: pulumi.Input[str] | None = None  # Vultr
     firewall_group_id: pulumi.Input[str] | None = None  # Vultr
     network_id: pulumi.Input[str] | None = None  # libvirt
+    control: Callable[[Host], HostControl] = ssh_control  # how the drain reaches the host
+
+
+def drain_before_delete(host: Host, control: HostControl, minutes: int) -> pulumi.ResourceHook:
+    """A hook, not a command resource: the drain is the same Python code rotation uses, runs only
+    when this VM is really going (replacement or destroy), and a failure stops the delete."""
+
+    def before_delete(_args: pulumi.ResourceHookArgs) -> None:
+        drained = drain(control, minutes * 60)
+        if not drained.drained:
+            raise RuntimeError(
+                f"{host.name} still holds {len(drained.remaining)} message(s) after {minutes} min; smtp resumed, "
+                "VM not deleted. Bring its next hop back (the primary) or raise mailsite:queue.drainMinutes"
+            )
+
+    return pulumi.ResourceHook(f"drain-{host.name}", before_delete)
 
 
 class MxHost(pulumi.ComponentResource):
@@ -41,6 +59,8 @@ class MxHost(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MxHostArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailsite:index:MxHost", name, None, opts)
+        self.drain_hook = drain_before_delete(args.host, args.control(args.host), args.site.queue.drain_minutes)
+        self._hooks = pulumi.ResourceHookBinding(before_delete=[self.drain_hook])
         if args.site.target == "vultr":
             self._vultr(name, args)
         else:
@@ -63,7 +83,7 @@ class MxHost(pulumi.ComponentResource):
             tags=["mailsite", host.role],
             # A new image means a new VM. The reserved IP can be attached to one VM at a time, so
             # the old one goes first; the image's queue was drained before (see rotation).
-            opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["snapshotId"], delete_before_replace=True),
+            opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["snapshotId"], delete_before_replace=True, hooks=self._hooks),
         )
         self.instance_id = instance.id
         self.ipv4 = args.addresses.apply(lambda a: str(a.ipv4))
@@ -88,6 +108,7 @@ class MxHost(pulumi.ComponentResource):
         domain = libvirt.Domain(
             f"{name}-vm",
             name=host.mx_name,
+            description=f"mailsite {host.role} MX, preference {host.preference}",
             memory=site.libvirt.memory_mib,
             vcpu=site.libvirt.vcpus,
             disks=[libvirt.DomainDiskArgs(volume_id=volume.id)],
@@ -95,7 +116,7 @@ class MxHost(pulumi.ComponentResource):
             xml=libvirt.DomainXmlArgs(xslt=_VMXNET3),
             autostart=True,
             # The fixed address can belong to one VM at a time: the old one goes first.
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, hooks=self._hooks),
         )
         self.instance_id = domain.id
         self.ipv4 = pulumi.Output.from_input(str(host.ipv4))

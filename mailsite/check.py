@@ -17,10 +17,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .render import linux_bgpd_conf
+
 _WHERE = re.compile(r"^(?P<file>[^:\s]+):\s?(?P<line>\d+):\s*(?P<message>.*)$")
 _PKI = re.compile(r'^\s*pki \S+ (?:cert|key) "([^"]+)"', re.M)
-# bgpd on Linux: the only two messages a `set pftable` line makes there.
-_PFTABLE = re.compile(r"\bset pftable\b")
 
 
 @dataclass(frozen=True)
@@ -104,11 +104,6 @@ def check_smtpd(host: str, tree: Path) -> list[CheckProblem]:
     if result.returncode != 0 and not problems:
         problems.append(CheckProblem(host, "smtpd.conf", None, f"smtpd -n failed with status {result.returncode}"))
     return problems
-
-
-def linux_bgpd_conf(text: str) -> str:
-    """The file bgpd on Linux can parse: `set pftable` lines blanked, every other line intact."""
-    return "".join("#\n" if _PFTABLE.search(line) else line for line in text.splitlines(keepends=True))
 
 
 def check_bgpd(host: str, tree: Path) -> list[CheckProblem]:

@@ -8,32 +8,65 @@ from pathlib import Path
 
 from .check import check_host, host_trees
 from .config import load_site_file, stack_name
-from .model import HostAddresses, Site
+from .diff import redacted_snapshot, site_diff
+from .local import render_stack
+from .images.bake import BakeRequest, bake
+from .images.packer import BakeError
+from .lab.cli import add_lab_command
 from .problems import Problem, SiteConfigError
-from .render import HostTree, render_host
-from .secrets import init_secrets, site_secrets
+from .render import HostTree
+from .rotation import ControlError, automation_replace, rotate_site, ssh_control
+from .secrets import host_store, init_secrets
 from .trees import write_trees
 
 
-def fixed_addresses(site: Site) -> dict[str, HostAddresses]:
-    """Addresses written in the stack file; "allocate" ones exist only once the provider made them."""
-    problems = []
-    for i, host in enumerate(site.hosts):
-        for family in ("ipv4", "ipv6"):
-            if getattr(host, family) == "allocate":
-                problems.append(Problem(f"mailsite:hosts[{i}].{family}", "allocate",
-                                        "rendering here needs a fixed address; set one, or render through pulumi up"))
-    if problems:
-        raise SiteConfigError(problems)
-    return {host.name: HostAddresses(host.ipv4, host.ipv6) for host in site.hosts}
-
-
 def render_site(config: Path) -> dict[str, HostTree]:
-    site = load_site_file(config)
-    stack = stack_name(config)
-    addresses = fixed_addresses(site)
-    secrets = site_secrets(site, stack, config.resolve().parent)
-    return {host.name: render_host(site, host, addresses, secrets[host.name]) for host in site.hosts}
+    return render_stack(config)[1]
+
+
+def _bake(args: argparse.Namespace) -> int:
+    site = load_site_file(args.config)
+    names = args.host or [host.name for host in site.hosts]
+    unknown = [name for name in names if name not in {host.name for host in site.hosts}]
+    if unknown:
+        raise SiteConfigError([Problem("--host", name, f"no such host; use one of {', '.join(h.name for h in site.hosts)}") for name in unknown])
+    _, trees, secrets = render_stack(args.config)
+    try:
+        for name in names:
+            request = BakeRequest(site.host(name), trees[name], secrets[name], site.images, site.image_format)
+            baked = bake(request)
+            print(f"{name}: {baked.path} (identity {baked.identity})")
+    except BakeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    site = load_site_file(args.config)
+    if args.host and args.host not in {h.name for h in site.hosts}:
+        raise SiteConfigError([Problem("--host", args.host, f"no such host; use one of {', '.join(h.name for h in site.hosts)}")])
+    stack = stack_name(args.config)
+    project = args.config.resolve().parent
+    controls = {host.name: ssh_control(host) for host in site.hosts}
+    try:
+        done = rotate_site(site, stack, host_store(site, project), controls, automation_replace(stack, str(project)),
+                           args.drain_minutes * 60 if args.drain_minutes else site.queue.drain_minutes * 60, only=args.host,
+                           report=lambda step: print(step.message))
+    except ControlError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0 if done else 1
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    redacted_snapshot(args.config, args.out, args.secrets_base)
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    print(site_diff(args.config, args.base), end="")
+    return 0
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -76,6 +109,29 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("--out", type=Path, required=True)
     render.set_defaults(run=_render)
 
+    bake_command = commands.add_parser("bake", help="bake hosts' OpenBSD images with packer (cached by content)")
+    bake_command.add_argument("--config", type=Path, required=True)
+    bake_command.add_argument("--host", action="append", help="a host to bake (repeat; default: every host)")
+    bake_command.set_defaults(run=_bake)
+
+    rotate = commands.add_parser("rotate-queue-key", help="drain, re-key and replace hosts one at a time (backups first)")
+    rotate.add_argument("--config", type=Path, required=True)
+    rotate.add_argument("--host", help="only this host (default: every host, backups first, the primary last)")
+    rotate.add_argument("--drain-minutes", type=int, help="how long a host may take to drain (default: mailsite:queue.drainMinutes)")
+    rotate.set_defaults(run=_rotate)
+
+    diff = commands.add_parser("diff", help="per host, what the working tree changes against REF (keys redacted)")
+    diff.add_argument("--config", type=Path, required=True)
+    diff.add_argument("--base", required=True, help="the git ref to compare with, e.g. origin/main")
+    diff.set_defaults(run=_diff)
+
+    # Used by `diff` on the base's own code; rendered files with keys redacted, and identities.
+    snapshot = commands.add_parser("snapshot", help=argparse.SUPPRESS)
+    snapshot.add_argument("--config", type=Path, required=True)
+    snapshot.add_argument("--out", type=Path, required=True)
+    snapshot.add_argument("--secrets-base", type=Path)
+    snapshot.set_defaults(run=_snapshot)
+
     check = commands.add_parser("check", help="check rendered trees with smtpd -n and bgpd -n (root)")
     check.add_argument("dir", type=Path)
     check.set_defaults(run=_check)
@@ -85,6 +141,7 @@ def parser() -> argparse.ArgumentParser:
     init = secrets_commands.add_parser("init", help="create every missing key (never replaces one)")
     init.add_argument("--config", type=Path, required=True)
     init.set_defaults(run=_secrets_init)
+    add_lab_command(commands)
     return top
 
 

@@ -209,6 +209,8 @@ class Delivery(Settings):
 class Queue(Settings):
     # A backup may hold mail for as long as the primary is away; smtpd's default is 4 days.
     ttl: Annotated[str, Field(pattern=_DURATION.pattern)] = "7d"
+    # How long a host may take to deliver its queue before its VM is replaced or its key rotated.
+    drain_minutes: Annotated[int, Field(ge=1, le=1440)] = 30
 
 
 class Network(Settings):

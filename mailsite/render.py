@@ -8,13 +8,13 @@ templates, no decisions the model already made.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import jinja2
 
-from .check import linux_bgpd_conf
 from .firewall import Service, inbound_services
 from .model import Host, HostAddresses, HostSecrets, Site
 
@@ -50,6 +50,15 @@ class LinuxDifferences:
 OPENBSD = LinuxDifferences()
 
 HostTree = dict[str, RenderedFile]
+
+
+# bgpd on Linux refuses exactly these lines ("pftable not supported"): Linux has no pf.
+_PFTABLE = re.compile(r"\bset pftable\b")
+
+
+def linux_bgpd_conf(text: str) -> str:
+    """The file bgpd on Linux can parse: `set pftable` lines blanked, every other line intact."""
+    return "".join("#\n" if _PFTABLE.search(line) else line for line in text.splitlines(keepends=True))
 
 
 @functools.cache

@@ -26,7 +26,7 @@ def sized_settings(count: int) -> dict:
         {
             "name": f"mx{n}",
             "role": "primary" if n == 1 else "backup",
-            "ipv4": f"192.0.2.{10 * n}",
+            "ipv4": f"192.0.2.{9 + n}",
             "ipv6": f"2001:db8::{10 * n}",
         }
         for n in range(1, count + 1)

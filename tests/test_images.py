@@ -133,3 +133,18 @@ def test_missing_media_checksum_is_refused_before_packer(example_site, tmp_path)
     request = BakeRequest(request.host, request.tree, request.secrets, request.settings.model_copy(update={"iso_sha256": None}), "raw", request.template)
     with pytest.raises(BakeError, match="isoSha256 is not set"):
         bake(request, progress=lambda _: None)
+
+
+def test_cli_bake_refuses_unknown_host_and_missing_checksum():
+    import sys
+
+    from tests.sites import ROOT
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mailsite", "bake", "--config", "Pulumi.example.yaml", *a],
+                                    capture_output=True, text=True, cwd=ROOT)
+    unknown = run("--host", "mx9")
+    assert unknown.returncode == 2
+    assert unknown.stderr == "error: --host = mx9: no such host; use one of mx1, mx2, mx3\n"
+    subprocess.run([sys.executable, "-m", "mailsite", "secrets", "init", "--config", "Pulumi.example.yaml"], cwd=ROOT, check=True, capture_output=True)
+    unset = run("--host", "mx2")
+    assert unset.returncode == 1 and "isoSha256 is not set" in unset.stderr and len(unset.stderr.splitlines()) == 1

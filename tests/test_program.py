@@ -87,7 +87,8 @@ def evaluate(settings: dict) -> Recorded:
         mail = runpy.run_path(str(PROGRAM), run_name="mailsite_program")["main"]()
 
         def keep(values):
-            recorded.outputs.update(hosts=values[0], mx=mail.mx_table)
+            recorded.outputs.update(hosts=values[0], mx=mail.mx_table,
+                                    drain_hooks={h: mx.drain_hook.name for h, mx in mail.hosts.items()})
 
         return pulumi.Output.all(mail.host_outputs).apply(keep)
 
@@ -186,6 +187,11 @@ def test_vultr_firewall_is_exactly_the_rule_set_and_nothing_wider(vultr_site):
         assert instance.inputs["firewallGroupId"] == groups[f"mail-firewall-{host}"]
 
 
+def test_every_vm_is_drained_before_it_is_deleted(vultr_site, libvirt_site):
+    for recorded in (vultr_site, libvirt_site):
+        assert recorded.outputs["drain_hooks"] == {h: f"drain-{h}" for h in ("mx1", "mx2", "mx3")}
+
+
 def test_keys_stay_secret_and_outputs_are_complete(vultr_site):
     bakes = [r for r in vultr_site.of(DYNAMIC) if "queueKey" in r.inputs]
     assert len(bakes) == 3
@@ -245,8 +251,14 @@ def test_new_queue_key_changes_that_host_image_only(tmp_path):
     settings["secrets"] = {"backend": "file", "path": str(tmp_path / "keys")}
     init_secrets(load_site(settings), "test", ROOT)
     before = _identities(settings)
-    FileStore(tmp_path / "keys").create(queue_key_id("test", "mx2"), new_key())
-    assert _changed(before, _identities(settings)) == {"mx2"}
+    store = FileStore(tmp_path / "keys")
+    # A rotation under way: the pending key is what the new image carries...
+    store.put_pending(queue_key_id("test", "mx2"), new_key())
+    pending = _identities(settings)
+    assert _changed(before, pending) == {"mx2"}
+    # ...and promoting it once the host runs with it changes no image again.
+    store.promote(queue_key_id("test", "mx2"))
+    assert _identities(settings) == pending
 
 
 def test_config_change_on_one_host_changes_its_image_only():

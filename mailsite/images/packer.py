@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import re
@@ -28,6 +29,7 @@ class PackerRun:
     failed_step: str | None = None  # the step under way when the first error came
 
 
+@functools.cache  # one packer per run; asked once, not once per host
 def packer_version() -> str:
     try:
         result = subprocess.run(["packer", "version"], capture_output=True, text=True, timeout=30)

@@ -1,0 +1,35 @@
+"""Figure: how long the lab takes to come up (namespaces, rendering, every daemon answering,
+every bgp session Established with the routes in) and to go down. Target: up in under 10 s."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mailsite.lab.lab import Lab  # noqa: E402
+
+RUNS = 5
+
+
+def main() -> None:
+    ups, downs = [], []
+    for _ in range(RUNS):
+        started = time.monotonic()
+        lab = Lab.up(ROOT / "Pulumi.example.yaml")
+        ups.append(time.monotonic() - started)
+        started = time.monotonic()
+        left = lab.down()
+        downs.append(time.monotonic() - started)
+        assert not left, left
+    print(f"lab up (example stack, 3 MX + 2 route servers + dns + sender), {RUNS} runs: "
+          f"median {statistics.median(ups):.2f} s, min {min(ups):.2f} s, max {max(ups):.2f} s (target < 10 s)")
+    print(f"lab down: median {statistics.median(downs):.2f} s, max {max(downs):.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""The lab: the whole mail site on the real daemons, in network namespaces on one Linux machine.
+
+site.py decides the lab's nodes and addresses and renders each host through the same renderers
+as the images (only LINUX differs); net.py builds the wire; procs.py starts and stops processes
+and remembers them; lab.py puts a site up and down; mail.py and bgp.py are what a scenario does
+to it; scenarios.py is the demonstration the tests and `make lab` share.
+"""

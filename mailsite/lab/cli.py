@@ -1,0 +1,124 @@
+"""`python -m mailsite lab up|status|send|down|demo`: the lab from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from .lab import Lab, teardown
+from .mail import send
+from .procs import LabError
+from .scenarios import DEMONSTRATION
+from .summary import NOT_IN_THE_LAB, finding_lines, node_lines
+
+
+def _interruptible() -> None:
+    """SIGTERM (a killed make, CI's timeout) takes the lab down as Ctrl-C does."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Expected failures as one line and exit status 2; Ctrl-C as 130, with the lab taken down."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except LabError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted; the lab was taken down", file=sys.stderr)
+            return 130
+    return run
+
+
+def _clean_line(found: list[str], seconds: float) -> str:
+    if found:
+        return f"lab down in {seconds:.1f} s, NOT clean: {'; '.join(found)}"
+    return f"lab down in {seconds:.1f} s: no namespace, process, mount or state left"
+
+
+def _print_up(lab: Lab) -> None:
+    cleaned = lab.state.get("cleaned_before")
+    if cleaned is not None:
+        print(f"cleaned up a lab left by a killed run (pid {cleaned})")
+    print(f"lab up in {lab.state['up_seconds']:.1f} s (stack {lab.state['stack']}):")
+    print("\n".join(node_lines(lab)), flush=True)
+
+
+def _up(args: argparse.Namespace) -> int:
+    _interruptible()
+    lab = Lab.up(args.config, stay=True)
+    _print_up(lab)
+    first = lab.plan.site.backups[0].name if lab.plan.site.backups else lab.plan.site.primary.name
+    user = f"{lab.plan.site.recipients.users[0]}@{lab.plan.site.domains[0]}"
+    print(f"try: python -m mailsite lab send --via {first} --to {user}; then: python -m mailsite lab down")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    lab = Lab.attach()
+    print(f"lab of stack {lab.state['stack']}, up in {lab.state['up_seconds']} s:")
+    print("\n".join(node_lines(lab, with_queues=True)))
+    return 0 if all(lab.daemons().values()) else 1
+
+
+def _send(args: argparse.Namespace) -> int:
+    lab = Lab.attach()
+    if args.via not in lab.plan.addresses():
+        raise LabError(f"--via {args.via}: not an MX of the lab; use one of {', '.join(lab.plan.addresses())}")
+    sent = send(lab, args.via, args.to, args.subject)
+    replies = [line for line in sent.transcript.splitlines() if line.startswith(("<-", "<**"))]
+    print(replies[-2] if len(replies) >= 2 else sent.transcript.strip()[-300:])
+    print(f"{args.via}: {'accepted' if sent.accepted else f'not accepted (swaks exit {sent.status})'}")
+    return 0 if sent.accepted else 1
+
+
+def _down(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    found = teardown()
+    print(_clean_line(found, time.monotonic() - started))
+    return 1 if found else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    _interruptible()
+    lab = Lab.up(args.config)
+    findings = []
+    try:
+        _print_up(lab)
+        for scenario in DEMONSTRATION:
+            findings.append(scenario(lab))
+            print(finding_lines(findings[-1:])[0], flush=True)
+    finally:
+        started = time.monotonic()
+        found = lab.down()
+        down = _clean_line(found, time.monotonic() - started)
+    print("\nsummary:")
+    print("\n".join(finding_lines(findings)))
+    print(down)
+    print("\n".join(NOT_IN_THE_LAB))
+    return 0 if findings and all(f.ok for f in findings) and not found else 1
+
+
+def add_lab_command(commands: argparse._SubParsersAction) -> None:
+    lab = commands.add_parser("lab", help="the site on the real daemons, in network namespaces (root)")
+    verbs = lab.add_subparsers(dest="lab_command", required=True)
+    up = verbs.add_parser("up", help="bring the stack's site up in the lab and leave it running")
+    up.add_argument("--config", type=Path, required=True, help="the stack file, Pulumi.<stack>.yaml")
+    up.set_defaults(run=_guarded(_up))
+    verbs.add_parser("status", help="the lab's nodes, daemons and queues").set_defaults(run=_guarded(_status))
+    send_ = verbs.add_parser("send", help="send one message from the internet node through an MX")
+    send_.add_argument("--via", required=True, help="the MX to connect to, by host name (mx2)")
+    send_.add_argument("--to", required=True, help="the recipient, like alice@example.org")
+    send_.add_argument("--subject", default="mailsite lab test")
+    send_.set_defaults(run=_guarded(_send))
+    verbs.add_parser("down", help="stop the lab and remove all of it, also after a crash or a kill").set_defaults(run=_guarded(_down))
+    demo = verbs.add_parser("demo", help="up, run the demonstration, print its summary, down (make lab)")
+    demo.add_argument("--config", type=Path, required=True, help="the stack file, Pulumi.<stack>.yaml")
+    demo.set_defaults(run=_guarded(_demo))

@@ -1,0 +1,54 @@
+"""The lab's wire: one network namespace per node, joined by veth pairs on a bridge (an I/O edge).
+
+The bridge lives in a namespace of its own, so the lab adds nothing to this machine's own network
+(no link, no address, no route): deleting the lab's namespaces deletes every link it made.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .procs import NETNS_DIR, LabError, must, run
+from .site import BRIDGE, NAMESPACE_PREFIX, WIRE, Node
+
+
+def lab_namespaces() -> list[str]:
+    """The lab's namespaces that exist now, whoever made them (a killed run leaves some)."""
+    listing = run(["ip", "netns", "list"], timeout=10).stdout
+    names = [line.split()[0] for line in listing.splitlines() if line.strip()]
+    return [name for name in names if name == WIRE or name.startswith(NAMESPACE_PREFIX)]
+
+
+def namespace_inode(name: str) -> int:
+    return os.stat(NETNS_DIR / name).st_ino
+
+
+def add_wire() -> None:
+    must(["ip", "netns", "add", WIRE])
+    must(["ip", "-n", WIRE, "link", "add", BRIDGE, "type", "bridge"])
+    must(["ip", "-n", WIRE, "link", "set", BRIDGE, "up"])
+
+
+def add_node(node: Node, port: str) -> None:
+    """The node's namespace, its link on the bridge (named as on the host) and its addresses."""
+    ns = node.namespace
+    must(["ip", "netns", "add", ns])
+    if node.kind == "mx":
+        # OpenBSD's loopback is lo0, and smtpd.conf says `listen on lo0`: Linux lets a namespace's
+        # loopback be renamed, so the rendered file needs no change for it.
+        must(["ip", "-n", ns, "link", "set", "lo", "name", "lo0"])
+    must(["ip", "-n", ns, "link", "set", node.loopback, "up"])
+    must(["ip", "-n", WIRE, "link", "add", port, "type", "veth", "peer", "name", node.link, "netns", ns])
+    must(["ip", "-n", WIRE, "link", "set", port, "master", BRIDGE, "up"])
+    # No duplicate address detection: while an address is tentative smtpd's `listen on vmx0`
+    # cannot bind it (the link-local one included), and nothing else on the bridge can clash.
+    must(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{node.link}.accept_dad=0"])
+    must(["ip", "-n", ns, "addr", "add", f"{node.ipv4}/24", "dev", node.link])
+    must(["ip", "-n", ns, "addr", "add", f"{node.ipv6}/64", "dev", node.link, "nodad"])
+    must(["ip", "-n", ns, "link", "set", node.link, "up"])
+
+
+def delete_namespace(name: str) -> None:
+    result = run(["ip", "netns", "del", name], timeout=10)
+    if result.returncode != 0 and (NETNS_DIR / name).exists():
+        raise LabError(f"cannot delete network namespace {name}: {result.stderr.strip()}")

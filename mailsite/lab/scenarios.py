@@ -1,0 +1,314 @@
+"""The demonstration: what the lab proves about the site, one scenario a function.
+
+Each scenario drives the running lab as the world would (mail from the internet node, a host
+going down, a route server changing its lists) and returns a Finding: the tests assert on it,
+`make lab` prints it. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from ..dns import dns_records, reverse_records
+from . import bgp, mail
+from .lab import Lab
+from .procs import LabError, in_network, run, wait_until
+
+DELIVERY_TIMEOUT = 30  # seconds for a relayed message to reach a mailbox
+# After the primary returns, a backup's next attempt may wait out smtpd's penalty on the route
+# that failed (about 10 s) even after `smtpctl schedule all`.
+REDELIVERY_TIMEOUT = 60
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+
+
+def _marker(label: str) -> str:
+    return f"mailsite-lab-{label}-{uuid.uuid4().hex[:12]}"
+
+
+def _timed(name: str, scenario: Callable[[], tuple[bool, str]]) -> Finding:
+    started = time.monotonic()
+    try:
+        ok, detail = scenario()
+    except LabError as error:
+        ok, detail = False, str(error)
+    return Finding(name, ok, detail, round(time.monotonic() - started, 1))
+
+
+def _delivered_once(lab: Lab, marker: str, timeout: float = DELIVERY_TIMEOUT) -> list:
+    wait_until(lambda: mail.delivered(lab, marker), timeout, 0.1)
+    return mail.delivered(lab, marker)
+
+
+def _received_chain(message: bytes) -> list[str]:
+    """The `Received:` headers, newest first, each folded onto one line."""
+    headers = message.split(b"\n\n", 1)[0].decode(errors="replace").replace("\n\t", " ").replace("\n ", " ")
+    return [line for line in headers.splitlines() if line.startswith("Received:")]
+
+
+def _smtpd_running(lab: Lab, host: str) -> bool:
+    return lab.daemons().get(f"{host}/smtpd", False)
+
+
+def _host_names(lab: Lab) -> tuple[str, list[str]]:
+    site = lab.plan.site
+    return site.primary.name, [host.name for host in site.backups]
+
+
+def _dig(lab: Lab, *query: str) -> set[str]:
+    argv = ["dig", "+short", "+time=2", "+tries=1", f"@{lab.plan.dns.ipv4}", *query]
+    return set(run(in_network(lab.plan.internet.namespace, argv), timeout=10).stdout.split("\n")) - {""}
+
+
+def dns_serves_site_records(lab: Lab) -> Finding:
+    """The lab's DNS answers, to the internet, exactly the records dns_records() and
+    reverse_records() compute: the values the cloud DNS is given."""
+    def scenario() -> tuple[bool, str]:
+        site, addresses = lab.plan.site, lab.plan.addresses()
+        want: dict[tuple[str, str], set[str]] = {}
+        for record in dns_records(site, addresses):
+            value = f"{record.priority} {record.value}." if record.type == "MX" else record.value
+            want.setdefault((record.type, record.name), set()).add(value)
+        for record in reverse_records(site, addresses):
+            want.setdefault(("-x", record.address), set()).add(f"{record.name}.")
+        wrong = [f"{kind} {name}: {sorted(got)}" for (kind, name), values in want.items()
+                 if (got := _dig(lab, kind, name)) != values]
+        return not wrong, "; ".join(wrong) or f"{len(want)} names answered as computed (MX, A, AAAA, PTR)"
+    return _timed("dns: the site's records, as dns_records() computes them", scenario)
+
+
+def backups_relay_to_primary(lab: Lab) -> Finding:
+    """Mail to a site user through each backup is relayed to the primary and delivered there,
+    once, having passed through that backup and no other host."""
+    def scenario() -> tuple[bool, str]:
+        site = lab.plan.site
+        primary, backups = _host_names(lab)
+        problems = []
+        for index, backup in enumerate(backups):
+            user = site.recipients.users[index % len(site.recipients.users)]
+            marker = _marker(f"via-{backup}")
+            sent = mail.send(lab, backup, f"{user}@{site.domains[-1]}", marker)
+            if not sent.accepted:
+                problems.append(f"{backup} refused {user} (swaks {sent.status})")
+                continue
+            found = _delivered_once(lab, marker)
+            if len(found) != 1:
+                problems.append(f"via {backup}: {len(found)} copies in the primary's mailboxes, want 1")
+                continue
+            hops = _received_chain(found[0].read_bytes())
+            by = [f"by {site.host(name).mx_name} " for name in (primary, backup)]
+            if len(hops) != 2 or by[0] not in hops[0] or by[1] not in hops[1]:
+                problems.append(f"via {backup}: hops were {hops}")
+            elif f"/{user}/Maildir/" not in str(found[0]):
+                problems.append(f"via {backup}: delivered to {found[0]}, not {user}'s maildir")
+        return not problems, "; ".join(problems) or f"via {', '.join(backups)}: each delivered once on {primary}"
+    return _timed("mail through each backup is delivered on the primary", scenario)
+
+
+def queued_while_primary_down(lab: Lab) -> Finding:
+    """With the primary's smtpd down a backup accepts, holds the message in its encrypted queue
+    (listed by smtpctl, its body unreadable on disk even decompressed), never hands it to a worse
+    MX, and delivers it exactly once when the primary is back."""
+    def scenario() -> tuple[bool, str]:
+        site = lab.plan.site
+        primary, backups = _host_names(lab)
+        backup = backups[0]
+        user = site.recipients.users[0]
+        marker = _marker("queued")
+        lab.stop_daemon(primary, "smtpd")
+        try:
+            sent = mail.send(lab, backup, f"{user}@{site.domains[0]}", marker, body=f"the body {marker}")
+            if not sent.accepted:
+                return False, f"{backup} refused the message while the primary was down (swaks {sent.status})"
+            recipient = f"{user}@{site.domains[0]}"
+            if not wait_until(lambda: any(recipient in line for line in mail.queue(lab, backup)), 10):
+                return False, f"{backup}'s queue does not list the message: {mail.queue(lab, backup)}"
+            if not mail.spool_files(lab, backup):
+                return False, f"{backup}'s spool holds no file at all"
+            revealing = mail.spool_files_revealing(lab, backup, marker)
+            if revealing:
+                return False, f"the body is readable on disk in {revealing[0]}"
+            if mail.delivered(lab, marker):
+                return False, "delivered while the primary was down"
+            queued = len(mail.queue(lab, backup))
+        finally:
+            if not _smtpd_running(lab, primary):
+                lab.start_daemon(primary, "smtpd")
+        if not wait_until(lambda: lab.smtpd_listening(primary), 10):
+            return False, f"{primary}'s smtpd did not come back"
+        back = time.monotonic()
+        if not mail.flush(lab, backup, lambda: mail.delivered(lab, marker) and not mail.queue(lab, backup), REDELIVERY_TIMEOUT):
+            return False, f"not delivered {REDELIVERY_TIMEOUT} s after {primary} returned; {backup}'s queue: {mail.queue(lab, backup)}"
+        waited = time.monotonic() - back
+        time.sleep(1)  # a duplicate would come now, from a retry of an envelope already sent
+        found = mail.delivered(lab, marker)
+        # A backup relays only up: a worse MX (higher preference) never hears from it.
+        worse = [name for name in backups[1:] if _connections_from(lab, name, backup)]
+        if len(found) != 1 or worse:
+            return False, f"{len(found)} copies delivered, want 1" + (f"; {backup} connected to {worse}" if worse else "")
+        return True, f"{backup} queued {queued} envelope, body unreadable on disk; delivered once {waited:.1f} s after {primary} returned"
+    return _timed("primary down: a backup queues (encrypted), then delivers once", scenario)
+
+
+def _connections_from(lab: Lab, host: str, source: str) -> list[str]:
+    """Lines of `host`'s smtpd log where `source` (a lab node) connected to it."""
+    node = lab.plan.node(source)
+    addresses = (f"address={node.ipv4} ", f"address=[{node.ipv6}] ")
+    log = mail.smtpd_log(lab, host).splitlines()
+    return [line for line in log if " smtp connected " in line and any(address in line for address in addresses)]
+
+
+def worst_backup_relays_to_primary(lab: Lab, messages: int = 3) -> Finding:
+    """With every MX up, the worst backup relays straight to the primary (best preference), never
+    to a backup in between: MX preference is what smtpd's `relay backup mx` follows."""
+    def scenario() -> tuple[bool, str]:
+        site = lab.plan.site
+        primary, backups = _host_names(lab)
+        if len(backups) < 2:
+            return True, "needs two backups; this site has fewer"
+        worst, middle = backups[-1], backups[:-1]
+        markers = [_marker(f"via-{worst}") for _ in range(messages)]
+        for marker in markers:
+            if not mail.send(lab, worst, f"{site.recipients.users[0]}@{site.domains[0]}", marker).accepted:
+                return False, f"{worst} refused a site user's mail"
+        problems = []
+        for marker in markers:
+            found = _delivered_once(lab, marker)
+            if len(found) != 1:
+                problems.append(f"{len(found)} copies of one message")
+                continue
+            first_hop = _received_chain(found[0].read_bytes())[0]
+            if f"from {site.host(worst).mx_name} " not in first_hop:
+                problems.append(f"reached {primary} from elsewhere: {first_hop}")
+        for name in middle:
+            if seen := _connections_from(lab, name, worst):
+                problems.append(f"{worst} connected to {name}: {seen[0]}")
+        relayed = [line for line in mail.smtpd_log(lab, worst).splitlines() if " mta delivery " in line and 'result="Ok"' in line]
+        wrong = [line for line in relayed if f"({site.primary.mx_name})" not in line]
+        if wrong:
+            problems.append(f"{worst} relayed elsewhere: {wrong[0]}")
+        return not problems, "; ".join(problems) or f"{messages} messages: {worst} -> {primary}, {', '.join(middle)} never contacted"
+    return _timed("every MX up: the worst backup relays to the primary only", scenario)
+
+
+def no_open_relay(lab: Lab) -> Finding:
+    """No MX relays for strangers: mail to a foreign domain is refused with a 5xx at RCPT."""
+    def scenario() -> tuple[bool, str]:
+        open_ = [mx.name for mx in lab.plan.of_kind("mx")
+                 if not mail.send(lab, mx.name, "someone@foreign.test", _marker("relay")).refused_permanently]
+        return not open_, f"relayed or did not refuse with 5xx: {', '.join(open_)}" if open_ else "every MX refuses someone@foreign.test with 5xx"
+    return _timed("no open relay: every MX refuses a foreign domain", scenario)
+
+
+def backups_refuse_unknown(lab: Lab) -> Finding:
+    """Backups accept only the site's own recipients: an unknown user in a site domain, and a
+    site user's name at a domain that is not the site's, are refused at RCPT (no backscatter)."""
+    def scenario() -> tuple[bool, str]:
+        site = lab.plan.site
+        _, backups = _host_names(lab)
+        recipients = [f"nobody-here@{site.domains[0]}", f"{site.recipients.users[0]}@unknown-domain.test"]
+        accepted = [f"{backup} took {to}" for backup in backups for to in recipients
+                    if not mail.send(lab, backup, to, _marker("unknown")).refused_permanently]
+        return not accepted, "; ".join(accepted) or f"{', '.join(backups)} refuse {' and '.join(recipients)} with 5xx"
+    return _timed("backups refuse unknown recipients and domains", scenario)
+
+
+def bgp_sessions(lab: Lab) -> Finding:
+    """Each MX's bgpd holds an Established eBGP multihop session with every route server and
+    exactly the routes they announce, from each."""
+    def scenario() -> tuple[bool, str]:
+        want = bgp.announced(lab)
+        multihop = lab.plan.site.bgp_spamd.multihop
+        problems = []
+        for mx in lab.plan.of_kind("mx"):
+            states, peers, held = bgp.sessions(lab, mx.name), bgp.neighbors(lab, mx.name), bgp.rib(lab, mx.name)
+            for server in lab.plan.of_kind("route-server"):
+                address = str(server.ipv4)
+                config = peers.get(address, {}).get("config", {})
+                if states.get(address) != "Established":
+                    problems.append(f"{mx.name}-{server.name} is {states.get(address)}")
+                elif not config.get("multihop") or config.get("multihop_distance") != multihop:
+                    problems.append(f"{mx.name}-{server.name} is not multihop {multihop}")
+                elif held.get(address) != want:
+                    problems.append(f"{mx.name} holds {sorted(held.get(address, []))} from {server.name}")
+        servers = len(lab.plan.of_kind("route-server"))
+        return not problems, "; ".join(problems) or f"every MX: {servers} sessions Established, multihop {multihop}, {len(want)} routes each"
+    return _timed("bgp: each MX holds the route servers' routes (multihop)", scenario)
+
+
+def _expected_lists(lab: Lab) -> tuple[list[str], list[str]]:
+    bare = lambda prefixes: sorted(p.removesuffix("/32") for p in prefixes)
+    return bare(lab.state["blacklist"]), bare(lab.state["bypass"])
+
+
+def _job_problems(lab: Lab) -> list[str]:
+    black, bypass = _expected_lists(lab)
+    problems = []
+    for mx in lab.plan.of_kind("mx"):
+        run = bgp.run_update_job(lab, mx.name)
+        if run.status != 0:
+            problems.append(f"{mx.name}: the job failed ({run.output.strip()[-200:]})")
+        elif (sorted(run.black), sorted(run.bypass)) != (black, bypass) or len(set(run.black)) != len(run.black):
+            problems.append(f"{mx.name}: black {run.black}, bypass {run.bypass}")
+    return problems
+
+
+def update_job_extracts_lists(lab: Lab) -> Finding:
+    """The rendered update job, run on each MX against its live bgpd, writes exactly the
+    announced blacklist and bypass addresses, each once (two route servers send each)."""
+    def scenario() -> tuple[bool, str]:
+        problems = _job_problems(lab)
+        black, bypass = _expected_lists(lab)
+        return not problems, "; ".join(problems) or f"every MX: black {' '.join(black)}, bypass {' '.join(bypass)}"
+    return _timed("update job: spamd's lists are exactly what is announced", scenario)
+
+
+def withdrawn_route_disappears(lab: Lab) -> Finding:
+    """A route the route servers withdraw leaves every MX's RIB, and the next job run drops it
+    from the list; announced again, it comes back (the lab is left as it was found)."""
+    def scenario() -> tuple[bool, str]:
+        blacklist, bypass = list(lab.state["blacklist"]), list(lab.state["bypass"])
+        withdrawn = blacklist[-1]
+        mxes = [mx.name for mx in lab.plan.of_kind("mx")]
+        lab.announce(blacklist[:-1], bypass)
+        try:
+            if not wait_until(lambda: all(bgp.routes_received(lab, mx) for mx in mxes), 20, 0.2):
+                return False, f"{withdrawn} still in an MX's RIB 20 s after the withdrawal"
+            problems = _job_problems(lab)
+        finally:
+            lab.announce(blacklist, bypass)
+        if not wait_until(lambda: all(bgp.routes_received(lab, mx) for mx in mxes), 20, 0.2):
+            problems.append(f"{withdrawn} did not come back once announced again")
+        return not problems, "; ".join(problems) or f"{withdrawn} withdrawn: gone from every MX's RIB and list at the next run"
+    return _timed("a withdrawn route leaves the list at the next job run", scenario)
+
+
+def daemons_running(lab: Lab) -> Finding:
+    """No daemon crashed while the lab ran."""
+    def scenario() -> tuple[bool, str]:
+        down = [key for key, running in lab.daemons().items() if not running]
+        return not down, f"not running: {', '.join(down)}" if down else f"{len(lab.daemons())} daemons running"
+    return _timed("every daemon still running", scenario)
+
+
+DEMONSTRATION = (
+    dns_serves_site_records,
+    bgp_sessions,
+    update_job_extracts_lists,
+    withdrawn_route_disappears,
+    backups_relay_to_primary,
+    worst_backup_relays_to_primary,
+    no_open_relay,
+    backups_refuse_unknown,
+    queued_while_primary_down,
+    daemons_running,
+)

@@ -1,0 +1,49 @@
+"""What the lab prints: its nodes, its daemons and what the demonstration found."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from . import mail
+from .lab import Lab
+from .scenarios import Finding
+
+NOT_IN_THE_LAB = (
+    "not in the lab: pf and spamd (OpenBSD only: pf.conf is checked by pfctl -nf in the image bake),",
+    "TLS (Debian's smtpd 6.8 cannot finish a handshake with OpenSSL 3: the lab listens in plain SMTP;",
+    "the TLS configuration is checked by smtpd -n), spamd-setup (the job's lists are checked instead).",
+)
+
+
+def _role(lab: Lab, name: str) -> str:
+    node = lab.plan.node(name)
+    if node.kind != "mx":
+        return {"dns": "serves the site's MX, A, AAAA and PTR records", "internet": "sends mail (swaks)",
+                "route-server": f"bgp-spamd route server, AS {lab.plan.site.bgp_spamd.route_server_as}"}[node.kind]
+    host = lab.plan.site.host(name)
+    return f"{host.role} MX {host.mx_name}, preference {host.preference}"
+
+
+def node_lines(lab: Lab, with_queues: bool = False) -> list[str]:
+    daemons = lab.daemons()
+    lines = []
+    for node in lab.plan.nodes:
+        running = [f"{key.split('/')[1]} {'up' if up else 'DOWN'}" for key, up in daemons.items() if key.startswith(node.name + "/")]
+        line = f"  {node.name:<9} {node.namespace:<15} {node.link}: {node.ipv4} {node.ipv6}  {_role(lab, node.name)}"
+        if running:
+            line += f"  [{', '.join(running)}]"
+        if with_queues and node.kind == "mx" and daemons.get(f"{node.name}/smtpd"):
+            line += f"  queue {len(mail.queue(lab, node.name))}"
+        lines.append(line)
+    return lines
+
+
+def finding_lines(findings: Sequence[Finding]) -> list[str]:
+    width = max(len(finding.name) for finding in findings)
+    lines = [
+        f"{'PASS' if f.ok else 'FAIL'}  {f.name:<{width}}  {f.seconds:5.1f} s  {f.detail}"
+        for f in findings
+    ]
+    failed = sum(not f.ok for f in findings)
+    lines.append(f"{len(findings) - failed} of {len(findings)} passed" + (f", {failed} FAILED" if failed else ""))
+    return lines

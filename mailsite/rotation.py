@@ -1,0 +1,203 @@
+"""Rotating a host's queue key without losing a queued message.
+
+OpenSMTPD has one key slot: an envelope written under the old key cannot be read under the new
+one and is skipped after the restart. So a host is drained first (no new mail in, everything
+queued delivered), then gets its new key in a new image; the new key stays AWSPENDING until the
+new host answers SMTP, and only then becomes AWSCURRENT. The labels say where a rotation stands,
+so running the command again goes on from there.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from .keys import new_key
+from .model import Host, Site
+from .secrets import CURRENT, PENDING, SecretStore, queue_key_id
+
+
+class HostControl(Protocol):
+    """How rotation reaches one MX: its smtpctl, and whether it answers SMTP."""
+
+    def smtpctl(self, *arguments: str) -> str: ...
+
+    def answers_smtp(self) -> bool: ...
+
+
+class ControlError(Exception):
+    """A host could not be reached or refused a command; one line."""
+
+
+@dataclass
+class CommandControl:
+    """smtpctl through a command prefix: `ssh root@mx2.example.org` for a real host, an
+    `nsenter` into a lab host's namespaces for the lab."""
+
+    prefix: list[str]
+    smtp_address: tuple[str, int] | None = None
+    probe: list[str] | None = None  # a command that succeeds when the host answers SMTP
+    timeout: float = 60
+
+    def smtpctl(self, *arguments: str) -> str:
+        command = [*self.prefix, "smtpctl", *arguments]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise ControlError(f"`smtpctl {' '.join(arguments)}` did not answer within {self.timeout:.0f} s") from None
+        if result.returncode != 0:
+            raise ControlError(f"`smtpctl {' '.join(arguments)}` failed: {(result.stderr or result.stdout).strip()}")
+        return result.stdout
+
+    def answers_smtp(self) -> bool:
+        if self.probe is not None:
+            return subprocess.run(self.probe, capture_output=True, timeout=self.timeout).returncode == 0
+        assert self.smtp_address is not None
+        try:
+            with socket.create_connection(self.smtp_address, timeout=10) as connection:
+                return connection.recv(4).startswith(b"220")
+        except OSError:
+            return False
+
+
+def ssh_control(host: Host) -> CommandControl:
+    return CommandControl(
+        ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", f"root@{host.mx_name}"],
+        smtp_address=(host.mx_name, 25),
+    )
+
+
+_ENVELOPE = re.compile(r"^([0-9a-f]{16})\|")
+
+
+def queued_envelopes(show_queue: str) -> list[str]:
+    """`smtpctl show queue` lines are `evpid|type|...`; one per envelope still queued."""
+    return [line for line in show_queue.splitlines() if _ENVELOPE.match(line)]
+
+
+@dataclass
+class Drained:
+    drained: bool
+    remaining: list[str] = field(default_factory=list)
+
+
+def drain(control: HostControl, timeout: float, poll: float = 1.0, clock: Callable[[], float] = time.monotonic) -> Drained:
+    """Stop taking mail (other MXes take it meanwhile), deliver everything queued, wait until the
+    queue is empty. On timeout smtp is resumed and the envelopes left are returned: no key change."""
+    control.smtpctl("pause", "smtp")
+    deadline = clock() + timeout
+    try:
+        while True:
+            control.smtpctl("schedule", "all")
+            remaining = queued_envelopes(control.smtpctl("show", "queue"))
+            if not remaining:
+                return Drained(True)
+            if clock() >= deadline:
+                control.smtpctl("resume", "smtp")
+                return Drained(False, remaining)
+            time.sleep(poll)
+    except BaseException:
+        # Whatever went wrong, the host goes back to taking mail as before.
+        try:
+            control.smtpctl("resume", "smtp")
+        except ControlError:
+            pass
+        raise
+
+
+def rotation_order(site: Site, only: str | None = None) -> list[Host]:
+    """Backups first, worst preference first, the primary last: while a host is out, mail has
+    a better MX to go to."""
+    hosts = sorted(site.backups, key=lambda h: -h.preference) + [site.primary]
+    return [h for h in hosts if only is None or h.name == only]
+
+
+@dataclass
+class Step:
+    host: str
+    outcome: str  # rotated | stopped | waiting
+    message: str
+
+
+def rotate_host(
+    site: Site,
+    stack: str,
+    host: Host,
+    store: SecretStore,
+    controls: dict[str, HostControl],
+    replace: Callable[[Host], bool] | None,
+    drain_timeout: float,
+    poll: float = 1.0,
+) -> Step:
+    """One host, from wherever its labels say it stands."""
+    key_id = queue_key_id(stack, host.name)
+    unreachable = [name for name, control in controls.items() if name != host.name and not control.answers_smtp()]
+    if unreachable:
+        return Step(host.name, "stopped", f"not rotating {host.name}: {', '.join(unreachable)} unreachable, and mail needs somewhere to go")
+
+    if store.read(key_id, PENDING) is None:
+        drained = drain(controls[host.name], drain_timeout, poll)
+        if not drained.drained:
+            listing = "; ".join(line.split("|")[0] + " to " + _recipient(line) for line in drained.remaining)
+            return Step(host.name, "stopped", f"{host.name} did not drain within {drain_timeout:.0f} s; smtp resumed, key unchanged; "
+                                              f"{len(drained.remaining)} message(s) remain: {listing}")
+        store.put_pending(key_id, new_key())
+        if replace is None:
+            return Step(host.name, "waiting", f"{host.name} drained; new key pending. Now run `pulumi up --stack {stack}` "
+                                              f"(it replaces {host.name} alone), then this command again to verify and promote")
+        try:
+            replaced = replace(host)
+        except Exception as error:
+            replaced, reason = False, str(error)
+        else:
+            reason = "replacement did not finish"
+        if not replaced:
+            # Nothing runs with the pending key yet: drop it, take mail again.
+            store.discard_pending(key_id)
+            controls[host.name].smtpctl("resume", "smtp")
+            return Step(host.name, "stopped", f"{host.name}: {reason}; rolled back (pending key discarded, smtp resumed)")
+
+    if not controls[host.name].answers_smtp():
+        return Step(host.name, "stopped", f"{host.name} runs with the pending key but does not answer SMTP; key left pending. "
+                                          "Fix the host and run this command again")
+    store.promote(key_id)
+    return Step(host.name, "rotated", f"{host.name}: new queue key is current; the old one is kept as AWSPREVIOUS")
+
+
+def _recipient(line: str) -> str:
+    parts = line.split("|")
+    return parts[5] if len(parts) > 5 else "?"
+
+
+def rotate_site(site: Site, stack: str, store: SecretStore, controls: dict[str, HostControl],
+                replace: Callable[[Host], bool] | None, drain_timeout: float, only: str | None = None,
+                report: Callable[[Step], None] = print) -> bool:
+    """Every host (or one), one at a time; stops at the first host that is not done."""
+    for host in rotation_order(site, only):
+        step = rotate_host(site, stack, host, store, controls, replace, drain_timeout)
+        report(step)
+        if step.outcome != "rotated":
+            return False
+    return True
+
+
+def automation_replace(stack: str, work_dir: str) -> Callable[[Host], bool] | None:
+    """`pulumi up` through the Automation API where the Pulumi CLI exists; None where it does not."""
+    if shutil.which("pulumi") is None:
+        return None
+    from pulumi import automation
+
+    def replace(_host: Host) -> bool:
+        # Only the rotated host's image identity changed, so `up` replaces that host alone.
+        selected = automation.select_stack(stack_name=stack, work_dir=work_dir)
+        return selected.up(on_output=print).summary.result == "succeeded"
+
+    return replace
+
+
+__all__ = ["CURRENT", "Drained", "HostControl", "drain", "rotate_site", "rotation_order"]

@@ -1,0 +1,84 @@
+"""Where keys come from: the secrets backend named in the stack (an I/O edge).
+
+Secret ids follow one scheme in every backend: `mailsite/<stack>/<host>/queue-key` per host and
+`mailsite/<stack>/spamd-sync-key` per site. The file backend keeps AWS Secrets Manager's shape
+(versions, and a label naming the current one) so that both behave alike.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..keys import key_problem, new_key
+from ..model import HostSecrets, Site
+from .file import FileStore
+from .store import CURRENT, PENDING, PREVIOUS, SecretStore, SecretVersion, secret_error
+
+__all__ = ["CURRENT", "PENDING", "PREVIOUS", "FileStore", "SecretStore", "SecretVersion", "host_store",
+           "init_secrets", "queue_key_id", "site_secrets", "spamd_sync_key_id"]
+
+
+def queue_key_id(stack: str, host: str) -> str:
+    return f"mailsite/{stack}/{host}/queue-key"
+
+
+def spamd_sync_key_id(stack: str) -> str:
+    return f"mailsite/{stack}/spamd-sync-key"
+
+
+def _checked(secret_id: str, found: SecretVersion | None) -> SecretVersion:
+    if found is None:
+        raise secret_error(secret_id, "not in the secrets backend; create it with: python -m mailsite secrets init --config <stack file>")
+    if (message := key_problem(found.value.get_secret_value())) is not None:
+        # Never the value: only what is wrong with it.
+        raise secret_error(secret_id, f"malformed key: it {message.split(';')[0]}; rotate it to replace it")
+    return found
+
+
+def host_store(site: Site, base: Path) -> SecretStore:
+    """The backend the stack names; `base` anchors a relative file-backend path."""
+    secrets = site.secrets
+    if secrets.backend == "aws-secretsmanager":
+        from .aws import AwsStore  # boto3 is loaded only by stacks that use it
+
+        return AwsStore(secrets.region, secrets.profile, secrets.endpoint_url)
+    return FileStore((base / os.path.expanduser(secrets.path)).resolve())
+
+
+def _in_use(store: SecretStore, secret_id: str) -> SecretVersion:
+    """The version a new image carries: PENDING while a rotation is under way, else CURRENT."""
+    return _checked(secret_id, store.read(secret_id, PENDING) or store.read(secret_id, CURRENT))
+
+
+def site_secrets(site: Site, stack: str, base: Path) -> dict[str, HostSecrets]:
+    """Each host's keys, read from the backend; `base` anchors a relative file-backend path."""
+    if site.secrets.backend == "inline":
+        sync = site.secrets.spamd_sync_key
+        assert sync is not None, "validated by the model"
+        return {
+            host.name: HostSecrets(site.secrets.queue_keys[host.name], "inline", sync, "inline")
+            for host in site.hosts
+        }
+    store = host_store(site, base)
+    sync_id = spamd_sync_key_id(stack)
+    sync = _in_use(store, sync_id)
+    result = {}
+    for host in site.hosts:
+        key_id = queue_key_id(stack, host.name)
+        key = _in_use(store, key_id)
+        result[host.name] = HostSecrets(key.value, key.version, sync.value, sync.version)
+    return result
+
+
+def init_secrets(site: Site, stack: str, base: Path) -> list[str]:
+    """Create every missing key; never touch one that exists. Returns the ids created."""
+    if site.secrets.backend == "inline":
+        return []
+    store = host_store(site, base)
+    created = []
+    for secret_id in [spamd_sync_key_id(stack)] + [queue_key_id(stack, h.name) for h in site.hosts]:
+        if store.read(secret_id) is None:
+            store.create(secret_id, new_key())
+            created.append(secret_id)
+    return created

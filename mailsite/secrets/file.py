@@ -1,0 +1,83 @@
+"""The file backend, the local default: a directory (0700) of secrets, versions in files (0600),
+labels in a small JSON file per secret, written by rename so that a crash leaves old or new."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from .store import CURRENT, PENDING, PREVIOUS, SecretVersion, secret_error
+
+
+class FileStore:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _dir(self, secret_id: str) -> Path:
+        return self.root / secret_id
+
+    def _labels(self, secret_id: str) -> dict[str, str] | None:
+        try:
+            return json.loads((self._dir(secret_id) / "labels.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError) as error:
+            raise secret_error(secret_id, f"unreadable in the file backend ({type(error).__name__}); restore it from a backup") from None
+
+    def _write_labels(self, secret_id: str, labels: dict[str, str]) -> None:
+        staging = self._dir(secret_id) / "labels.json.new"
+        staging.write_text(json.dumps(labels, sort_keys=True) + "\n")
+        staging.replace(self._dir(secret_id) / "labels.json")
+
+    def read(self, secret_id: str, label: str = CURRENT) -> SecretVersion | None:
+        labels = self._labels(secret_id)
+        if labels is None or label not in labels:
+            return None
+        try:
+            value = (self._dir(secret_id) / "versions" / labels[label]).read_text().strip()
+        except OSError as error:
+            raise secret_error(secret_id, f"version {labels[label]} is unreadable ({type(error).__name__}); restore it from a backup") from None
+        return SecretVersion(SecretStr(value), labels[label])
+
+    def _new_version(self, secret_id: str, value: str) -> str:
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        versions = self._dir(secret_id) / "versions"
+        versions.mkdir(parents=True, mode=0o700, exist_ok=True)
+        version = uuid.uuid4().hex
+        # Created 0600 from the first byte: a key is never readable by others, not even briefly.
+        descriptor = os.open(versions / version, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(value + "\n")
+        return version
+
+    def create(self, secret_id: str, value: str) -> SecretVersion:
+        if self._labels(secret_id) is not None:
+            raise secret_error(secret_id, "already exists; rotate it instead of creating it")
+        version = self._new_version(secret_id, value)
+        self._write_labels(secret_id, {CURRENT: version})
+        return SecretVersion(SecretStr(value), version)
+
+    def put_pending(self, secret_id: str, value: str) -> SecretVersion:
+        labels = self._labels(secret_id)
+        if labels is None:
+            raise secret_error(secret_id, "does not exist; create it with: python -m mailsite secrets init")
+        version = self._new_version(secret_id, value)
+        self._write_labels(secret_id, {**labels, PENDING: version})
+        return SecretVersion(SecretStr(value), version)
+
+    def promote(self, secret_id: str) -> None:
+        labels = self._labels(secret_id) or {}
+        if PENDING not in labels:
+            raise secret_error(secret_id, "has no pending version to promote")
+        self._write_labels(secret_id, {CURRENT: labels[PENDING], PREVIOUS: labels[CURRENT]})
+
+    def discard_pending(self, secret_id: str) -> None:
+        labels = self._labels(secret_id) or {}
+        labels.pop(PENDING, None)
+        if labels:
+            self._write_labels(secret_id, labels)

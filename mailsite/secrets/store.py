@@ -1,0 +1,40 @@
+"""What every secrets backend offers: versions of a secret under AWS Secrets Manager's labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import SecretStr
+
+from ..problems import Problem, SiteConfigError
+
+# A rotation moves a new version through these, as Secrets Manager's own rotation does: made as
+# PENDING, promoted to CURRENT once the host runs with it, the old one kept as PREVIOUS.
+CURRENT, PENDING, PREVIOUS = "AWSCURRENT", "AWSPENDING", "AWSPREVIOUS"
+
+
+@dataclass(frozen=True)
+class SecretVersion:
+    value: SecretStr
+    version: str
+
+
+class SecretStore(Protocol):
+    def read(self, secret_id: str, label: str = CURRENT) -> SecretVersion | None: ...
+
+    def create(self, secret_id: str, value: str) -> SecretVersion:
+        """A new secret whose first version is CURRENT."""
+
+    def put_pending(self, secret_id: str, value: str) -> SecretVersion:
+        """A new version of an existing secret, labelled PENDING."""
+
+    def promote(self, secret_id: str) -> None:
+        """PENDING becomes CURRENT; the old CURRENT becomes PREVIOUS."""
+
+    def discard_pending(self, secret_id: str) -> None:
+        """A rollback: the PENDING label goes, CURRENT stays as it was."""
+
+
+def secret_error(secret_id: str, message: str) -> SiteConfigError:
+    return SiteConfigError([Problem("secret", secret_id, message)])

@@ -1,0 +1,92 @@
+"""`mailsite diff`: two refs of a test repository, the changed lines of the changed hosts only,
+no secret, and the hosts whose images (so VMs) `pulumi up` would replace."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import yaml
+
+from tests.sites import ROOT, example_settings, fake_key
+from tests.test_program import inline_secrets
+
+PROJECT = ["mailsite", "configs", "images", "Pulumi.yaml"]
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@example.org", "PATH": "/usr/bin:/bin"})
+
+
+def _stack(repo, settings):
+    (repo / "Pulumi.review.yaml").write_text(yaml.safe_dump({"config": {f"mailsite:{k}": v for k, v in settings.items()}}))
+
+
+def _diff(repo, base="HEAD"):
+    return subprocess.run([sys.executable, "-m", "mailsite", "diff", "--config", "Pulumi.review.yaml", "--base", base],
+                          cwd=repo, capture_output=True, text=True)
+
+
+def test_diff_shows_changed_lines_of_changed_hosts_and_replacements(tmp_path):
+    repo = tmp_path / "site"
+    repo.mkdir()
+    for name in PROJECT:
+        source = ROOT / name
+        (shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__")) if source.is_dir()
+         else shutil.copy(source, repo / name))
+    settings = inline_secrets(example_settings())
+    _stack(repo, settings)
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "site")
+
+    settings["hosts"][2]["preference"] = 40
+    _stack(repo, settings)
+    result = _diff(repo)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    changed_files = sorted(line.split(":", 1)[1] for line in out.splitlines() if line.startswith("+++ "))
+    assert changed_files == ["mx3/etc/mail/smtpd.conf", "mx3/etc/pf.conf"]
+    removed = [line for line in out.splitlines() if line.startswith("-") and not line.startswith("---")]
+    added = [line for line in out.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    assert removed == ["-# smtpd.conf for mx3.example.org (backup MX, preference 30).",
+                       "-# its own (30), so mail moves up toward the primary and never loops between backups.",
+                       "-# pf.conf for mx3.example.org (backup MX, preference 30)."]
+    assert added == [line.replace("30", "40").replace("-", "+", 1) for line in removed]
+    assert out.endswith("hosts pulumi up will replace (new image): mx3\n")
+    for host in ("mx1", "mx2", "mx3"):
+        assert fake_key(host) not in out
+    assert fake_key("spamd-sync") not in out
+
+    _git(repo, "commit", "-q", "-am", "mx3 to 40")
+    unchanged = _diff(repo)
+    assert unchanged.stdout == "no rendered file changes\nhosts pulumi up will replace (new image): none\n"
+
+
+def test_template_change_at_head_shows_on_every_host(tmp_path):
+    repo = tmp_path / "site"
+    repo.mkdir()
+    for name in PROJECT:
+        source = ROOT / name
+        (shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__")) if source.is_dir()
+         else shutil.copy(source, repo / name))
+    _stack(repo, inline_secrets(example_settings()))
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "site")
+    bgpd = repo / "configs/bgpd.conf.j2"
+    bgpd.write_text(bgpd.read_text().replace("fib-update no\n", "fib-update no\nlog updates\n"))
+    out = _diff(repo).stdout
+    assert sorted(line.split(":", 1)[1] for line in out.splitlines() if line.startswith("+++ ")) == [f"mx{n}/etc/bgpd.conf" for n in (1, 2, 3)]
+    assert out.count("\n+log updates\n") == 3
+    assert out.endswith("hosts pulumi up will replace (new image): mx1, mx2, mx3\n")
+
+
+def test_unknown_ref_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mailsite", "diff", "--config", "Pulumi.example.yaml", "--base", "no-such-ref"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --base = no-such-ref: not a git ref of") and len(result.stderr.splitlines()) == 1

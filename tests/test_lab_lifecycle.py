@@ -1,0 +1,118 @@
+"""The lab from the command line, and its teardown after `down`, a crashed daemon, Ctrl-C and a
+killed run: nothing left behind, and the next `up` works.
+
+These need root (network namespaces, mounts); CI runs as root and never skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from mailsite.lab.lab import STATE_DIR, is_up, leftovers, teardown
+from mailsite.lab.procs import ProcessRecord, alive, wait_until
+from tests.sites import EXAMPLE, ROOT
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root for network namespaces (CI runs it as root)"
+)
+
+LAB = [sys.executable, "-m", "mailsite", "lab"]
+
+
+def lab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(LAB + list(args), capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def started(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(LAB + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def state() -> dict:
+    try:
+        return json.loads((STATE_DIR / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.fixture(autouse=True)
+def no_lab_before_or_after():
+    if is_up():
+        pytest.fail("a lab is up: run python -m mailsite lab down")
+    teardown()  # what a killed run left
+    yield
+    teardown()  # a failed test must not leave a lab for the next one
+
+
+def test_up_status_send_and_down_from_the_command_line():
+    up = lab("up", "--config", str(EXAMPLE))
+    assert up.returncode == 0, up.stderr
+    assert "mx2" in up.stdout and "lab up in" in up.stdout
+    keys = [path.read_text().strip() for path in (STATE_DIR / "secrets").rglob("versions/*")]
+    assert len(keys) == 4 and not any(key in up.stdout + up.stderr for key in keys), "a key was printed"
+
+    again = lab("up", "--config", str(EXAMPLE))
+    assert (again.returncode, again.stderr) == (2, "error: lab already up; run lab down\n")
+
+    sent = lab("send", "--via", "mx2", "--to", "alice@example.org")
+    assert sent.returncode == 0 and "mx2: accepted" in sent.stdout, sent.stdout + sent.stderr
+    refused = lab("send", "--via", "mx3", "--to", "someone@foreign.test")
+    assert refused.returncode == 1 and "not accepted" in refused.stdout
+    unknown = lab("send", "--via", "mx9", "--to", "alice@example.org")
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error: --via mx9: not an MX")
+
+    status = lab("status")
+    assert status.returncode == 0 and "smtpd up, bgpd up" in status.stdout, status.stdout
+
+    records = [ProcessRecord.from_json(data) for data in state()["processes"].values()]
+    os.kill(state()["processes"]["mx2/smtpd"]["pid"], signal.SIGKILL)  # a daemon crashes
+    assert wait_until(lambda: "smtpd DOWN" in lab("status").stdout, 10)
+    assert lab("status").returncode == 1
+
+    down = lab("down")
+    assert down.returncode == 0 and "no namespace, process, mount or state left" in down.stdout, down.stdout
+    assert leftovers() == [] and not any(alive(record) for record in records)
+    assert lab("status").stderr == "error: no lab is up; run lab up\n"
+
+
+def test_down_cleans_a_run_killed_while_starting():
+    starting = started("up", "--config", str(EXAMPLE))
+    assert wait_until(lambda: "mx1/host" in state().get("processes", {}), 30), starting.stderr
+    starting.kill()
+    starting.communicate(timeout=10)
+    assert leftovers() != []
+    down = lab("down")
+    assert down.returncode == 0, down.stdout
+    assert leftovers() == []
+
+
+def test_up_after_a_killed_demo_cleans_it_and_works():
+    demo = started("demo", "--config", str(EXAMPLE))
+    assert wait_until(lambda: state().get("up_seconds") is not None, 30)
+    killed = state()["owner"]["pid"]
+    demo.kill()  # SIGKILL: no cleanup at all, every daemon left running
+    demo.communicate(timeout=10)
+    left = [ProcessRecord.from_json(data) for data in state()["processes"].values()]
+    assert any(alive(record) for record in left)
+
+    up = lab("up", "--config", str(EXAMPLE))
+    assert up.returncode == 0, up.stderr
+    assert f"cleaned up a lab left by a killed run (pid {killed})" in up.stdout
+    assert not any(alive(record) for record in left)
+    assert lab("down").returncode == 0 and leftovers() == []
+
+
+def test_ctrl_c_during_the_demo_takes_the_lab_down():
+    demo = started("demo", "--config", str(EXAMPLE))
+    assert wait_until(lambda: state().get("up_seconds") is not None, 30)
+    records = [ProcessRecord.from_json(data) for data in state()["processes"].values()]
+    demo.send_signal(signal.SIGINT)
+    out, err = demo.communicate(timeout=60)
+    assert demo.returncode == 130, out + err
+    assert "interrupted; the lab was taken down" in err
+    assert leftovers() == [] and not any(alive(record) for record in records)

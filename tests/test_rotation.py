@@ -1,0 +1,157 @@
+"""Queue-key rotation and the drain before a VM goes, against real OpenSMTPD in the lab: nothing
+queued is lost, nothing delivered twice, and a host that cannot drain keeps its key.
+
+These need root (network namespaces, mounts); CI runs as root and never skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from components.mx_host import drain_before_delete
+from mailsite.lab import mail
+from mailsite.lab.lab import Lab, leftovers
+from mailsite.lab.procs import LabError, in_host, in_network, run, wait_until
+from mailsite.render import render_queue_key_conf
+from mailsite.rotation import CommandControl, drain, queued_envelopes, rotate_host, rotation_order
+from mailsite.secrets import CURRENT, PENDING, PREVIOUS, host_store, queue_key_id, site_secrets
+from tests.sites import EXAMPLE, site_of, example_settings
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root for network namespaces (CI runs it as root)"
+)
+
+USER = "alice@example.org"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    running = Lab.up(EXAMPLE)
+    try:
+        yield running
+    finally:
+        assert running.down() == []
+    assert leftovers() == []
+
+
+def control(lab: Lab, host: str) -> CommandControl:
+    """smtpctl inside the lab host; 'answers SMTP' as the internet sees it."""
+    address = str(lab.plan.node(host).ipv4)
+    probe = in_network(lab.plan.internet.namespace, ["swaks", "--server", address, "--quit-after", "BANNER", "--timeout", "5"])
+    return CommandControl(in_host(lab.holder(host), []), probe=probe, timeout=30)
+
+
+def controls(lab: Lab) -> dict[str, CommandControl]:
+    return {host.name: control(lab, host.name) for host in lab.plan.site.hosts}
+
+
+def replace_in_lab(lab: Lab):
+    """What `pulumi up` does to a re-keyed host, done to the lab host: its smtpd restarts with the
+    key the new image would carry (the pending one) and an empty queue."""
+
+    def replace(host) -> bool:
+        stack = lab.state["stack"]
+        secrets = site_secrets(lab.plan.site, stack, lab.dir)[host.name]
+        (lab.root(host.name) / "etc/mail/queue-key.conf").write_text(render_queue_key_conf(host, secrets))
+        assert mail.queue(lab, host.name) == [], "a host is replaced only once drained"
+        lab.stop_daemon(host.name, "smtpd")
+        lab.start_daemon(host.name, "smtpd")
+        return wait_until(lambda: lab.smtpd_listening(host.name), 15)
+
+    return replace
+
+
+def _accepted_within(lab: Lab, via: str, marker: str, seconds: int) -> bool:
+    """A sender MTA's attempt, with an MTA's patience cut short: True only if the MX took it."""
+    address = str(lab.plan.node(via).ipv4)
+    argv = ["swaks", "--server", address, "--to", USER, "--from", mail.SENDER, "--header", f"Subject: {marker}",
+            "--body", marker, "--timeout", str(seconds)]
+    try:
+        return run(in_network(lab.plan.internet.namespace, argv), timeout=seconds * 4).returncode == 0
+    except LabError:
+        return False
+
+
+def _marker() -> str:
+    return f"rotation-{uuid.uuid4().hex[:12]}"
+
+
+def test_rotation_order_is_backups_worst_first_then_primary():
+    site = site_of(example_settings())
+    assert [h.name for h in rotation_order(site)] == ["mx3", "mx2", "mx1"]
+
+
+def test_undeliverable_queue_is_not_rotated_and_loses_nothing(lab):
+    store, stack = host_store(lab.plan.site, lab.dir), lab.state["stack"]
+    key_id = queue_key_id(stack, "mx2")
+    before = store.read(key_id, CURRENT).version
+    lab.stop_daemon("mx1", "smtpd")
+    marker = _marker()
+    try:
+        assert mail.send(lab, "mx2", USER, marker).accepted
+        assert wait_until(lambda: len(mail.queue(lab, "mx2")) == 1, 15)
+
+        # With the primary away, rotation refuses outright: mail would have nowhere to go.
+        site = lab.plan.site
+        step = rotate_host(site, stack, site.host("mx2"), store, controls(lab), replace_in_lab(lab), drain_timeout=3, poll=0.5)
+        assert step.outcome == "stopped" and "mx1 unreachable" in step.message
+
+        # The drain itself, as a VM deletion would run it: times out, resumes smtp, names what is left.
+        drained = drain(control(lab, "mx2"), timeout=3, poll=0.5)
+        assert not drained.drained and len(drained.remaining) == 1 and USER in drained.remaining[0]
+        hook = drain_before_delete(site.host("mx2"), control(lab, "mx2"), minutes=0)
+        with pytest.raises(RuntimeError, match="mx2 still holds 1 message"):
+            hook.callback(None)
+        assert control(lab, "mx2").answers_smtp(), "smtp resumed after a failed drain"
+        assert store.read(key_id, CURRENT).version == before and store.read(key_id, PENDING) is None
+    finally:
+        lab.start_daemon("mx1", "smtpd")
+        assert wait_until(lambda: lab.smtpd_listening("mx1"), 15)
+    assert mail.flush(lab, "mx2", lambda: len(mail.delivered(lab, marker)) == 1, 60)
+    assert len(mail.delivered(lab, marker)) == 1, "delivered exactly once after all"
+
+
+def test_drainable_host_drains_rotates_and_mail_during_rotation_arrives_once(lab):
+    store, stack, site = host_store(lab.plan.site, lab.dir), lab.state["stack"], lab.plan.site
+    key_id = queue_key_id(stack, "mx2")
+    before = store.read(key_id, CURRENT)
+    queued_before = _marker()
+    assert mail.send(lab, "mx2", USER, queued_before).accepted
+
+    during = _marker()
+    inner = replace_in_lab(lab)
+
+    def replace(host) -> bool:
+        # mx2 is drained and paused: a sender meets a temporary refusal there and, as any MTA
+        # does, tries the next MX; the message must arrive once.
+        assert not _accepted_within(lab, "mx2", during, seconds=5)
+        assert mail.send(lab, "mx3", USER, during).accepted
+        return inner(host)
+
+    step = rotate_host(site, stack, site.host("mx2"), store, controls(lab), replace, drain_timeout=60, poll=0.5)
+    assert step.outcome == "rotated", step.message
+    after = store.read(key_id, CURRENT)
+    assert after.version != before.version and store.read(key_id, PREVIOUS).version == before.version
+    assert store.read(key_id, PENDING) is None
+    assert f"queue encryption {after.value.get_secret_value()}" in (lab.root("mx2") / "etc/mail/queue-key.conf").read_text()
+
+    assert mail.flush(lab, "mx3", lambda: len(mail.delivered(lab, during)) == 1, 60)
+    after_rotation = _marker()
+    assert mail.send(lab, "mx2", USER, after_rotation).accepted, "the re-keyed host takes mail again"
+    assert mail.flush(lab, "mx2", lambda: len(mail.delivered(lab, after_rotation)) == 1, 60)
+    for marker in (queued_before, during, after_rotation):
+        assert len(mail.delivered(lab, marker)) == 1, marker
+    assert queued_envelopes("\n".join(mail.queue(lab, "mx2"))) == []
+
+
+def test_failed_replacement_rolls_back(lab):
+    store, stack, site = host_store(lab.plan.site, lab.dir), lab.state["stack"], lab.plan.site
+    key_id = queue_key_id(stack, "mx3")
+    before = store.read(key_id, CURRENT).version
+    step = rotate_host(site, stack, site.host("mx3"), store, controls(lab), lambda host: False, drain_timeout=30, poll=0.5)
+    assert step.outcome == "stopped" and "rolled back" in step.message
+    assert store.read(key_id, PENDING) is None and store.read(key_id, CURRENT).version == before
+    assert control(lab, "mx3").answers_smtp(), "smtp resumed"
