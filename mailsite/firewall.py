@@ -20,6 +20,11 @@ class Service:
     purpose: str
     greylisted: bool = False  # new IPv4 senders meet spamd first
     rate_limited: bool = False  # floods land in <bruteforce>
+    label: str = ""  # names the sources in pf.conf where two services share a port name
+
+    @property
+    def sources_name(self) -> str:
+        return (self.label or self.name).replace("-", "_") + "_sources"
 
     @property
     def from_anywhere(self) -> bool:
@@ -45,6 +50,8 @@ def inbound_services(site: Site, host: Host, addresses: Mapping[str, HostAddress
         services.append(Service("spamd-sync", "udp", 8025, peers, "spamd greylist sync between the site's MXes"))
     route_servers = tuple(_cidr(server.address) for server in site.bgp_spamd.route_servers)
     services.append(Service("bgp", "tcp", 179, route_servers, "eBGP multihop from the bgp-spamd route servers"))
+    if site.target == "vultr" and site.vultr.bgp.enabled:
+        services.append(Service("bgp", "tcp", 179, (f"{site.vultr.bgp.neighbor}/32",), "eBGP multihop with Vultr, announcing the site's own prefixes", label="vultr-bgp"))
     admin = tuple(str(cidr) for cidr in site.admin_cidrs)
     if admin:
         services.append(Service("ssh", "tcp", 22, admin, "administration", rate_limited=True))

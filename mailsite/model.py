@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -238,6 +238,19 @@ class Secrets(Settings):
     spamd_sync_key: SecretStr | None = None
 
 
+class VultrBgp(Settings):
+    """Vultr's BGP session, for sites that announce a prefix of their own from their MXes."""
+
+    enabled: bool = False
+    local_as: Annotated[int, Field(ge=1, le=4294967295)] | None = None  # the ASN Vultr set up for you
+    prefixes: list[IPNetwork] = []
+
+    # Vultr's side of the session, the same for every customer.
+    neighbor: ClassVar[str] = "169.254.169.254"
+    remote_as: ClassVar[int] = 64515
+    multihop: ClassVar[int] = 2
+
+
 class Vultr(Settings):
     """The Vultr target: VMs from baked snapshots, reserved IPs, firewall groups, Vultr DNS."""
 
@@ -245,6 +258,7 @@ class Vultr(Settings):
     plan: str = "vc2-1c-2gb"
     ssh_key_ids: list[str] = []
     dns: bool = True  # serve the site's zones from Vultr DNS
+    bgp: VultrBgp = VultrBgp()
 
 
 class Libvirt(Settings):

@@ -191,6 +191,8 @@ def target_problems(site: Site) -> list[Problem]:
     problems: list[Problem] = []
     hosts = "mailsite:hosts"
     if site.target == "libvirt":
+        if site.vultr.bgp.enabled:
+            problems.append(Problem("mailsite:vultr.bgp.enabled", "true", "Vultr's BGP session exists on the vultr target only; set false"))
         if site.network.addressing != "static":
             problems.append(Problem("mailsite:network.addressing", site.network.addressing,
                                     "the libvirt target uses fixed addresses on its own network; set static"))
@@ -210,6 +212,9 @@ def target_problems(site: Site) -> list[Problem]:
         if site.network.addressing != "autoconf":
             problems.append(Problem("mailsite:network.addressing", site.network.addressing,
                                     "Vultr hands out the reserved addresses by DHCP and router advertisements; set autoconf"))
+        bgp = site.vultr.bgp
+        if bgp.enabled and (bgp.local_as is None or not bgp.prefixes):
+            problems.append(Problem("mailsite:vultr.bgp", "enabled", "a Vultr BGP session needs localAs (from Vultr) and the prefixes to announce; set both"))
         for i, host in enumerate(site.hosts):
             # Vultr cannot take an address of our choosing: IPv4 is a reserved IP made by the stack,
             # IPv6 the instance's own (spamd and the images need only IPv4 before the VM exists).

@@ -86,7 +86,7 @@ class PfRule:
 def render_pf_conf(site: Site, host: Host, addresses: Mapping[str, HostAddresses]) -> str:
     services = inbound_services(site, host, addresses)
     rules = [
-        PfRule(service, None if service.from_anywhere else service.name.replace("-", "_") + "_sources")
+        PfRule(service, None if service.from_anywhere else service.sources_name)
         for service in services
         if not service.greylisted
     ]
@@ -159,6 +159,7 @@ def render_bgpd_conf(site: Site, host: Host, addresses: Mapping[str, HostAddress
         bypass_community=bgp.bypass_community,
         blacklist_table=bgp.pf_tables.blacklist,
         bypass_table=bgp.pf_tables.bypass,
+        vultr=site.vultr.bgp if site.target == "vultr" and site.vultr.bgp.enabled else None,
     )
     return text if linux.pftable else linux_bgpd_conf(text)
 

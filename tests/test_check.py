@@ -98,3 +98,27 @@ def test_cli_render_then_check_example(tmp_path):
     broken = run("check", str(tmp_path / "out"))
     assert broken.returncode == 1
     assert broken.stderr.splitlines() == ["mx2: smtpd.conf: invalid virtual ip or interface: em0"]
+
+
+def test_vultr_site_with_its_own_bgp_session_passes(tmp_path):
+    import ipaddress
+
+    from mailsite.model import HostAddresses
+    from mailsite.render import render_host
+    from tests.sites import fake_secrets
+
+    settings = example_settings()
+    settings.update(target="vultr", network={"addressing": "autoconf"})
+    settings["vultr"] = {"bgp": {"enabled": True, "localAs": 4200000042, "prefixes": ["198.51.100.0/24", "2001:db8:77::/48"]}}
+    for host in settings["hosts"]:
+        host.update(ipv4="allocate", ipv6="allocate", egressInterface="vio0")
+    site = site_of(settings)
+    allocated = {h.name: HostAddresses(ipaddress.IPv4Address(f"203.0.113.{n}")) for n, h in enumerate(site.hosts, 1)}
+    secrets = fake_secrets(site)
+    out = tmp_path / "out"
+    write_trees(out, {h.name: render_host(site, h, allocated, secrets[h.name]) for h in site.hosts})
+    bgpd = (out / "mx1/etc/bgpd.conf").read_text()
+    assert "neighbor 169.254.169.254 {" in bgpd and "local-as 4200000042" in bgpd and "network 198.51.100.0/24" in bgpd
+    pf = (out / "mx1/etc/pf.conf").read_text()
+    assert 'vultr_bgp_sources = "{ 169.254.169.254/32 }"' in pf and 'bgp_sources = "{ 198.51.100.100/32 203.0.113.100/32 }"' in pf
+    assert check_host("mx1", out / "mx1") == []

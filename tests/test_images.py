@@ -148,3 +148,16 @@ def test_cli_bake_refuses_unknown_host_and_missing_checksum():
     subprocess.run([sys.executable, "-m", "mailsite", "secrets", "init", "--config", "Pulumi.example.yaml"], cwd=ROOT, check=True, capture_output=True)
     unset = run("--host", "mx2")
     assert unset.returncode == 1 and "isoSha256 is not set" in unset.stderr and len(unset.stderr.splitlines()) == 1
+
+
+def test_packer_past_its_timeout_is_stopped_with_a_clear_error(tmp_path):
+    from mailsite.images.packer import run_packer
+
+    slow = tmp_path / "slow.pkr.hcl"
+    slow.write_text('source "null" "slow" {\n  communicator = "none"\n}\n\nbuild {\n  sources = ["source.null.slow"]\n\n'
+                    '  provisioner "shell-local" {\n    inline = ["sleep 60"]\n  }\n}\n')
+    with pytest.raises(BakeError) as raised:
+        run_packer([str(slow)], cwd=tmp_path, log_path=tmp_path / "log", timeout=3, secrets=[], progress=lambda _: None)
+    assert str(raised.value).startswith("packer did not finish within 3 s (step: 'null.slow: Running local shell script")
+    leftover = subprocess.run(["pgrep", "-f", "packer build -machine-readable -color=false " + str(slow)], capture_output=True)
+    assert leftover.returncode == 1, "packer and its children are stopped"
