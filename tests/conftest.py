@@ -9,7 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.sites import example_settings, site_of
+from tests.sites import EXAMPLE, example_settings, site_of
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """The example site in the lab, one per test module (it comes up in about a second)."""
+    from mailsite.lab.lab import Lab, leftovers
+
+    running = Lab.up(EXAMPLE)
+    try:
+        yield running
+    finally:
+        assert running.down() == []
+    assert leftovers() == []
 
 
 @pytest.fixture

@@ -30,18 +30,24 @@ def _diff(repo, base="HEAD"):
                           cwd=repo, capture_output=True, text=True)
 
 
-def test_diff_shows_changed_lines_of_changed_hosts_and_replacements(tmp_path):
+def _repository(tmp_path, settings):
+    """A git repository holding this project's code and a stack file, committed once."""
     repo = tmp_path / "site"
     repo.mkdir()
     for name in PROJECT:
         source = ROOT / name
         (shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__")) if source.is_dir()
          else shutil.copy(source, repo / name))
-    settings = inline_secrets(example_settings())
     _stack(repo, settings)
     _git(repo, "init", "-q")
     _git(repo, "add", ".")
     _git(repo, "commit", "-q", "-m", "site")
+    return repo
+
+
+def test_diff_shows_changed_lines_of_changed_hosts_and_replacements(tmp_path):
+    settings = inline_secrets(example_settings())
+    repo = _repository(tmp_path, settings)
 
     settings["hosts"][2]["preference"] = 40
     _stack(repo, settings)
@@ -67,16 +73,7 @@ def test_diff_shows_changed_lines_of_changed_hosts_and_replacements(tmp_path):
 
 
 def test_template_change_at_head_shows_on_every_host(tmp_path):
-    repo = tmp_path / "site"
-    repo.mkdir()
-    for name in PROJECT:
-        source = ROOT / name
-        (shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__")) if source.is_dir()
-         else shutil.copy(source, repo / name))
-    _stack(repo, inline_secrets(example_settings()))
-    _git(repo, "init", "-q")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-q", "-m", "site")
+    repo = _repository(tmp_path, inline_secrets(example_settings()))
     bgpd = repo / "configs/bgpd.conf.j2"
     bgpd.write_text(bgpd.read_text().replace("fib-update no\n", "fib-update no\nlog updates\n"))
     out = _diff(repo).stdout

@@ -14,22 +14,10 @@ from pathlib import Path
 import pytest
 
 from mailsite.lab import bgp, mail, scenarios
-from mailsite.lab.lab import Lab, leftovers
-from tests.sites import EXAMPLE
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root for network namespaces (CI runs it as root)"
 )
-
-
-@pytest.fixture(scope="module")
-def lab():
-    running = Lab.up(EXAMPLE)
-    try:
-        yield running
-    finally:
-        assert running.down() == []
-    assert leftovers() == []
 
 
 @pytest.mark.parametrize("scenario", scenarios.DEMONSTRATION, ids=lambda scenario: scenario.__name__)

@@ -13,28 +13,18 @@ import pytest
 
 from components.mx_host import drain_before_delete
 from mailsite.lab import mail
-from mailsite.lab.lab import Lab, leftovers
+from mailsite.lab.lab import Lab
 from mailsite.lab.procs import LabError, in_host, in_network, run, wait_until
 from mailsite.render import render_queue_key_conf
 from mailsite.rotation import CommandControl, drain, queued_envelopes, rotate_host, rotation_order
 from mailsite.secrets import CURRENT, PENDING, PREVIOUS, host_store, queue_key_id, site_secrets
-from tests.sites import EXAMPLE, site_of, example_settings
+from tests.sites import example_settings, site_of
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root for network namespaces (CI runs it as root)"
 )
 
 USER = "alice@example.org"
-
-
-@pytest.fixture(scope="module")
-def lab():
-    running = Lab.up(EXAMPLE)
-    try:
-        yield running
-    finally:
-        assert running.down() == []
-    assert leftovers() == []
 
 
 def control(lab: Lab, host: str) -> CommandControl:
