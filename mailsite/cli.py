@@ -15,7 +15,7 @@ from .images.packer import BakeError
 from .lab.cli import add_lab_command
 from .problems import Problem, SiteConfigError
 from .render import HostTree
-from .rotation import ControlError, automation_replace, rotate_site, ssh_control
+from .rotation import ControlError, automation_replace, rollout_spamd_key, rotate_site, ssh_control
 from .secrets import host_store, init_secrets
 from .trees import write_trees
 
@@ -49,10 +49,15 @@ def _rotate(args: argparse.Namespace) -> int:
     stack = stack_name(args.config)
     project = args.config.resolve().parent
     controls = {host.name: ssh_control(host) for host in site.hosts}
+    drain_seconds = (args.drain_minutes or site.queue.drain_minutes) * 60
+    report = lambda step: print(step.message)  # noqa: E731
     try:
-        done = rotate_site(site, stack, host_store(site, project), controls, automation_replace(stack, str(project)),
-                           args.drain_minutes * 60 if args.drain_minutes else site.queue.drain_minutes * 60, only=args.host,
-                           report=lambda step: print(step.message))
+        if args.spamd_key:
+            done = rollout_spamd_key(site, stack, host_store(site, project), controls, automation_replace(stack, str(project)),
+                                     drain_seconds, report=report)
+        else:
+            done = rotate_site(site, stack, host_store(site, project), controls, automation_replace(stack, str(project)),
+                               drain_seconds, only=args.host, report=report)
     except ControlError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -118,7 +123,12 @@ def parser() -> argparse.ArgumentParser:
     rotate.add_argument("--config", type=Path, required=True)
     rotate.add_argument("--host", help="only this host (default: every host, backups first, the primary last)")
     rotate.add_argument("--drain-minutes", type=int, help="how long a host may take to drain (default: mailsite:queue.drainMinutes)")
-    rotate.set_defaults(run=_rotate)
+    rotate.set_defaults(run=_rotate, spamd_key=False)
+
+    spamd_key = commands.add_parser("rotate-spamd-key", help="a new site-wide spamd sync key, rolled out one host at a time")
+    spamd_key.add_argument("--config", type=Path, required=True)
+    spamd_key.add_argument("--drain-minutes", type=int, help="how long a host may take to drain (default: mailsite:queue.drainMinutes)")
+    spamd_key.set_defaults(run=_rotate, spamd_key=True, host=None)
 
     diff = commands.add_parser("diff", help="per host, what the working tree changes against REF (keys redacted)")
     diff.add_argument("--config", type=Path, required=True)

@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 
 from .keys import new_key
 from .model import Host, Site
-from .secrets import CURRENT, PENDING, SecretStore, queue_key_id
+from .secrets import CURRENT, PENDING, SecretStore, host_label, queue_key_id, spamd_sync_key_id
 
 
 class HostControl(Protocol):
@@ -124,6 +124,40 @@ class Step:
     message: str
 
 
+def _cycle(host: Host, stack: str, controls: dict[str, HostControl], replace: Callable[[Host], bool] | None,
+           drain_timeout: float, poll: float, started: bool, start: Callable[[], None], undo: Callable[[], None],
+           finish: Callable[[], None], what: str) -> Step:
+    """One host through drain -> new secret -> replacement -> verification, from where it stands."""
+    control = controls[host.name]
+    if not started:
+        unreachable = [name for name, other in controls.items() if name != host.name and not other.answers_smtp()]
+        if unreachable:
+            return Step(host.name, "stopped", f"not rotating {host.name}: {', '.join(unreachable)} unreachable, and mail needs somewhere to go")
+        drained = drain(control, drain_timeout, poll)
+        if not drained.drained:
+            listing = "; ".join(line.split("|")[0] + " to " + _recipient(line) for line in drained.remaining)
+            return Step(host.name, "stopped", f"{host.name} did not drain within {drain_timeout:.0f} s; smtp resumed, key unchanged; "
+                                              f"{len(drained.remaining)} message(s) remain: {listing}")
+        start()
+        if replace is None:
+            return Step(host.name, "waiting", f"{host.name} drained; its image now carries the new {what}. Run `pulumi up --stack {stack}` "
+                                              f"(it replaces {host.name} alone), then this command again to verify and go on")
+        try:
+            replaced, reason = replace(host), "replacement did not finish"
+        except Exception as error:  # the replacement's own words, whatever failed
+            replaced, reason = False, str(error).splitlines()[0] if str(error) else type(error).__name__
+        if not replaced:
+            # Nothing runs with the new secret yet: take it back, take mail again.
+            undo()
+            control.smtpctl("resume", "smtp")
+            return Step(host.name, "stopped", f"{host.name}: {reason}; rolled back (new {what} withdrawn, smtp resumed)")
+    if not control.answers_smtp():
+        return Step(host.name, "stopped", f"{host.name} runs with the new {what} but does not answer SMTP; left pending. "
+                                          "Fix the host and run this command again")
+    finish()
+    return Step(host.name, "rotated", f"{host.name}: runs with the new {what}")
+
+
 def rotate_host(
     site: Site,
     stack: str,
@@ -134,39 +168,49 @@ def rotate_host(
     drain_timeout: float,
     poll: float = 1.0,
 ) -> Step:
-    """One host, from wherever its labels say it stands."""
+    """One host's queue key, from wherever its labels say it stands."""
     key_id = queue_key_id(stack, host.name)
-    unreachable = [name for name, control in controls.items() if name != host.name and not control.answers_smtp()]
-    if unreachable:
-        return Step(host.name, "stopped", f"not rotating {host.name}: {', '.join(unreachable)} unreachable, and mail needs somewhere to go")
+    step = _cycle(
+        host, stack, controls, replace, drain_timeout, poll,
+        started=store.read(key_id, PENDING) is not None,
+        start=lambda: store.put_pending(key_id, new_key()),
+        undo=lambda: store.discard_pending(key_id),
+        finish=lambda: store.promote(key_id),
+        what="queue key",
+    )
+    if step.outcome == "rotated":
+        step.message += "; it is current, the old one kept as AWSPREVIOUS"
+    return step
 
-    if store.read(key_id, PENDING) is None:
-        drained = drain(controls[host.name], drain_timeout, poll)
-        if not drained.drained:
-            listing = "; ".join(line.split("|")[0] + " to " + _recipient(line) for line in drained.remaining)
-            return Step(host.name, "stopped", f"{host.name} did not drain within {drain_timeout:.0f} s; smtp resumed, key unchanged; "
-                                              f"{len(drained.remaining)} message(s) remain: {listing}")
-        store.put_pending(key_id, new_key())
-        if replace is None:
-            return Step(host.name, "waiting", f"{host.name} drained; new key pending. Now run `pulumi up --stack {stack}` "
-                                              f"(it replaces {host.name} alone), then this command again to verify and promote")
-        try:
-            replaced = replace(host)
-        except Exception as error:
-            replaced, reason = False, str(error)
-        else:
-            reason = "replacement did not finish"
-        if not replaced:
-            # Nothing runs with the pending key yet: drop it, take mail again.
-            store.discard_pending(key_id)
-            controls[host.name].smtpctl("resume", "smtp")
-            return Step(host.name, "stopped", f"{host.name}: {reason}; rolled back (pending key discarded, smtp resumed)")
 
-    if not controls[host.name].answers_smtp():
-        return Step(host.name, "stopped", f"{host.name} runs with the pending key but does not answer SMTP; key left pending. "
-                                          "Fix the host and run this command again")
-    store.promote(key_id)
-    return Step(host.name, "rotated", f"{host.name}: new queue key is current; the old one is kept as AWSPREVIOUS")
+def rollout_spamd_key(site: Site, stack: str, store: SecretStore, controls: dict[str, HostControl],
+                      replace: Callable[[Host], bool] | None, drain_timeout: float, poll: float = 1.0,
+                      report: Callable[[Step], None] = print) -> bool:
+    """A new site-wide spamd sync key, one host at a time in rotation order: each host's image
+    takes the pending version (a label of that host's on it), and once every host runs it, it
+    becomes current. Until then, rolled and unrolled hosts cannot read each other's sync messages:
+    greylisting goes on, each host on its own."""
+    sync_id = spamd_sync_key_id(stack)
+    pending = store.read(sync_id, PENDING) or store.put_pending(sync_id, new_key())
+    for host in rotation_order(site):
+        label = host_label(host.name)
+        on_host = store.read(sync_id, label)
+        step = _cycle(
+            host, stack, controls, replace, drain_timeout, poll,
+            started=on_host is not None and on_host.version == pending.version,
+            start=lambda label=label: store.label(sync_id, label, pending.version),
+            undo=lambda label=label: store.unlabel(sync_id, label),
+            finish=lambda: None,
+            what="spamd sync key",
+        )
+        report(step)
+        if step.outcome != "rotated":
+            return False
+    store.promote(sync_id)
+    for host in site.hosts:
+        store.unlabel(sync_id, host_label(host.name))
+    report(Step("site", "rotated", "every host runs the new spamd sync key; it is current"))
+    return True
 
 
 def _recipient(line: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from mailsite.config import load_site
 from mailsite.keys import new_key
-from mailsite.secrets import FileStore, init_secrets, queue_key_id
+from mailsite.secrets import FileStore, host_label, init_secrets, queue_key_id, spamd_sync_key_id
 from tests.sites import ROOT, example_settings, fake_key, sized_settings
 
 PROGRAM = ROOT / "__main__.py"
@@ -259,6 +259,18 @@ def test_new_queue_key_changes_that_host_image_only(tmp_path):
     # ...and promoting it once the host runs with it changes no image again.
     store.promote(queue_key_id("test", "mx2"))
     assert _identities(settings) == pending
+
+
+def test_spamd_key_rollout_changes_one_host_image_at_a_time(tmp_path):
+    settings = example_settings()
+    settings["secrets"] = {"backend": "file", "path": str(tmp_path / "keys")}
+    init_secrets(load_site(settings), "test", ROOT)
+    before = _identities(settings)
+    store = FileStore(tmp_path / "keys")
+    pending = store.put_pending(spamd_sync_key_id("test"), new_key())
+    assert _identities(settings) == before, "a pending site key alone replaces nothing"
+    store.label(spamd_sync_key_id("test"), host_label("mx3"), pending.version)
+    assert _changed(before, _identities(settings)) == {"mx3"}
 
 
 def test_config_change_on_one_host_changes_its_image_only():

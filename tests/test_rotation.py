@@ -16,8 +16,8 @@ from mailsite.lab import mail
 from mailsite.lab.lab import Lab
 from mailsite.lab.procs import LabError, in_host, in_network, run, wait_until
 from mailsite.render import render_queue_key_conf
-from mailsite.rotation import CommandControl, drain, queued_envelopes, rotate_host, rotation_order
-from mailsite.secrets import CURRENT, PENDING, PREVIOUS, host_store, queue_key_id, site_secrets
+from mailsite.rotation import CommandControl, drain, queued_envelopes, rollout_spamd_key, rotate_host, rotation_order
+from mailsite.secrets import CURRENT, PENDING, PREVIOUS, host_label, host_store, queue_key_id, site_secrets, spamd_sync_key_id
 from tests.sites import example_settings, site_of
 
 pytestmark = pytest.mark.skipif(
@@ -145,3 +145,31 @@ def test_failed_replacement_rolls_back(lab):
     assert step.outcome == "stopped" and "rolled back" in step.message
     assert store.read(key_id, PENDING) is None and store.read(key_id, CURRENT).version == before
     assert control(lab, "mx3").answers_smtp(), "smtp resumed"
+
+
+def test_spamd_key_rollout_goes_one_host_at_a_time_then_becomes_current(lab):
+    store, stack, site = host_store(lab.plan.site, lab.dir), lab.state["stack"], lab.plan.site
+    sync_id = spamd_sync_key_id(stack)
+    before = store.read(sync_id, CURRENT).version
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    def replace(host) -> bool:
+        versions = {h: s.spamd_sync_key_version for h, s in site_secrets(site, stack, lab.dir).items()}
+        seen.append((host.name, versions))
+        secrets = site_secrets(site, stack, lab.dir)[host.name]
+        (lab.root(host.name) / "etc/mail/spamd.key").write_text(secrets.spamd_sync_key.get_secret_value() + "\n")
+        return replace_in_lab(lab)(host)
+
+    assert rollout_spamd_key(site, stack, store, controls(lab), replace, drain_timeout=60, poll=0.5, report=lambda step: None)
+    new = store.read(sync_id, CURRENT).version
+    assert new != before and store.read(sync_id, PREVIOUS).version == before
+    assert [name for name, _ in seen] == ["mx3", "mx2", "mx1"]
+    # At each replacement, the hosts done so far and this one carry the new key, the rest the old.
+    assert [versions for _, versions in seen] == [
+        {"mx1": before, "mx2": before, "mx3": new},
+        {"mx1": before, "mx2": new, "mx3": new},
+        {"mx1": new, "mx2": new, "mx3": new},
+    ]
+    assert all(store.read(sync_id, host_label(h)) is None for h in ("mx1", "mx2", "mx3"))
+    keys = {(lab.root(h) / "etc/mail/spamd.key").read_text() for h in ("mx1", "mx2", "mx3")}
+    assert keys == {store.read(sync_id, CURRENT).value.get_secret_value() + "\n"}

@@ -16,7 +16,7 @@ from mailsite.config import load_site
 from mailsite.keys import new_key
 from mailsite.problems import SiteConfigError
 from mailsite.secrets import (
-    CURRENT, PENDING, PREVIOUS, FileStore, host_store, init_secrets, queue_key_id, site_secrets, spamd_sync_key_id,
+    CURRENT, PENDING, PREVIOUS, FileStore, host_label, host_store, init_secrets, queue_key_id, site_secrets, spamd_sync_key_id,
 )
 from mailsite.secrets.aws import AwsStore
 from tests.conftest import moto_server
@@ -133,3 +133,17 @@ def test_cli_secrets_init_with_aws_backend(tmp_path, moto_endpoint):
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines()[0] == "created mailsite/clitest/spamd-sync-key"
     assert run().stdout == "every key already exists; nothing created\n"
+
+
+def test_site_key_rollout_labels_one_host_at_a_time(backend):
+    site, stack = backend
+    init_secrets(site, stack, ROOT)
+    store = host_store(site, ROOT)
+    sync_id = spamd_sync_key_id(stack)
+    current = store.read(sync_id).version
+    pending = store.put_pending(sync_id, new_key()).version
+    assert {h: s.spamd_sync_key_version for h, s in site_secrets(site, stack, ROOT).items()} == {"mx1": current, "mx2": current, "mx3": current}
+    store.label(sync_id, host_label("mx3"), pending)
+    assert {h: s.spamd_sync_key_version for h, s in site_secrets(site, stack, ROOT).items()} == {"mx1": current, "mx2": current, "mx3": pending}
+    store.unlabel(sync_id, host_label("mx3"))
+    assert site_secrets(site, stack, ROOT)["mx3"].spamd_sync_key_version == current

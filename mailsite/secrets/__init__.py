@@ -13,9 +13,9 @@ from pathlib import Path
 from ..keys import key_problem, new_key
 from ..model import HostSecrets, Site
 from .file import FileStore
-from .store import CURRENT, PENDING, PREVIOUS, SecretStore, SecretVersion, secret_error
+from .store import CURRENT, PENDING, PREVIOUS, SecretStore, SecretVersion, host_label, secret_error
 
-__all__ = ["CURRENT", "PENDING", "PREVIOUS", "FileStore", "SecretStore", "SecretVersion", "host_store",
+__all__ = ["CURRENT", "PENDING", "PREVIOUS", "FileStore", "SecretStore", "SecretVersion", "host_label", "host_store",
            "init_secrets", "queue_key_id", "site_secrets", "spamd_sync_key_id"]
 
 
@@ -62,11 +62,13 @@ def site_secrets(site: Site, stack: str, base: Path) -> dict[str, HostSecrets]:
         }
     store = host_store(site, base)
     sync_id = spamd_sync_key_id(stack)
-    sync = _in_use(store, sync_id)
+    current_sync = _checked(sync_id, store.read(sync_id, CURRENT))
     result = {}
     for host in site.hosts:
-        key_id = queue_key_id(stack, host.name)
-        key = _in_use(store, key_id)
+        key = _in_use(store, queue_key_id(stack, host.name))
+        # The sync key is the site's; during its rollout a host that was rolled carries the new one.
+        rolled = store.read(sync_id, host_label(host.name))
+        sync = _checked(sync_id, rolled) if rolled else current_sync
         result[host.name] = HostSecrets(key.value, key.version, sync.value, sync.version)
     return result
 

@@ -75,10 +75,19 @@ class AwsStore:
                    RemoveFromVersionId=pending)
 
     def discard_pending(self, secret_id: str) -> None:
-        pending = self._version_with(secret_id, PENDING)
-        if pending is not None:
-            self._call(secret_id, "UpdateSecretVersionStage", SecretId=secret_id, VersionStage=PENDING,
-                       RemoveFromVersionId=pending)
+        self.unlabel(secret_id, PENDING)
+
+    def label(self, secret_id: str, label: str, version: str) -> None:
+        # Secrets Manager staging labels are ours to name; one version holds each at a time.
+        arguments = {"MoveToVersionId": version}
+        if (holder := self._version_with(secret_id, label)) is not None:
+            arguments["RemoveFromVersionId"] = holder
+        self._call(secret_id, "UpdateSecretVersionStage", SecretId=secret_id, VersionStage=label, **arguments)
+
+    def unlabel(self, secret_id: str, label: str) -> None:
+        holder = self._version_with(secret_id, label)
+        if holder is not None:
+            self._call(secret_id, "UpdateSecretVersionStage", SecretId=secret_id, VersionStage=label, RemoveFromVersionId=holder)
 
 
 def _snake(operation: str) -> str:

@@ -77,7 +77,15 @@ class FileStore:
         self._write_labels(secret_id, {CURRENT: labels[PENDING], PREVIOUS: labels[CURRENT]})
 
     def discard_pending(self, secret_id: str) -> None:
+        self.unlabel(secret_id, PENDING)
+
+    def label(self, secret_id: str, label: str, version: str) -> None:
         labels = self._labels(secret_id) or {}
-        labels.pop(PENDING, None)
-        if labels:
+        if not (self._dir(secret_id) / "versions" / version).is_file():
+            raise secret_error(secret_id, f"has no version {version}")
+        self._write_labels(secret_id, {**labels, label: version})
+
+    def unlabel(self, secret_id: str, label: str) -> None:
+        labels = self._labels(secret_id) or {}
+        if labels.pop(label, None) is not None:
             self._write_labels(secret_id, labels)

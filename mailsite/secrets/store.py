@@ -35,6 +35,17 @@ class SecretStore(Protocol):
     def discard_pending(self, secret_id: str) -> None:
         """A rollback: the PENDING label goes, CURRENT stays as it was."""
 
+    def label(self, secret_id: str, label: str, version: str) -> None:
+        """Put a label of our own on a version (moving it from any other)."""
+
+    def unlabel(self, secret_id: str, label: str) -> None:
+        """Take a label of our own off, wherever it is."""
+
+
+def host_label(host: str) -> str:
+    """The label naming the version of a site-wide key one host's image carries during a rollout."""
+    return f"mailsite-{host}"
+
 
 def secret_error(secret_id: str, message: str) -> SiteConfigError:
     return SiteConfigError([Problem("secret", secret_id, message)])
