@@ -83,6 +83,11 @@ class _ReleaseProvider(ResourceProvider):
         delete_image(object_store(store), store, props["objectKey"])
         return CreateResult(id_=props["objectKey"], outs=props)
 
+    def diff(self, _id, olds, news):
+        # A new bake uploads a new object: a new release, so that create deletes it too.
+        changed = olds.get("objectKey") != news.get("objectKey")
+        return DiffResult(changes=changed, replaces=["objectKey"] if changed else [], delete_before_replace=False)
+
 
 class _Release(pulumi.dynamic.Resource):
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions):

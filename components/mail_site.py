@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import pulumi
+import pulumi_libvirt as libvirt
 
 from mailsite.model import HostAddresses, HostSecrets, Site
 from mailsite.render import render_host
@@ -31,8 +32,11 @@ class MailSite(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MailSiteArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailsite:index:MailSite", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         site = args.site
+        # The stack's own libvirt URI (qemu+ssh://... for a remote host), not the ambient default.
+        providers = {"libvirt": libvirt.Provider(f"{name}-libvirt", uri=site.libvirt.uri, opts=pulumi.ResourceOptions(parent=self))} \
+            if site.target == "libvirt" else {}
+        child = pulumi.ResourceOptions(parent=self, providers=providers)
         addresses = SiteAddresses(f"{name}-addresses", SiteAddressesArgs(site), child)
         firewall = SiteFirewall(f"{name}-firewall", SiteFirewallArgs(site, addresses.addresses), child)
         every_address = pulumi.Output.all(**addresses.addresses)
@@ -63,7 +67,7 @@ class MailSite(pulumi.ComponentResource):
                     firewall_group_id=firewall.group_ids.get(host.name),
                     network_id=addresses.network_id,
                 ),
-                pulumi.ResourceOptions(parent=self, depends_on=[image]),
+                pulumi.ResourceOptions(parent=self, depends_on=[image], providers=providers),
             )
 
         SiteDns(

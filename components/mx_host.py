@@ -37,11 +37,17 @@ class MxHostArgs:
     control: Callable[[Host], HostControl] = ssh_control  # how the drain reaches the host
 
 
-def drain_before_delete(host: Host, control: HostControl, minutes: int) -> pulumi.ResourceHook:
+def drain_before_delete(host: Host, control: HostControl, minutes: int, peers: dict[str, HostControl]) -> pulumi.ResourceHook:
     """A hook, not a command resource: the drain is the same Python code rotation uses, runs only
     when this VM is really going (replacement or destroy), and a failure stops the delete."""
 
     def before_delete(_args: pulumi.ResourceHookArgs) -> None:
+        # Never two MXes out at once: a change that replaces every host must go one at a time
+        # (`pulumi up --parallel 1`), or mail would have nowhere to go.
+        away = [name for name, peer in peers.items() if name != host.name and not peer.answers_smtp()]
+        if away:
+            raise RuntimeError(f"not taking {host.name} down while {', '.join(away)} takes no mail; "
+                               "replace hosts one at a time (pulumi up --parallel 1)")
         drained = drain(control, minutes * 60)
         if not drained.drained:
             raise RuntimeError(
@@ -59,7 +65,8 @@ class MxHost(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MxHostArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailsite:index:MxHost", name, None, opts)
-        self.drain_hook = drain_before_delete(args.host, args.control(args.host), args.site.queue.drain_minutes)
+        peers = {other.name: args.control(other) for other in args.site.hosts}
+        self.drain_hook = drain_before_delete(args.host, peers[args.host.name], args.site.queue.drain_minutes, peers)
         self._hooks = pulumi.ResourceHookBinding(before_delete=[self.drain_hook])
         if args.site.target == "vultr":
             self._vultr(name, args)

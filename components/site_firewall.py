@@ -9,7 +9,7 @@ from typing import Mapping
 import ediri_vultr as vultr
 import pulumi
 
-from mailsite.firewall import cloud_rules, inbound_services
+from mailsite.firewall import CloudRule, cloud_rules, inbound_services
 from mailsite.model import HostAddresses, Site
 
 
@@ -45,7 +45,7 @@ class SiteFirewall(pulumi.ComponentResource):
                 for index, stand_in in enumerate(shape):
                     rule = every.apply(lambda addresses, h=host, i=index: cloud_rules(inbound_services(site, h, addresses))[i])
                     vultr.FirewallRule(
-                        f"{name}-{host.name}-{stand_in.notes.split(':')[0]}-{index}",
+                        f"{name}-{host.name}-{_rule_name(stand_in, site)}",
                         firewall_group_id=group.id,
                         ip_type=rule.ip_type,
                         protocol=rule.protocol,
@@ -58,5 +58,14 @@ class SiteFirewall(pulumi.ComponentResource):
         self.register_outputs({"groupIds": self.group_ids})
 
 
+def _rule_name(rule: CloudRule, site: Site) -> str:
+    """Named by what it lets in, not by position: adding a host or an admin network leaves the
+    other rules alone. Peers are named by host (their addresses are not known yet)."""
+    stand_ins = {str(a.ipv4): name for name, a in _stand_in(site).items()}
+    source = stand_ins.get(rule.subnet) or f"{rule.subnet}_{rule.subnet_size}".replace(":", "x")
+    return f"{rule.notes.split(':')[0]}-{rule.ip_type}-{source}"
+
+
 def _stand_in(site: Site) -> dict[str, HostAddresses]:
-    return {h.name: HostAddresses(ipaddress.IPv4Address("192.0.2.1") + i) for i, h in enumerate(site.hosts)}
+    # 0.0.0.x: no real source is ever one of these, so a stand-in is never taken for a real rule.
+    return {h.name: HostAddresses(ipaddress.IPv4Address("0.0.0.1") + i) for i, h in enumerate(site.hosts)}

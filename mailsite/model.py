@@ -221,6 +221,8 @@ class Network(Settings):
     ipv4_gateway: ipaddress.IPv4Address | None = None
     ipv6_prefix_length: Annotated[int, Field(ge=16, le=128)] = 64
     ipv6_gateway: ipaddress.IPv6Address | None = None
+    # Static hosts learn no resolver by DHCP; smtpd needs one for every MX lookup.
+    nameservers: list[IPAddress] = []
 
 
 class Secrets(Settings):

@@ -71,6 +71,8 @@ _FIXES = {
 # Where a setting takes one of several forms, pydantic reports every form; the first of these
 # that it reported says the most.
 _TELLING = ("ip_v4_address", "ip_v6_address", "ip_v4_network", "ip_v6_network")
+# Under mailsite:secrets, only these hold no key; any other value (a misspelt queueKeys...) is hidden.
+_PLAIN_SECRET_SETTINGS = {"backend", "path", "region", "profile", "endpointUrl"}
 _BRANCH_TAGS = {"str", "int", "IPv4Address", "IPv6Address", "IPv4Network", "IPv6Network"}
 
 
@@ -88,7 +90,8 @@ def from_validation_error(error: ValidationError, secret_paths: set[str] = froze
         value = detail.get("input")
         if kind == "missing":
             value = "(absent)"
-        hidden = any(setting.startswith(path) for path in secret_paths)
+        hidden = any(setting.startswith(path) for path in secret_paths) or (
+            setting.startswith("mailsite:secrets.") and setting.split(".")[1] not in _PLAIN_SECRET_SETTINGS)
         problem = Problem(setting, show(SecretStr(str(value))) if hidden else show(value), message)
         # A union (an address or "allocate") reports once per form: one line per setting.
         if setting not in problems or (kind in _TELLING and problems[setting][1] not in _TELLING):
@@ -205,6 +208,8 @@ def target_problems(site: Site) -> list[Problem]:
                 problems.append(Problem(f"{hosts}[{i}].ipv4", str(host.ipv4), f"outside the site network {network4}; use an address in it"))
             if network6 and host.ipv6 is not None and host.ipv6 not in network6:
                 problems.append(Problem(f"{hosts}[{i}].ipv6", str(host.ipv6), f"outside the site network {network6}; use an address in it"))
+        if not site.network.nameservers:
+            problems.append(Problem("mailsite:network.nameservers", "[]", "static hosts need a resolver for MX lookups; list one (libvirt's network answers DNS on its own address)"))
         gateway = site.network.ipv4_gateway
         if gateway is None or gateway not in network4:
             problems.append(Problem("mailsite:network.ipv4Gateway", show(gateway), f"the libvirt network's own address must be in {network4}; set it, like {next(network4.hosts())}"))

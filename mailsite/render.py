@@ -244,11 +244,16 @@ def render_host(
         "etc/mail/spamd.key": RenderedFile(secrets.spamd_sync_key.get_secret_value() + "\n", 0o600, secret=True),
         UPDATE_JOB: RenderedFile(render_bgp_spamd_update(site), 0o755),
         "etc/mailsite/crontab": RenderedFile(render_crontab(site)),
+        # Which keys the image carries, by version, never by value: rotation checks it on the host.
+        "etc/mailsite/key-versions": RenderedFile(
+            f"queue-key {secrets.queue_key_version}\nspamd-sync-key {secrets.spamd_sync_key_version}\n"
+        ),
         "root/.ssh/authorized_keys": RenderedFile(_lines("Administrators' keys (adminSshKeys).", site.admin_ssh_keys), 0o600),
     }
     if site.network.addressing == "static":
         gateways = [g for g in (site.network.ipv4_gateway, site.network.ipv6_gateway) if g]
         tree["etc/mygate"] = RenderedFile(_render("mygate.j2", gateways=gateways))
+        tree["etc/resolv.conf"] = RenderedFile(_lines("Resolvers (network.nameservers).", [f"nameserver {ns}" for ns in site.network.nameservers] + ["lookup file bind"]))
     for path, text in render_tables(site, host).items():
         tree[path] = RenderedFile(text)
     return dict(sorted(tree.items()))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 from .keys import new_key
@@ -23,15 +23,23 @@ from .secrets import CURRENT, PENDING, SecretStore, host_label, queue_key_id, sp
 
 
 class HostControl(Protocol):
-    """How rotation reaches one MX: its smtpctl, and whether it answers SMTP."""
+    """How rotation reaches one MX: its smtpctl, and the key versions its image carries."""
 
     def smtpctl(self, *arguments: str) -> str: ...
 
     def answers_smtp(self) -> bool: ...
 
+    def key_versions(self) -> dict[str, str]: ...
+
+    def replaced(self) -> None:
+        """The host is a new VM now (a new ssh host key)."""
+
 
 class ControlError(Exception):
     """A host could not be reached or refused a command; one line."""
+
+
+KEY_VERSIONS = "/etc/mailsite/key-versions"
 
 
 @dataclass
@@ -40,36 +48,51 @@ class CommandControl:
     `nsenter` into a lab host's namespaces for the lab."""
 
     prefix: list[str]
-    smtp_address: tuple[str, int] | None = None
-    probe: list[str] | None = None  # a command that succeeds when the host answers SMTP
     timeout: float = 60
+    forget: list[str] | None = None  # run once the host is a new VM (drop its old ssh host key)
 
-    def smtpctl(self, *arguments: str) -> str:
-        command = [*self.prefix, "smtpctl", *arguments]
+    def _run(self, *command: str) -> str:
         try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout)
+            result = subprocess.run([*self.prefix, *command], capture_output=True, text=True, timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            raise ControlError(f"`smtpctl {' '.join(arguments)}` did not answer within {self.timeout:.0f} s") from None
+            raise ControlError(f"`{' '.join(command)}` did not answer within {self.timeout:.0f} s") from None
         if result.returncode != 0:
-            raise ControlError(f"`smtpctl {' '.join(arguments)}` failed: {(result.stderr or result.stdout).strip()}")
+            raise ControlError(f"`{' '.join(command)}` failed: {(result.stderr or result.stdout).strip()}")
         return result.stdout
 
+    def smtpctl(self, *arguments: str) -> str:
+        return self._run("smtpctl", *arguments)
+
     def answers_smtp(self) -> bool:
-        if self.probe is not None:
-            return subprocess.run(self.probe, capture_output=True, timeout=self.timeout).returncode == 0
-        assert self.smtp_address is not None
+        """smtpd runs and takes mail, as smtpd itself says. Not a TCP probe of port 25: from
+        outside, pf hands unknown IPv4 clients to spamd, which answers whether smtpd runs or not."""
         try:
-            with socket.create_connection(self.smtp_address, timeout=10) as connection:
-                return connection.recv(4).startswith(b"220")
-        except OSError:
+            return "SMTP running" in self.smtpctl("show", "status")
+        except ControlError:
             return False
+
+    def replaced(self) -> None:
+        if self.forget:
+            subprocess.run(self.forget, capture_output=True, timeout=30)
+
+    def key_versions(self) -> dict[str, str]:
+        try:
+            text = self._run("cat", KEY_VERSIONS)
+        except ControlError:
+            return {}
+        return dict(line.split(None, 1) for line in text.splitlines() if len(line.split(None, 1)) == 2)
+
+
+KNOWN_HOSTS = Path("~/.ssh/mailsite_known_hosts").expanduser()
 
 
 def ssh_control(host: Host) -> CommandControl:
-    return CommandControl(
-        ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", f"root@{host.mx_name}"],
-        smtp_address=(host.mx_name, 25),
-    )
+    """ssh as root, trusting a host key on first use and keeping the site's keys apart: every
+    replacement brings a new VM and a new host key, forgotten here once the old VM is gone."""
+    options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "StrictHostKeyChecking=accept-new",
+               "-o", f"UserKnownHostsFile={KNOWN_HOSTS}"]
+    return CommandControl(["ssh", *options, f"root@{host.mx_name}"],
+                          forget=["ssh-keygen", "-R", host.mx_name, "-f", str(KNOWN_HOSTS)])
 
 
 _ENVELOPE = re.compile(r"^([0-9a-f]{16})\|")
@@ -89,7 +112,10 @@ class Drained:
 def drain(control: HostControl, timeout: float, poll: float = 1.0, clock: Callable[[], float] = time.monotonic) -> Drained:
     """Stop taking mail (other MXes take it meanwhile), deliver everything queued, wait until the
     queue is empty. On timeout smtp is resumed and the envelopes left are returned: no key change."""
-    control.smtpctl("pause", "smtp")
+    # A host paused already (by a rotation, before its replacement) stays paused: smtpctl refuses
+    # a second pause.
+    if "SMTP paused" not in control.smtpctl("show", "status"):
+        control.smtpctl("pause", "smtp")
     deadline = clock() + timeout
     try:
         while True:
@@ -126,7 +152,7 @@ class Step:
 
 def _cycle(host: Host, stack: str, controls: dict[str, HostControl], replace: Callable[[Host], bool] | None,
            drain_timeout: float, poll: float, started: bool, start: Callable[[], None], undo: Callable[[], None],
-           finish: Callable[[], None], what: str) -> Step:
+           finish: Callable[[], None], what: str, key: str, version: Callable[[], str]) -> Step:
     """One host through drain -> new secret -> replacement -> verification, from where it stands."""
     control = controls[host.name]
     if not started:
@@ -151,8 +177,17 @@ def _cycle(host: Host, stack: str, controls: dict[str, HostControl], replace: Ca
             undo()
             control.smtpctl("resume", "smtp")
             return Step(host.name, "stopped", f"{host.name}: {reason}; rolled back (new {what} withdrawn, smtp resumed)")
+        control.replaced()
+    # The host itself says which key version its image carries: nothing is promoted on faith.
+    running = control.key_versions().get(key)
+    if running is None:  # a new VM answers with a new ssh host key: forget the old one, ask again
+        control.replaced()
+        running = control.key_versions().get(key)
+    if running != version():
+        return Step(host.name, "waiting", f"{host.name} does not run the new {what} yet (it runs version {running or 'unknown'}). "
+                                          f"Run `pulumi up --stack {stack}`, then this command again")
     if not control.answers_smtp():
-        return Step(host.name, "stopped", f"{host.name} runs with the new {what} but does not answer SMTP; left pending. "
+        return Step(host.name, "stopped", f"{host.name} runs with the new {what} but does not take mail; left pending. "
                                           "Fix the host and run this command again")
     finish()
     return Step(host.name, "rotated", f"{host.name}: runs with the new {what}")
@@ -177,6 +212,8 @@ def rotate_host(
         undo=lambda: store.discard_pending(key_id),
         finish=lambda: store.promote(key_id),
         what="queue key",
+        key="queue-key",
+        version=lambda: store.read(key_id, PENDING).version,
     )
     if step.outcome == "rotated":
         step.message += "; it is current, the old one kept as AWSPREVIOUS"
@@ -202,6 +239,8 @@ def rollout_spamd_key(site: Site, stack: str, store: SecretStore, controls: dict
             undo=lambda label=label: store.unlabel(sync_id, label),
             finish=lambda: None,
             what="spamd sync key",
+            key="spamd-sync-key",
+            version=lambda: pending.version,
         )
         report(step)
         if step.outcome != "rotated":

@@ -217,3 +217,13 @@ def test_example_stack_has_every_setting():
     missing = [p for p in _fields(Site) if p not in test_only and not present(p, settings)]
     missing += [f"hosts[{i}].{p}" for i, host in enumerate(settings["hosts"]) for p in _fields(Host) if p not in host]
     assert missing == []
+
+
+def test_misspelt_secret_setting_never_shows_its_value(settings):
+    key = "fedcba9876543210fedcba9876543210"
+    settings["secrets"] = {"backend": "inline", "queueKey": {"mx1": key}, "spamdSynckey": key}
+    with pytest.raises(SiteConfigError) as raised:
+        load_site(settings)
+    text = "\n".join(map(str, raised.value.problems))
+    assert "mailsite:secrets.queueKey = <secret of" in text and "mailsite:secrets.spamdSynckey = <secret of" in text
+    assert key not in text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from components.mx_host import drain_before_delete
 from mailsite.lab import mail
 from mailsite.lab.lab import Lab
 from mailsite.lab.procs import LabError, in_host, in_network, run, wait_until
-from mailsite.render import render_queue_key_conf
+from mailsite.lab.site import host_environment, render_lab_host
 from mailsite.rotation import CommandControl, drain, queued_envelopes, rollout_spamd_key, rotate_host, rotation_order
 from mailsite.secrets import CURRENT, PENDING, PREVIOUS, host_label, host_store, queue_key_id, site_secrets, spamd_sync_key_id
 from tests.sites import example_settings, site_of
@@ -28,10 +29,8 @@ USER = "alice@example.org"
 
 
 def control(lab: Lab, host: str) -> CommandControl:
-    """smtpctl inside the lab host; 'answers SMTP' as the internet sees it."""
-    address = str(lab.plan.node(host).ipv4)
-    probe = in_network(lab.plan.internet.namespace, ["swaks", "--server", address, "--quit-after", "BANNER", "--timeout", "5"])
-    return CommandControl(in_host(lab.holder(host), []), probe=probe, timeout=30)
+    """smtpctl and files inside the lab host, as `ssh root@host` reaches them on a real one."""
+    return CommandControl(in_host(lab.holder(host), []), timeout=30)
 
 
 def controls(lab: Lab) -> dict[str, CommandControl]:
@@ -43,10 +42,19 @@ def replace_in_lab(lab: Lab):
     key the new image would carry (the pending one) and an empty queue."""
 
     def replace(host) -> bool:
-        stack = lab.state["stack"]
-        secrets = site_secrets(lab.plan.site, stack, lab.dir)[host.name]
-        (lab.root(host.name) / "etc/mail/queue-key.conf").write_text(render_queue_key_conf(host, secrets))
+        # What the engine runs before it deletes the old VM: the drain hook, on a host rotation
+        # has already paused and drained.
+        peers = {h.name: control(lab, h.name) for h in lab.plan.site.hosts}
+        drain_before_delete(host, control(lab, host.name), 1, peers).callback(None)
         assert mail.queue(lab, host.name) == [], "a host is replaced only once drained"
+        # The new image: the host's files as they render now (the new key, its version).
+        # (The lab's own files, its resolver and accounts, stay the lab's.)
+        secrets = site_secrets(lab.plan.site, lab.state["stack"], lab.dir)[host.name]
+        lab_own = host_environment(lab.plan, host, Path("/etc/passwd").read_text(), Path("/etc/group").read_text())
+        for path, rendered in render_lab_host(lab.plan, host, secrets).items():
+            target = lab.root(host.name) / path
+            if path not in lab_own and target.read_text() != rendered.text:
+                target.write_text(rendered.text)
         lab.stop_daemon(host.name, "smtpd")
         lab.start_daemon(host.name, "smtpd")
         return wait_until(lambda: lab.smtpd_listening(host.name), 15)
@@ -92,7 +100,11 @@ def test_undeliverable_queue_is_not_rotated_and_loses_nothing(lab):
         # The drain itself, as a VM deletion would run it: times out, resumes smtp, names what is left.
         drained = drain(control(lab, "mx2"), timeout=3, poll=0.5)
         assert not drained.drained and len(drained.remaining) == 1 and USER in drained.remaining[0]
-        hook = drain_before_delete(site.host("mx2"), control(lab, "mx2"), minutes=0)
+        everyone = {h.name: control(lab, h.name) for h in site.hosts}
+        with pytest.raises(RuntimeError, match="not taking mx2 down while mx1 takes no mail"):
+            drain_before_delete(site.host("mx2"), control(lab, "mx2"), 0, everyone).callback(None)
+        peers = {h.name: control(lab, h.name) for h in site.hosts if h.name != "mx1"}
+        hook = drain_before_delete(site.host("mx2"), control(lab, "mx2"), 0, peers)
         with pytest.raises(RuntimeError, match="mx2 still holds 1 message"):
             hook.callback(None)
         assert control(lab, "mx2").answers_smtp(), "smtp resumed after a failed drain"
@@ -156,8 +168,6 @@ def test_spamd_key_rollout_goes_one_host_at_a_time_then_becomes_current(lab):
     def replace(host) -> bool:
         versions = {h: s.spamd_sync_key_version for h, s in site_secrets(site, stack, lab.dir).items()}
         seen.append((host.name, versions))
-        secrets = site_secrets(site, stack, lab.dir)[host.name]
-        (lab.root(host.name) / "etc/mail/spamd.key").write_text(secrets.spamd_sync_key.get_secret_value() + "\n")
         return replace_in_lab(lab)(host)
 
     assert rollout_spamd_key(site, stack, store, controls(lab), replace, drain_timeout=60, poll=0.5, report=lambda step: None)

@@ -80,3 +80,8 @@ def test_failed_bgpctl_keeps_the_previous_list(tmp_path, example_site):
     assert result.returncode != 0
     assert (mail / "bgp-spamd.black").read_text() == "192.0.2.99\n"
     assert not (mail / "bgp-spamd.bypass").exists()
+
+
+def test_job_runs_spamd_setup_from_libexec(example_site):
+    # OpenBSD installs spamd-setup in /usr/libexec, outside any PATH the job sets.
+    assert 'SPAMD_SETUP="${SPAMD_SETUP:-/usr/libexec/spamd-setup}"' in render_bgp_spamd_update(example_site)

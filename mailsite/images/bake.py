@@ -61,6 +61,7 @@ def identity_of(request: BakeRequest, version: str | None = None) -> str:
         media_sha256=settings.iso_sha256 or "",
         image_format=request.image_format,
         nic_model=nic_model(request.host),
+        disk_size=settings.disk_size,
     )
 
 

@@ -31,6 +31,7 @@ def image_identity(
     media_sha256: str,
     image_format: str,
     nic_model: str,
+    disk_size: str,
 ) -> str:
     """A hash of everything an image is made of. Key files count by their version, never their
     contents, so the identity can be shown, stored and compared in the clear."""
@@ -44,5 +45,6 @@ def image_identity(
         "media": media_sha256,
         "format": image_format,
         "nic": nic_model,
+        "disk": disk_size,
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
