@@ -293,3 +293,13 @@ def test_bad_stack_settings_fail_the_program_with_one_line_each():
     with pytest.raises(Exception) as raised:
         evaluate(settings)
     assert "error: mailsite:hosts[1].preference = 5: a backup's preference must be worse" in str(raised.value)
+
+
+def test_a_new_bake_gets_a_new_release_so_its_upload_is_deleted_too():
+    from components.host_image import _ReleaseProvider
+
+    provider = _ReleaseProvider()
+    same = provider.diff("k1", {"objectKey": "k1", "upload": {}}, {"objectKey": "k1", "upload": {}})
+    assert not same.changes
+    new = provider.diff("k1", {"objectKey": "k1", "upload": {}}, {"objectKey": "k2", "upload": {}})
+    assert new.changes and new.replaces == ["objectKey"], "create, which deletes the object, must run for the new one"
