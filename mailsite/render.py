@@ -73,7 +73,8 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def _render(template: str, **values: object) -> str:
+def render_template(template: str, **values: object) -> str:
+    """A template of configs/ with plain values; the lab renders its own templates with it too."""
     return _environment().get_template(template).render(**values)
 
 
@@ -91,7 +92,7 @@ def render_pf_conf(site: Site, host: Host, addresses: Mapping[str, HostAddresses
         if not service.greylisted
     ]
     tables = site.bgp_spamd.pf_tables
-    return _render(
+    return render_template(
         "pf.conf.j2",
         host=host,
         pf_rules=rules,
@@ -104,7 +105,7 @@ def render_pf_conf(site: Site, host: Host, addresses: Mapping[str, HostAddresses
 
 def render_smtpd_conf(site: Site, host: Host, linux: LinuxDifferences = OPENBSD) -> str:
     tls = None if linux.plain_smtp else {"certificate": site.tls.certificate_for(host), "key": site.tls.key_for(host)}
-    return _render(
+    return render_template(
         "smtpd.conf.j2",
         mx_name=host.mx_name,
         role=host.role,
@@ -120,7 +121,7 @@ def render_smtpd_conf(site: Site, host: Host, linux: LinuxDifferences = OPENBSD)
 
 
 def render_queue_key_conf(host: Host, secrets: HostSecrets) -> str:
-    return _render(
+    return render_template(
         "queue-key.conf.j2",
         mx_name=host.mx_name,
         version=secrets.queue_key_version,
@@ -129,7 +130,7 @@ def render_queue_key_conf(host: Host, secrets: HostSecrets) -> str:
 
 
 def render_rc_conf_local(site: Site, host: Host, addresses: Mapping[str, HostAddresses], linux: LinuxDifferences = OPENBSD) -> str:
-    return _render(
+    return render_template(
         "rc.conf.local.j2",
         mx_name=host.mx_name,
         greylist=site.greylist.spamd_g,
@@ -141,12 +142,12 @@ def render_rc_conf_local(site: Site, host: Host, addresses: Mapping[str, HostAdd
 
 
 def render_spamd_conf() -> str:
-    return _render("spamd.conf.j2", black_list_file=BLACK_LIST_FILE, bypass_list_file=BYPASS_LIST_FILE)
+    return render_template("spamd.conf.j2", black_list_file=BLACK_LIST_FILE, bypass_list_file=BYPASS_LIST_FILE)
 
 
 def render_bgpd_conf(site: Site, host: Host, addresses: Mapping[str, HostAddresses], linux: LinuxDifferences = OPENBSD) -> str:
     bgp = site.bgp_spamd
-    text = _render(
+    text = render_template(
         "bgpd.conf.j2",
         mx_name=host.mx_name,
         local_as=bgp.local_as,
@@ -166,7 +167,7 @@ def render_bgpd_conf(site: Site, host: Host, addresses: Mapping[str, HostAddress
 
 def render_bgp_spamd_update(site: Site) -> str:
     bgp = site.bgp_spamd
-    return _render(
+    return render_template(
         "bgp-spamd-update.j2",
         blacklist_community=bgp.blacklist_community,
         bypass_community=bgp.bypass_community,
@@ -186,7 +187,7 @@ def render_crontab(site: Site) -> str:
 def render_hostname_egress(site: Site, host: Host, addresses: Mapping[str, HostAddresses]) -> str:
     own = addresses[host.name]
     network = site.network
-    return _render(
+    return render_template(
         "hostname.egress.j2",
         addressing=network.addressing,
         ipv4=own.ipv4,
@@ -234,7 +235,7 @@ def render_host(
     tree: HostTree = {
         "etc/myname": RenderedFile(f"{host.mx_name}\n"),
         f"etc/hostname.{host.egress_interface}": RenderedFile(render_hostname_egress(site, host, addresses), 0o640),
-        "etc/hostname.pflog1": RenderedFile(_render("hostname.pflog1.j2"), 0o640),
+        "etc/hostname.pflog1": RenderedFile(render_template("hostname.pflog1.j2"), 0o640),
         "etc/pf.conf": RenderedFile(render_pf_conf(site, host, addresses), 0o600),
         "etc/rc.conf.local": RenderedFile(render_rc_conf_local(site, host, addresses, linux)),
         "etc/bgpd.conf": RenderedFile(render_bgpd_conf(site, host, addresses, linux), 0o600),
@@ -252,7 +253,7 @@ def render_host(
     }
     if site.network.addressing == "static":
         gateways = [g for g in (site.network.ipv4_gateway, site.network.ipv6_gateway) if g]
-        tree["etc/mygate"] = RenderedFile(_render("mygate.j2", gateways=gateways))
+        tree["etc/mygate"] = RenderedFile(render_template("mygate.j2", gateways=gateways))
         tree["etc/resolv.conf"] = RenderedFile(_lines("Resolvers (network.nameservers).", [f"nameserver {ns}" for ns in site.network.nameservers] + ["lookup file bind"]))
     for path, text in render_tables(site, host).items():
         tree[path] = RenderedFile(text)

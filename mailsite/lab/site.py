@@ -14,7 +14,7 @@ from typing import Literal, Sequence
 from ..dns import dns_records, reverse_records
 from ..model import Host, HostAddresses, HostSecrets, Site
 from ..problems import Problem, SiteConfigError
-from ..render import HostTree, LinuxDifferences, RenderedFile, _render, render_host
+from ..render import HostTree, LinuxDifferences, RenderedFile, render_template, render_host
 
 # Private ranges nothing on this machine routes to: the lab lives on its own bridge.
 LAB_IPV4 = ipaddress.IPv4Network("10.77.0.0/24")
@@ -124,7 +124,7 @@ def render_lab_host(plan: LabPlan, host: Host, secrets: HostSecrets) -> HostTree
 
 def render_dnsmasq_conf(plan: LabPlan) -> str:
     addresses = plan.addresses()
-    return _render(
+    return render_template(
         "lab/dnsmasq.conf.j2",
         listen=plan.dns.ipv4,
         domains=plan.site.domains,
@@ -135,7 +135,7 @@ def render_dnsmasq_conf(plan: LabPlan) -> str:
 
 def render_route_server_conf(plan: LabPlan, server: Node, blacklist: Sequence[str], bypass: Sequence[str]) -> str:
     bgp = plan.site.bgp_spamd
-    return _render(
+    return render_template(
         "lab/route-server-bgpd.conf.j2",
         name=server.name,
         route_server_as=bgp.route_server_as,
