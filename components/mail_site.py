@@ -9,7 +9,7 @@ from typing import Mapping
 import pulumi
 import pulumi_libvirt as libvirt
 
-from mailsite.model import HostAddresses, HostSecrets, Site
+from mailsite.model import HostSecrets, Site
 from mailsite.render import render_host
 
 from .host_image import HostImage, HostImageArgs, ImageSettings

@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 
 from .keys import new_key
 from .model import Host, Site
-from .secrets import CURRENT, PENDING, SecretStore, host_label, queue_key_id, spamd_sync_key_id
+from .secrets import PENDING, SecretStore, host_label, queue_key_id, spamd_sync_key_id
 
 
 class HostControl(Protocol):
@@ -282,5 +282,3 @@ def automation_replace(stack: str, work_dir: str) -> Callable[[Host], bool] | No
 
     return replace
 
-
-__all__ = ["CURRENT", "Drained", "HostControl", "drain", "rotate_site", "rotation_order"]

@@ -7,7 +7,6 @@ import ipaddress
 import json
 import runpy
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pulumi
 import pytest

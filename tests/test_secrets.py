@@ -16,7 +16,7 @@ from mailsite.config import load_site
 from mailsite.keys import new_key
 from mailsite.problems import SiteConfigError
 from mailsite.secrets import (
-    CURRENT, PENDING, PREVIOUS, FileStore, host_label, host_store, init_secrets, queue_key_id, site_secrets, spamd_sync_key_id,
+    CURRENT, PENDING, PREVIOUS, host_label, host_store, init_secrets, queue_key_id, site_secrets, spamd_sync_key_id,
 )
 from mailsite.secrets.aws import AwsStore
 from tests.conftest import moto_server
