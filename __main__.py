@@ -7,13 +7,15 @@ import pulumi
 from components.host_image import ImageSettings
 from components.mail_site import MailSite, MailSiteArgs
 from mailsite.problems import SiteConfigError
-from mailsite.stack import stack_secrets, stack_site
+from mailsite.secrets import site_secrets
+from mailsite.stack import stack_site
 
 
 def main() -> MailSite:
     try:
         site = stack_site()
-        secrets = stack_secrets(site, pulumi.get_stack(), Path(__file__).resolve().parent)
+        # Keys are read, never created here (that is `python -m mailsite secrets init`).
+        secrets = site_secrets(site, pulumi.get_stack(), Path(__file__).resolve().parent)
     except SiteConfigError as error:
         # One line per problem, no traceback: the same words `python -m mailsite` prints.
         raise pulumi.RunError("\n".join(f"error: {problem}" for problem in error.problems)) from None

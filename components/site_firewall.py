@@ -41,11 +41,13 @@ class SiteFirewall(pulumi.ComponentResource):
                 # Peers' addresses are outputs, but how many rules there are is fixed by the model
                 # (services and how many sources each has): count them on stand-in addresses, then
                 # fill each rule in from the real ones.
-                shape = cloud_rules(inbound_services(site, host, _stand_in(site)))
+                stand_ins = _stand_in(site)
+                shape = cloud_rules(inbound_services(site, host, stand_ins))
+                rules = every.apply(lambda addresses, h=host: cloud_rules(inbound_services(site, h, addresses)))
                 for index, stand_in in enumerate(shape):
-                    rule = every.apply(lambda addresses, h=host, i=index: cloud_rules(inbound_services(site, h, addresses))[i])
+                    rule = rules.apply(lambda found, i=index: found[i])
                     vultr.FirewallRule(
-                        f"{name}-{host.name}-{_rule_name(stand_in, site)}",
+                        f"{name}-{host.name}-{_rule_name(stand_in, stand_ins)}",
                         firewall_group_id=group.id,
                         ip_type=rule.ip_type,
                         protocol=rule.protocol,
@@ -58,11 +60,11 @@ class SiteFirewall(pulumi.ComponentResource):
         self.register_outputs({"groupIds": self.group_ids})
 
 
-def _rule_name(rule: CloudRule, site: Site) -> str:
+def _rule_name(rule: CloudRule, stand_ins: dict[str, HostAddresses]) -> str:
     """Named by what it lets in, not by position: adding a host or an admin network leaves the
     other rules alone. Peers are named by host (their addresses are not known yet)."""
-    stand_ins = {str(a.ipv4): name for name, a in _stand_in(site).items()}
-    source = stand_ins.get(rule.subnet) or f"{rule.subnet}_{rule.subnet_size}".replace(":", "x")
+    peers = {str(a.ipv4): name for name, a in stand_ins.items()}
+    source = peers.get(rule.subnet) or f"{rule.subnet}_{rule.subnet_size}".replace(":", "x")
     return f"{rule.notes.split(':')[0]}-{rule.ip_type}-{source}"
 
 

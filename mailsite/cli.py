@@ -14,14 +14,9 @@ from .images.bake import BakeRequest, bake
 from .images.packer import BakeError
 from .lab.cli import add_lab_command
 from .problems import Problem, SiteConfigError
-from .render import HostTree
 from .rotation import ControlError, automation_replace, rollout_spamd_key, rotate_site, ssh_control
 from .secrets import host_store, init_secrets
 from .trees import write_trees
-
-
-def render_site(config: Path) -> dict[str, HostTree]:
-    return render_stack(config)[1]
 
 
 def _bake(args: argparse.Namespace) -> int:
@@ -75,7 +70,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    for path in write_trees(args.out, render_site(args.config)):
+    for path in write_trees(args.out, render_stack(args.config)[1]):
         print(f"rendered {path}")
     return 0
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from pulumi.runtime.config import CONFIG, get_config_env
 
 from .config import load_site
-from .model import HostSecrets, Site
-from .secrets import site_secrets
+from .model import Site
 from .problems import NAMESPACE
 
 
@@ -30,8 +28,3 @@ def stack_settings() -> dict[str, Any]:
 
 def stack_site() -> Site:
     return load_site(stack_settings())
-
-
-def stack_secrets(site: Site, stack: str, project_dir: Path) -> dict[str, HostSecrets]:
-    """Each host's keys from the backend; nothing is created here (see `secrets init`)."""
-    return site_secrets(site, stack, project_dir)
