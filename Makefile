@@ -4,14 +4,22 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: deps venv test example lab bench clean
+.PHONY: deps bake-deps venv test example lab bench clean
 
 # The real daemons and tools the checks and the lab run. No service is started by installing them.
-DEBS := opensmtpd openbgpd packer dnsmasq-base swaks iproute2 openssl python3-venv bind9-dnsutils shellcheck git
+DEBS := opensmtpd openbgpd packer dnsmasq-base swaks iproute2 openssl python3-venv bind9-dnsutils shellcheck git jq
 
 deps:
 	@dpkg -s $(DEBS) >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null; }
+
+# What a real bake boots besides Packer (`pulumi up`, `mailsite bake`): qemu, KVM when /dev/kvm is
+# writable. Not in DEBS: no test boots a VM, and CI need not install it.
+BAKE_DEBS := qemu-system-x86 qemu-utils
+
+bake-deps: deps
+	@dpkg -s $(BAKE_DEBS) >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BAKE_DEBS) >/dev/null; }
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
