@@ -4,13 +4,25 @@ opened to the world, a VM not from a baked image, a key outside a secret.
 Each check is a plain function over the stack's resources (`PolicyResource`s), so the tests can
 feed it a passing and a violating stack without a Pulumi engine. Self-contained on purpose: the
 engine runs a policy pack apart from the program.
+
+Under a real preview the engine hands properties wrapped in pulumi_policy's unknown-checking
+proxies: reading a value the engine does not know yet (an image-changing pull request: the new
+snapshot id, the new VM's IPv6 address) raises, and the engine then reports the whole policy as
+an advisory "can't run during preview", i.e. it checks nothing. So no check here reads a property
+with `.get()`, `in` or `.items()`; every read goes through `_get`/`_keys`/`_leaves`, which turn an
+unknown into `UNKNOWN`, and each policy decides what an unknown means for it (comments at each).
+The general rule: enforce everything that is known; an unknown never passes a violation, never
+fails a clean stack, and when it is decisive the policy says so (`not_applicable`, with the reason)
+instead of passing silently.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
 
 from pulumi_policy import (
     ReportViolation,
@@ -19,6 +31,8 @@ from pulumi_policy import (
     StackValidationArgs,
     StackValidationPolicy,
 )
+# Not re-exported by the package, but it is what its proxies raise on an unknown.
+from pulumi_policy.proxy import UnknownValueError
 
 INSTANCE = "vultr:index/instance:Instance"
 DNS_RECORD = "vultr:index/dnsRecord:DnsRecord"
@@ -36,140 +50,357 @@ _ORIGIN = re.compile(r"^\$ORIGIN (\S+)\.$", re.M)
 _KEY_IN_TEXT = re.compile(r"queue encryption [0-9a-f]{32}")
 # The bake's inputs that carry keys; the program marks them secret.
 KEY_PROPERTIES = ("queueKey", "spamdSyncKey", "tree")
+# Of those, the ones that are a key itself: its value must appear nowhere else in clear.
+KEY_VALUES = ("queueKey", "spamdSyncKey")
+
+
+class _Unknown:
+    """A value the engine will know only during `up` (a preview's computed value)."""
+
+    def __repr__(self) -> str:
+        return "<unknown>"
+
+
+UNKNOWN = _Unknown()
+
+
+def _get(mapping: Any, key: str, default: Any = None) -> Any:
+    if mapping is UNKNOWN:
+        return UNKNOWN
+    if not isinstance(mapping, Mapping):
+        return default
+    try:
+        return mapping[key]
+    except KeyError:
+        return default
+    except UnknownValueError:
+        return UNKNOWN
+
+
+def _keys(mapping: Any) -> list[str]:
+    # Iterating a proxy's keys never reads a value; `key in proxy` does, and raises on an unknown.
+    return list(iter(mapping)) if isinstance(mapping, Mapping) else []
+
+
+def _item(sequence: Sequence, index: int) -> Any:
+    try:
+        return sequence[index]
+    except UnknownValueError:
+        return UNKNOWN
+
+
+def _leaves(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every scalar inside a property, with its path: `str()` of a nested proxy is its repr, so a
+    key nested in a dict or list would never be seen by a check that looked at `str(value)`."""
+    if isinstance(value, Mapping):
+        for key in _keys(value):
+            yield from _leaves(_get(value, key), (*path, str(key)))
+    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        for index in range(len(value)):
+            yield from _leaves(_item(value, index), (*path, str(index)))
+    else:
+        yield path, value
+
+
+def _dependencies(resource: Any, prop: str) -> frozenset[str]:
+    """The resources a property's value comes from (stack policies only)."""
+    return frozenset(r.urn for r in (getattr(resource, "property_dependencies", None) or {}).get(prop, []))
 
 
 def _of(resources: Iterable[Any], typ: str) -> list[Any]:
     return [r for r in resources if r.resource_type == typ]
 
 
-def _zone_files(resources) -> list[str]:
-    return [r.props["text"] for r in _of(resources, DYNAMIC) if str(r.props.get("path", "")).endswith(".zone") and r.props.get("text")]
+def _verifying(check: Callable[[Any, ReportViolation, list[str]], None]) -> Callable[[Any, ReportViolation], None]:
+    """Runs a check that notes in `unseen` what it could not verify because a value is unknown.
+    Nothing found but something unseen: say so as not-applicable, with what and why, rather than
+    pass silently; a violation found among the known values is reported as usual."""
+
+    def validate(args, report: ReportViolation) -> None:
+        unseen: list[str] = []
+        found: list[str] = []
+
+        def counted(message: str, urn: str | None = None) -> None:
+            found.append(message)
+            report(message, urn)
+
+        check(args, counted, unseen)
+        if unseen and not found:
+            args.not_applicable("not verifiable before `up` (values known only then): " + "; ".join(dict.fromkeys(unseen)))
+
+    validate.__name__ = check.__name__
+    return validate
 
 
-def _roles(resources) -> dict[str, str]:
+def _zone_files(resources, unseen: list[str]) -> list[str]:
+    texts = []
+    for r in _of(resources, DYNAMIC):
+        if not {"path", "text"} <= set(_keys(r.props)):
+            continue  # not a ZoneFile (a bake has a path, but no text)
+        path, text = _get(r.props, "path"), _get(r.props, "text")
+        if path is UNKNOWN or (str(path).endswith(".zone") and text is UNKNOWN):
+            unseen.append(f"{r.name}: zone file")
+        elif str(path).endswith(".zone") and text:
+            texts.append(str(text))
+    return texts
+
+
+def _roles(resources, unseen: list[str]) -> dict[str, str]:
     """MX name -> primary|backup, from the VMs (Vultr tags; libvirt descriptions)."""
     roles = {}
     for vm in _of(resources, INSTANCE):
-        role = "primary" if "primary" in (vm.props.get("tags") or []) else "backup"
-        roles[vm.props.get("hostname")] = role
+        name, tags = _get(vm.props, "hostname"), _get(vm.props, "tags") or []
+        if name is UNKNOWN or tags is UNKNOWN or any(t is UNKNOWN for _, t in _leaves(tags)):
+            unseen.append(f"{vm.name}: hostname or role tag")
+            continue
+        roles[name] = "primary" if "primary" in [t for _, t in _leaves(tags)] else "backup"
     for vm in _of(resources, DOMAIN):
-        roles[vm.props.get("name")] = "primary" if "primary" in str(vm.props.get("description", "")) else "backup"
+        name, description = _get(vm.props, "name"), _get(vm.props, "description", "")
+        if UNKNOWN in (name, description):
+            unseen.append(f"{vm.name}: name or description")
+            continue
+        roles[name] = "primary" if "primary" in str(description) else "backup"
     return roles
 
 
-def _mx_records(resources) -> list[tuple[str, int, str]]:
-    records = [(r.props["domain"], int(r.props["priority"]), r.props["data"].rstrip("."))
-               for r in _of(resources, DNS_RECORD) if r.props.get("type") == "MX"]
-    for text in _zone_files(resources):
+def _mx_records(resources, unseen: list[str]) -> list[tuple[str, int, str]]:
+    records = []
+    for r in _of(resources, DNS_RECORD):
+        kind = _get(r.props, "type")
+        if kind is UNKNOWN:
+            unseen.append(f"{r.name}: record type")
+            continue
+        if kind != "MX":
+            continue
+        domain, priority, data = (_get(r.props, k) for k in ("domain", "priority", "data"))
+        if UNKNOWN in (domain, priority, data):
+            unseen.append(f"{r.name}: MX domain, preference or target")
+            continue
+        records.append((domain, int(priority), str(data).rstrip(".")))
+    for text in _zone_files(resources, unseen):
         origin = _ORIGIN.search(text)
         for _, preference, target in _ZONE_MX.findall(text):
             records.append((origin[1] if origin else "?", int(preference), target))
     return records
 
 
-def check_primary_preference(args: StackValidationArgs, report: ReportViolation) -> None:
-    roles = _roles(args.resources)
+def check_primary_preference(args: StackValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
+    # Preferences, targets and roles come from the stack's config and are known in every preview
+    # of this program; should one ever be unknown, the records that are known are still compared
+    # and the unknown one is named (not-applicable), never guessed either way.
+    roles = _roles(args.resources, unseen)
     domains: dict[str, list[tuple[int, str]]] = {}
-    for domain, preference, target in _mx_records(args.resources):
+    for domain, preference, target in _mx_records(args.resources, unseen):
         domains.setdefault(domain, []).append((preference, target))
     for domain, records in domains.items():
         primary = [p for p, target in records if roles.get(target) == "primary"]
         backups = [(p, target) for p, target in records if roles.get(target) == "backup"]
         if not primary:
-            report(f"{domain}: no MX record points at the primary")
+            if not unseen:
+                report(f"{domain}: no MX record points at the primary")
             continue
         for preference, target in backups:
             if preference <= min(primary):
                 report(f"{domain}: backup {target} has preference {preference}, not worse than the primary's {min(primary)}: mail would loop or bypass the primary")
 
 
-def _addresses(resources) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
+@dataclass(frozen=True)
+class _Address:
+    value: Any  # str, or UNKNOWN
+    sources: frozenset[str]  # URNs the value comes from (stack policies)
+    record: str
+
+
+@dataclass(frozen=True)
+class _Pointer:
+    ip: Any  # str, or UNKNOWN
+    name: str
+    sources: frozenset[str]
+
+
+def _addresses(resources, unseen: list[str]) -> dict[str, list[_Address]]:
+    found: dict[str, list[_Address]] = {}
     for record in _of(resources, DNS_RECORD):
-        if record.props.get("type") in ("A", "AAAA"):
-            name = f"{record.props['name']}.{record.props['domain']}" if record.props.get("name") else record.props["domain"]
-            found.setdefault(name, set()).add(str(record.props["data"]))
-    for text in _zone_files(resources):
+        if _get(record.props, "type") not in ("A", "AAAA"):
+            continue  # an unknown type is already noted by _mx_records
+        name, domain = _get(record.props, "name"), _get(record.props, "domain")
+        if UNKNOWN in (name, domain):
+            unseen.append(f"{record.name}: record name")
+            continue
+        owner = f"{name}.{domain}" if name else domain
+        data = _get(record.props, "data")
+        found.setdefault(owner, []).append(_Address(data if data is UNKNOWN else str(data), _dependencies(record, "data"), record.name))
+    for text in _zone_files(resources, []):
         origin = _ORIGIN.search(text)
         for owner, _, address in _ZONE_ADDRESS.findall(text):
             name = origin[1] if owner == "@" else f"{owner}.{origin[1]}"
-            found.setdefault(name, set()).add(address)
+            found.setdefault(name, []).append(_Address(address, frozenset(), f"zone {origin[1]}"))
     return found
 
 
-def _pointers(resources) -> dict[str, str]:
-    """Address -> the name its PTR answers."""
-    pointers = {str(r.props["ip"]): r.props["reverse"].rstrip(".") for typ in (REVERSE_V4, REVERSE_V6) for r in _of(resources, typ)}
-    for text in _zone_files(resources):
+def _pointers(resources, unseen: list[str]) -> list[_Pointer]:
+    """Each PTR: the address it is for and the name it answers."""
+    pointers = []
+    for r in _of(resources, REVERSE_V4) + _of(resources, REVERSE_V6):
+        ip, reverse = _get(r.props, "ip"), _get(r.props, "reverse")
+        if reverse is UNKNOWN:
+            unseen.append(f"{r.name}: PTR name")
+            continue
+        pointers.append(_Pointer(ip if ip is UNKNOWN else str(ip), str(reverse).rstrip("."), _dependencies(r, "ip")))
+    for text in _zone_files(resources, []):
         for pointer, name in _ZONE_PTR.findall(text):
             labels = pointer.split(".")
             if pointer.endswith("in-addr.arpa"):
-                pointers[".".join(reversed(labels[:4]))] = name
+                pointers.append(_Pointer(".".join(reversed(labels[:4])), name, frozenset()))
             elif pointer.endswith("ip6.arpa"):
-                pointers[str(ipaddress.IPv6Address(":".join("".join(reversed(labels[:32]))[i:i + 4] for i in range(0, 32, 4))))] = name
+                nibbles = "".join(reversed(labels[:32]))
+                pointers.append(_Pointer(str(ipaddress.IPv6Address(":".join(nibbles[i:i + 4] for i in range(0, 32, 4)))), name, frozenset()))
     return pointers
 
 
-def check_forward_confirmed(args: StackValidationArgs, report: ReportViolation) -> None:
-    addresses, pointers = _addresses(args.resources), _pointers(args.resources)
-    for domain, _, target in _mx_records(args.resources):
+def check_forward_confirmed(args: StackValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
+    # A new VM's address (Vultr's IPv6, a first reserved IP) is unknown in a preview, on both the
+    # A/AAAA record and the PTR. When both take it from the same resource, the PTR is for exactly
+    # the address the record will hold, so the pair is confirmed by where the values come from.
+    # Anything else unknown is named (not-applicable); a known mismatch is always reported.
+    addresses, pointers = _addresses(args.resources, unseen), _pointers(args.resources, unseen)
+    known = {p.ip: p.name for p in pointers if p.ip is not UNKNOWN}
+    pending = [p for p in pointers if p.ip is UNKNOWN]
+    for domain, _, target in _mx_records(args.resources, []):
         if not addresses.get(target):
             report(f"{domain}: MX target {target} has no A or AAAA record")
-        for address in sorted(addresses.get(target, ())):
-            if address in ("", "None"):
-                continue  # known only after the VM exists (preview)
-            if pointers.get(address) != target:
-                report(f"{target}: {address} has PTR {pointers.get(address)!r}, not {target}: receivers reject mail without forward-confirmed reverse DNS")
+        for address in sorted(addresses.get(target, ()), key=lambda a: str(a.value)):
+            if address.value is UNKNOWN:
+                answers = {p.name for p in pending if p.sources and p.sources == address.sources}
+                if answers - {target}:
+                    report(f"{target}: the PTR for its new address ({address.record}) answers {', '.join(sorted(answers - {target}))}, not {target}: receivers reject mail without forward-confirmed reverse DNS")
+                elif not answers:
+                    unseen.append(f"{target}: address of {address.record}")
+            elif known.get(address.value) != target:
+                if address.value not in known and any(p.name == target for p in pending):
+                    unseen.append(f"{target}: PTR address for {address.value}")
+                else:
+                    report(f"{target}: {address.value} has PTR {known.get(address.value)!r}, not {target}: receivers reject mail without forward-confirmed reverse DNS")
 
 
-def check_no_world_sync_or_bgp(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    props = args.props
-    if str(props.get("port")) in ("8025", "179") and int(props.get("subnetSize", 32)) == 0:
-        service = "spamd-sync (udp/8025)" if str(props.get("port")) == "8025" else "bgp (tcp/179)"
-        report(f"{service} open to the world ({props.get('subnet')}/0); only the site's MXes or the route servers may reach it")
+def check_no_world_sync_or_bgp(args: ResourceValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
+    # A rule's port and source are unknown in a preview only when they come from addresses not yet
+    # allocated (a first preview). The engine runs this policy again during `up`, before the rule
+    # is created, with every value known: an unknown here is named, and enforced then.
+    port, size, subnet = (_get(args.props, k) for k in ("port", "subnetSize", "subnet"))
+    if port is UNKNOWN:
+        unseen.append("port")
+        return
+    if str(port) not in ("8025", "179"):
+        return
+    if size is UNKNOWN:
+        unseen.append("subnetSize")
+        return
+    if int(size if size is not None else 32) == 0:
+        service = "spamd-sync (udp/8025)" if str(port) == "8025" else "bgp (tcp/179)"
+        report(f"{service} open to the world ({subnet}/0); only the site's MXes or the route servers may reach it")
 
 
-def check_backups_no_msa(args: StackValidationArgs, report: ReportViolation) -> None:
-    backup_groups = {vm.props.get("firewallGroupId") for vm in _of(args.resources, INSTANCE) if "primary" not in (vm.props.get("tags") or [])}
+def _group_of(resource) -> frozenset:
+    """What identifies a firewall group: its id when known, and the group resource it comes from
+    (a new group's id is unknown in a preview, but the rule and the VM still name the same one)."""
+    value = _get(resource.props, "firewallGroupId")
+    known = frozenset() if value is UNKNOWN or value is None else frozenset({("id", str(value))})
+    return known | frozenset(("urn", urn) for urn in _dependencies(resource, "firewallGroupId"))
+
+
+def check_backups_no_msa(args: StackValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
+    backup_groups: set = set()
+    for vm in _of(args.resources, INSTANCE):
+        tags = _get(vm.props, "tags") or []
+        values = [t for _, t in _leaves(tags)] if tags is not UNKNOWN else [UNKNOWN]
+        if UNKNOWN in values:
+            unseen.append(f"{vm.name}: role tag")
+        elif "primary" not in values:
+            backup_groups |= _group_of(vm)
     for rule in _of(args.resources, FIREWALL_RULE):
-        if rule.props.get("firewallGroupId") in backup_groups and str(rule.props.get("port")) in ("465", "587"):
-            report(f"{rule.name}: a backup MX exposes port {rule.props['port']}; a backup is an MTA only (tcp/25)", rule.urn)
+        if not _group_of(rule) & backup_groups:
+            continue
+        port = _get(rule.props, "port")
+        if port is UNKNOWN:
+            unseen.append(f"{rule.name}: port")
+        elif str(port) in ("465", "587"):
+            report(f"{rule.name}: a backup MX exposes port {port}; a backup is an MTA only (tcp/25)", rule.urn)
 
 
-def check_baked_image(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    props = args.props
+def check_baked_image(args: ResourceValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
+    # What is checked is where a VM boots from, not which id: an image-changing preview leaves the
+    # new snapshot id (or qcow2 path) unknown, and it still names this project's bake. The stock
+    # image properties are never set by the program: one set from another resource's output
+    # (unknown) is a violation whatever its value turns out to be.
+    props, present = args.props, set(_keys(args.props))
     if args.resource_type == INSTANCE:
-        other = [k for k in ("osId", "isoId", "appId", "imageId") if props.get(k)]
-        if other or "snapshotId" not in props:
+        other = [k for k in ("osId", "isoId", "appId", "imageId") if k in present and (_get(props, k) is UNKNOWN or _get(props, k))]
+        if other or "snapshotId" not in present:
             report(f"{args.name} must boot from this project's baked snapshot (snapshotId), not {other or 'nothing'}")
-    elif args.resource_type == VOLUME and not props.get("source", "") and not props.get("baseVolumeId"):
-        report(f"{args.name} must be made from this project's baked image (source)")
+    elif args.resource_type == VOLUME:
+        if not any(_get(props, k) is UNKNOWN or _get(props, k) for k in ("source", "baseVolumeId")):
+            report(f"{args.name} must be made from this project's baked image (source)")
 
 
-def check_keys_secret(args: ResourceValidationArgs, report: ReportViolation) -> None:
+def _clear_properties(resource) -> Iterator[tuple[str, Any]]:
+    """Every scalar of a resource outside its declared secret properties, with its path."""
+    secret = set(resource.opts.additional_secret_outputs or [])
+    for name in _keys(resource.props):
+        if name not in secret:
+            for path, value in _leaves(_get(resource.props, name), (name,)):
+                yield ".".join(path), value
+
+
+def _key_values(resource) -> set[str]:
+    secret = set(resource.opts.additional_secret_outputs or [])
+    values = {_get(resource.props, name) for name in KEY_VALUES if name in secret}
+    return {v for v in values if isinstance(v, str) and v}
+
+
+def check_keys_secret(args: ResourceValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
+    # An unknown string is skipped: it cannot be searched now, and the engine runs this policy
+    # again during `up` with the value known, before the resource is created.
     secret = set(args.opts.additional_secret_outputs or [])
-    carried = [name for name in KEY_PROPERTIES if name in args.props] if args.resource_type == DYNAMIC else []
+    carried = [name for name in KEY_PROPERTIES if name in set(_keys(args.props))] if args.resource_type == DYNAMIC else []
     for name in carried:
         if name not in secret:
             report(f"{args.name}: {name} carries a key but is not a secret")
-    for name, value in args.props.items():
-        if name in carried and name in secret:
-            continue
-        if _KEY_IN_TEXT.search(str(value)):
-            report(f"{args.name}: property {name} holds a queue key in clear")
+    keys = _key_values(args)
+    for path, value in _clear_properties(args):
+        if path.split(".")[0] in carried:
+            continue  # reported above when not secret
+        if isinstance(value, str) and (_KEY_IN_TEXT.search(value) or any(k in value for k in keys)):
+            report(f"{args.name}: property {path} holds a key in clear")
+
+
+def check_keys_not_elsewhere(args: StackValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
+    # A key is a secret where the program hands it over; the same characters anywhere else in
+    # the stack (a user-data script, a tag, a file's text) would sit in clear in state and in
+    # every preview. Unknown strings are skipped: they are checked by the resource policy at `up`.
+    # A key in clear beside its own secret is the resource policy's finding; this one looks across.
+    keys = set().union(*(_key_values(r) for r in _of(args.resources, DYNAMIC)))
+    for resource in args.resources:
+        others = keys - _key_values(resource)
+        for path, value in _clear_properties(resource):
+            if isinstance(value, str) and any(k in value for k in others):
+                report(f"{resource.name}: property {path} holds a key that is a secret elsewhere", resource.urn)
 
 
 def _resource(name: str, description: str, validate: Callable) -> ResourceValidationPolicy:
-    return ResourceValidationPolicy(name=name, description=description, validate=validate)
+    return ResourceValidationPolicy(name=name, description=description, validate=_verifying(validate))
+
+
+def _stack(name: str, description: str, validate: Callable) -> StackValidationPolicy:
+    return StackValidationPolicy(name=name, description=description, validate=_verifying(validate))
 
 
 POLICIES = [
-    StackValidationPolicy(name="primary-mx-preference", description="The primary's MX preference is strictly better than every backup's.",
-                          validate=check_primary_preference),
-    StackValidationPolicy(name="mx-forward-confirmed", description="Every MX target has A/AAAA and a PTR answering its name.",
-                          validate=check_forward_confirmed),
+    _stack("primary-mx-preference", "The primary's MX preference is strictly better than every backup's.", check_primary_preference),
+    _stack("mx-forward-confirmed", "Every MX target has A/AAAA and a PTR answering its name.", check_forward_confirmed),
     _resource("no-world-spamd-sync-or-bgp", "No firewall rule opens udp/8025 or tcp/179 to the world.", check_no_world_sync_or_bgp),
-    StackValidationPolicy(name="backups-mta-only", description="Backups do not expose 465/587.", validate=check_backups_no_msa),
+    _stack("backups-mta-only", "Backups do not expose 465/587.", check_backups_no_msa),
     _resource("baked-images-only", "Every instance boots from a baked image of this project.", check_baked_image),
     _resource("queue-keys-secret", "Queue keys reach resources only as secrets.", check_keys_secret),
+    _stack("keys-not-in-clear-elsewhere", "A key is nowhere in the stack in clear.", check_keys_not_elsewhere),
 ]
