@@ -88,9 +88,10 @@ class PreviewMonitor(MockMonitor):
     preview: a resource whose image changed, or whose inputs hold an unknown, is replaced, so its
     id and everything its provider computes are unknown until `up`."""
 
-    def __init__(self, mocks, image_change: bool):
+    def __init__(self, mocks, image_change: bool, new_site: bool):
         super().__init__(mocks)
         self.image_change = image_change
+        self.new_site = new_site  # a first preview: every resource is created
         self.registered: list[Registered] = []
 
     def RegisterResource(self, request):
@@ -98,7 +99,7 @@ class PreviewMonitor(MockMonitor):
         inputs = json_format.MessageToDict(request.object)
         outputs = json_format.MessageToDict(response.object) if response.object else {}
         rebaked = self.image_change and request.type == DYNAMIC and "identity" in inputs
-        replaced = rebaked or _is_unknown(inputs)
+        replaced = rebaked or _is_unknown(inputs) or (self.new_site and request.custom)
         if replaced:
             outputs = {k: (inputs[k] if k in inputs and not _is_unknown(inputs[k]) else UNKNOWN) for k in outputs}
         secret = set(request.additionalSecretOutputs) | {k for k, v in inputs.items() if _is_secret(v)}
@@ -118,11 +119,11 @@ class PreviewMonitor(MockMonitor):
         return response
 
 
-def preview(settings: dict, image_change: bool = True) -> list[Registered]:
+def preview(settings: dict, image_change: bool = True, new_site: bool = False) -> list[Registered]:
     """What a preview of the program sends the engine for this stack."""
     from tests.test_program import PROGRAM, Recorded
 
-    monitor = PreviewMonitor(SiteMocks(Recorded()), image_change)
+    monitor = PreviewMonitor(SiteMocks(Recorded()), image_change, new_site)
     pulumi.runtime.set_mocks(monitor.mocks, project="mailsite", stack="pr", preview=True, monitor=monitor)
     pulumi.runtime.set_all_config({f"mailsite:{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in settings.items()})
 
@@ -316,3 +317,32 @@ def test_each_violation_is_mandatory_in_an_image_changing_preview(analyzer, vult
     assert not [d for d in findings.diagnostics if CANT_RUN in d[2]]
     assert list(findings.mandatory()) == [policy]
     assert any(expected in message for message in findings.mandatory()[policy])
+
+
+# ---- the first preview of a new site: nothing exists yet ----------------------------------------
+
+@pytest.fixture(scope="module")
+def new_vultr_site() -> list[Registered]:
+    return preview(vultr_settings(inline_secrets(example_settings())), new_site=True)
+
+
+def test_a_new_site_reports_no_violation_and_names_what_waits_for_up(analyzer, new_vultr_site):
+    # Reserved addresses do not exist yet, so the firewall rules' ports and sources (made from
+    # them) are unknown: the firewall policies are enforced again during `up`, before each rule
+    # is created, and say so now instead of passing silently.
+    findings = analyzer.preview(new_vultr_site)
+    assert findings.diagnostics == []
+    waiting = {policy for policy, _ in findings.not_applicable}
+    assert waiting <= {"no-world-spamd-sync-or-bgp", "backups-mta-only"}
+    assert all("not verifiable before `up`" in reason and "port" in reason for _, reason in findings.not_applicable)
+
+
+def test_a_backup_rule_is_matched_to_its_new_firewall_group_by_where_the_id_comes_from(analyzer, new_vultr_site):
+    broken = copy.deepcopy(new_vultr_site)
+    rule = _find(broken, mailsite_policies.FIREWALL_RULE, lambda r: r.name.startswith("mail-firewall-mx2-smtp-"))
+    assert rule.inputs["firewallGroupId"] == UNKNOWN, "the group is new: its id is unknown"
+    rule.set("port", "587")
+    findings = analyzer.preview(broken)
+    assert list(findings.mandatory()) == ["backups-mta-only"]
+    assert findings.mandatory()["backups-mta-only"] == [
+        f"Backups do not expose 465/587.\n{rule.name}: a backup MX exposes port 587; a backup is an MTA only (tcp/25)"]

@@ -1,140 +1,122 @@
-"""The policy pack: the stacks the program makes (under mocks) pass every policy, and each
-breakage a policy exists for is caught by that policy."""
+"""The policy pack on the stacks the program makes: each passes every policy, and each breakage a
+policy exists for is caught by that policy. Every check goes through the pack's own analyzer
+process, with the program's resources serialized as the engine sends them (tests/test_analyzer.py);
+here every value is known (a preview of a stack that already exists and changes nothing else)."""
 
 from __future__ import annotations
 
 import copy
-import sys
 
 import pytest
-from pulumi_policy import PolicyCustomTimeouts, PolicyResource, PolicyResourceOptions, ResourceValidationArgs, StackValidationArgs
 
-from tests.sites import ROOT, example_settings
-from tests.test_program import SECRET_MARK, SECRET_SIGNATURE, evaluate, inline_secrets, vultr_settings
+from tests.sites import example_settings
+from tests.test_analyzer import DYNAMIC, Analyzer, Registered, _find, policy_pack_process, preview
+from tests.test_program import inline_secrets, vultr_settings
 
-sys.path.insert(0, str(ROOT / "policy"))
-import mailsite_policies  # noqa: E402
-
-POLICIES = {policy.name: policy for policy in mailsite_policies.POLICIES}
+import mailsite_policies  # noqa: E402  (on sys.path through tests.test_analyzer)
 
 
-def _unwrap(value, path, secret):
-    """Mocks hand over Pulumi's wire form; the policy engine hands policies plain values."""
-    if isinstance(value, dict) and value.get(SECRET_SIGNATURE) == SECRET_MARK:
-        secret.add(path[0])
-        return _unwrap(value["value"], path, secret)
-    if isinstance(value, dict):
-        return {k: _unwrap(v, path or [k], secret) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_unwrap(v, path, secret) for v in value]
-    return value
+@pytest.fixture(scope="module")
+def pack():
+    with policy_pack_process() as stub:
+        yield Analyzer(stub)
 
 
-def policy_resources(recorded) -> list[PolicyResource]:
-    resources = []
-    for args in recorded.resources:
-        secret: set[str] = set()
-        props = {k: _unwrap(v, [k], secret) for k, v in args.inputs.items()}
-        opts = PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), sorted(secret))
-        resources.append(PolicyResource(args.typ, props, f"urn:{args.typ}::{args.name}", args.name, opts, None, None, [], {}))
-    return resources
-
-
-def violations(resources: list[PolicyResource]) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for name, policy in POLICIES.items():
-        report = lambda message, urn=None, n=name: found.setdefault(n, []).append(message)
-        if isinstance(policy, mailsite_policies.StackValidationPolicy):
-            policy.validate(StackValidationArgs(resources), report)
-        else:
-            for r in resources:
-                policy.validate(ResourceValidationArgs(r.resource_type, r.props, r.urn, r.name, r.opts, None), report)
-    return found
+def _known(settings: dict) -> list[Registered]:
+    return preview(settings, image_change=False)
 
 
 @pytest.fixture(scope="module", params=["vultr", "libvirt"])
-def stack(request) -> list[PolicyResource]:
+def stack(request) -> list[Registered]:
     settings = inline_secrets(example_settings())
-    return policy_resources(evaluate(vultr_settings(settings) if request.param == "vultr" else settings))
+    return _known(vultr_settings(settings) if request.param == "vultr" else settings)
 
 
 @pytest.fixture(scope="module")
-def vultr_stack() -> list[PolicyResource]:
-    return policy_resources(evaluate(vultr_settings(inline_secrets(example_settings()))))
+def vultr_stack() -> list[Registered]:
+    return _known(vultr_settings(inline_secrets(example_settings())))
 
 
 @pytest.fixture(scope="module")
-def libvirt_stack() -> list[PolicyResource]:
-    return policy_resources(evaluate(inline_secrets(example_settings())))
+def libvirt_stack() -> list[Registered]:
+    return _known(inline_secrets(example_settings()))
 
 
-def _find(resources, typ, predicate=lambda r: True):
-    return next(r for r in resources if r.resource_type == typ and predicate(r))
+def violations(pack: Analyzer, resources: list[Registered]) -> dict[str, list[str]]:
+    """Mandatory findings by policy, without the policy's description line."""
+    findings = pack.preview(resources)
+    assert findings.not_applicable == [], "every value is known: every policy must run"
+    assert all(level == "MANDATORY" for _, level, _ in findings.diagnostics)
+    return {policy: [m.split("\n", 1)[1] for m in messages] for policy, messages in findings.mandatory().items()}
 
 
-def test_the_programs_stacks_pass_every_policy(stack):
-    assert violations(stack) == {}
+def _zone(resources, suffix: str) -> Registered:
+    return _find(resources, DYNAMIC, lambda r: str(r.inputs.get("path", "")).endswith(suffix))
 
 
-def test_backup_preference_not_worse_than_primary_is_caught(vultr_stack):
+def test_the_programs_stacks_pass_every_policy(pack, stack):
+    assert violations(pack, stack) == {}
+
+
+def test_backup_preference_not_worse_than_primary_is_caught(pack, vultr_stack):
     broken = copy.deepcopy(vultr_stack)
-    _find(broken, mailsite_policies.DNS_RECORD, lambda r: r.props.get("data") == "mx3.example.org" and r.props["domain"] == "example.org").props["priority"] = 10
-    assert violations(broken) == {"primary-mx-preference": [
+    _find(broken, mailsite_policies.DNS_RECORD, lambda r: r.inputs.get("data") == "mx3.example.org" and r.inputs["domain"] == "example.org").set("priority", 10)
+    assert violations(pack, broken) == {"primary-mx-preference": [
         "example.org: backup mx3.example.org has preference 10, not worse than the primary's 10: mail would loop or bypass the primary"]}
 
 
-def test_backup_preference_in_a_zone_file_is_caught(libvirt_stack):
+def test_backup_preference_in_a_zone_file_is_caught(pack, libvirt_stack):
     broken = copy.deepcopy(libvirt_stack)
-    zone = _find(broken, mailsite_policies.DYNAMIC, lambda r: str(r.props.get("path", "")).endswith("example.net.zone"))
-    zone.props["text"] = zone.props["text"].replace("MX\t20\tmx2", "MX\t5\tmx2")
-    assert list(violations(broken)) == ["primary-mx-preference"]
+    zone = _zone(broken, "example.net.zone")
+    zone.set("text", zone.inputs["text"].replace("MX\t20\tmx2", "MX\t5\tmx2"))
+    assert list(violations(pack, broken)) == ["primary-mx-preference"]
 
 
-def test_wrong_ptr_in_a_reverse_zone_is_caught(libvirt_stack):
+def test_wrong_ptr_in_a_reverse_zone_is_caught(pack, libvirt_stack):
     broken = copy.deepcopy(libvirt_stack)
-    zone = _find(broken, mailsite_policies.DYNAMIC, lambda r: str(r.props.get("path", "")).endswith("in-addr.arpa.zone"))
-    zone.props["text"] = zone.props["text"].replace("PTR\tmx3.example.org.", "PTR\thost-30.example.com.")
-    assert list(violations(broken)) == ["mx-forward-confirmed"]
+    zone = _zone(broken, "in-addr.arpa.zone")
+    zone.set("text", zone.inputs["text"].replace("PTR\tmx3.example.org.", "PTR\thost-30.example.com."))
+    assert list(violations(pack, broken)) == ["mx-forward-confirmed"]
 
 
-def test_mx_target_without_matching_ptr_is_caught(vultr_stack):
+def test_mx_target_without_matching_ptr_is_caught(pack, vultr_stack):
     broken = copy.deepcopy(vultr_stack)
-    _find(broken, mailsite_policies.REVERSE_V4, lambda r: r.props["reverse"] == "mx2.example.org").props["reverse"] = "vultr-guest.example.com"
-    assert list(violations(broken)) == ["mx-forward-confirmed"]
+    _find(broken, mailsite_policies.REVERSE_V4, lambda r: r.inputs["reverse"] == "mx2.example.org").set("reverse", "vultr-guest.example.com")
+    assert list(violations(pack, broken)) == ["mx-forward-confirmed"]
     broken = copy.deepcopy(vultr_stack)
-    broken.remove(_find(broken, mailsite_policies.DNS_RECORD, lambda r: r.props.get("type") == "A" and r.props["name"] == "mx3"))
-    broken.remove(_find(broken, mailsite_policies.DNS_RECORD, lambda r: r.props.get("type") == "AAAA" and r.props["name"] == "mx3"))
-    assert "MX target mx3.example.org has no A or AAAA record" in " ".join(violations(broken)["mx-forward-confirmed"])
+    broken.remove(_find(broken, mailsite_policies.DNS_RECORD, lambda r: r.inputs.get("type") == "A" and r.inputs["name"] == "mx3"))
+    broken.remove(_find(broken, mailsite_policies.DNS_RECORD, lambda r: r.inputs.get("type") == "AAAA" and r.inputs["name"] == "mx3"))
+    assert "MX target mx3.example.org has no A or AAAA record" in " ".join(violations(pack, broken)["mx-forward-confirmed"])
 
 
 @pytest.mark.parametrize("port", ["8025", "179"])
-def test_sync_or_bgp_open_to_the_world_is_caught(vultr_stack, port):
+def test_sync_or_bgp_open_to_the_world_is_caught(pack, vultr_stack, port):
     broken = copy.deepcopy(vultr_stack)
-    rule = _find(broken, mailsite_policies.FIREWALL_RULE, lambda r: str(r.props.get("port")) == port)
-    rule.props.update(subnet="0.0.0.0", subnetSize=0)
-    assert list(violations(broken)) == ["no-world-spamd-sync-or-bgp"]
+    rule = _find(broken, mailsite_policies.FIREWALL_RULE, lambda r: str(r.inputs.get("port")) == port)
+    rule.set("subnet", "0.0.0.0")
+    rule.set("subnetSize", 0)
+    assert list(violations(pack, broken)) == ["no-world-spamd-sync-or-bgp"]
 
 
-def test_backup_exposing_submission_is_caught(vultr_stack):
+def test_backup_exposing_submission_is_caught(pack, vultr_stack):
     broken = copy.deepcopy(vultr_stack)
-    rule = _find(broken, mailsite_policies.FIREWALL_RULE, lambda r: r.name.startswith("mail-firewall-mx2-smtp-"))
-    rule.props["port"] = "587"
-    assert list(violations(broken)) == ["backups-mta-only"]
+    _find(broken, mailsite_policies.FIREWALL_RULE, lambda r: r.name.startswith("mail-firewall-mx2-smtp-")).set("port", "587")
+    assert list(violations(pack, broken)) == ["backups-mta-only"]
 
 
-def test_instance_not_from_a_baked_image_is_caught(vultr_stack):
+def test_instance_not_from_a_baked_image_is_caught(pack, vultr_stack):
     broken = copy.deepcopy(vultr_stack)
     instance = _find(broken, mailsite_policies.INSTANCE)
-    del instance.props["snapshotId"]
-    instance.props["osId"] = 2284
-    assert list(violations(broken)) == ["baked-images-only"]
+    del instance.inputs["snapshotId"], instance.outputs["snapshotId"]
+    instance.set("osId", 2284)
+    assert list(violations(pack, broken)) == ["baked-images-only"]
 
 
-def test_key_outside_a_secret_is_caught(vultr_stack):
+def test_key_outside_a_secret_is_caught(pack, vultr_stack):
     broken = copy.deepcopy(vultr_stack)
-    bake = _find(broken, mailsite_policies.DYNAMIC, lambda r: "queueKey" in r.props)
-    bake.opts.additional_secret_outputs = ["tree", "spamdSyncKey"]
-    assert violations(broken) == {"queue-keys-secret": [f"{bake.name}: queueKey carries a key but is not a secret"]}
+    bake = _find(broken, DYNAMIC, lambda r: "queueKey" in r.inputs)
+    bake.secret_outputs = ["tree", "spamdSyncKey"]
+    assert violations(pack, broken) == {"queue-keys-secret": [f"{bake.name}: queueKey carries a key but is not a secret"]}
     broken = copy.deepcopy(vultr_stack)
-    _find(broken, mailsite_policies.INSTANCE).props["userData"] = "queue encryption " + "ab" * 16
-    assert list(violations(broken)) == ["queue-keys-secret"]
+    _find(broken, mailsite_policies.INSTANCE).set("userData", "queue encryption " + "ab" * 16)
+    assert list(violations(pack, broken)) == ["queue-keys-secret"]
