@@ -330,6 +330,8 @@ def test_a_new_site_reports_no_violation_and_names_what_waits_for_up(analyzer, n
     # Reserved addresses do not exist yet, so the firewall rules' ports and sources (made from
     # them) are unknown: the firewall policies are enforced again during `up`, before each rule
     # is created, and say so now instead of passing silently.
+    bake = _find(new_vultr_site, DYNAMIC, lambda r: "queueKey" in r.inputs)
+    assert bake.inputs["tree"] == {SECRET_SIGNATURE: SECRET_MARK, "value": UNKNOWN}, "a secret not known yet"
     findings = analyzer.preview(new_vultr_site)
     assert findings.diagnostics == []
     waiting = {policy for policy, _ in findings.not_applicable}
