@@ -4,11 +4,20 @@ The bake is a dynamic resource (Python, in-process) rather than a command resour
 are the host's rendered tree as data, its keys stay Pulumi secrets end to end (a command resource
 would have to receive them through its environment or command line), and its diff is exactly
 the content hash: same identity, no change, no rebake; another identity, a replacement.
+
+What a provider method receives is not what the program wrote: the engine runs these providers
+in `python -m pulumi.dynamic`, a separate process that unpickles them (by module and class name,
+so moving or renaming a provider class breaks resources already in state), and their inputs
+arrive without the keys the SDK drops (a None anywhere), without secret wrappers (the dynamic
+provider does not accept secrets), as floats for numbers, and, in a preview, with unknowns.
+tests/test_providers.py runs them that way.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ediri_vultr as vultr
@@ -16,10 +25,15 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider
 from pydantic import SecretStr
 
-from mailsite.images.bake import BakeRequest, bake, identity_of
+from mailsite.images.bake import TEMPLATE, BakeRequest, bake, identity_of
+from mailsite.images.packer import BakeError
 from mailsite.images.publish import delete_image, object_key, object_store, presigned_url, upload_image
+from mailsite.images.vultr_snapshots import READY_MINUTES, api_key, api_url, wait_until_complete
 from mailsite.model import Host, HostSecrets, Images, ObjectStorage, Site
 from mailsite.render import HostTree, RenderedFile
+
+# Tests bake with the null-builder template (no VM, no install media); the program never sets it.
+TEMPLATE_OVERRIDE = "MAILSITE_PACKER_TEMPLATE"
 
 
 @dataclass
@@ -28,12 +42,18 @@ class ImageSettings:
     image_format: str  # raw for Vultr snapshots, qcow2 for libvirt volumes
 
 
+def _template() -> Path:
+    override = os.environ.get(TEMPLATE_OVERRIDE)
+    return Path(override) if override else TEMPLATE
+
+
 def _tree_data(tree: HostTree) -> dict[str, dict[str, Any]]:
     return {path: {"text": f.text, "mode": f.mode, "secret": f.secret} for path, f in tree.items()}
 
 
 def _tree(data: dict[str, dict[str, Any]]) -> HostTree:
-    return {path: RenderedFile(f["text"], int(f["mode"]), bool(f["secret"])) for path, f in data.items()}
+    # An empty file's text is "", which survives; modes arrive as floats.
+    return {path: RenderedFile(f.get("text", ""), int(f["mode"]), bool(f.get("secret", False))) for path, f in data.items()}
 
 
 def _request(props: dict[str, Any]) -> BakeRequest:
@@ -43,23 +63,37 @@ def _request(props: dict[str, Any]) -> BakeRequest:
         secrets=HostSecrets(SecretStr(props["queueKey"]), props["queueKeyVersion"], SecretStr(props["spamdSyncKey"]), props["spamdSyncKeyVersion"]),
         settings=Images.model_validate(props["images"]),
         image_format=props["format"],
+        template=_template(),
     )
+
+
+def _known(value: Any) -> bool:
+    return isinstance(value, str)  # an unknown (preview) arrives as pulumi.output.Unknown
 
 
 class _BakeProvider(ResourceProvider):
     def create(self, props):
-        baked = bake(_request(props), progress=lambda line: pulumi.log.info(line))
-        outs = {**props, "path": str(baked.path)}
-        if props["upload"]:
-            store = ObjectStorage.model_validate(props["upload"])
+        request = _request(props)
+        baked = bake(request, progress=lambda line: pulumi.log.info(line))
+        if baked.identity != props["identity"]:
+            # The program and this provider would disagree on every later diff.
+            raise BakeError(f"{request.host.name}: the image baked here is {baked.identity[:12]}, but the program "
+                            f"asked for {props['identity'][:12]}; run pulumi from the same checkout and packer")
+        # Only what others read: the keys and the tree stay in the (secret) inputs.
+        outs = {"identity": baked.identity, "path": str(baked.path)}
+        upload = props.get("upload")  # absent on libvirt: the SDK drops a None input
+        if upload:
+            store = ObjectStorage.model_validate(upload)
             client = object_store(store)
-            key = object_key(props["host"]["name"], baked.identity)
+            key = object_key(request.host.name, baked.identity)
             upload_image(client, store, baked.path, key)
             outs.update(objectKey=key, url=presigned_url(client, store, key))
         return CreateResult(id_=baked.identity, outs=outs)
 
     def diff(self, _id, olds, news):
-        changed = olds.get("identity") != news["identity"]
+        # An unknown identity (a preview where the tree is not known yet) may well be a new image.
+        identity = news.get("identity")
+        changed = not _known(identity) or olds.get("identity", _id) != identity
         return DiffResult(changes=changed, replaces=["identity"] if changed else [], delete_before_replace=False)
 
     def delete(self, _id, _props):
@@ -67,12 +101,43 @@ class _BakeProvider(ResourceProvider):
 
 
 class _Bake(pulumi.dynamic.Resource):
+    identity: pulumi.Output[str]
     path: pulumi.Output[str]
     url: pulumi.Output[str]
     objectKey: pulumi.Output[str]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions):
+        # The None entries declare the outputs Create adds; the SDK does not send them.
         super().__init__(_BakeProvider(), name, {**props, "path": None, "url": None, "objectKey": None}, opts)
+
+
+class _SnapshotReadyProvider(ResourceProvider):
+    """Waits until Vultr has made the snapshot from the uploaded image (status `complete`)."""
+
+    def create(self, props):
+        snapshot_id = props["snapshotId"]
+        ready = wait_until_complete(
+            snapshot_id,
+            api_key(props.get("apiKey")),
+            timeout_seconds=float(props.get("timeoutSeconds", READY_MINUTES * 60)),
+            api=api_url(),
+            progress=lambda line: pulumi.log.info(line),
+        )
+        # Never the API key: outputs are what the program reads and what state shows.
+        return CreateResult(id_=snapshot_id, outs={"snapshotId": snapshot_id, "status": ready["status"]})
+
+    def diff(self, _id, olds, news):
+        snapshot_id = news.get("snapshotId")
+        changed = not _known(snapshot_id) or olds.get("snapshotId", _id) != snapshot_id
+        return DiffResult(changes=changed, replaces=["snapshotId"] if changed else [], delete_before_replace=False)
+
+
+class _SnapshotReady(pulumi.dynamic.Resource):
+    snapshotId: pulumi.Output[str]
+    status: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions):
+        super().__init__(_SnapshotReadyProvider(), name, {**props, "status": None}, opts)
 
 
 class _ReleaseProvider(ResourceProvider):
@@ -81,11 +146,12 @@ class _ReleaseProvider(ResourceProvider):
     def create(self, props):
         store = ObjectStorage.model_validate(props["upload"])
         delete_image(object_store(store), store, props["objectKey"])
-        return CreateResult(id_=props["objectKey"], outs=props)
+        return CreateResult(id_=props["objectKey"], outs={"objectKey": props["objectKey"]})
 
     def diff(self, _id, olds, news):
         # A new bake uploads a new object: a new release, so that create deletes it too.
-        changed = olds.get("objectKey") != news.get("objectKey")
+        key = news.get("objectKey")
+        changed = not _known(key) or olds.get("objectKey", _id) != key
         return DiffResult(changes=changed, replaces=["objectKey"] if changed else [], delete_before_replace=False)
 
 
@@ -105,16 +171,16 @@ class HostImageArgs:
 
 class HostImage(pulumi.ComponentResource):
     identity: pulumi.Output[str]
-    image_id: pulumi.Output[str]  # Vultr snapshot id, or the qcow2 path for a libvirt volume
+    image_id: pulumi.Output[str]  # Vultr snapshot id (once complete), or the qcow2 path for a libvirt volume
 
     def __init__(self, name: str, args: HostImageArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailsite:index:HostImage", name, None, opts)
         settings, secrets = args.settings, args.secrets
         # The identity holds no secret (keys count by version), so it can show in previews.
         self.identity = pulumi.Output.unsecret(
-            args.tree.apply(lambda tree: identity_of(BakeRequest(args.host, tree, secrets, settings.images, settings.image_format)))
+            args.tree.apply(lambda tree: identity_of(BakeRequest(args.host, tree, secrets, settings.images, settings.image_format, _template())))
         )
-        upload = settings.images.object_storage.model_dump() if args.site.target == "vultr" else None
+        upload = settings.images.object_storage.model_dump(mode="json") if args.site.target == "vultr" else None
         baked = _Bake(
             f"{name}-bake",
             {
@@ -137,12 +203,20 @@ class HostImage(pulumi.ComponentResource):
                 url=baked.url,
                 opts=pulumi.ResourceOptions(parent=self),
             )
+            # The same key the Vultr provider uses; absent, the provider process reads VULTR_API_KEY.
+            key = pulumi.Config("vultr").get_secret("apiKey")
+            ready = _SnapshotReady(
+                f"{name}-ready",
+                {"snapshotId": snapshot.id, "timeoutSeconds": READY_MINUTES * 60, "apiKey": key},
+                pulumi.ResourceOptions(parent=self, additional_secret_outputs=["apiKey"]),
+            )
             _Release(
                 f"{name}-release",
                 {"upload": upload, "objectKey": baked.objectKey},
-                pulumi.ResourceOptions(parent=self, depends_on=[snapshot]),
+                pulumi.ResourceOptions(parent=self, depends_on=[ready]),
             )
-            self.image_id = snapshot.id
+            # The instance reads the id from the wait, so it is made only from a complete snapshot.
+            self.image_id = ready.snapshotId
         else:
             self.image_id = baked.path
         self.register_outputs({"identity": self.identity, "imageId": self.image_id})

@@ -144,6 +144,8 @@ def test_vultr_site_instances_boot_from_baked_snapshots_with_reserved_ips(vultr_
     assert all(s.inputs["url"] == "https://objects.example/presigned" for s in snapshots)
     releases = [r for r in vultr_site.of(DYNAMIC) if r.name.endswith("-release")]
     assert len(releases) == 3, "each uploaded image is deleted once its snapshot exists"
+    waits = sorted(r.inputs["snapshotId"] for r in vultr_site.of(DYNAMIC) if r.name.endswith("-ready"))
+    assert waits == sorted(snapshot_ids), "every snapshot is waited for until Vultr has made it"
 
 
 def test_vultr_dns_mx_preferences_point_at_names_with_a_aaaa_and_ptr(vultr_site):

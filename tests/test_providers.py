@@ -1,0 +1,270 @@
+"""The image providers as the engine runs them: the real program's inputs, serialized by the SDK,
+handed to `python -m pulumi.dynamic` over gRPC; real null-builder bakes, a real upload to
+moto_server, and a local server answering Vultr's snapshot API."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from pulumi.runtime import rpc
+from pulumi.runtime.proto import provider_pb2
+
+from components.host_image import TEMPLATE_OVERRIDE
+from mailsite.images.publish import object_store
+from mailsite.images.vultr_snapshots import API_OVERRIDE
+from mailsite.model import ObjectStorage
+from tests.dynamic_engine import provider_process, run_program
+from tests.sites import example_settings, fake_key
+from tests.test_program import Recorded, SiteMocks, inline_secrets, vultr_settings
+
+NULL_TEMPLATE = Path(__file__).parent / "fixtures/packer/null.pkr.hcl"
+API_KEY = "VULTR-TEST-KEY-not-a-real-one-0123456789"
+HOSTS = ("mx1", "mx2", "mx3")
+
+
+class FakeVultr:
+    """Answers GET /v2/snapshots/{id} as api.vultr.com does. A snapshot made from a URL fetches
+    the URL at once, as Vultr does, then walks through its statuses (the last one stays)."""
+
+    def __init__(self):
+        self.statuses: dict[str, list[str]] = {}
+        self.script = ["pending", "pending", "complete"]
+        self.fetched: dict[str, bytes] = {}
+        self.answers: list[tuple[str, str]] = []  # (snapshot id, status) in order
+        self.keys: set[str] = set()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                fake.keys.add(self.headers.get("Authorization", ""))
+                snapshot_id = self.path.removeprefix("/v2/snapshots/")
+                if self.headers.get("Authorization") != f"Bearer {API_KEY}":
+                    return self._answer(401, {"error": "Invalid API token.", "status": 401})
+                if snapshot_id not in fake.statuses:
+                    return self._answer(404, {"error": "Invalid snapshot ID.", "status": 404})
+                steps = fake.statuses[snapshot_id]
+                status = steps.pop(0) if len(steps) > 1 else steps[0]
+                fake.answers.append((snapshot_id, status))
+                size = len(fake.fetched.get(snapshot_id, b""))
+                self._answer(200, {"snapshot": {"id": snapshot_id, "date_created": "2026-11-25T20:00:00+00:00",
+                                                "description": "", "size": size, "compressed_size": size,
+                                                "status": status, "os_id": 159, "app_id": 0}})
+
+            def _answer(self, code: int, body: dict):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v2"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def create_from_url(self, snapshot_id: str, url: str, script: list[str] | None = None) -> None:
+        self.fetched[snapshot_id] = urllib.request.urlopen(url, timeout=10).read()
+        self.statuses[snapshot_id] = list(script or self.script)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class CloudMocks(SiteMocks):
+    """The clouds' side for the non-dynamic resources; SnapshotFromUrl goes to the fake Vultr."""
+
+    def __init__(self, vultr: FakeVultr | None = None):
+        super().__init__(Recorded())
+        self.vultr = vultr
+
+    def new_resource(self, args):
+        snapshot_id, outputs = super().new_resource(args)
+        if args.typ == "vultr:index/snapshotFromUrl:SnapshotFromUrl":
+            self.vultr.create_from_url(snapshot_id, rpc.unwrap_rpc_secret(args.inputs["url"]))
+        return snapshot_id, outputs
+
+
+def _libvirt(tmp_path) -> dict:
+    settings = inline_secrets(example_settings())
+    settings["images"] = {"cacheDir": str(tmp_path / "cache")}
+    settings["libvirt"]["zoneDir"] = str(tmp_path / "zones")  # the zone files' provider writes there
+    return settings
+
+
+def _vultr(tmp_path, moto_endpoint) -> dict:
+    settings = vultr_settings(inline_secrets(example_settings()))
+    settings["images"].update(cacheDir=str(tmp_path / "cache"),
+                              objectStorage={"endpointUrl": moto_endpoint, "bucket": "mailsite-images", "region": "eu-central-1"})
+    return settings
+
+
+def _secrets_absent(text: str) -> None:
+    for secret in (API_KEY, fake_key("spamd-sync"), *(fake_key(h) for h in HOSTS)):
+        assert secret not in text
+
+
+@pytest.fixture
+def null_bakes(monkeypatch):
+    """Bakes through the null-builder template, here and in the provider process."""
+    monkeypatch.setenv(TEMPLATE_OVERRIDE, str(NULL_TEMPLATE))
+    return {TEMPLATE_OVERRIDE: str(NULL_TEMPLATE)}
+
+
+@pytest.fixture
+def fake_vultr():
+    fake = FakeVultr()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def bucket(moto_endpoint):
+    store = ObjectStorage(endpoint_url=moto_endpoint, bucket="mailsite-images", region="eu-central-1")
+    client = object_store(store)
+    client.create_bucket(Bucket=store.bucket, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"})
+    yield client
+    for item in client.list_objects_v2(Bucket=store.bucket).get("Contents", []):
+        client.delete_object(Bucket=store.bucket, Key=item["Key"])
+    client.delete_bucket(Bucket=store.bucket)
+
+
+def test_libvirt_bake_creates_the_image_and_replaces_it_only_when_its_identity_changes(tmp_path, null_bakes):
+    settings = _libvirt(tmp_path)
+    with provider_process(null_bakes) as provider:
+        provider.configure({"mailsite:target": "libvirt"})
+        first = run_program(settings, CloudMocks(), provider)
+        bakes = first.urns("-image-bake")
+        assert len(bakes) == 3 and set(bakes) <= set(first.ops("create"))
+        for urn in bakes:
+            inputs, outputs = first.plain(urn, "inputs"), first.plain(urn)
+            assert "upload" not in inputs, "the SDK drops a None input: libvirt sends no upload"
+            assert first.state[urn].id == inputs["identity"] == outputs["identity"]
+            assert Path(outputs["path"]).is_file() and Path(outputs["path"]).parent.name == inputs["identity"]
+            assert "url" not in outputs and "objectKey" not in outputs
+        images = {h: v["imageId"] for h, v in first.outputs["hosts"].items()}
+        assert all(Path(path).is_file() for path in images.values()), "each volume is made from its baked image"
+
+        again = run_program(settings, CloudMocks(), provider, previous=first)
+        assert again.ops("create") == [] and again.ops("delete") == []
+        assert all(again.diffs[u].changes == provider_pb2.DiffResponse.DIFF_NONE and not again.diffs[u].replaces for u in bakes)
+
+        settings["hosts"][2]["fqdn"] = "mx3.example.net"
+        changed = run_program(settings, CloudMocks(), provider, previous=again)
+        mx3 = next(urn for urn in bakes if "mx3" in urn)
+        assert {u for u in bakes if changed.diffs[u].replaces} == {mx3}
+        assert list(changed.diffs[mx3].replaces) == ["identity"]
+        assert [u for u in changed.ops("create") if u in bakes] == [mx3] and changed.ops("delete") == [mx3]
+        assert changed.state[mx3].id != again.state[mx3].id
+        _secrets_absent(provider.log())
+
+
+def test_vultr_image_is_uploaded_and_the_instance_waits_for_a_complete_snapshot(tmp_path, null_bakes, moto_endpoint, bucket, fake_vultr):
+    settings = _vultr(tmp_path, moto_endpoint)
+    with provider_process({**null_bakes, API_OVERRIDE: fake_vultr.url}) as provider:
+        provider.configure({"mailsite:target": "vultr", "vultr:apiKey": API_KEY}, secret_keys=("vultr:apiKey",))
+        run = run_program(settings, CloudMocks(fake_vultr), provider, config={"vultr:apiKey": API_KEY})
+        log = provider.log()
+    for host in HOSTS:
+        (bake,) = run.urns(f"-{host}-image-bake")
+        (ready,) = run.urns(f"-{host}-image-ready")
+        (release,) = run.urns(f"-{host}-image-release")
+        (instance,) = run.urns(f"-{host}-instance")
+        outputs = run.plain(bake)
+        assert run.state[bake].id == outputs["identity"]
+        assert outputs["objectKey"] == f"mailsite/images/{host}-{outputs['identity']}.raw"
+        snapshot_id = run.plain(ready, "inputs")["snapshotId"]
+        assert fake_vultr.fetched[snapshot_id] == Path(outputs["path"]).read_bytes(), "Vultr fetched the baked image"
+        assert [s for i, s in fake_vultr.answers if i == snapshot_id] == ["pending", "pending", "complete"]
+        waited = run.plain(ready)
+        assert (waited["snapshotId"], waited["status"]) == (snapshot_id, "complete") and "apiKey" not in waited
+        # The upload is deleted, and the instance made, only once the snapshot is complete.
+        assert run.at("created", ready) < run.at("create", release)
+        assert run.at("created", ready) < run.at("register", instance)
+        assert run.outputs["hosts"][host]["imageId"] == snapshot_id
+    assert bucket.list_objects_v2(Bucket="mailsite-images").get("KeyCount", 0) == 0, "nothing stays in the bucket"
+    assert fake_vultr.keys == {f"Bearer {API_KEY}"}
+    for registered in run.state.values():
+        _secrets_absent(json.dumps(rpc.deserialize_properties(registered.outputs)))
+    _secrets_absent(log)
+
+
+def _ready_inputs(tmp_path, moto_endpoint, fake_vultr, provider) -> struct_pb2.Struct:
+    """mx2's snapshot wait, as the program sends it (through a whole up of the site)."""
+    run = run_program(_vultr(tmp_path, moto_endpoint), CloudMocks(fake_vultr), provider, config={"vultr:apiKey": API_KEY})
+    (ready,) = run.urns("-mx2-image-ready")
+    return run.checked[ready]
+
+
+def _wait(provider, inputs: struct_pb2.Struct, snapshot_id: str, **changes) -> str:
+    request = struct_pb2.Struct()
+    request.CopyFrom(inputs)
+    request.update({"snapshotId": snapshot_id, **changes})
+    with pytest.raises(grpc.RpcError) as failed:
+        provider.stub.Create(provider_pb2.CreateRequest(urn="urn:pulumi:test::mailsite::wait::mx2", properties=request))
+    # The engine shows the provider's traceback; its last line is what the user reads.
+    return failed.value.details().strip().splitlines()[-1]
+
+
+def test_snapshot_that_vultr_fails_or_never_completes_stops_the_up_with_its_id(tmp_path, null_bakes, moto_endpoint, bucket, fake_vultr):
+    with provider_process({**null_bakes, API_OVERRIDE: fake_vultr.url}) as provider:
+        inputs = _ready_inputs(tmp_path, moto_endpoint, fake_vultr, provider)
+        fake_vultr.statuses["snap-failed"] = ["pending", "failed"]
+        fake_vultr.statuses["snap-stuck"] = ["pending"]
+        failed = _wait(provider, inputs, "snap-failed")
+        stuck = _wait(provider, inputs, "snap-stuck", timeoutSeconds=3)
+        unknown = _wait(provider, inputs, "snap-gone")
+        log = provider.log()
+    assert failed == ("mailsite.images.vultr_snapshots.SnapshotError: Vultr snapshot snap-failed is 'failed', not complete: "
+                      "Vultr could not make it from the uploaded image; see the snapshot in the Vultr console, then run again")
+    assert stuck.startswith("mailsite.images.vultr_snapshots.SnapshotError: Vultr snapshot snap-stuck is still pending after 3 seconds;")
+    assert unknown == "mailsite.images.vultr_snapshots.SnapshotError: Vultr snapshot snap-gone: HTTP 404 Invalid snapshot ID."
+    _secrets_absent(log)
+
+
+def test_wrong_api_key_is_named_without_showing_it(tmp_path, null_bakes, moto_endpoint, bucket, fake_vultr):
+    with provider_process({**null_bakes, API_OVERRIDE: fake_vultr.url}) as provider:
+        inputs = _ready_inputs(tmp_path, moto_endpoint, fake_vultr, provider)
+        snapshot_id = inputs["snapshotId"]
+        refused = _wait(provider, inputs, snapshot_id, apiKey="WRONG-KEY-0123")
+        log = provider.log()
+    assert refused.endswith(f"Vultr refused the API key while checking snapshot {snapshot_id} (HTTP 401 Invalid API token.); set a valid vultr:apiKey")
+    assert "WRONG-KEY-0123" not in refused + log
+
+
+def test_preview_with_unknown_addresses_checks_every_image_without_baking(tmp_path, null_bakes, moto_endpoint, fake_vultr):
+    settings = _vultr(tmp_path, moto_endpoint)
+    with provider_process({**null_bakes, API_OVERRIDE: fake_vultr.url}) as provider:
+        provider.configure({"mailsite:target": "vultr", "vultr:apiKey": API_KEY}, secret_keys=("vultr:apiKey",))
+        preview = run_program(settings, CloudMocks(fake_vultr), provider, preview=True, config={"vultr:apiKey": API_KEY})
+    assert preview.ops("create") == [] and not (tmp_path / "cache").exists(), "a preview bakes nothing"
+    for host in HOSTS:
+        (bake,) = preview.urns(f"-{host}-image-bake")
+        (ready,) = preview.urns(f"-{host}-image-ready")
+        # Reserved addresses are not known before they exist, so neither is the image.
+        assert preview.checked[bake]["identity"] == rpc.UNKNOWN
+        assert preview.checked[ready]["snapshotId"] == rpc.UNKNOWN
+    assert fake_vultr.answers == []
+
+
+def test_diff_with_an_unknown_identity_is_a_replacement_not_an_error(tmp_path, null_bakes):
+    with provider_process(null_bakes) as provider:
+        provider.configure({"mailsite:target": "libvirt"})
+        run = run_program(_libvirt(tmp_path), CloudMocks(), provider)
+        (bake,) = run.urns("-mx2-image-bake")
+        old = run.state[bake]
+        news = struct_pb2.Struct()
+        news.CopyFrom(old.inputs)
+        news.update({"identity": rpc.UNKNOWN})
+        diff = provider.stub.Diff(provider_pb2.DiffRequest(id=old.id, urn=bake, olds=old.outputs, news=news, old_inputs=old.inputs))
+    assert diff.changes == provider_pb2.DiffResponse.DIFF_SOME and list(diff.replaces) == ["identity"]
