@@ -163,7 +163,8 @@ def _roles(resources, unseen: list[str]) -> dict[str, str]:
     return roles
 
 
-def _mx_records(resources, unseen: list[str]) -> list[tuple[str, int, str]]:
+def _mx_records(resources, unseen: list[str]) -> list[tuple[str, Any, str]]:
+    """(domain, preference or UNKNOWN, target) of every MX record."""
     records = []
     for r in _of(resources, DNS_RECORD):
         kind = _get(r.props, "type")
@@ -173,10 +174,10 @@ def _mx_records(resources, unseen: list[str]) -> list[tuple[str, int, str]]:
         if kind != "MX":
             continue
         domain, priority, data = (_get(r.props, k) for k in ("domain", "priority", "data"))
-        if UNKNOWN in (domain, priority, data):
-            unseen.append(f"{r.name}: MX domain, preference or target")
+        if UNKNOWN in (domain, data):
+            unseen.append(f"{r.name}: MX domain or target")
             continue
-        records.append((domain, int(priority), str(data).rstrip(".")))
+        records.append((domain, priority if priority is UNKNOWN else int(priority), str(data).rstrip(".")))
     for text in _zone_files(resources, unseen):
         origin = _ORIGIN.search(text)
         for _, preference, target in _ZONE_MX.findall(text):
@@ -191,6 +192,9 @@ def check_primary_preference(args: StackValidationArgs, report: ReportViolation,
     roles = _roles(args.resources, unseen)
     domains: dict[str, list[tuple[int, str]]] = {}
     for domain, preference, target in _mx_records(args.resources, unseen):
+        if preference is UNKNOWN:
+            unseen.append(f"{domain}: preference of MX {target}")
+            continue
         domains.setdefault(domain, []).append((preference, target))
     for domain, records in domains.items():
         primary = [p for p, target in records if roles.get(target) == "primary"]
@@ -221,8 +225,11 @@ class _Pointer:
 def _addresses(resources, unseen: list[str]) -> dict[str, list[_Address]]:
     found: dict[str, list[_Address]] = {}
     for record in _of(resources, DNS_RECORD):
-        if _get(record.props, "type") not in ("A", "AAAA"):
-            continue  # an unknown type is already noted by _mx_records
+        kind = _get(record.props, "type")
+        if kind is UNKNOWN:
+            unseen.append(f"{record.name}: record type")
+        if kind not in ("A", "AAAA"):
+            continue
         name, domain = _get(record.props, "name"), _get(record.props, "domain")
         if UNKNOWN in (name, domain):
             unseen.append(f"{record.name}: record name")
@@ -230,7 +237,7 @@ def _addresses(resources, unseen: list[str]) -> dict[str, list[_Address]]:
         owner = f"{name}.{domain}" if name else domain
         data = _get(record.props, "data")
         found.setdefault(owner, []).append(_Address(data if data is UNKNOWN else str(data), _dependencies(record, "data"), record.name))
-    for text in _zone_files(resources, []):
+    for text in _zone_files(resources, unseen):
         origin = _ORIGIN.search(text)
         for owner, _, address in _ZONE_ADDRESS.findall(text):
             name = origin[1] if owner == "@" else f"{owner}.{origin[1]}"
@@ -263,11 +270,13 @@ def check_forward_confirmed(args: StackValidationArgs, report: ReportViolation, 
     # A/AAAA record and the PTR. When both take it from the same resource, the PTR is for exactly
     # the address the record will hold, so the pair is confirmed by where the values come from.
     # Anything else unknown is named (not-applicable); a known mismatch is always reported.
-    addresses, pointers = _addresses(args.resources, unseen), _pointers(args.resources, unseen)
+    incomplete: list[str] = []  # records that may be the missing A/AAAA, once known
+    addresses, pointers = _addresses(args.resources, incomplete), _pointers(args.resources, unseen)
+    unseen += incomplete
     known = {p.ip: p.name for p in pointers if p.ip is not UNKNOWN}
     pending = [p for p in pointers if p.ip is UNKNOWN]
-    for domain, _, target in _mx_records(args.resources, []):
-        if not addresses.get(target):
+    for domain, _, target in _mx_records(args.resources, unseen):
+        if not addresses.get(target) and not incomplete:
             report(f"{domain}: MX target {target} has no A or AAAA record")
         for address in sorted(addresses.get(target, ()), key=lambda a: str(a.value)):
             if address.value is UNKNOWN:

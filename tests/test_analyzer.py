@@ -348,3 +348,20 @@ def test_a_backup_rule_is_matched_to_its_new_firewall_group_by_where_the_id_come
     assert list(findings.mandatory()) == ["backups-mta-only"]
     assert findings.mandatory()["backups-mta-only"] == [
         f"Backups do not expose 465/587.\n{rule.name}: a backup MX exposes port 587; a backup is an MTA only (tcp/25)"]
+
+
+@pytest.mark.parametrize("record, key, policies", [
+    (lambda r: r.inputs.get("type") == "MX", "priority", ["primary-mx-preference"]),
+    # An A record whose type is unknown might be an MX, and might be the target's only address.
+    (lambda r: r.inputs.get("type") == "A", "type", ["primary-mx-preference", "mx-forward-confirmed"]),
+], ids=["mx-preference", "record-type"])
+def test_an_unknown_that_decides_a_policy_is_named_not_guessed(analyzer, vultr_image_change, record, key, policies):
+    # The program never leaves these unknown; should a change do so, the policy neither fails the
+    # stack nor passes it in silence.
+    broken = copy.deepcopy(vultr_image_change)
+    changed = _find(broken, mailsite_policies.DNS_RECORD, record)
+    changed.set(key, UNKNOWN)
+    findings = analyzer.preview(broken)
+    assert findings.diagnostics == []
+    assert [p for p, _ in findings.not_applicable] == policies
+    assert all(changed.name in reason or f"MX {changed.inputs.get('data')}" in reason for _, reason in findings.not_applicable)
