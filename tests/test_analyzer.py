@@ -22,6 +22,7 @@ import runpy
 import select
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,7 +31,7 @@ import pulumi
 import pytest
 from google.protobuf import empty_pb2, json_format, struct_pb2
 from pulumi.runtime.mocks import MockMonitor
-from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc, plugin_pb2, resource_pb2
+from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc, resource_pb2
 
 from tests.sites import ROOT, example_settings
 from tests.test_program import DYNAMIC, SECRET_MARK, SECRET_SIGNATURE, SiteMocks, inline_secrets, vultr_settings
@@ -187,20 +188,24 @@ def policy_pack_process():
     env = {**os.environ, "PULUMI_PROJECT": "mailsite", "PULUMI_STACK": "pr", "PULUMI_DRY_RUN": "true",
            "PULUMI_ORGANIZATION": "organization", "PULUMI_CONFIG": "{}"}
     # The engine address is only handed through: the pack never calls the engine back.
+    errors = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads it while the pack runs
     process = subprocess.Popen([sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:1", "."], cwd=ROOT / "policy",
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                               stdout=subprocess.PIPE, stderr=errors, env=env)
     try:
         ready, _, _ = select.select([process.stdout], [], [], 60)
         line = process.stdout.readline().decode().strip() if ready else ""
         if not line.isdigit():
             process.kill()
-            raise RuntimeError(f"policy pack did not start: {line!r} {process.stderr.read().decode()[-2000:]}")
+            process.wait(timeout=10)
+            errors.seek(0)
+            raise RuntimeError(f"policy pack did not start: {line!r} {errors.read().decode()[-2000:]}")
         with grpc.insecure_channel(f"127.0.0.1:{line}") as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
             yield analyzer_pb2_grpc.AnalyzerStub(channel)
     finally:
         process.terminate()
         process.wait(timeout=10)
+        errors.close()
 
 
 @pytest.fixture(scope="module")
