@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from mailsite.images.bake import TEMPLATE, BakeRequest, bake, identity_of
 from mailsite.images.packer import BakeError
 from mailsite.images.publish import delete_image, object_key, object_store, presigned_url, upload_image
-from mailsite.images.vultr_snapshots import READY_MINUTES, api_key, api_url, wait_until_complete
+from mailsite.images.vultr_snapshots import READY_MINUTES, SnapshotError, api_key, api_url, wait_until_complete
 from mailsite.model import Host, HostSecrets, Images, ObjectStorage, Site
 from mailsite.render import HostTree, RenderedFile
 
@@ -115,14 +115,19 @@ class _SnapshotReadyProvider(ResourceProvider):
     """Waits until Vultr has made the snapshot from the uploaded image (status `complete`)."""
 
     def create(self, props):
-        snapshot_id = props["snapshotId"]
-        ready = wait_until_complete(
-            snapshot_id,
-            api_key(props.get("apiKey")),
-            timeout_seconds=float(props.get("timeoutSeconds", READY_MINUTES * 60)),
-            api=api_url(),
-            progress=lambda line: pulumi.log.info(line),
-        )
+        snapshot_id, host = props["snapshotId"], props["host"]
+        try:
+            ready = wait_until_complete(
+                snapshot_id,
+                api_key(props.get("apiKey")),
+                timeout_seconds=float(props.get("timeoutSeconds", READY_MINUTES * 60)),
+                api=api_url(),
+                # A new upload (cached image, fresh URL) makes a new snapshot, wait and instance.
+                remake=f"pulumi up --replace '{props['bakeUrn']}'",
+                progress=lambda line: pulumi.log.info(f"{host}: {line}"),
+            )
+        except SnapshotError as error:
+            raise SnapshotError(f"{host}: {error}") from None
         # Never the API key: outputs are what the program reads and what state shows.
         return CreateResult(id_=snapshot_id, outs={"snapshotId": snapshot_id, "status": ready["status"]})
 
@@ -146,13 +151,12 @@ class _ReleaseProvider(ResourceProvider):
     def create(self, props):
         store = ObjectStorage.model_validate(props["upload"])
         delete_image(object_store(store), store, props["objectKey"])
-        return CreateResult(id_=props["objectKey"], outs={"objectKey": props["objectKey"]})
+        return CreateResult(id_=props["objectKey"], outs={"objectKey": props["objectKey"], "snapshotId": props["snapshotId"]})
 
     def diff(self, _id, olds, news):
-        # A new bake uploads a new object: a new release, so that create deletes it too.
-        key = news.get("objectKey")
-        changed = not _known(key) or olds.get("objectKey", _id) != key
-        return DiffResult(changes=changed, replaces=["objectKey"] if changed else [], delete_before_replace=False)
+        # A new upload or a new snapshot of it: a new release, so that create deletes it again.
+        replaces = [k for k in ("objectKey", "snapshotId") if not _known(news.get(k)) or olds.get(k) != news.get(k)]
+        return DiffResult(changes=bool(replaces), replaces=replaces, delete_before_replace=False)
 
 
 class _Release(pulumi.dynamic.Resource):
@@ -207,13 +211,15 @@ class HostImage(pulumi.ComponentResource):
             key = pulumi.Config("vultr").get_secret("apiKey")
             ready = _SnapshotReady(
                 f"{name}-ready",
-                {"snapshotId": snapshot.id, "timeoutSeconds": READY_MINUTES * 60, "apiKey": key},
+                {"snapshotId": snapshot.id, "host": args.host.name, "bakeUrn": baked.urn,
+                 "timeoutSeconds": READY_MINUTES * 60, "apiKey": key},
                 pulumi.ResourceOptions(parent=self, additional_secret_outputs=["apiKey"]),
             )
+            # Released per snapshot: a snapshot made again from the same upload deletes it again.
             _Release(
                 f"{name}-release",
-                {"upload": upload, "objectKey": baked.objectKey},
-                pulumi.ResourceOptions(parent=self, depends_on=[ready]),
+                {"upload": upload, "objectKey": baked.objectKey, "snapshotId": ready.snapshotId},
+                pulumi.ResourceOptions(parent=self),
             )
             # The instance reads the id from the wait, so it is made only from a complete snapshot.
             self.image_id = ready.snapshotId

@@ -300,7 +300,10 @@ def test_a_new_bake_gets_a_new_release_so_its_upload_is_deleted_too():
     from components.host_image import _ReleaseProvider
 
     provider = _ReleaseProvider()
-    same = provider.diff("k1", {"objectKey": "k1", "upload": {}}, {"objectKey": "k1", "upload": {}})
+    old = {"objectKey": "k1", "snapshotId": "s1", "upload": {}}
+    same = provider.diff("k1", old, {**old})
     assert not same.changes
-    new = provider.diff("k1", {"objectKey": "k1", "upload": {}}, {"objectKey": "k2", "upload": {}})
+    new = provider.diff("k1", old, {**old, "objectKey": "k2"})
     assert new.changes and new.replaces == ["objectKey"], "create, which deletes the object, must run for the new one"
+    again = provider.diff("k1", old, {**old, "snapshotId": "s2"})
+    assert again.replaces == ["snapshotId"], "a snapshot made again from the same upload deletes it again"

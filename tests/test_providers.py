@@ -18,7 +18,7 @@ from pulumi.runtime.proto import provider_pb2
 
 from components.host_image import TEMPLATE_OVERRIDE
 from mailsite.images.publish import object_store
-from mailsite.images.vultr_snapshots import API_OVERRIDE
+from mailsite.images.vultr_snapshots import API_OVERRIDE, wait_until_complete
 from mailsite.model import ObjectStorage
 from tests.dynamic_engine import provider_process, run_program
 from tests.sites import example_settings, fake_key
@@ -52,6 +52,8 @@ class FakeVultr:
                 steps = fake.statuses[snapshot_id]
                 status = steps.pop(0) if len(steps) > 1 else steps[0]
                 fake.answers.append((snapshot_id, status))
+                if status.isdigit():  # Vultr busy or failing for a moment
+                    return self._answer(int(status), {"error": "Service Unavailable", "status": int(status)})
                 size = len(fake.fetched.get(snapshot_id, b""))
                 self._answer(200, {"snapshot": {"id": snapshot_id, "date_created": "2026-11-25T20:00:00+00:00",
                                                 "description": "", "size": size, "compressed_size": size,
@@ -225,10 +227,14 @@ def test_snapshot_that_vultr_fails_or_never_completes_stops_the_up_with_its_id(t
         stuck = _wait(provider, inputs, "snap-stuck", timeoutSeconds=3)
         unknown = _wait(provider, inputs, "snap-gone")
         log = provider.log()
-    assert failed == ("mailsite.images.vultr_snapshots.SnapshotError: Vultr snapshot snap-failed is 'failed', not complete: "
-                      "Vultr could not make it from the uploaded image; see the snapshot in the Vultr console, then run again")
-    assert stuck.startswith("mailsite.images.vultr_snapshots.SnapshotError: Vultr snapshot snap-stuck is still pending after 3 seconds;")
-    assert unknown == "mailsite.images.vultr_snapshots.SnapshotError: Vultr snapshot snap-gone: HTTP 404 Invalid snapshot ID."
+    error = "mailsite.images.vultr_snapshots.SnapshotError: mx2: Vultr snapshot"
+    remake = f"pulumi up --replace '{inputs['bakeUrn']}'"
+    assert inputs["bakeUrn"].endswith("::mail-mx2-image-bake")
+    assert failed == (f"{error} snap-failed is 'failed', not complete: Vultr could not make it from the uploaded image; "
+                      f"upload it again with {remake}")
+    assert stuck == (f"{error} snap-stuck is still pending after 3 seconds; run pulumi up again to keep waiting, "
+                     f"or if Vultr shows it stuck, {remake}")
+    assert unknown == f"{error} snap-gone: HTTP 404 Invalid snapshot ID."
     _secrets_absent(log)
 
 
@@ -238,7 +244,8 @@ def test_wrong_api_key_is_named_without_showing_it(tmp_path, null_bakes, moto_en
         snapshot_id = inputs["snapshotId"]
         refused = _wait(provider, inputs, snapshot_id, apiKey="WRONG-KEY-0123")
         log = provider.log()
-    assert refused.endswith(f"Vultr refused the API key while checking snapshot {snapshot_id} (HTTP 401 Invalid API token.); set a valid vultr:apiKey")
+    assert refused == ("mailsite.images.vultr_snapshots.SnapshotError: mx2: Vultr refused the API key while checking "
+                       f"snapshot {snapshot_id} (HTTP 401 Invalid API token.); set a valid vultr:apiKey")
     assert "WRONG-KEY-0123" not in refused + log
 
 
@@ -268,3 +275,11 @@ def test_diff_with_an_unknown_identity_is_a_replacement_not_an_error(tmp_path, n
         news.update({"identity": rpc.UNKNOWN})
         diff = provider.stub.Diff(provider_pb2.DiffRequest(id=old.id, urn=bake, olds=old.outputs, news=news, old_inputs=old.inputs))
     assert diff.changes == provider_pb2.DiffResponse.DIFF_SOME and list(diff.replaces) == ["identity"]
+
+
+def test_a_busy_vultr_api_is_asked_again_with_growing_pauses(fake_vultr):
+    fake_vultr.statuses["snap-busy"] = ["503", "429", "pending", "complete"]
+    pauses: list[float] = []
+    found = wait_until_complete("snap-busy", API_KEY, timeout_seconds=600, api=fake_vultr.url, remake="-", sleep=pauses.append)
+    assert found["status"] == "complete" and found["id"] == "snap-busy"
+    assert pauses == [1.0, 2.0, 4.0]

@@ -71,11 +71,13 @@ def wait_until_complete(
     *,
     timeout_seconds: float,
     api: str,
+    remake: str,
     progress: Callable[[str], None] = lambda _: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
     """The snapshot once its status is `complete`. Any other status than `pending` is final
-    (as for Terraform's wait, which only waits through `pending`)."""
+    (as for Terraform's wait, which only waits through `pending`). `remake` says how to make the
+    snapshot again: waiting again does not help a failed one."""
     deadline = time.monotonic() + timeout_seconds
     delay, last = _FIRST_POLL, "not yet checked"
     while True:
@@ -89,14 +91,14 @@ def wait_until_complete(
                 return found
             if status != "pending":
                 raise SnapshotError(f"Vultr snapshot {snapshot_id} is {status!r}, not complete: Vultr could not "
-                                    "make it from the uploaded image; see the snapshot in the Vultr console, then run again")
+                                    f"make it from the uploaded image; upload it again with {remake}")
             if last != "pending":
                 progress(f"snapshot {snapshot_id} is pending; waiting until Vultr has fetched the image")
             last = "pending"
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise SnapshotError(f"Vultr snapshot {snapshot_id} is still {last} after {_duration(timeout_seconds)}; "
-                                "run again to keep waiting, or delete the snapshot if Vultr shows it stuck")
+                                f"run pulumi up again to keep waiting, or if Vultr shows it stuck, {remake}")
         sleep(min(delay, remaining))
         delay = min(delay * 2, _LONGEST_POLL)
 
