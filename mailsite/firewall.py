@@ -10,6 +10,14 @@ from .model import Host, HostAddresses, Site
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
 
+# pf's table of sources that broke a rate limit (pass ... overload <bruteforce>). An entry shuts
+# its source out of the rate-limited services only, never smtp, and lasts this long: an office
+# behind one NAT address that mistypes a password is locked out for an hour, not for good.
+BRUTEFORCE_TABLE = "bruteforce"
+BRUTEFORCE_EXPIRY_SECONDS = 3600
+# How often root's crontab expires <bruteforce> entries: an entry lives up to expiry + this.
+BRUTEFORCE_EXPIRE_EVERY_MINUTES = 10
+
 
 @dataclass(frozen=True)
 class Service:
@@ -56,6 +64,15 @@ def inbound_services(site: Site, host: Host, addresses: Mapping[str, HostAddress
     if admin:
         services.append(Service("ssh", "tcp", 22, admin, "administration", rate_limited=True))
     return services
+
+
+def rate_limited_ports(services: list[Service]) -> dict[str, list[str]]:
+    """protocol -> the port names whose rules feed <bruteforce>: exactly what an entry blocks."""
+    ports: dict[str, list[str]] = {}
+    for service in services:
+        if service.rate_limited and service.name not in ports.get(service.protocol, []):
+            ports.setdefault(service.protocol, []).append(service.name)
+    return ports
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,18 @@ def _domain(value: str) -> str:
     return name
 
 
+# smtpd's sub-address delimiter: on every MX user+tag@domain reaches user@domain (the primary's
+# virtual lookup and a backup's rcpt-to table both cut the tag at the first "+").
+SUBADDRESS_DELIMITER = "+"
+
+
 def _local_part(value: str) -> str:
-    if not re.match(r"^[a-z0-9][a-z0-9._+-]*$", value):
-        raise ValueError("not a mailbox name; use lower-case letters, digits and . _ + -")
+    if not re.match(r"^[a-z0-9][a-z0-9._-]*$", value):
+        if SUBADDRESS_DELIMITER in value:
+            # The primary reads "a+b" as user a, tag b, and refuses it, while a backup's table
+            # holds "a+b" as written and accepts: the backup would take mail that then bounces.
+            raise ValueError('"+" starts a sub-address (user+tag reaches user); drop it from the name')
+        raise ValueError("not a mailbox name; use lower-case letters, digits and . _ -")
     return value
 
 
@@ -120,6 +129,11 @@ class Recipients(Settings):
 
     def local_parts(self) -> list[str]:
         return sorted(set(self.users) | set(self.aliases))
+
+    def exists(self, local_part: str) -> bool:
+        """Whether mail to this local part is taken, as smtpd sees it: case aside, and with any
+        +tag cut off (alice+lists reaches alice)."""
+        return local_part.lower().split(SUBADDRESS_DELIMITER, 1)[0] in self.local_parts()
 
 
 class Greylist(Settings):
@@ -167,6 +181,16 @@ class BgpSpamd(Settings):
     # pf must hold every prefix the route servers send; the lists run to about 200,000.
     table_entries: Annotated[int, Field(ge=10000, le=10000000)] = 400000
     update_minutes: Annotated[int, Field(ge=1, le=59)] = 20
+
+    # A route server cut off for sending too many prefixes is tried again after this long.
+    max_prefix_restart_minutes: ClassVar[int] = 30
+
+    @property
+    def max_prefixes(self) -> int:
+        """The most prefixes one route server may send before bgpd ends its session (bgpd.conf
+        max-prefix): every route server sends the same lists, and pf needs the other half of its
+        table room for spamd's own tables. More than that is a wrong or hostile feed."""
+        return self.table_entries // 2
 
     @field_validator("local_as")
     @classmethod
@@ -397,3 +421,9 @@ class Site(Settings):
 
     def valid_recipients(self) -> list[str]:
         return [f"{part}@{domain}" for domain in self.domains for part in self.recipients.local_parts()]
+
+    def accepts(self, address: str) -> bool:
+        """Whether every MX takes mail for this address at RCPT: a site domain and a recipient,
+        plus-forms and case included. The primary and the backups must agree with it."""
+        local_part, _, domain = address.rpartition("@")
+        return domain.lower() in self.domains and self.recipients.exists(local_part)

@@ -15,7 +15,10 @@ from typing import Mapping
 
 import jinja2
 
-from .firewall import Service, inbound_services
+from .firewall import (
+    BRUTEFORCE_EXPIRE_EVERY_MINUTES, BRUTEFORCE_EXPIRY_SECONDS, BRUTEFORCE_TABLE, Service, inbound_services,
+    rate_limited_ports,
+)
 from .model import Host, HostAddresses, HostSecrets, Site
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "configs"
@@ -23,6 +26,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "configs"
 BLACK_LIST_FILE = "/etc/mail/bgp-spamd.black"
 BYPASS_LIST_FILE = "/etc/mail/bgp-spamd.bypass"
 UPDATE_JOB = "usr/local/sbin/bgp-spamd-update"
+# bgpd.conf's group of bgp-spamd route servers; the update job counts its sessions by this name.
+ROUTE_SERVER_GROUP = "bgp-spamd"
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,9 @@ def render_pf_conf(site: Site, host: Host, addresses: Mapping[str, HostAddresses
         site_addresses=[str(a.ipv4) for a in addresses.values()],
         blacklist_table=tables.blacklist,
         bypass_table=tables.bypass,
+        bruteforce_table=BRUTEFORCE_TABLE,
+        bruteforce_ports=rate_limited_ports(services),
+        bruteforce_minutes=BRUTEFORCE_EXPIRY_SECONDS // 60,
     )
 
 
@@ -153,8 +161,11 @@ def render_bgpd_conf(site: Site, host: Host, addresses: Mapping[str, HostAddress
         local_as=bgp.local_as,
         router_id=addresses[host.name].ipv4,
         socket=linux.bgpd_socket,
+        route_server_group=ROUTE_SERVER_GROUP,
         route_server_as=bgp.route_server_as,
         multihop=bgp.multihop,
+        max_prefixes=bgp.max_prefixes,
+        max_prefix_restart=bgp.max_prefix_restart_minutes,
         route_servers=bgp.route_servers,
         blacklist_community=bgp.blacklist_community,
         bypass_community=bgp.bypass_community,
@@ -169,6 +180,7 @@ def render_bgp_spamd_update(site: Site) -> str:
     bgp = site.bgp_spamd
     return render_template(
         "bgp-spamd-update.j2",
+        route_server_group=ROUTE_SERVER_GROUP,
         blacklist_community=bgp.blacklist_community,
         bypass_community=bgp.bypass_community,
         black_list_file=BLACK_LIST_FILE,
@@ -181,6 +193,8 @@ def render_crontab(site: Site) -> str:
     return (
         "# root's crontab additions, installed by the image's install.site. Rendered by mailsite.\n"
         f"*/{minutes}\t*\t*\t*\t*\t-n -s /{UPDATE_JOB}\n"
+        f"# Rate-limit offenders (pf <{BRUTEFORCE_TABLE}>) are let back in after {BRUTEFORCE_EXPIRY_SECONDS // 60} minutes.\n"
+        f"*/{BRUTEFORCE_EXPIRE_EVERY_MINUTES}\t*\t*\t*\t*\t-n /sbin/pfctl -q -t {BRUTEFORCE_TABLE} -T expire {BRUTEFORCE_EXPIRY_SECONDS}\n"
     )
 
 

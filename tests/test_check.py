@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsite.check import check_host, linux_bgpd_conf
+from mailsite.check import check_host, host_trees, linux_bgpd_conf
 from mailsite.trees import write_trees
 from tests.sites import ROOT, example_settings, site_of, sized_settings
 from tests.test_render import render_site
@@ -33,8 +33,10 @@ def _write(tmp_path: Path, settings: dict) -> Path:
 def test_every_host_passes_smtpd_and_bgpd(tmp_path, count):
     settings = example_settings() if count == 3 else sized_settings(count)
     out = _write(tmp_path, settings)
-    for host in sorted(p.name for p in out.iterdir()):
-        assert check_host(host, out / host) == [], host
+    trees = host_trees(out)
+    assert sorted(trees) == [host["name"] for host in settings["hosts"]]
+    for host, tree in trees.items():
+        assert check_host(host, tree) == [], host
 
 
 def test_maildir_and_vio0_variants_pass(tmp_path):
@@ -62,6 +64,20 @@ def test_wrong_queue_key_length_fails_smtpd(tmp_path):
     (out / "mx3/etc/mail/queue-key.conf").write_text("queue encryption 0123456789abcdef\n")
     problems = check_host("mx3", out / "mx3")
     assert any("invalid key for queue encryption" in p.message for p in problems), problems
+
+
+def test_bgpd_takes_the_host_route_filter_and_prefix_limit(tmp_path):
+    """bgpd's own parser reads the feed's filter and limit as rendered: change either, and
+    bgpd -n refuses, so the check would catch a grammar slip in them."""
+    out = _write(tmp_path, example_settings())
+    conf = out / "mx2/etc/bgpd.conf"
+    text = conf.read_text()
+    assert "prefix 0.0.0.0/0 prefixlen = 32" in text and "max-prefix 200000 restart 30" in text
+    assert check_host("mx2", out / "mx2") == []
+    for good, bad in (("prefix 0.0.0.0/0 prefixlen = 32", "prefixlen = 32"), ("restart 30", "restart")):
+        conf.write_text(text.replace(good, bad))
+        problems = check_host("mx2", out / "mx2")
+        assert [p.file for p in problems] == ["bgpd.conf"], (bad, problems)
 
 
 def test_bgpd_problem_keeps_its_line_number(tmp_path):

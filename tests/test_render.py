@@ -177,3 +177,77 @@ def test_autoconf_addressing_has_no_static_address():
     assert tree["etc/hostname.vio0"].text.splitlines()[0] == "inet autoconf"
     assert tree["etc/hostname.vio0"].text.splitlines()[-1] == "inet6 autoconf -soii -temporary"
     assert "etc/mygate" not in tree
+
+
+def _bruteforce_blocks(pf: str) -> list[tuple[str, list[str]]]:
+    """(protocol, ports) of every rule that blocks <bruteforce>."""
+    return [(protocol, ports.split()) for protocol, ports in
+            re.findall(r"^block in .*proto (\w+) from <bruteforce> to \S+ port \{ ([^}]*) \}$", pf, re.M)]
+
+
+@pytest.mark.parametrize("admin_cidrs", [True, False])
+def test_bruteforce_blocks_only_the_rate_limited_ports(admin_cidrs):
+    """An entry in <bruteforce> shuts its source out of exactly the services whose rules put it
+    there (ssh, submission, ...), never smtp: an office behind one NAT address that mistypes a
+    password still sends and receives mail."""
+    settings = example_settings()
+    if not admin_cidrs:
+        settings["adminCidrs"] = []
+    site = site_of(settings)
+    for host, tree in render_site(site).items():
+        pf = tree["etc/pf.conf"].text
+        overloading = re.findall(r"port (\S+) \\\n\tkeep state \([^)]*overload <bruteforce>", pf)
+        blocks = _bruteforce_blocks(pf)
+        assert [port for _, ports in blocks for port in ports] == overloading, host
+        assert all(protocol == "tcp" for protocol, _ in blocks)
+        assert "smtp" not in overloading
+        assert not re.search(r"from <bruteforce>(?! to \(\$ext_if\) port \{)", pf), f"{host}: a rule blocks <bruteforce> on every port"
+        assert not re.search(r"^[^#]*flush global", pf, re.M), f"{host}: an overload would cut the offender's smtp connections too"
+    rate_limited = {h.name: [p for _, ports in _bruteforce_blocks(t["etc/pf.conf"].text) for p in ports] for h, t in
+                    zip(site.hosts, render_site(site).values())}
+    ssh = ["ssh"] if admin_cidrs else []
+    assert rate_limited == {"mx1": ["submission", "smtps", "imaps", *ssh], "mx2": ssh, "mx3": ssh}
+
+
+def test_bruteforce_entries_expire_from_roots_crontab(example_site):
+    for host, tree in render_site(example_site).items():
+        assert "table <bruteforce> persist" in tree["etc/pf.conf"].text
+        jobs = [line.split("\t") for line in tree["etc/mailsite/crontab"].text.splitlines() if not line.startswith("#")]
+        expire = [job for job in jobs if "-T expire" in job[-1]]
+        assert expire == [["*/10", "*", "*", "*", "*", "-n /sbin/pfctl -q -t bruteforce -T expire 3600"]], host
+
+
+def test_route_servers_give_only_host_routes_within_a_prefix_limit():
+    """A route server's 0.0.0.0/0 or /24 tagged as listed would blacklist whole networks: bgpd
+    takes only /32s from the feed, and ends a session that sends more than pf can hold."""
+    settings = example_settings()
+    settings["bgpSpamd"]["tableEntries"] = 300000
+    site = site_of(settings)
+    for host, tree in render_site(site).items():
+        bgpd = tree["etc/bgpd.conf"].text
+        allows = re.findall(r"^allow from .*$", bgpd, re.M)
+        assert allows == ['allow from group "bgp-spamd" prefix 0.0.0.0/0 prefixlen = 32'], host
+        group = re.search(r'^group "bgp-spamd" \{(.*?)^\}', bgpd, re.M | re.S)[1]
+        assert re.findall(r"^\tmax-prefix (\d+) restart (\d+)$", group, re.M) == [("150000", "30")], host
+
+
+def test_recipient_names_cannot_hold_the_subaddress_delimiter(settings):
+    """smtpd reads "c+d" as user c with tag d: the primary refuses it while a backup's table holds
+    it as written and takes the mail, which then bounces (seen in the lab with smtpd 6.8)."""
+    from mailsite.problems import SiteConfigError
+
+    settings["recipients"]["users"].append("c+d")
+    settings["recipients"]["aliases"]["sales+eu"] = "bob"
+    with pytest.raises(SiteConfigError) as error:
+        site_of(settings)
+    assert [(p.setting, p.value) for p in error.value.problems] == [
+        ("mailsite:recipients.users[2]", "c+d"), ("mailsite:recipients.aliases.sales+eu", "sales+eu")]
+    assert all("sub-address" in p.message for p in error.value.problems)
+
+
+def test_site_accepts_plus_forms_and_capitals_of_its_recipients_only(example_site):
+    accepts = example_site.accepts
+    assert accepts("alice@example.org") and accepts("alice+lists@example.net") and accepts("Abuse+X@EXAMPLE.ORG")
+    assert accepts("postmaster@example.net") and accepts("bob+@example.org")
+    assert not accepts("nobody@example.org") and not accepts("nobody+alice@example.org")
+    assert not accepts("alice@unknown.test") and not accepts("alice@sub.example.org") and not accepts("postmaster")

@@ -15,7 +15,12 @@ import pytest
 
 from mailsite.render import render_bgp_spamd_update
 
-FIXTURE = Path(__file__).parent / "fixtures/bgpctl-show-rib-community.json"
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE = FIXTURES / "bgpctl-show-rib-community.json"
+# `bgpctl -j show summary` from OpenBGPD 7.7 in the lab: both route servers Established, then
+# both Idle once the route servers' bgpd stopped.
+SUMMARY = FIXTURES / "bgpctl-show-summary.json"
+SUMMARY_IDLE = FIXTURES / "bgpctl-show-summary-idle.json"
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root for a private mount namespace (CI runs it as root)"
@@ -30,16 +35,19 @@ def _rib(*prefixes: str) -> str:
     return json.dumps({"rib": [dict(entry, prefix=p) for p in prefixes]}, indent="\t") + "\n"
 
 
-def run_job(tmp_path: Path, example_site, answers: dict[str, str], fail: bool = False) -> tuple[subprocess.CompletedProcess, Path]:
+def run_job(tmp_path: Path, example_site, answers: dict[str, str], fail: bool = False,
+            summary: str | None = None) -> tuple[subprocess.CompletedProcess, Path]:
     job = tmp_path / "bgp-spamd-update"
     job.write_text(render_bgp_spamd_update(example_site))
     for community, answer in answers.items():
         (tmp_path / f"rib-{community.replace(':', '_')}.json").write_text(answer)
+    (tmp_path / "summary.json").write_text(SUMMARY.read_text() if summary is None else summary)
     # Stands in for bgpctl only to replay recorded answers; the lab runs the job on live bgpd.
     replay = tmp_path / "bgpctl"
     replay.write_text(
         "#!/bin/sh\n"
         + ("exit 1\n" if fail else "")
+        + f'[ "$3" = summary ] && exec cat "{tmp_path}/summary.json"\n'
         + f'exec cat "{tmp_path}/rib-$(echo "$5" | tr : _).json"\n'
     )
     replay.chmod(0o755)
@@ -59,20 +67,70 @@ def run_job(tmp_path: Path, example_site, answers: dict[str, str], fail: bool = 
 
 def test_job_extracts_black_and_bypass_addresses(tmp_path, example_site):
     answers = {
-        "65066:666": _rib("198.51.100.5/32", "198.51.100.6/32", "198.51.100.5/32", "203.0.113.0/28"),
+        "65066:666": _rib("198.51.100.5/32", "198.51.100.6/32", "198.51.100.5/32"),
         "65066:42": FIXTURE.read_text().replace("198.51.100.5/32", "203.0.113.7/32"),
     }
     result, mail = run_job(tmp_path, example_site, answers)
     assert result.returncode == 0, result.stderr
     # Each address once (two route servers send the same /32), a /32 as a bare address.
-    assert (mail / "bgp-spamd.black").read_text() == "198.51.100.5\n198.51.100.6\n203.0.113.0/28\n"
+    assert (mail / "bgp-spamd.black").read_text() == "198.51.100.5\n198.51.100.6\n"
     assert (mail / "bgp-spamd.bypass").read_text() == "203.0.113.7\n"
 
 
+def test_job_refuses_prefixes_that_are_not_host_routes(tmp_path, example_site):
+    """A network tagged as listed (bgpd.conf's /32 filter lost, say) would list every sender in
+    it: the job writes only IPv4 host routes and says what it refused."""
+    wide = ("0.0.0.0/0", "198.51.100.0/24", "203.0.113.0/28", "2001:db8::1/128")
+    answers = {"65066:666": _rib("198.51.100.5/32", *wide), "65066:42": _rib("203.0.113.0/24", "203.0.113.7/32")}
+    result, mail = run_job(tmp_path, example_site, answers)
+    assert result.returncode == 0, result.stderr
+    assert (mail / "bgp-spamd.black").read_text() == "198.51.100.5\n"
+    assert (mail / "bgp-spamd.bypass").read_text() == "203.0.113.7\n"
+    assert "refused 5 prefixes that are not IPv4 host routes" in result.stderr
+
+
 def test_empty_answer_empties_the_list(tmp_path, example_site):
+    # Sessions up and nothing listed: the route servers withdrew everything, and so does spamd.
     result, mail = run_job(tmp_path, example_site, {"65066:666": _rib(), "65066:42": _rib()})
     assert result.returncode == 0, result.stderr
     assert (mail / "bgp-spamd.black").read_text() == ""
+
+
+def test_no_established_session_keeps_the_previous_lists(tmp_path, example_site):
+    """Route servers unreachable: bgpd holds no routes, and emptied lists would let every listed
+    sender through. The job fails and leaves the lists alone."""
+    answers = {"65066:666": _rib(), "65066:42": _rib()}
+    result, mail = run_job(tmp_path, example_site, answers, summary=SUMMARY_IDLE.read_text())
+    assert result.returncode == 1
+    assert "no session with a route server is Established" in result.stderr
+    assert (mail / "bgp-spamd.black").read_text() == "192.0.2.99\n"
+    assert not (mail / "bgp-spamd.bypass").exists()
+
+
+def test_only_route_server_sessions_count(tmp_path, example_site):
+    """Vultr's own BGP session being up says nothing about the lists."""
+    summary = json.loads(SUMMARY_IDLE.read_text())
+    vultr = dict(summary["neighbors"][0], description="Vultr", group="vultr", remote_addr="169.254.169.254", state="Established")
+    summary["neighbors"].append(vultr)
+    result, mail = run_job(tmp_path, example_site, {"65066:666": _rib(), "65066:42": _rib()}, summary=json.dumps(summary, indent="\t"))
+    assert result.returncode == 1
+    assert (mail / "bgp-spamd.black").read_text() == "192.0.2.99\n"
+
+
+def test_one_established_session_is_enough(tmp_path, example_site):
+    summary = SUMMARY_IDLE.read_text().replace('"Idle"', '"Established"', 1)
+    result, mail = run_job(tmp_path, example_site, {"65066:666": _rib("198.51.100.5/32"), "65066:42": _rib()}, summary=summary)
+    assert result.returncode == 0, result.stderr
+    assert (mail / "bgp-spamd.black").read_text() == "198.51.100.5\n"
+
+
+def test_compact_summary_is_read_too(example_site):
+    """bgpctl may print its JSON on one line: the session count does not depend on layout."""
+    compact = json.dumps(json.loads(SUMMARY.read_text()))
+    job = render_bgp_spamd_update(example_site)
+    script = job.split("\nsessions_up()")[0] + f"\nprintf '%s' '{compact}' > \"$work/s.json\"\nestablished \"$work/s.json\"\n"
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "2", result.stderr
 
 
 def test_failed_bgpctl_keeps_the_previous_list(tmp_path, example_site):

@@ -3,6 +3,7 @@ itself, run on a lab host against its live bgpd."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -40,8 +41,22 @@ def rib(lab: Lab, node: str, community: str | None = None) -> dict[str, set[str]
     return held
 
 
+def received(lab: Lab, node: str) -> dict[str, set[str]]:
+    """neighbor address -> every prefix it sent the MX, filtered out or not (Adj-RIB-In)."""
+    got: dict[str, set[str]] = {}
+    for route in bgpctl(lab, node, "show", "rib", "in").get("rib", []):
+        got.setdefault(route["neighbor"]["remote_addr"], set()).add(route["prefix"])
+    return got
+
+
+def host_routes(prefixes) -> set[str]:
+    """The prefixes an MX takes from the feed: IPv4 host routes (one address each)."""
+    return {p for p in prefixes if ipaddress.ip_network(p).version == 4 and ipaddress.ip_network(p).prefixlen == 32}
+
+
 def announced(lab: Lab) -> set[str]:
-    return set(lab.state["blacklist"]) | set(lab.state["bypass"])
+    """What every MX must hold: the route servers' announcements an MX takes."""
+    return host_routes(set(lab.state["blacklist"]) | set(lab.state["bypass"]))
 
 
 def routes_received(lab: Lab, mx: str) -> bool:

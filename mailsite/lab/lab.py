@@ -143,6 +143,7 @@ class Lab:
         for host in self.plan.site.hosts:
             environment = host_environment(self.plan, host, passwd, group)
             tree: HostTree = {**render_lab_host(self.plan, host, secrets[host.name]), **environment}
+            self.node_dir(host.name).mkdir(parents=True)
             write_tree(self.root(host.name), tree)
             self.spool(host.name).mkdir(parents=True)
             for user, uid in mailbox_owners(environment).items():

@@ -43,6 +43,16 @@ def send(lab: Lab, via: str, to: str, subject: str, body: str = "") -> Sent:
     return Sent(result.returncode, result.stdout + result.stderr)
 
 
+def recipient_taken(lab: Lab, via: str, to: str) -> Sent:
+    """Whether the MX `via` takes `to` at RCPT, from a stranger on the internet; the session ends
+    there, so nothing is queued, relayed or delivered."""
+    mx = lab.plan.node(via)
+    argv = ["swaks", "--server", str(mx.ipv4), "--to", to, "--from", SENDER, "--helo", SENDER_HELO,
+            "--quit-after", "RCPT", "--timeout", "15"]
+    result = run(in_network(lab.plan.internet.namespace, argv), timeout=30)
+    return Sent(result.returncode, result.stdout + result.stderr)
+
+
 def delivered(lab: Lab, marker: str) -> list[Path]:
     """The messages holding `marker` in any mailbox on the primary (new and read alike)."""
     homes = lab.homes(lab.plan.site.primary.name)

@@ -209,6 +209,49 @@ def no_open_relay(lab: Lab) -> Finding:
     return _timed("no open relay: every MX refuses a foreign domain", scenario)
 
 
+def _recipient_probes(lab: Lab) -> list[str]:
+    """Addresses a sender might use: every user and alias, as written, in capitals and with a
+    +tag; tags of other shapes; unknown users, domains and a bare postmaster."""
+    site = lab.plan.site
+    first, last = site.domains[0], site.domains[-1]
+    user = site.recipients.users[0]
+    probes = []
+    for part in site.recipients.local_parts():
+        probes += [f"{part}@{first}", f"{part}+lists@{last}", f"{part.upper()}@{first.upper()}"]
+    return probes + [
+        f"{user}+@{first}", f"{user}+a+b@{last}", f"nobody-here@{first}", f"nobody-here+{user}@{first}",
+        f"{user}@unknown-domain.test", f"{user}@sub.{first}", "postmaster",
+    ]
+
+
+def _rcpt_answer(sent: mail.Sent) -> str:
+    if sent.accepted:
+        return "taken"
+    return "refused (5xx)" if sent.refused_permanently else f"not answered (swaks {sent.status})"
+
+
+def every_mx_takes_what_the_primary_takes(lab: Lab) -> Finding:
+    """The same recipients at RCPT on every MX: users and aliases, their +tag forms and capitals,
+    unknown users and domains. The primary takes exactly what the model says exists, and every
+    backup answers each address as the primary does: a backup that refused what the primary
+    takes would lose mail while the primary is away; one that took more would bounce it later."""
+    def scenario() -> tuple[bool, str]:
+        site = lab.plan.site
+        primary, backups = _host_names(lab)
+        probes = _recipient_probes(lab)
+        problems = []
+        for address in probes:
+            answers = {mx: _rcpt_answer(mail.recipient_taken(lab, mx, address)) for mx in [primary, *backups]}
+            expected = "taken" if site.accepts(address) else "refused (5xx)"
+            if answers[primary] != expected:
+                problems.append(f"{primary} {answers[primary]} {address}, the site's recipients say {expected}")
+            problems += [f"{mx} {answer} {address}, {primary} {answers[primary]}"
+                         for mx, answer in answers.items() if answer != answers[primary]]
+        taken = sum(site.accepts(address) for address in probes)
+        return not problems, "; ".join(problems) or f"{len(probes)} addresses, {taken} taken, the same on {primary} and {', '.join(backups)}"
+    return _timed("every MX takes exactly the recipients the primary takes (+tags included)", scenario)
+
+
 def backups_refuse_unknown(lab: Lab) -> Finding:
     """Backups accept only the site's own recipients: an unknown user in a site domain, and a
     site user's name at a domain that is not the site's, are refused at RCPT (no backscatter)."""
@@ -246,7 +289,7 @@ def bgp_sessions(lab: Lab) -> Finding:
 
 
 def _expected_lists(lab: Lab) -> tuple[list[str], list[str]]:
-    bare = lambda prefixes: sorted(p.removesuffix("/32") for p in prefixes)
+    bare = lambda prefixes: sorted(p.removesuffix("/32") for p in bgp.host_routes(prefixes))
     return bare(lab.state["blacklist"]), bare(lab.state["bypass"])
 
 
@@ -292,6 +335,77 @@ def withdrawn_route_disappears(lab: Lab) -> Finding:
     return _timed("a withdrawn route leaves the list at the next job run", scenario)
 
 
+# What a wrong or hostile route server might tag with the blacklist community: every IPv4
+# sender, and a whole /24 around listed addresses.
+WIDE_PREFIXES = ("0.0.0.0/0", "198.51.100.0/24")
+
+
+def feed_takes_only_host_routes(lab: Lab) -> Finding:
+    """Route servers that tag 0.0.0.0/0 and a /24 with the blacklist community reach every MX,
+    and every MX filters them out: they are not in its RIB (so not in a pf table) nor in spamd's
+    list, while the /32s sent beside them are."""
+    def scenario() -> tuple[bool, str]:
+        blacklist, bypass = list(lab.state["blacklist"]), list(lab.state["bypass"])
+        mxes = [mx.name for mx in lab.plan.of_kind("mx")]
+        servers = [str(node.ipv4) for node in lab.plan.of_kind("route-server")]
+        wide = set(WIDE_PREFIXES)
+        arrived = lambda mx: all(wide <= bgp.received(lab, mx).get(server, set()) for server in servers)
+        lab.announce(blacklist + list(WIDE_PREFIXES), bypass)
+        problems = []
+        try:
+            # Seen arriving (Adj-RIB-In) first: a filter is only proven on routes that came in.
+            if not wait_until(lambda: all(arrived(mx) for mx in mxes), 20, 0.2):
+                return False, f"{sorted(wide)} never reached every MX from every route server"
+            for mx in mxes:
+                held = set().union(*bgp.rib(lab, mx).values())
+                if held & wide:
+                    problems.append(f"{mx} took {sorted(held & wide)} into its RIB")
+                if held != bgp.announced(lab):
+                    problems.append(f"{mx} holds {sorted(held)}")
+            problems += _job_problems(lab)
+        finally:
+            lab.announce(blacklist, bypass)
+        if not wait_until(lambda: all(bgp.routes_received(lab, mx) for mx in mxes), 20, 0.2):
+            problems.append("the routes did not return to what was announced before")
+        return not problems, "; ".join(problems) or f"{', '.join(sorted(wide))} received and refused by every MX; the /32s beside them kept"
+    return _timed("bgp: only host routes are taken from the feed", scenario)
+
+
+def update_job_keeps_lists_without_sessions(lab: Lab) -> Finding:
+    """With both route servers down, no session is Established and each MX's RIB is empty; the
+    update job then fails and leaves spamd's lists as they were (empty lists would let every
+    listed sender through). Once the route servers are back, the job refreshes them again."""
+    def scenario() -> tuple[bool, str]:
+        mxes = [mx.name for mx in lab.plan.of_kind("mx")]
+        servers = [node.name for node in lab.plan.of_kind("route-server")]
+        problems = _job_problems(lab)
+        if problems:
+            return False, "before the route servers stopped: " + "; ".join(problems)
+        before = _expected_lists(lab)
+        for server in servers:
+            lab.stop_daemon(server, "bgpd")
+        try:
+            cut_off = lambda mx: "Established" not in bgp.sessions(lab, mx).values() and not bgp.rib(lab, mx)
+            if not wait_until(lambda: all(cut_off(mx) for mx in mxes), 20, 0.2):
+                return False, "an MX still has a session or routes 20 s after the route servers stopped"
+            for mx in mxes:
+                run = bgp.run_update_job(lab, mx)
+                if run.status == 0:
+                    problems.append(f"{mx}: the job succeeded with no session")
+                if (sorted(run.black), sorted(run.bypass)) != before:
+                    problems.append(f"{mx}: lists became black {run.black}, bypass {run.bypass}")
+        finally:
+            for server in servers:
+                if not lab.daemons().get(f"{server}/bgpd"):
+                    lab.start_daemon(server, "bgpd")
+        if not wait_until(lambda: all(bgp.routes_received(lab, mx) for mx in mxes), 30, 0.2):
+            problems.append("the sessions did not come back")
+        else:
+            problems += _job_problems(lab)
+        return not problems, "; ".join(problems) or "route servers down: the job failed on every MX and kept its lists; back up: refreshed"
+    return _timed("update job: no session, the previous lists stay", scenario)
+
+
 def daemons_running(lab: Lab) -> Finding:
     """No daemon crashed while the lab ran."""
     def scenario() -> tuple[bool, str]:
@@ -305,10 +419,13 @@ DEMONSTRATION = (
     bgp_sessions,
     update_job_extracts_lists,
     withdrawn_route_disappears,
+    feed_takes_only_host_routes,
+    update_job_keeps_lists_without_sessions,
     backups_relay_to_primary,
     worst_backup_relays_to_primary,
     no_open_relay,
     backups_refuse_unknown,
+    every_mx_takes_what_the_primary_takes,
     queued_while_primary_down,
     daemons_running,
 )
