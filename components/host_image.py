@@ -213,7 +213,7 @@ class HostImage(pulumi.ComponentResource):
                 f"{name}-ready",
                 {"snapshotId": snapshot.id, "host": args.host.name, "bakeUrn": baked.urn,
                  "timeoutSeconds": READY_MINUTES * 60, "apiKey": key},
-                pulumi.ResourceOptions(parent=self, additional_secret_outputs=["apiKey"]),
+                pulumi.ResourceOptions(parent=self),
             )
             # Released per snapshot: a snapshot made again from the same upload deletes it again.
             _Release(

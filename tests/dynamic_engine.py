@@ -9,8 +9,9 @@ installed here, so this plays the engine between the real program and the real p
 - Between the two, this does what the engine does with a provider that answered Configure with
   acceptSecrets=false: secrets unwrapped, unknowns kept only in a preview; Check, then Diff
   against the previous run's state, then Create (or nothing in a preview), Delete of what a
-  replacement left behind. Other resources' outputs come from the given Mocks; in a preview, a
-  resource not yet in state answers with its inputs only (everything else unknown), as the engine does.
+  replacement left behind. Other resources' outputs come from the given Mocks, or from the
+  previous run's state when their inputs did not change; in a preview, a new or changed resource
+  answers with its inputs only (everything else unknown), as the engine does.
 """
 
 from __future__ import annotations
@@ -144,10 +145,13 @@ class Engine(MockMonitor):
         if request.type == DYNAMIC:
             return self._dynamic(urn, request)
         old = self.previous.get(urn)
-        if self.preview and old is None:
-            # A new resource in a preview: its inputs and nothing else are known.
-            self.run.state[urn] = Registered("", request.object, request.object)
-            return resource_pb2.RegisterResourceResponse(urn=urn, id="", object=request.object)
+        if old is not None and old.inputs == request.object:
+            self.run.state[urn] = old  # unchanged: the engine keeps its state
+            return resource_pb2.RegisterResourceResponse(urn=urn, id=old.id, object=old.outputs)
+        if self.preview:
+            # A new or changed resource in a preview: its inputs and nothing else are known.
+            self.run.state[urn] = Registered(old.id if old else "", request.object, request.object)
+            return resource_pb2.RegisterResourceResponse(urn=urn, id=old.id if old else "", object=request.object)
         self._note("register", urn)
         response = super().RegisterResource(request)
         self.run.state[urn] = Registered(response.id, request.object, response.object)
@@ -183,7 +187,8 @@ class Engine(MockMonitor):
                                                              olds=old.outputs, news=checked, old_inputs=old.inputs))
             registered = Registered(old.id, checked, updated.properties)
         elif not replace:
-            registered = Registered(old.id, checked, old.outputs)
+            # A preview of an update answers with the new inputs, as for a create.
+            registered = Registered(old.id, checked, checked if update else old.outputs)
         elif self.preview:
             registered = Registered("", checked, checked)
         else:

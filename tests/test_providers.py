@@ -4,6 +4,7 @@ moto_server, and a local server answering Vultr's snapshot API."""
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import urllib.request
@@ -20,7 +21,7 @@ from components.host_image import TEMPLATE_OVERRIDE
 from mailsite.images.publish import object_store
 from mailsite.images.vultr_snapshots import API_OVERRIDE, wait_until_complete
 from mailsite.model import ObjectStorage
-from tests.dynamic_engine import provider_process, run_program
+from tests.dynamic_engine import Registered, provider_process, run_program
 from tests.sites import example_settings, fake_key
 from tests.test_program import Recorded, SiteMocks, inline_secrets, vultr_settings
 
@@ -283,3 +284,27 @@ def test_a_busy_vultr_api_is_asked_again_with_growing_pauses(fake_vultr):
     found = wait_until_complete("snap-busy", API_KEY, timeout_seconds=600, api=fake_vultr.url, remake="-", sleep=pauses.append)
     assert found["status"] == "complete" and found["id"] == "snap-busy"
     assert pauses == [1.0, 2.0, 4.0]
+
+
+def test_a_site_made_before_the_wait_previews_it_without_replacing_instances(tmp_path, null_bakes, moto_endpoint, bucket, fake_vultr):
+    settings = _vultr(tmp_path, moto_endpoint)
+    with provider_process({**null_bakes, API_OVERRIDE: fake_vultr.url}) as provider:
+        made = run_program(settings, CloudMocks(fake_vultr), provider, config={"vultr:apiKey": API_KEY})
+        # State as the previous version left it: no wait, releases keyed by the object alone.
+        before = copy.copy(made)
+        before.state = {urn: r for urn, r in made.state.items() if not urn.endswith("-image-ready")}
+        for urn in before.urns("-image-release"):
+            old = before.state[urn]
+            outputs = struct_pb2.Struct()
+            outputs.CopyFrom(old.outputs)
+            del outputs["snapshotId"]
+            before.state[urn] = Registered(old.id, old.inputs, outputs)
+        preview = run_program(settings, CloudMocks(fake_vultr), provider, preview=True, previous=before,
+                              config={"vultr:apiKey": API_KEY})
+    for host in HOSTS:
+        (instance,) = preview.urns(f"-{host}-instance")
+        (ready,) = preview.urns(f"-{host}-image-ready")
+        # A new wait previews with its inputs as its outputs, so the instance sees the same snapshot.
+        assert preview.plain(instance, "inputs")["snapshotId"] == made.plain(instance, "inputs")["snapshotId"]
+        assert preview.plain(ready)["snapshotId"] == made.plain(ready)["snapshotId"]
+    assert all(not preview.diffs[u].replaces for u in preview.urns("-image-bake"))
