@@ -18,10 +18,12 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -310,6 +312,37 @@ class ObjectStorage(Settings):
     presign_seconds: Annotated[int, Field(ge=60, le=43200)] = 3600
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+# /var beside the queue: logs between newsyslog turns, spamd's database, /var/db and backups.
+VAR_BESIDE_QUEUE = 1 << 30
+# The boot area before the OpenBSD partition and disklabel's alignment of each partition.
+DISK_RESERVED = 64 << 20
+
+
+def size_bytes(value: str) -> int:
+    """A size as smtpd and disklabel write it (50M, 8G), in bytes."""
+    match = _SIZE.match(value)
+    assert match, value
+    return int(match[1]) * _SIZE_UNITS[match[2]]
+
+
+def size_text(size: int) -> str:
+    """Bytes as disklabel(8) and smtpd read them: whole G where exact, else whole M (rounded up)."""
+    if size % (1 << 30) == 0:
+        return f"{size >> 30}G"
+    return f"{-(-size // (1 << 20))}M"
+
+
+@dataclass(frozen=True)
+class DiskPartition:
+    """One line of a disklabel(8) autopartitioning template."""
+
+    mount_point: str  # or swap
+    min_bytes: int
+    max_bytes: int | None  # None: as large as the disk allows
+    share: int  # percent of the space left once every minimum is met
+
+
 class Images(Settings):
     """How each host's OpenBSD image is baked."""
 
@@ -318,6 +351,11 @@ class Images(Settings):
     iso_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     cache_dir: str = "~/.cache/mailsite/images"
     disk_size: Annotated[str, Field(pattern=r"^[1-9][0-9]*[MG]$")] = "8G"
+    # The smtpd queue lives on /var: a backup holds mail for queue.ttl while the primary is away
+    # and answers 4xx once /var is full. Room for this many messages at maxMessageSize, unless
+    # queueSpace says how much outright (the site fills queueSpace in from maxMessageSize).
+    queue_messages: Annotated[int, Field(ge=1, le=100000)] = 40
+    queue_space: Annotated[str, Field(pattern=r"^[1-9][0-9]*[MG]$")] | None = None
     timeout_minutes: Annotated[int, Field(ge=5, le=600)] = 90
     object_storage: ObjectStorage = ObjectStorage()
 
@@ -325,6 +363,26 @@ class Images(Settings):
     def set_suffix(self) -> str:
         """The installer names sets by version without the dot: site78.tgz for 7.8."""
         return self.openbsd_version.replace(".", "")
+
+    def disk_layout(self) -> list[DiskPartition]:
+        """The partitions the installer makes (disklabel(8) automatic allocation, in this order:
+        the installer takes the first for / and the second for swap). /var comes last, so it
+        takes whatever the others leave."""
+        assert self.queue_space is not None, "the site fills queue_space in"
+        return [
+            DiskPartition("/", 1 << 30, 2 << 30, 5),
+            DiskPartition("swap", 256 << 20, 1 << 30, 5),
+            DiskPartition("/tmp", 256 << 20, 1 << 30, 5),
+            # base, comp and man with the kernel's relink objects; no X sets.
+            DiskPartition("/usr", 2 << 30, 4 << 30, 10),
+            DiskPartition("/usr/local", 512 << 20, 4 << 30, 10),
+            DiskPartition("/var", VAR_BESIDE_QUEUE + size_bytes(self.queue_space), None, 65),
+        ]
+
+    def disk_shortfall(self) -> int:
+        """Bytes the disk lacks for the layout's minimum sizes (0: it fits)."""
+        needed = DISK_RESERVED + sum(partition.min_bytes for partition in self.disk_layout())
+        return max(0, needed - size_bytes(self.disk_size))
 
 
 class Site(Settings):
@@ -375,6 +433,27 @@ class Site(Settings):
             for index, host in enumerate(self.hosts)
         ]
         object.__setattr__(self, "hosts", filled)
+        return self
+
+    @model_validator(mode="after")
+    def _size_the_disk(self) -> Site:
+        images = self.images
+        queue = f"queueSpace {images.queue_space}"
+        if images.queue_space is None:
+            space = size_text(size_bytes(self.max_message_size) * images.queue_messages)
+            queue = f"{space} for queueMessages {images.queue_messages} at maxMessageSize {self.max_message_size}"
+            images = images.model_copy(update={"queue_space": space})
+            object.__setattr__(self, "images", images)
+        if shortfall := images.disk_shortfall():
+            needed = size_bytes(images.disk_size) + shortfall
+            layout = ", ".join(f"{p.mount_point} {size_text(p.min_bytes)}" for p in images.disk_layout())
+            message = (f"too small for the partitions, which need {size_text(needed)} with the boot area ({layout}, "
+                       f"the queue's {queue} included); raise diskSize to {-(-needed // (1 << 30))}G "
+                       f"or lower images.queueMessages (or images.queueSpace)")
+            # Raised as the error of images.diskSize itself, so that the line names that setting.
+            raise ValidationError.from_exception_data("Site", [InitErrorDetails(
+                type=PydanticCustomError("value_error", "{message}", {"message": message}),
+                loc=("images", "diskSize"), input=images.disk_size)])
         return self
 
     # Facts derived from the model: every consumer asks here.

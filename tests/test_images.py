@@ -3,22 +3,29 @@ VM) goes through the same wrapper: progress, errors, caching, keys kept out of e
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import os
+import re
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from mailsite.images.bake import BakeRequest, _prepare, bake, identity_of
+from mailsite.config import load_site
+from mailsite.images.bake import QEMU_HOST_ADDRESS, BakeRequest, _prepare, bake, identity_of
 from mailsite.images.identity import PACKER_DIR
 from mailsite.images.packer import BakeError
-from mailsite.images.siteset import secret_files, site_set
-from tests.sites import fake_key, fake_secrets
+from mailsite.images.siteset import key_archive, site_set
+from mailsite.problems import SiteConfigError
+from tests.sites import example_settings, fake_key, fake_secrets, site_of
 from tests.test_render import render_site
 
-NULL_TEMPLATE = Path(__file__).parent / "fixtures/packer/null.pkr.hcl"
+FIXTURES = Path(__file__).parent / "fixtures"
+NULL_TEMPLATE = FIXTURES / "packer/null.pkr.hcl"
 
 
 def _request(site, tmp_path, host="mx2", template=NULL_TEMPLATE, secrets=None, tree=None) -> BakeRequest:
@@ -35,13 +42,214 @@ def test_real_template_is_formatted_and_valid(example_site, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     var_file = work / "vars.json"
-    var_file.write_text(json.dumps(_prepare(request, work, secret_files(request.tree))))
+    var_file.write_text(json.dumps(_prepare(request, work)))
     result = subprocess.run(["packer", "validate", f"-var-file={var_file}", str(PACKER_DIR / "openbsd.pkr.hcl")],
                             capture_output=True, text=True, cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
     install_conf = (work / "http/install.conf").read_text()
-    assert "Which network interface do you wish to configure = vmx0" in install_conf
+    assert "Network interface to configure = vmx0" in install_conf
     assert "Allow root ssh login = prohibit-password" in install_conf
+
+
+# What autoinstall(8) fills in for the runtime words of its questions during a bake.
+_BAKE_WORDS = {"$_cddevs": "cd0", "$_locs": "disk http", "$MODE": "install", "$_d": "com0"}
+
+
+def _installer_questions() -> list[str]:
+    lines = (FIXTURES / "openbsd-installer-questions.txt").read_text().splitlines()
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _response_keys(install_conf: str) -> list[str]:
+    """The keys the installer reads from a response file (install.sub, _autorespond): lines of
+    the form [!#=]*=?*, the key being what comes before the first '=', blanks trimmed."""
+    lines = (line.strip(" \t") for line in install_conf.splitlines())
+    return [line.split("=", 1)[0].rstrip(" \t") for line in lines if re.fullmatch(r"[^#=].*=.+", line)]
+
+
+def _answers(key: str, question: str) -> bool:
+    """install.sub: [[ $_q == @(|*[[:blank:]])"$_key"@([[:blank:]?]*|) ]], both lowercased."""
+    return re.fullmatch(r"(|.*[ \t])" + re.escape(key.lower()) + r"([ \t?].*|)", question.lower(), re.DOTALL) is not None
+
+
+@pytest.mark.parametrize("interface", ["vmx0", "vio0"])
+def test_every_install_conf_key_answers_a_question_of_the_installer(example_site, tmp_path, interface):
+    host = example_site.host("mx2").model_copy(update={"egress_interface": interface})
+    request = _request(example_site, tmp_path)
+    request = BakeRequest(host, request.tree, request.secrets, request.settings, "raw", request.template)
+    _prepare(request, tmp_path)
+    keys = _response_keys((tmp_path / "http/install.conf").read_text())
+    questions = []
+    for question in _installer_questions():
+        for word, value in {**_BAKE_WORDS, "$_if": interface}.items():
+            question = question.replace(word, value)
+        questions.append(question)
+    assert len(keys) >= 15 and len(questions) >= 70, "both sides were read"
+    unanswered = [key for key in keys if not any(_answers(key, question) for question in questions)]
+    assert unanswered == [], f"the installer asks no question these keys answer, so it takes its defaults: {unanswered}"
+    # The answers the image depends on, each matched to the question it must answer.
+    for key, question in [
+        ("Network interface to configure", "Network interface to configure? (name, lladdr, '?', or 'done')"),
+        ("Use (W)hole disk MBR, whole disk (G)PT or (E)dit", "Use (W)hole disk MBR, whole disk (G)PT or (E)dit?"),
+        ("URL to autopartitioning template for disklabel", "URL to autopartitioning template for disklabel?"),
+        ("Allow root ssh login", "Allow root ssh login? (yes, no, prohibit-password)"),
+    ]:
+        assert key in keys and _answers(key, question)
+
+
+def test_install_conf_key_matching_is_the_installers():
+    # Word boundaries, case, the '?' after a key: as _autorespond reads them.
+    assert _answers("IPv4 address for vmx0", "IPv4 address for vmx0? (or 'autoconf' or 'none')")
+    assert _answers("ipv4 ADDRESS for vmx0", "IPv4 address for vmx0? (or 'autoconf' or 'none')")
+    assert not _answers("IPv4 address for vmx", "IPv4 address for vmx0? (or 'autoconf' or 'none')")
+    assert not _answers("Which network interface do you wish to configure", "Network interface to configure? (name, lladdr, '?', or 'done')")
+    assert not _answers("Use (W)hole disk MBR, whole disk (G)PT, (O)penBSD area or (E)dit", "Use (W)hole disk MBR, whole disk (G)PT or (E)dit?")
+    assert _response_keys("# a = comment\n = no key\nSet name(s) = -x*\nempty =\n") == ["Set name(s)"]
+
+
+EXAMPLE_DISKLABEL = """\
+/ 1G-2G 5%
+SWAP 256M-1G 5%
+/tmp 256M-1G 5%
+/usr 2G-4G 10%
+/usr/local 512M-4G 10%
+/var 3024M-* 65%
+"""
+
+
+def test_installer_gets_the_example_disk_layout_from_packers_http_server(example_site, tmp_path):
+    variables = _prepare(_request(example_site, tmp_path), tmp_path)
+    # /var: 1G for logs and spamd's database, and the queue for 40 messages of maxMessageSize 50M.
+    assert (tmp_path / "http/disklabel").read_text() == EXAMPLE_DISKLABEL
+    install_conf = (tmp_path / "http/install.conf").read_text()
+    url = f"http://{QEMU_HOST_ADDRESS}:{variables['http_port']}/disklabel"
+    assert f"URL to autopartitioning template for disklabel = {url}\n" in install_conf
+    assert variables["http_directory"] == str(tmp_path / "http")
+
+
+def _disklabel_grammar() -> tuple[re.Pattern, set[str], list[str]]:
+    """disklabel(8)'s AUTOMATIC DISK ALLOCATION, read from the man page: a line pattern, the
+    special tokens and the man page's own examples of sizes and shares."""
+    text = (FIXTURES / "disklabel.8-automatic-disk-allocation").read_text()
+    assert "Each line of input uses three fields to describe a partition." in text
+    assert "There must not be whitespace before the first field," in text
+    assert "fields are separated by whitespace and fields cannot contain whitespace." in text
+    tokens = set(re.findall(r"^\.Sq ([A-Z]+)", text.split("special tokens", 1)[1].split(".Pp", 1)[0], re.M))
+    examples = re.findall(r"\(e\.g\. ([^)]*)\)", text.replace("\n", " "))
+    size = r"[0-9]+(\.[0-9]+)?[bckmgtBCKMGT]"
+    line = re.compile(
+        rf"(?P<mount>/\S*|{'|'.join(sorted(tokens))}) "  # a mount point or a special token
+        rf"(?P<size>\*|{size}|{size}-({size}|\*))"  # '*', an exact size or a range
+        r"( (?P<share>[0-9]{1,3})%?)?"  # a percentage from 0 (the default) to 100
+    )
+    return line, tokens, examples
+
+
+def test_disk_layout_template_follows_disklabel_grammar(example_site, tmp_path):
+    line, tokens, examples = _disklabel_grammar()
+    assert tokens == {"RAID", "SWAP"}
+    # The man page's examples: "1G", "1M-10G or 1G-*", "37%".
+    sizes = [word for example in examples[:2] for word in example.split(" or ")]
+    assert sizes == ["1G", "1M-10G", "1G-*"] and examples[2] == "37%"
+    for example in sizes:
+        assert line.fullmatch(f"/home {example} {examples[2]}"), example
+
+    _prepare(_request(example_site, tmp_path), tmp_path)
+    template = (tmp_path / "http/disklabel").read_text()
+    assert template.endswith("\n") and "\n\n" not in template
+    parsed = [line.fullmatch(text) for text in template.splitlines()]
+    assert all(parsed), template
+    assert [match["mount"] for match in parsed[:2]] == ["/", "SWAP"], "the installer takes a for / and b for swap"
+    assert sum(int(match["share"]) for match in parsed) <= 100, "disklabel refuses shares above 100% in all"
+    units = {"M": 1 << 20, "G": 1 << 30}
+    for match in parsed:
+        low, _, high = match["size"].partition("-")
+        if high != "*":
+            assert int(low[:-1]) * units[low[-1]] <= int(high[:-1]) * units[high[-1]], match[0]
+
+
+def test_disk_too_small_for_the_queue_is_one_line_naming_the_setting():
+    settings = example_settings()
+    settings["images"] = {**settings["images"], "diskSize": "8G", "queueMessages": 100}
+    with pytest.raises(SiteConfigError) as raised:
+        load_site(settings)
+    assert [str(problem) for problem in raised.value.problems] == [
+        "mailsite:images.diskSize = 8G: too small for the partitions, which need 10184M with the boot area "
+        "(/ 1G, swap 256M, /tmp 256M, /usr 2G, /usr/local 512M, /var 6024M, the queue's 5000M for queueMessages 100 "
+        "at maxMessageSize 50M included); raise diskSize to 10G or lower images.queueMessages (or images.queueSpace)"
+    ]
+    settings["images"]["diskSize"] = "10G"
+    assert load_site(settings).images.queue_space == "5000M"
+    settings["images"]["queueSpace"] = "1G"
+    explicit = load_site(settings).images
+    assert explicit.queue_space == "1G" and explicit.disk_layout()[-1].min_bytes == 2 << 30
+
+
+def test_cli_refuses_a_disk_too_small_for_the_queue(tmp_path):
+    import sys
+
+    from tests.sites import ROOT
+
+    stack = tmp_path / "Pulumi.small.yaml"
+    stack.write_text((ROOT / "Pulumi.example.yaml").read_text().replace("diskSize: 8G", "diskSize: 6G"))
+    result = subprocess.run([sys.executable, "-m", "mailsite", "render", "--config", str(stack), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: mailsite:images.diskSize = 6G: too small for the partitions"), result.stderr
+    assert "raise diskSize to 8G" in result.stderr
+
+
+def test_identity_follows_the_disk_layout(example_site, tmp_path):
+    base = identity_of(_request(example_site, tmp_path), "1.6.6")
+    settings = example_settings()
+    settings["images"] = {**settings["images"], "queueMessages": 41}
+    bigger = site_of(settings)
+    assert identity_of(_request(bigger, tmp_path), "1.6.6") != base, "another /var is another image"
+
+
+def _fake_root(site, tmp_path) -> Path:
+    """The host's tree unpacked as finish.sh unpacks the site set, under tmp_path/root."""
+    root = tmp_path / "root"
+    root.mkdir()
+    archive = tmp_path / "site.tgz"
+    archive.write_bytes(site_set(render_site(site)["mx2"]))
+    subprocess.run(["tar", "-xzpf", str(archive), "-C", str(root)], check=True)
+    return root
+
+
+# OpenBSD commands install.site calls, as stand-ins that log their arguments; rcctl also does what
+# the real one does to rc.conf.local (rewrites it with its own lines).
+_STUBS = {
+    "rcctl": 'echo "rcctl $*" >> "$LOG"; for d in "$@"; do echo "${d}_flags=" >> /etc/rc.conf.local; done',
+    "chown": 'echo "chown $*" >> "$LOG"',
+    "crontab": 'echo "crontab $*" >> "$LOG"; [ "$1" = - ] && cat >> "$LOG.crontab"; exit 0',
+    "openssl": 'echo "openssl $*" >> "$LOG"; while [ $# -gt 0 ]; do case $1 in -keyout|-out) mkdir -p "$(dirname "$2")"; echo fake > "$2";; esac; shift; done',
+}
+
+
+def test_install_site_leaves_the_rendered_rc_conf_local_as_it_is(example_site, tmp_path):
+    root = _fake_root(example_site, tmp_path)
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, body in _STUBS.items():
+        (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
+        (stubs / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    rendered = (root / "etc/rc.conf.local").read_bytes()
+    # A private mount namespace puts the fake root's /etc, /root and /usr/local/sbin where
+    # install.site looks; nothing of this machine's own is touched.
+    script = ("mount --make-rprivate / && for d in etc root usr/local/sbin; do mkdir -p /$d; mount --bind \"$FAKE/$d\" /$d; done"
+              " && sh \"$FAKE/install.site\"")
+    result = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "FAKE": str(root), "LOG": str(log), "PATH": f"{stubs}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text()
+    assert "rcctl" not in calls, "rcctl rewrites rc.conf.local; its _flags lines already enable the daemons"
+    assert (root / "etc/rc.conf.local").read_bytes() == rendered
+    # It still does its other jobs.
+    assert (tmp_path / "calls.log.crontab").read_text() == (root / "etc/mailsite/crontab").read_text()
+    assert (root / "etc/mail/bgp-spamd.black").exists() and (root / "etc/ssl/mx2.example.org.crt").exists()
+    assert f"chown -R root:wheel /etc/mail /etc/mailsite /usr/local/sbin/bgp-spamd-update" in calls
 
 
 def test_site_set_is_byte_identical_and_holds_tree_without_keys(example_site):
@@ -67,6 +275,7 @@ def test_site_set_is_byte_identical_and_holds_tree_without_keys(example_site):
 def test_bake_runs_packer_then_reuses_the_cached_image(example_site, tmp_path):
     request = _request(example_site, tmp_path)
     shown: list[str] = []
+    before = set(Path("/tmp").glob("mailsite-bake-*"))
     baked = bake(request, progress=shown.append)
     assert not baked.cached and baked.path.is_file()
     assert any("Running local shell script" in line for line in shown), shown
@@ -74,6 +283,7 @@ def test_bake_runs_packer_then_reuses_the_cached_image(example_site, tmp_path):
         files = {m.name.removeprefix("./"): m for m in image.getmembers() if m.isfile()}
         queue_key_conf = image.extractfile(files["etc/mail/queue-key.conf"]).read().decode()
     assert files["etc/mail/queue-key.conf"].mode & 0o777 == 0o600
+    assert files["etc/mail/spamd.key"].mode & 0o777 == 0o600
     assert f"queue encryption {fake_key('mx2')}" in queue_key_conf
     assert "etc/mail/smtpd.conf" in files and "install.site" in files
 
@@ -81,7 +291,14 @@ def test_bake_runs_packer_then_reuses_the_cached_image(example_site, tmp_path):
     cached = bake(request, progress=again.append)
     assert cached.cached and cached.path == baked.path and cached.identity == baked.identity
     assert again == [f"mx2: image {baked.identity[:12]} already baked, reused"], "packer must not run again"
-    assert not list(Path("/tmp").glob("mailsite-bake-*")), "the private work directory must be gone"
+    assert set(Path("/tmp").glob("mailsite-bake-*")) <= before, "the private work directory must be gone"
+
+
+def _key_forms(request: BakeRequest) -> list[str]:
+    """Every form in which a key could leak: the keys, the key files, their base64."""
+    texts = [rendered.text for rendered in request.tree.values() if rendered.secret]
+    encoded = [base64.b64encode(text.encode()).decode() for text in texts]
+    return [fake_key("mx2"), fake_key("spamd-sync"), *texts, *encoded]
 
 
 def test_key_never_reaches_packer_output_or_our_log(example_site, tmp_path):
@@ -91,8 +308,44 @@ def test_key_never_reaches_packer_output_or_our_log(example_site, tmp_path):
     logs = list((tmp_path / "cache/logs").iterdir())
     text = "\n".join(shown) + "".join(log.read_text() for log in logs)
     assert text, "the bake must have said something"
-    for secret in (fake_key("mx2"), fake_key("spamd-sync"), secret_files(request.tree).split()[2]):
+    for secret in _key_forms(request):
         assert secret not in text
+
+
+def test_keys_travel_as_a_0600_file_never_on_a_command_line_or_in_an_environment(example_site, tmp_path, monkeypatch):
+    request = _request(example_site, tmp_path)
+    variables = json.dumps(_prepare(request, tmp_path))
+    assert not any(form in variables for form in _key_forms(request)), "no variable holds a key"
+    report = tmp_path / "report"
+    report.mkdir(mode=0o700)
+    monkeypatch.setenv("MAILSITE_BAKE_REPORT", str(report))
+    try:
+        baked = bake(request, progress=lambda _: None)
+        arrived_mode = (report / "key-archive-mode").read_text().strip()
+        processes = (report / "processes").read_text()
+    finally:
+        shutil.rmtree(report)  # it holds this machine's environment
+    with tarfile.open(baked.path) as image:
+        names = set(image.getnames())
+        spamd_key = image.getmember("./etc/mail/spamd.key")
+    # packer's session, seen from inside the bake: packer itself and the provisioner's shell.
+    assert re.search(r"^argv \S*packer build -machine-readable", processes, re.M), processes[:2000]
+    assert re.search(r"^environ .*PACKER_BUILD_NAME=", processes, re.M)
+    for form in _key_forms(request):
+        assert form not in processes, "a key is in a process's argv or environment"
+    assert arrived_mode == "600", "the key archive keeps 0600 on its way in"
+    assert spamd_key.mode & 0o777 == 0o600 and spamd_key.uid == 0
+    assert "./root/mailsite-keys.tar" not in names, "the archive is removed once unpacked"
+    work = re.search(r"-var-file=(/tmp/mailsite-bake-[^/ ]+)/", processes)[1]
+    assert not Path(work).exists(), "nor does the host keep it"
+
+
+def test_key_archive_holds_only_the_key_files_at_0600(example_site):
+    tree = render_site(example_site)["mx2"]
+    with tarfile.open(fileobj=io.BytesIO(key_archive(tree))) as archive:
+        members = {m.name.removeprefix("./"): m for m in archive.getmembers()}
+    assert sorted(members) == ["etc/mail/queue-key.conf", "etc/mail/spamd.key"]
+    assert {(m.mode, m.uid, m.gid) for m in members.values()} == {(0o600, 0, 0)}
 
 
 def test_identity_follows_the_key_version_not_the_key(example_site, tmp_path):
@@ -147,7 +400,7 @@ def test_cli_bake_refuses_unknown_host_and_missing_checksum():
     assert unknown.stderr == "error: --host = mx9: no such host; use one of mx1, mx2, mx3\n"
     subprocess.run([sys.executable, "-m", "mailsite", "secrets", "init", "--config", "Pulumi.example.yaml"], cwd=ROOT, check=True, capture_output=True)
     unset = run("--host", "mx2")
-    assert unset.returncode == 1 and "isoSha256 is not set" in unset.stderr and len(unset.stderr.splitlines()) == 1
+    assert unset.returncode == 2 and "isoSha256" in unset.stderr and len(unset.stderr.splitlines()) == 1
 
 
 def test_packer_past_its_timeout_is_stopped_with_a_clear_error(tmp_path):

@@ -7,16 +7,11 @@ tar -xzphf /tmp/site.tgz -C /
 /install.site
 rm -f /tmp/site.tgz /install.site
 
-# Key files arrive in a sensitive variable, one "mode path base64" per line, and are written
-# with their final mode from the first byte.
+# The key files arrive as a 0600 tar in root's home (packer's file transfer): unpacked with their
+# owners and 0600 modes, then the archive goes, so no copy of a key stays in the image.
 umask 077
-printf '%s\n' "$SECRET_FILES" | while read -r mode path data; do
-	[ -n "$path" ] || continue
-	printf '%s' "$data" | b64decode -r > "$path"
-	chown root:wheel "$path"
-	chmod "$mode" "$path"
-done
-unset SECRET_FILES
+tar -xpf /root/mailsite-keys.tar -C /
+rm -f /root/mailsite-keys.tar
 
 # The bake's one-time root password is locked: root logs in with the admins' keys only.
 usermod -p '*' root

@@ -41,7 +41,12 @@ variable "disk_size" {
 
 variable "http_directory" {
   type        = string
-  description = "holds install.conf, written per bake"
+  description = "holds install.conf and the disklabel template, written per bake"
+}
+
+variable "http_port" {
+  type        = string
+  description = "the port install.conf names for the disklabel template"
 }
 
 variable "ssh_private_key_file" {
@@ -54,10 +59,9 @@ variable "site_set" {
   description = "siteXX.tgz: the host's rendered tree and install.site"
 }
 
-variable "secret_files" {
+variable "key_archive" {
   type        = string
-  sensitive   = true
-  description = "mode path base64 per line: the host's key files, never in the site set"
+  description = "path of a 0600 tar of the host's key files (never in the site set, never a value here)"
 }
 
 variable "ssh_timeout" {
@@ -78,6 +82,8 @@ source "qemu" "openbsd" {
   memory           = 1024
   headless         = true
   http_directory   = var.http_directory
+  http_port_min    = var.http_port
+  http_port_max    = var.http_port
 
   # Autoinstall asks where its response file is: two short lines, each after a generous wait,
   # so a slow emulated keyboard or a slow TCG boot does not eat keystrokes.
@@ -102,10 +108,16 @@ build {
     destination = "/tmp/site.tgz"
   }
 
+  # The keys as a file, by packer's own transfer (scp keeps the 0600 mode), into root's 0700 home:
+  # a key never appears on a command line or in an environment, where a process list shows it.
+  provisioner "file" {
+    source      = var.key_archive
+    destination = "/root/mailsite-keys.tar"
+  }
+
   # As the installer does with a site set: unpack over /, run /install.site. Then the keys,
   # then pfctl -nf, smtpd -n and bgpd -n on the real OpenBSD: any failure fails the bake.
   provisioner "shell" {
-    environment_vars = ["SECRET_FILES=${var.secret_files}"]
-    script           = "${path.root}/finish.sh"
+    script = "${path.root}/finish.sh"
   }
 }

@@ -7,6 +7,7 @@ import json
 import os
 import secrets as random
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -17,11 +18,14 @@ import jinja2
 
 from ..model import Host, HostSecrets, Images
 from ..render import HostTree
-from .identity import PACKER_DIR, image_identity, template_digest
+from .disklabel import render_disklabel_template
+from .identity import PACKER_DIR, TEMPLATE_FILES, image_identity, template_digest
 from .packer import BakeError, packer_version, redact, run_packer
-from .siteset import secret_files, site_set
+from .siteset import key_archive, site_set
 
 TEMPLATE = PACKER_DIR / "openbsd.pkr.hcl"
+# The host as the guest sees it on qemu's user-mode network; Packer's {{ .HTTPIP }} for qemu.
+QEMU_HOST_ADDRESS = "10.0.2.2"
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,12 @@ def identity_of(request: BakeRequest, version: str | None = None) -> str:
         image_format=request.image_format,
         nic_model=nic_model(request.host),
         disk_size=settings.disk_size,
+        disklabel_template=render_disklabel_template(settings.disk_layout()),
     )
 
 
 def _template_files(template: Path) -> list[str]:
-    names = [template.name] + [n for n in ("finish.sh", "install.site", "install.conf.j2") if (template.parent / n).exists()]
-    return names
+    return [template.name] + [n for n in TEMPLATE_FILES[1:] if (template.parent / n).exists()]
 
 
 def cache_root(settings: Images) -> Path:
@@ -95,11 +99,10 @@ def bake(request: BakeRequest, progress: Callable[[str], None] = print) -> Baked
     os.chmod(root, 0o700)  # images hold keys
     log_path = root / "logs" / f"{request.host.name}-{identity[:12]}.log"
     keys = [request.secrets.queue_key.get_secret_value(), request.secrets.spamd_sync_key.get_secret_value()]
-    sensitive = secret_files(request.tree)
-    hidden = keys + sensitive.split() + [sensitive]
+    hidden = keys + [rendered.text for rendered in request.tree.values() if rendered.secret]
     work = Path(tempfile.mkdtemp(prefix="mailsite-bake-"))  # mode 0700 by mkdtemp
     try:
-        variables = _prepare(request, work, sensitive)
+        variables = _prepare(request, work)
         var_file = work / "bake.pkrvars.json"
         descriptor = os.open(var_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as handle:
@@ -131,12 +134,31 @@ def bake(request: BakeRequest, progress: Callable[[str], None] = print) -> Baked
         shutil.rmtree(root / f".partial-{identity}", ignore_errors=True)
 
 
-def _prepare(request: BakeRequest, work: Path, sensitive: str) -> dict[str, str]:
-    """The bake's private inputs in `work`: site set, install.conf, throwaway ssh key, variables."""
+def _private_file(path: Path, data: bytes) -> Path:
+    """Written mode 0600 from its first byte, whatever the umask."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)
+    return path
+
+
+def _free_port() -> int:
+    # Packer picks the HTTP port at random, but install.conf, written before packer starts, must
+    # name the disklabel template's URL: a port free now, given to packer as its only choice.
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def _prepare(request: BakeRequest, work: Path) -> dict[str, str]:
+    """The bake's private inputs in `work`: site set, key archive, install.conf and disklabel
+    template, throwaway ssh key, variables. Nothing secret goes into a variable: packer passes
+    variables on to command lines and environments; the keys travel as a file, by packer's own
+    file transfer, and keep their 0600 from here to the image."""
     settings = request.settings
-    site_set_path = work / f"site{settings.set_suffix}.tgz"
-    site_set_path.write_bytes(site_set(request.tree))
-    os.chmod(site_set_path, 0o600)
+    site_set_path = _private_file(work / f"site{settings.set_suffix}.tgz", site_set(request.tree))
+    keys_path = _private_file(work / "keys.tar", key_archive(request.tree))
     http = work / "http"
     http.mkdir()
     key = work / "bake_ed25519"
@@ -144,14 +166,17 @@ def _prepare(request: BakeRequest, work: Path, sensitive: str) -> dict[str, str]
                             capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         raise BakeError(f"ssh-keygen failed: {result.stderr.strip()}")
+    port = _free_port()
     install_conf = jinja2.Template((PACKER_DIR / "install.conf.j2").read_text(), keep_trailing_newline=True).render(
         hostname=request.host.name,
         interface=request.host.egress_interface,
         # Only for the bake's console; finish.sh locks it and root logs in with keys only.
         root_password_hash=random.token_urlsafe(24),
         bake_ssh_public_key=(work / "bake_ed25519.pub").read_text().strip(),
+        disklabel_url=f"http://{QEMU_HOST_ADDRESS}:{port}/disklabel",
     )
     (http / "install.conf").write_text(install_conf)
+    (http / "disklabel").write_text(render_disklabel_template(settings.disk_layout()))
     return {
         "iso_url": settings.iso_url,
         "iso_checksum": f"sha256:{settings.iso_sha256}",
@@ -162,7 +187,8 @@ def _prepare(request: BakeRequest, work: Path, sensitive: str) -> dict[str, str]
         "nic_model": nic_model(request.host),
         "disk_size": settings.disk_size,
         "http_directory": str(http),
+        "http_port": str(port),
         "ssh_private_key_file": str(key),
         "site_set": str(site_set_path),
-        "secret_files": sensitive,
+        "key_archive": str(keys_path),
     }

@@ -32,6 +32,7 @@ def image_identity(
     image_format: str,
     nic_model: str,
     disk_size: str,
+    disklabel_template: str,
 ) -> str:
     """A hash of everything an image is made of. Key files count by their version, never their
     contents, so the identity can be shown, stored and compared in the clear."""
@@ -46,5 +47,6 @@ def image_identity(
         "format": image_format,
         "nic": nic_model,
         "disk": disk_size,
+        "partitions": disklabel_template,
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()

@@ -3,7 +3,6 @@ for the same inputs (sorted entries, fixed times and owners), so that it can be 
 
 from __future__ import annotations
 
-import base64
 import gzip
 import io
 import tarfile
@@ -54,10 +53,14 @@ def site_set(tree: HostTree, install_site: bytes | None = None) -> bytes:
     return packed.getvalue()
 
 
-def secret_files(tree: HostTree) -> str:
-    """The key files as `mode path base64` lines: the bake's sensitive variable."""
-    return "\n".join(
-        f"{rendered.mode:04o} /{path} {base64.b64encode(rendered.text.encode()).decode()}"
-        for path, rendered in sorted(tree.items())
-        if rendered.secret
-    )
+def key_archive(tree: HostTree) -> bytes:
+    """The key files alone, as an uncompressed tar with their paths, owners and 0600 modes:
+    packer copies it into the VM as a file and finish.sh unpacks it over /, so no key is ever an
+    argument or an environment variable of a process."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for path, rendered in sorted(tree.items()):
+            if rendered.secret:
+                data = rendered.text.encode()
+                archive.addfile(_info(path, rendered.mode, len(data)), io.BytesIO(data))
+    return raw.getvalue()
