@@ -107,6 +107,21 @@ def test_install_conf_key_matching_is_the_installers():
     assert _response_keys("# a = comment\n = no key\nSet name(s) = -x*\nempty =\n") == ["Set name(s)"]
 
 
+def test_boot_command_and_install_conf_agree_on_packers_http_server(example_site, tmp_path):
+    template = (PACKER_DIR / "openbsd.pkr.hcl").read_text()
+    boot = re.search(r"boot_command = \[\n(.*?)\n  \]", template, re.S)[1]
+    keys = [line.strip().rstrip(",").strip('"') for line in boot.splitlines()]
+    # (A)utoinstall at "(I)nstall, (U)pgrade, (A)utoinstall or (S)hell?", then the answer to
+    # "Response file location?": a URL ending in install.conf, so it asks no "(I)nstall or (U)pgrade?".
+    assert keys[0].startswith("a<enter>")
+    assert keys[1] == "http://{{ .HTTPIP }}:{{ .HTTPPort }}/install.conf<enter>"
+    # Packer's one port is the one install.conf names for the disklabel template.
+    assert "http_port_min    = var.http_port" in template and "http_port_max    = var.http_port" in template
+    variables = _prepare(_request(example_site, tmp_path), tmp_path)
+    assert (Path(variables["http_directory"]) / "install.conf").is_file()
+    assert f":{variables['http_port']}/disklabel\n" in (tmp_path / "http/install.conf").read_text()
+
+
 EXAMPLE_DISKLABEL = """\
 / 1G-2G 5%
 SWAP 256M-1G 5%
