@@ -1,12 +1,15 @@
 """The Pulumi program: the mail site this stack's `mailsite:` settings describe."""
 
+import os
 from pathlib import Path
 
 import pulumi
 
 from components.host_image import ImageSettings
 from components.mail_site import MailSite, MailSiteArgs
+from mailsite.departure import DECOMMISSION
 from mailsite.problems import SiteConfigError
+from mailsite.replacement import SITE
 from mailsite.secrets import site_secrets
 from mailsite.stack import stack_site
 
@@ -19,7 +22,9 @@ def main() -> MailSite:
     except SiteConfigError as error:
         # One line per problem, no traceback: the same words `python -m mailsite` prints.
         raise pulumi.RunError("\n".join(f"error: {problem}" for problem in error.problems)) from None
-    mail = MailSite("mail", MailSiteArgs(site, secrets, ImageSettings(site.images, site.image_format)))
+    if os.environ.get(DECOMMISSION):
+        pulumi.log.warn(f"{DECOMMISSION} is set: each VM this run deletes is drained without waiting for its peers (a decommission)")
+    mail = MailSite(SITE, MailSiteArgs(site, secrets, ImageSettings(site.images, site.image_format)))
     pulumi.export("mx", mail.mx_table)
     pulumi.export("hosts", mail.host_outputs)
     return mail

@@ -11,9 +11,11 @@ import pulumi_libvirt as libvirt
 
 from mailsite.model import HostSecrets, Site
 from mailsite.render import render_host
+from mailsite.replacement import host_resource, image_resource
+from mailsite.rotation import rotation_order
 
 from .host_image import HostImage, HostImageArgs, ImageSettings
-from .mx_host import MxHost, MxHostArgs
+from .mx_host import MxHost, MxHostArgs, drain_hook
 from .site_addresses import SiteAddresses, SiteAddressesArgs
 from .site_dns import SiteDns, SiteDnsArgs
 from .site_firewall import SiteFirewall, SiteFirewallArgs
@@ -41,8 +43,12 @@ class MailSite(pulumi.ComponentResource):
         firewall = SiteFirewall(f"{name}-firewall", SiteFirewallArgs(site, addresses.addresses), child)
         every_address = pulumi.Output.all(**addresses.addresses)
 
+        hook = drain_hook(site, pulumi.get_stack())
         self.hosts, self.images = {}, {}
-        for host in site.hosts:
+        previous: MxHost | None = None
+        # The primary's VM first, then the backups, best first: the reverse of the order they
+        # are taken down in (a backup drains to the primary, so the primary goes last).
+        for host in reversed(rotation_order(site)):
             secrets = args.secrets[host.name]
             # The tree holds the queue key: it is a secret Output from here on, in state and in
             # the image resource's inputs.
@@ -51,18 +57,20 @@ class MailSite(pulumi.ComponentResource):
                 lambda values, h=host, s=secrets: render_host(site, h, values[0], s)
             )
             image = HostImage(
-                f"{name}-{host.name}-image",
+                image_resource(name, host.name),
                 HostImageArgs(site=site, host=host, tree=tree, secrets=secrets, settings=args.images),
                 child,
             )
             self.images[host.name] = image
-            self.hosts[host.name] = MxHost(
-                f"{name}-{host.name}",
+            previous = self.hosts[host.name] = MxHost(
+                host_resource(name, host.name),
                 MxHostArgs(
                     site=site,
                     host=host,
                     image=image.image_id,
                     addresses=addresses.addresses[host.name],
+                    drain_hook=hook,
+                    after=previous.vm if previous else None,
                     reserved_ip_id=addresses.reserved_ip_ids.get(host.name),
                     firewall_group_id=firewall.group_ids.get(host.name),
                     network_id=addresses.network_id,

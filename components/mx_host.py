@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 import ediri_vultr as vultr
 import pulumi
 import pulumi_libvirt as libvirt
 
+from mailsite.departure import DECOMMISSION, PEER_BOOT_MINUTES, departing, drain_departing
 from mailsite.model import Host, HostAddresses, Site
-from mailsite.rotation import HostControl, drain, ssh_control
+from mailsite.rotation import HostControl, ssh_to
 
 # OpenBSD names a vmxnet3 NIC vmx0; libvirt's default model (virtio) would be vio0.
 _VMXNET3 = """<?xml version="1.0"?>
@@ -24,6 +27,31 @@ _VMXNET3 = """<?xml version="1.0"?>
 </xsl:stylesheet>
 """
 
+# One name for every VM's hook, registered by every run of the program: the engine looks a
+# deleted resource's hooks up by the names its state recorded, so a per-host name would be gone
+# from the program exactly when its host leaves the stack file, and that `up` would fail.
+DRAIN_HOOK = "mailsite-drain"
+
+
+def drain_callback(site: Site, stack: str, control: Callable[[str], HostControl] = ssh_to,
+                   peer_wait: float = PEER_BOOT_MINUTES * 60, poll: float = 5.0) -> Callable[[pulumi.ResourceHookArgs], Awaitable[None]]:
+    """What runs before any VM of the site is deleted: find the MX from the VM's old state, then
+    drain it (see mailsite.departure for why each case is decided as it is)."""
+
+    async def before_delete(args: pulumi.ResourceHookArgs) -> None:
+        departure = departing(site, stack, args.old_inputs, args.old_outputs, os.environ.get(DECOMMISSION))
+        # The drain takes up to drainMinutes; the program's event loop also serves the engine's
+        # other callbacks meanwhile, so it runs in a thread.
+        await asyncio.to_thread(drain_departing, site, departure, control, site.queue.drain_minutes * 60, peer_wait, poll)
+
+    return before_delete
+
+
+def drain_hook(site: Site, stack: str) -> pulumi.ResourceHook:
+    """A hook, not a command resource: the drain is the same Python code rotation uses, runs only
+    when a VM is really going, and a failure stops the delete."""
+    return pulumi.ResourceHook(DRAIN_HOOK, drain_callback(site, stack))
+
 
 @dataclass
 class MxHostArgs:
@@ -31,31 +59,11 @@ class MxHostArgs:
     host: Host
     image: pulumi.Input[str]  # Vultr: snapshot id; libvirt: path or URL of the baked qcow2
     addresses: pulumi.Output[HostAddresses]
+    drain_hook: pulumi.ResourceHook  # the site's one hook, run before this host's VM is deleted
+    after: pulumi.Resource | None = None  # the VM this one is created (and replaced) after
     reserved_ip_id: pulumi.Input[str] | None = None  # Vultr
     firewall_group_id: pulumi.Input[str] | None = None  # Vultr
     network_id: pulumi.Input[str] | None = None  # libvirt
-    control: Callable[[Host], HostControl] = ssh_control  # how the drain reaches the host
-
-
-def drain_before_delete(host: Host, control: HostControl, minutes: int, peers: dict[str, HostControl]) -> pulumi.ResourceHook:
-    """A hook, not a command resource: the drain is the same Python code rotation uses, runs only
-    when this VM is really going (replacement or destroy), and a failure stops the delete."""
-
-    def before_delete(_args: pulumi.ResourceHookArgs) -> None:
-        # Never two MXes out at once: a change that replaces every host must go one at a time
-        # (`pulumi up --parallel 1`), or mail would have nowhere to go.
-        away = [name for name, peer in peers.items() if name != host.name and not peer.answers_smtp()]
-        if away:
-            raise RuntimeError(f"not taking {host.name} down while {', '.join(away)} takes no mail; "
-                               "replace hosts one at a time (pulumi up --parallel 1)")
-        drained = drain(control, minutes * 60)
-        if not drained.drained:
-            raise RuntimeError(
-                f"{host.name} still holds {len(drained.remaining)} message(s) after {minutes} min; smtp resumed, "
-                "VM not deleted. Bring its next hop back (the primary) or raise mailsite:queue.drainMinutes"
-            )
-
-    return pulumi.ResourceHook(f"drain-{host.name}", before_delete)
 
 
 class MxHost(pulumi.ComponentResource):
@@ -65,9 +73,13 @@ class MxHost(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MxHostArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailsite:index:MxHost", name, None, opts)
-        peers = {other.name: args.control(other) for other in args.site.hosts}
-        self.drain_hook = drain_before_delete(args.host, peers[args.host.name], args.site.queue.drain_minutes, peers)
-        self._hooks = pulumi.ResourceHookBinding(before_delete=[self.drain_hook])
+        self.drain_hook = args.drain_hook
+        # One VM at a time, in a chain: a change to every image replaces them one after the
+        # other whatever `--parallel` says, and a destroy deletes them in the reverse order
+        # (backups before the primary they drain to).
+        self._vm_options = pulumi.ResourceOptions(parent=self, delete_before_replace=True,
+                                                  hooks=pulumi.ResourceHookBinding(before_delete=[args.drain_hook]),
+                                                  depends_on=[args.after] if args.after is not None else None)
         if args.site.target == "vultr":
             self._vultr(name, args)
         else:
@@ -90,8 +102,9 @@ class MxHost(pulumi.ComponentResource):
             tags=["mailsite", host.role],
             # A new image means a new VM. The reserved IP can be attached to one VM at a time, so
             # the old one goes first; the image's queue was drained before (see rotation).
-            opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["snapshotId"], delete_before_replace=True, hooks=self._hooks),
+            opts=pulumi.ResourceOptions.merge(self._vm_options, pulumi.ResourceOptions(replace_on_changes=["snapshotId"])),
         )
+        self.vm: pulumi.Resource = instance
         self.instance_id = instance.id
         self.ipv4 = args.addresses.apply(lambda a: str(a.ipv4))
         self.ipv6 = instance.v6_main_ip if host.ipv6 is not None else pulumi.Output.from_input(None)
@@ -111,7 +124,6 @@ class MxHost(pulumi.ComponentResource):
             format="qcow2",
             opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["source"]),
         )
-        addresses = [str(a) for a in (host.ipv4, host.ipv6) if a]
         domain = libvirt.Domain(
             f"{name}-vm",
             name=host.mx_name,
@@ -119,12 +131,17 @@ class MxHost(pulumi.ComponentResource):
             memory=site.libvirt.memory_mib,
             vcpu=site.libvirt.vcpus,
             disks=[libvirt.DomainDiskArgs(volume_id=volume.id)],
-            network_interfaces=[libvirt.DomainNetworkInterfaceArgs(network_id=args.network_id, addresses=addresses, hostname=host.name)],
+            # No `addresses`, `hostname` or `wait_for_lease`: the image sets its own addresses.
+            # Given addresses, the provider (terraform-provider-libvirt 0.8.1) writes DHCP host
+            # entries, with a MAC on the IPv6 one, which libvirt refuses (upstream #396), and it
+            # reads them back from DHCP leases a static OpenBSD never takes: a diff on every refresh.
+            network_interfaces=[libvirt.DomainNetworkInterfaceArgs(network_id=args.network_id)],
             xml=libvirt.DomainXmlArgs(xslt=_VMXNET3),
             autostart=True,
             # The fixed address can belong to one VM at a time: the old one goes first.
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, hooks=self._hooks),
+            opts=self._vm_options,
         )
+        self.vm = domain
         self.instance_id = domain.id
         self.ipv4 = pulumi.Output.from_input(str(host.ipv4))
         self.ipv6 = pulumi.Output.from_input(str(host.ipv6) if host.ipv6 else None)

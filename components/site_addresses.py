@@ -53,6 +53,9 @@ class SiteAddresses(pulumi.ComponentResource):
                 mode="route",
                 bridge=site.libvirt.bridge,
                 addresses=[str(n) for n in (network4, network6) if n],
+                # The hosts' addresses are fixed in their images: a DHCP server on the network
+                # could only hand a stray guest an address of the site's.
+                dhcp=libvirt.NetworkDhcpArgs(enabled=False),
                 autostart=True,
                 opts=child,
             )

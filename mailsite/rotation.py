@@ -10,7 +10,6 @@ so running the command again goes on from there.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Callable, Protocol
 
 from .keys import new_key
 from .model import Host, Site
+from .replacement import automation_replace  # noqa: F401  (the command-line tool's import)
 from .secrets import PENDING, SecretStore, host_label, queue_key_id, spamd_sync_key_id
 
 
@@ -86,13 +86,17 @@ class CommandControl:
 KNOWN_HOSTS = Path("~/.ssh/mailsite_known_hosts").expanduser()
 
 
-def ssh_control(host: Host) -> CommandControl:
+def ssh_to(mx_name: str) -> CommandControl:
     """ssh as root, trusting a host key on first use and keeping the site's keys apart: every
-    replacement brings a new VM and a new host key, forgotten here once the old VM is gone."""
+    replacement brings a new VM and a new host key, forgotten here once the old VM is gone. By MX
+    name, because a host removed from the stack file is still drained before its VM goes."""
     options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "StrictHostKeyChecking=accept-new",
                "-o", f"UserKnownHostsFile={KNOWN_HOSTS}"]
-    return CommandControl(["ssh", *options, f"root@{host.mx_name}"],
-                          forget=["ssh-keygen", "-R", host.mx_name, "-f", str(KNOWN_HOSTS)])
+    return CommandControl(["ssh", *options, f"root@{mx_name}"], forget=["ssh-keygen", "-R", mx_name, "-f", str(KNOWN_HOSTS)])
+
+
+def ssh_control(host: Host) -> CommandControl:
+    return ssh_to(host.mx_name)
 
 
 _ENVELOPE = re.compile(r"^([0-9a-f]{16})\|")
@@ -267,18 +271,3 @@ def rotate_site(site: Site, stack: str, store: SecretStore, controls: dict[str, 
         if step.outcome != "rotated":
             return False
     return True
-
-
-def automation_replace(stack: str, work_dir: str) -> Callable[[Host], bool] | None:
-    """`pulumi up` through the Automation API where the Pulumi CLI exists; None where it does not."""
-    if shutil.which("pulumi") is None:
-        return None
-    from pulumi import automation
-
-    def replace(_host: Host) -> bool:
-        # Only the rotated host's image identity changed, so `up` replaces that host alone.
-        selected = automation.select_stack(stack_name=stack, work_dir=work_dir)
-        return selected.up(on_output=print).summary.result == "succeeded"
-
-    return replace
-

@@ -14,6 +14,7 @@ import pytest
 from mailsite.config import load_site
 from mailsite.keys import new_key
 from mailsite.secrets import FileStore, host_label, init_secrets, queue_key_id, spamd_sync_key_id
+from tests.hooks import HookMonitor, Registered
 from tests.sites import ROOT, example_settings, fake_key, sized_settings
 
 PROGRAM = ROOT / "__main__.py"
@@ -25,6 +26,7 @@ SECRET_SIGNATURE, SECRET_MARK = "4dabf18193072939515e22adb298388d", "1b470612641
 class Recorded:
     resources: list = field(default_factory=list)
     outputs: dict = field(default_factory=dict)
+    registered: Registered = field(default_factory=Registered)  # hooks, and what state records of each resource
 
     def of(self, typ: str) -> list:
         return [r for r in self.resources if r.typ == typ]
@@ -78,7 +80,8 @@ def vultr_settings(settings: dict) -> dict:
 def evaluate(settings: dict) -> Recorded:
     """Run the program under mocks with these `mailsite:` settings; return what it registered."""
     recorded = Recorded()
-    pulumi.runtime.set_mocks(SiteMocks(recorded), project="mailsite", stack="test", preview=False)
+    mocks = SiteMocks(recorded)
+    pulumi.runtime.set_mocks(mocks, project="mailsite", stack="test", preview=False, monitor=HookMonitor(mocks, recorded.registered))
     pulumi.runtime.set_all_config({f"mailsite:{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in settings.items()})
 
     @pulumi.runtime.test
@@ -86,8 +89,7 @@ def evaluate(settings: dict) -> Recorded:
         mail = runpy.run_path(str(PROGRAM), run_name="mailsite_program")["main"]()
 
         def keep(values):
-            recorded.outputs.update(hosts=values[0], mx=mail.mx_table,
-                                    drain_hooks={h: mx.drain_hook.name for h, mx in mail.hosts.items()})
+            recorded.outputs.update(hosts=values[0], mx=mail.mx_table)
 
         return pulumi.Output.all(mail.host_outputs).apply(keep)
 
@@ -105,19 +107,28 @@ def vultr_site() -> Recorded:
     return evaluate(vultr_settings(inline_secrets(example_settings())))
 
 
-def test_libvirt_site_has_three_vms_on_vmxnet3_at_fixed_addresses(libvirt_site):
+def test_libvirt_site_has_three_vms_on_vmxnet3_on_the_routed_network(libvirt_site):
     domains = libvirt_site.of("libvirt:index/domain:Domain")
     assert sorted(d.inputs["name"] for d in domains) == ["mx1.example.org", "mx2.example.org", "mx3.example.org"]
     for domain in domains:
         assert "vmxnet3" in domain.inputs["xml"]["xslt"]
         (nic,) = domain.inputs["networkInterfaces"]
         assert nic["networkId"] == "mail-addresses-network-id"
-    addresses = {d.inputs["name"]: d.inputs["networkInterfaces"][0]["addresses"] for d in domains}
-    assert addresses["mx2.example.org"] == ["192.0.2.20", "2001:db8::20"]
     (network,) = libvirt_site.of("libvirt:index/network:Network")
     assert network.inputs["mode"] == "route" and network.inputs["addresses"] == ["192.0.2.0/24", "2001:db8::/64"]
     volumes = libvirt_site.of("libvirt:index/volume:Volume")
     assert len(volumes) == 3 and all(v.inputs["format"] == "qcow2" and v.inputs["source"].startswith("/cache/") for v in volumes)
+
+
+def test_libvirt_leaves_the_addresses_to_the_image(libvirt_site):
+    """libvirt is never asked for an address: the provider would write a DHCP host entry with a
+    MAC for the IPv6 address (libvirt refuses it) and read addresses back from DHCP leases a
+    static OpenBSD never takes (a diff on every refresh)."""
+    for domain in libvirt_site.of("libvirt:index/domain:Domain"):
+        (nic,) = domain.inputs["networkInterfaces"]
+        assert set(nic) == {"networkId"}, f"{domain.inputs['name']}: {sorted(nic)}"
+    (network,) = libvirt_site.of("libvirt:index/network:Network")
+    assert network.inputs["dhcp"] == {"enabled": False}
 
 
 def test_libvirt_zone_files_hold_mx_a_aaaa_and_ptr(libvirt_site):
@@ -188,9 +199,49 @@ def test_vultr_firewall_is_exactly_the_rule_set_and_nothing_wider(vultr_site):
         assert instance.inputs["firewallGroupId"] == groups[f"mail-firewall-{host}"]
 
 
+VMS = ("vultr:index/instance:Instance", "libvirt:index/domain:Domain")
+
+
+def _vms(recorded: Recorded) -> dict[str, str]:
+    """Host name -> VM resource name."""
+    return {r.name.split("-")[1]: r.name for r in recorded.resources if r.typ in VMS}
+
+
 def test_every_vm_is_drained_before_it_is_deleted(vultr_site, libvirt_site):
     for recorded in (vultr_site, libvirt_site):
-        assert recorded.outputs["drain_hooks"] == {h: f"drain-{h}" for h in ("mx1", "mx2", "mx3")}
+        registered = recorded.registered
+        vms = _vms(recorded)
+        assert sorted(vms) == ["mx1", "mx2", "mx3"]
+        assert {registered.before_delete[vm][0] for vm in vms.values()} == {"mailsite-drain"}
+        assert all(len(registered.before_delete[vm]) == 1 for vm in vms.values())
+        assert set(registered.hooks) == {"mailsite-drain"}
+
+
+def test_a_stack_without_mx3_still_registers_the_hook_its_state_names():
+    """The engine runs a deleted VM's hooks by the names its state recorded; the `up` that
+    removes mx3 must still register them, or it fails (`hook "..." was not registered`)."""
+    three = evaluate(inline_secrets(example_settings())).registered
+    recorded_in_state = {name for vm in _vms_of(three) for name in three.before_delete[vm]}
+    settings = inline_secrets(example_settings())
+    settings["hosts"] = [h for h in settings["hosts"] if h["name"] != "mx3"]
+    two = evaluate(inline_secrets(settings)).registered
+    assert not any(vm.startswith("mail-mx3") for vm in _vms_of(two)), "mx3 has left the stack"
+    assert recorded_in_state <= set(two.hooks)
+
+
+def _vms_of(registered: Registered) -> list[str]:
+    return [name for name in registered.before_delete if name.endswith(("-vm", "-instance"))]
+
+
+def test_vms_are_created_primary_first_and_deleted_backups_first(vultr_site, libvirt_site):
+    """A chain of VMs: a change to every image replaces them one after the other whatever
+    `--parallel` says, and a destroy deletes the backups (which drain to the primary) first."""
+    for recorded in (vultr_site, libvirt_site):
+        registered, vms = recorded.registered, _vms(recorded)
+        urn = {host: registered.urns[vm] for host, vm in vms.items()}
+        assert urn["mx1"] in registered.dependencies[vms["mx2"]]
+        assert urn["mx2"] in registered.dependencies[vms["mx3"]]
+        assert not {urn["mx2"], urn["mx3"]} & set(registered.dependencies[vms["mx1"]])
 
 
 def test_keys_stay_secret_and_outputs_are_complete(vultr_site):

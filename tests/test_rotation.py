@@ -6,19 +6,25 @@ These need root (network namespaces, mounts); CI runs as root and never skips th
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
+import time
 import uuid
 from pathlib import Path
 
+import pulumi
 import pytest
 
-from components.mx_host import drain_before_delete
+from components.mx_host import DRAIN_HOOK, drain_callback
+from mailsite.departure import DECOMMISSION, Departure, DepartureRefused, departing, drain_departing
 from mailsite.lab import mail
 from mailsite.lab.lab import Lab
 from mailsite.lab.procs import LabError, in_host, in_network, run, wait_until
 from mailsite.lab.site import host_environment, render_lab_host
 from mailsite.rotation import CommandControl, drain, queued_envelopes, rollout_spamd_key, rotate_host, rotation_order
 from mailsite.secrets import CURRENT, PENDING, PREVIOUS, host_label, host_store, queue_key_id, site_secrets, spamd_sync_key_id
+from tests.hooks import HookMonitor, Registered, call_before_delete
 from tests.sites import example_settings, site_of
 
 pytestmark = pytest.mark.skipif(
@@ -37,6 +43,19 @@ def controls(lab: Lab) -> dict[str, CommandControl]:
     return {host.name: control(lab, host.name) for host in lab.plan.site.hosts}
 
 
+def by_mx_name(lab: Lab, forget_in: Path | None = None):
+    """How the drain hook reaches a host: by the MX name in the VM's state (`ssh root@NAME` on a
+    real site). With `forget_in`, a replaced host's key is dropped from that known-hosts file by
+    the real ssh-keygen, as on a real site."""
+    names = {host.mx_name: host.name for host in lab.plan.site.hosts}
+
+    def reach(mx_name: str) -> CommandControl:
+        forget = ["ssh-keygen", "-R", mx_name, "-f", str(forget_in)] if forget_in else None
+        return CommandControl(in_host(lab.holder(names[mx_name]), []), timeout=30, forget=forget)
+
+    return reach
+
+
 def replace_in_lab(lab: Lab):
     """What `pulumi up` does to a re-keyed host, done to the lab host: its smtpd restarts with the
     key the new image would carry (the pending one) and an empty queue."""
@@ -44,8 +63,8 @@ def replace_in_lab(lab: Lab):
     def replace(host) -> bool:
         # What the engine runs before it deletes the old VM: the drain hook, on a host rotation
         # has already paused and drained.
-        peers = {h.name: control(lab, h.name) for h in lab.plan.site.hosts}
-        drain_before_delete(host, control(lab, host.name), 1, peers).callback(None)
+        site, stack = lab.plan.site, lab.state["stack"]
+        drain_departing(site, departing(site, stack, {"name": host.mx_name}, None, None), by_mx_name(lab), 60, poll=0.5)
         assert mail.queue(lab, host.name) == [], "a host is replaced only once drained"
         # The new image: the host's files as they render now (the new key, its version).
         # (The lab's own files, its resolver and accounts, stay the lab's.)
@@ -100,13 +119,12 @@ def test_undeliverable_queue_is_not_rotated_and_loses_nothing(lab):
         # The drain itself, as a VM deletion would run it: times out, resumes smtp, names what is left.
         drained = drain(control(lab, "mx2"), timeout=3, poll=0.5)
         assert not drained.drained and len(drained.remaining) == 1 and USER in drained.remaining[0]
-        everyone = {h.name: control(lab, h.name) for h in site.hosts}
-        with pytest.raises(RuntimeError, match="not taking mx2 down while mx1 takes no mail"):
-            drain_before_delete(site.host("mx2"), control(lab, "mx2"), 0, everyone).callback(None)
-        peers = {h.name: control(lab, h.name) for h in site.hosts if h.name != "mx1"}
-        hook = drain_before_delete(site.host("mx2"), control(lab, "mx2"), 0, peers)
-        with pytest.raises(RuntimeError, match="mx2 still holds 1 message"):
-            hook.callback(None)
+        replacement = departing(site, stack, {"name": "mx2.example.org"}, None, None)
+        with pytest.raises(DepartureRefused, match="not taking mx2 down while mx1 takes no mail"):
+            drain_departing(site, replacement, by_mx_name(lab), 0, peer_wait=1, poll=0.5)
+        # A decommission does not wait for its peers, and still refuses to lose what is queued.
+        with pytest.raises(DepartureRefused, match="mx2 still holds 1 message"):
+            drain_departing(site, Departure("mx2.example.org", "mx2", "decommission"), by_mx_name(lab), 0, poll=0.5)
         assert control(lab, "mx2").answers_smtp(), "smtp resumed after a failed drain"
         assert store.read(key_id, CURRENT).version == before and store.read(key_id, PENDING) is None
     finally:
@@ -183,3 +201,169 @@ def test_spamd_key_rollout_goes_one_host_at_a_time_then_becomes_current(lab):
     assert all(store.read(sync_id, host_label(h)) is None for h in ("mx1", "mx2", "mx3"))
     keys = {(lab.root(h) / "etc/mail/spamd.key").read_text() for h in ("mx1", "mx2", "mx3")}
     assert keys == {store.read(sync_id, CURRENT).value.get_secret_value() + "\n"}
+
+
+# The drain hook as the engine runs it: registered by the program (here under Pulumi's mocks),
+# called over the program's callback server with the VM's old state, for a replacement, a host
+# gone from the stack file, and a destroy.
+
+
+class _NoCloud(pulumi.runtime.Mocks):
+    def new_resource(self, args):
+        return [f"{args.name}-id", args.inputs]
+
+    def call(self, args):
+        return {}
+
+
+def _domain_state(mx_name: str) -> dict:
+    """A libvirt domain's inputs as state holds them (the hook is handed these, and its outputs)."""
+    return {"name": mx_name, "memory": 1024, "vcpu": 1, "autostart": True, "networkInterfaces": [{"networkId": "net-id"}]}
+
+
+async def _engine(stack: str, site, reach, peer_wait: float, script):
+    """Register the site's drain hook as the program does, then run `script(delete)`, where
+    `delete(mx_name)` calls the hook as the engine's DeleteStep does and returns its error."""
+    registered = Registered()
+    mocks = _NoCloud()
+    pulumi.runtime.set_mocks(mocks, project="mailsite", stack=stack, preview=False, monitor=HookMonitor(mocks, registered))
+    hook = pulumi.ResourceHook(DRAIN_HOOK, drain_callback(site, stack, reach, peer_wait=peer_wait, poll=0.5))
+    await hook._registered
+
+    async def delete(mx_name: str) -> str:
+        host = mx_name.split(".")[0]
+        urn = f"urn:pulumi:{stack}::mailsite::mailsite:index:MailSite$mailsite:index:MxHost$libvirt:index/domain:Domain::mail-{host}-vm"
+        return await call_before_delete(registered.hooks[DRAIN_HOOK], urn, f"{mx_name}-uuid", _domain_state(mx_name), _domain_state(mx_name))
+
+    try:
+        return await script(delete)
+    finally:
+        from pulumi.runtime.settings import _shutdown_callbacks
+
+        await _shutdown_callbacks()
+
+
+def _queued_for_the_primary(lab: Lab, via: str) -> str:
+    """A message waiting on `via` for the primary: sent while the primary was away."""
+    marker = _marker()
+    lab.stop_daemon("mx1", "smtpd")
+    try:
+        assert mail.send(lab, via, USER, marker).accepted
+        assert wait_until(lambda: len(mail.queue(lab, via)) == 1, 15)
+    finally:
+        lab.start_daemon("mx1", "smtpd")
+        assert wait_until(lambda: lab.smtpd_listening("mx1"), 15)
+    return marker
+
+
+def _restart_smtpd(lab: Lab, *hosts: str) -> None:
+    """Back to a running, unpaused smtpd, as a new VM would be."""
+    for host in hosts:
+        lab.stop_daemon(host, "smtpd")
+        lab.start_daemon(host, "smtpd")
+    assert wait_until(lambda: all(lab.smtpd_listening(h) for h in hosts), 15)
+
+
+def test_host_removed_from_the_stack_is_drained_before_its_vm_goes(lab):
+    stack = lab.state["stack"]
+    settings = example_settings()
+    settings["hosts"] = [h for h in settings["hosts"] if h["name"] != "mx3"]
+    without_mx3 = site_of(settings)
+    marker = _queued_for_the_primary(lab, "mx3")
+
+    async def script(delete):
+        return await delete("mx3.example.org")
+
+    try:
+        error = asyncio.run(_engine(stack, without_mx3, by_mx_name(lab), 60, script))
+        assert error == ""
+        assert mail.queue(lab, "mx3") == [] and len(mail.delivered(lab, marker)) == 1, "drained before the VM goes"
+        assert "SMTP paused" in control(lab, "mx3").smtpctl("show", "status"), "it takes no mail while its VM is deleted"
+    finally:
+        _restart_smtpd(lab, "mx3")
+
+
+def test_destroying_the_site_on_purpose_drains_each_host_and_goes_on(lab, monkeypatch):
+    stack, site = lab.state["stack"], lab.plan.site
+    marker = _queued_for_the_primary(lab, "mx2")
+    monkeypatch.delenv(DECOMMISSION, raising=False)
+
+    async def script(delete):
+        # The destroy's order: the chain of VMs backwards, backups first, the primary last.
+        errors = {"mx3": await delete("mx3.example.org")}
+        await asyncio.to_thread(lab.stop_daemon, "mx3", "smtpd")  # its VM is deleted
+        errors["mx2, not declared"] = await delete("mx2.example.org")
+        monkeypatch.setenv(DECOMMISSION, stack)
+        for host in ("mx2", "mx1"):
+            errors[host] = await delete(f"{host}.example.org")
+            await asyncio.to_thread(lab.stop_daemon, host, "smtpd")
+        return errors
+
+    try:
+        errors = asyncio.run(_engine(stack, site, by_mx_name(lab), 2, script))
+    finally:
+        _restart_smtpd(lab, "mx1", "mx2", "mx3")
+    assert errors["mx3"] == ""
+    # Without the operator's word, the next host is not taken down while a peer is gone.
+    assert "not taking mx2 down while mx3 takes no mail" in errors["mx2, not declared"]
+    assert f"{DECOMMISSION}=<stack>" in errors["mx2, not declared"]
+    assert errors["mx2"] == "" and errors["mx1"] == "", errors
+    assert len(mail.delivered(lab, marker)) == 1, "mx2 drained to the primary before it went"
+
+
+def test_replacing_every_host_goes_host_by_host_through_booting_peers_and_new_host_keys(lab, tmp_path):
+    stack, site = lab.state["stack"], lab.plan.site
+    order = [host.name for host in reversed(rotation_order(site))]
+    assert order == ["mx1", "mx2", "mx3"], "the chain of VMs: the primary first"
+    known = tmp_path / "known_hosts"
+    lines = []
+    for host in site.hosts:
+        key = tmp_path / host.name
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        lines.append(f"{host.mx_name} {Path(f'{key}.pub').read_text().split()[0]} {Path(f'{key}.pub').read_text().split()[1]}")
+    known.write_text("\n".join(lines) + "\n")
+    marker = _marker()
+    turns: list[float] = []
+
+    async def ticker():
+        while True:
+            turns.append(time.monotonic())
+            await asyncio.sleep(0.05)
+
+    async def boot(host: str) -> None:
+        # A new VM answers SMTP only once it has booted.
+        await asyncio.sleep(3)
+        await asyncio.to_thread(lab.start_daemon, host, "smtpd")
+
+    async def script(delete):
+        ticking = asyncio.create_task(ticker())
+        errors, booting, waited = {}, [], {}
+        for host in order:
+            started = time.monotonic()
+            errors[host] = await delete(f"{host}.example.org")
+            waited[host] = time.monotonic() - started
+            if errors[host]:
+                break
+            await asyncio.to_thread(lab.stop_daemon, host, "smtpd")  # the old VM is deleted
+            if host == "mx1":
+                sent = await asyncio.to_thread(mail.send, lab, "mx2", USER, marker)
+                assert sent.accepted, "the backups take mail while the primary is replaced"
+            booting.append(asyncio.create_task(boot(host)))
+        await asyncio.gather(*booting)
+        ticking.cancel()
+        return errors, waited
+
+    try:
+        errors, waited = asyncio.run(_engine(stack, site, by_mx_name(lab, forget_in=known), 60, script))
+    finally:
+        _restart_smtpd(lab, "mx1", "mx2", "mx3")
+    assert errors == {"mx1": "", "mx2": "", "mx3": ""}
+    assert waited["mx2"] >= 2, "mx2's hook waited for the primary's new VM to boot"
+    # The program's event loop kept turning while the hook waited and drained (in a thread).
+    gaps = [later - earlier for earlier, later in zip(turns, turns[1:])]
+    assert turns and max(gaps) < 1, f"the event loop stood still for {max(gaps):.1f} s"
+    # Each replaced host's old key is forgotten: its new VM's key is learned, not refused.
+    for host in site.hosts:
+        assert subprocess.run(["ssh-keygen", "-F", host.mx_name, "-f", str(known)], capture_output=True).returncode != 0, host.name
+    assert mail.flush(lab, "mx2", lambda: len(mail.delivered(lab, marker)) == 1, 30)
+    assert len(mail.delivered(lab, marker)) == 1, "queued on mx2 while the primary was away, delivered once"

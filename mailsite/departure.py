@@ -1,0 +1,102 @@
+"""A VM about to be deleted: which MX it is, why it goes, and the drain before it does.
+
+The engine calls one `before_delete` hook for every VM that goes, whatever the reason: a new image
+(replacement), a host gone from the stack file (removal), or `pulumi destroy` (decommission). The
+hook is told only the VM's old inputs and outputs (`ResourceHookArgs`: no "replacing" flag, and a
+program is not told it runs for a destroy), so:
+
+- the MX is found from the VM's own inputs (its hostname), not from the stack file, which no
+  longer names a removed host;
+- a decommission is said by the operator, for the one command: `MAILSITE_DECOMMISSION=<stack>`.
+  Not a stack setting: that would be committed, outlive the destroy, and let every later
+  replacement (by CI too) take an MX down while its peers are away. The value names the stack so
+  that an exported variable cannot reach another stack.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from .model import Site
+from .rotation import ControlError, HostControl, drain
+
+DECOMMISSION = "MAILSITE_DECOMMISSION"
+
+# A peer replaced just before (a site-wide change goes host by host) may still be booting: an
+# OpenBSD VM answers in a minute or two, a new cloud VM can take several to be provisioned.
+PEER_BOOT_MINUTES = 10
+
+
+class DepartureRefused(Exception):
+    """The VM must not be deleted yet; one line saying why and what to do."""
+
+
+@dataclass(frozen=True)
+class Departure:
+    mx_name: str  # how ssh reaches it: the VM's hostname
+    name: str  # the host's name in the stack file, or the MX name if it has left it
+    reason: str  # replacement | removal | decommission
+
+
+def _plain(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def departing(site: Site, stack: str, old_inputs: Mapping[str, Any] | None, old_outputs: Mapping[str, Any] | None,
+              decommission: str | None) -> Departure:
+    """Which MX a deleted VM is, from what the engine hands the hook (Vultr's `hostname`, the
+    libvirt domain's `name`: both are the MX name)."""
+    recorded = {**(old_inputs or {}), **(old_outputs or {})}
+    mx_name = _plain(recorded.get("hostname")) or _plain(recorded.get("name"))
+    if mx_name is None:
+        raise DepartureRefused("the VM being deleted names no host (no hostname or name in its state); not deleting it "
+                               "without a drain. Drain it by hand (smtpctl pause smtp; wait for smtpctl show queue to be empty)")
+    if decommission is not None and decommission != stack:
+        raise DepartureRefused(f"{DECOMMISSION}={decommission} does not name this stack ({stack}); "
+                               f"set {DECOMMISSION}={stack} to decommission it, or unset it")
+    host = next((h for h in site.hosts if h.mx_name == mx_name), None)
+    reason = "decommission" if decommission else "replacement" if host else "removal"
+    return Departure(mx_name, host.name if host else mx_name, reason)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+def _silent_peers(site: Site, departure: Departure, control: Callable[[str], HostControl], wait: float, poll: float,
+                  clock: Callable[[], float], sleep: Callable[[float], None]) -> list[str]:
+    peers = {h.name: control(h.mx_name) for h in site.hosts if h.mx_name != departure.mx_name}
+    deadline = clock() + wait
+    while True:
+        silent = [name for name, peer in peers.items() if not peer.answers_smtp()]
+        if not silent or clock() >= deadline:
+            return silent
+        sleep(poll)
+
+
+def drain_departing(site: Site, departure: Departure, control: Callable[[str], HostControl], drain_timeout: float,
+                    peer_wait: float = PEER_BOOT_MINUTES * 60, poll: float = 5.0,
+                    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Drain the departing MX, or raise DepartureRefused. Never two MXes out at once, except in a
+    decommission, where the peers are going too: there each host still drains before it goes."""
+    if departure.reason != "decommission":
+        silent = _silent_peers(site, departure, control, peer_wait, poll, clock, sleep)
+        if silent:
+            raise DepartureRefused(
+                f"not taking {departure.name} down while {', '.join(silent)} {'takes' if len(silent) == 1 else 'take'} no mail "
+                f"(waited {_duration(peer_wait)}); "
+                f"bring it back, or, destroying the site on purpose, run the destroy with {DECOMMISSION}=<stack>")
+    departing_host = control(departure.mx_name)
+    try:
+        drained = drain(departing_host, drain_timeout)
+    except ControlError as error:
+        raise DepartureRefused(f"cannot drain {departure.name} ({error}); VM not deleted. Bring it back so it can drain") from None
+    if not drained.drained:
+        raise DepartureRefused(
+            f"{departure.name} still holds {len(drained.remaining)} message(s) after {_duration(drain_timeout)}; smtp resumed, "
+            "VM not deleted. Bring its next hop back (the primary) or raise mailsite:queue.drainMinutes")
+    # Whatever answers at this name next is a new VM with a new ssh host key: forget the old one
+    # now, or the next hook's peer check would meet a "host key changed" and refuse.
+    departing_host.replaced()

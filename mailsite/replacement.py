@@ -1,0 +1,136 @@
+"""Replacing one host's VM through the Automation API, and nothing else.
+
+`pulumi up` applies every pending change of the stack: run from an operator's machine with
+another Packer version (part of every image's identity), a key rotation would rebuild every host.
+So the rotation previews first, refuses when anything but that host's resources (and what
+follows from them) would change, and then runs an `up` targeted at them, with the policy pack,
+one step at a time. The decision is a pure function of the previews' engine events; the
+Automation API calls stay in `automation_replace`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from .model import Host
+
+if TYPE_CHECKING:
+    from pulumi.automation import EngineEvent, StepEventMetadata
+
+# The MailSite component's name in the program (__main__.py); every host's resources are named
+# from it, and read back here from a preview's URNs.
+SITE = "mail"
+
+
+def host_resource(site: str, host: str) -> str:
+    """The MxHost component: the VM and its reverse DNS are its children."""
+    return f"{site}-{host}"
+
+
+def image_resource(site: str, host: str) -> str:
+    """The HostImage component: the bake and its upload are its children."""
+    return f"{site}-{host}-image"
+
+
+# Steps that change nothing; anything else (an update, a create, a delete, a replacement) does.
+UNCHANGED = {"same", "read", "refresh"}
+REPLACING = {"replace", "create-replacement", "delete-replaced"}
+
+
+class ReplacementRefused(Exception):
+    """The rotation must not run `up`; one line naming what else would change."""
+
+
+def steps_of(events: Iterable[EngineEvent]) -> list[StepEventMetadata]:
+    """Each resource step a preview announced (one `resourcePreEvent` per step, unchanged ones too)."""
+    return [event.resource_pre_event.metadata for event in events if event.resource_pre_event is not None]
+
+
+def _name(urn: str) -> str:
+    return urn.rsplit("::", 1)[-1]
+
+
+def _parent(step: StepEventMetadata) -> str | None:
+    state = step.new or step.old
+    return state.parent if state is not None and state.parent else None
+
+
+def host_resources(host: str, steps: list[StepEventMetadata], site: str = SITE) -> list[str]:
+    """The URNs of a host's own resources: its MxHost and HostImage components and everything
+    under them, found through the parents the preview reports."""
+    roots = {host_resource(site, host), image_resource(site, host)}
+    parents = {step.urn: _parent(step) for step in steps}
+
+    def owned(urn: str | None) -> bool:
+        while urn is not None:
+            if _name(urn) in roots:
+                return True
+            urn = parents.get(urn)
+        return False
+
+    return sorted(urn for urn in parents if owned(urn))
+
+
+def _changes(steps: list[StepEventMetadata]) -> dict[str, str]:
+    changes: dict[str, str] = {}
+    for step in steps:
+        op = str(getattr(step.op, "value", step.op))
+        if op not in UNCHANGED:
+            # A replacement is announced as several steps; "replace" says it best.
+            changes[step.urn] = "replace" if op in REPLACING else changes.get(step.urn, op)
+    return changes
+
+
+@dataclass(frozen=True)
+class Decision:
+    targets: list[str]  # for `up --target ... --target-dependents`
+    refusal: str | None = None
+
+
+def decide_replacement(host: str, everything: list[StepEventMetadata], scoped: list[StepEventMetadata],
+                       site: str = SITE) -> Decision:
+    """May the rotation replace `host`? `everything`: the steps of a plain preview; `scoped`: of a
+    preview targeted at the host's resources with their dependents (a replaced VM's new address
+    reaches DNS records: those belong to this replacement, other hosts' changes do not)."""
+    targets = host_resources(host, everything, site)
+    if not targets:
+        return Decision([], f"not replacing {host}: the stack holds none of its resources; run `pulumi up` for the site first")
+    scoped_changes = _changes(scoped)
+    others = {urn: op for urn, op in _changes(everything).items() if urn not in scoped_changes and urn not in targets}
+    if others:
+        listing = ", ".join(f"{_name(urn)} ({op})" for urn, op in sorted(others.items(), key=lambda item: _name(item[0])))
+        return Decision(targets, f"not replacing {host}: `pulumi up` would also change {len(others)} other resource(s): {listing}; "
+                                 "apply or undo those first (another Packer version changes every image), then run this again")
+    if not any(scoped_changes.get(urn) == "replace" for urn in targets):
+        return Decision(targets, f"not replacing {host}: the preview replaces none of its resources; "
+                                 "its image does not carry the new key (is the pending key readable here?)")
+    return Decision(targets)
+
+
+def automation_replace(stack: str, work_dir: str) -> Callable[[Host], bool] | None:
+    """Replace one host with the Automation API where the Pulumi CLI exists; None where it does not."""
+    if shutil.which("pulumi") is None:
+        return None
+    from pulumi import automation
+
+    policy = [str(Path(work_dir) / "policy")]
+
+    def replace(host: Host) -> bool:
+        selected = automation.select_stack(stack_name=stack, work_dir=work_dir)
+        everything: list[EngineEvent] = []
+        scoped: list[EngineEvent] = []
+        selected.preview(policy_packs=policy, on_event=everything.append)
+        targets = host_resources(host.name, steps_of(everything))
+        if targets:
+            selected.preview(policy_packs=policy, target=targets, target_dependents=True, on_event=scoped.append)
+        decision = decide_replacement(host.name, steps_of(everything), steps_of(scoped))
+        if decision.refusal:
+            raise ReplacementRefused(decision.refusal)
+        # One at a time: the drain hook of each VM that goes runs before the next step starts.
+        result = selected.up(policy_packs=policy, target=decision.targets, target_dependents=True, parallel=1, on_output=print)
+        return result.summary.result == "succeeded"
+
+    return replace
