@@ -143,3 +143,11 @@ def test_failed_bgpctl_keeps_the_previous_list(tmp_path, example_site):
 def test_job_runs_spamd_setup_from_libexec(example_site):
     # OpenBSD installs spamd-setup in /usr/libexec, outside any PATH the job sets.
     assert 'SPAMD_SETUP="${SPAMD_SETUP:-/usr/libexec/spamd-setup}"' in render_bgp_spamd_update(example_site)
+
+
+def test_job_passes_shellcheck(tmp_path, example_site):
+    """OpenBSD runs it with /bin/sh (ksh): no bashisms, every expansion quoted."""
+    job = tmp_path / "bgp-spamd-update"
+    job.write_text(render_bgp_spamd_update(example_site))
+    result = subprocess.run(["shellcheck", "-s", "sh", str(job)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
