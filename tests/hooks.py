@@ -18,6 +18,8 @@ class Registered:
     before_delete: dict = field(default_factory=dict)  # resource name -> hook names, as state records them
     dependencies: dict = field(default_factory=dict)  # resource name -> URNs it depends on
     urns: dict = field(default_factory=dict)  # resource name -> URN
+    types: dict = field(default_factory=dict)  # resource name -> type token
+    parents: dict = field(default_factory=dict)  # resource name -> parent URN ('' for the stack)
 
 
 class HookMonitor(MockMonitor):
@@ -37,6 +39,8 @@ class HookMonitor(MockMonitor):
         self.registered.before_delete[request.name] = list(request.hooks.before_delete)
         self.registered.dependencies[request.name] = list(request.dependencies)
         self.registered.urns[request.name] = response.urn
+        self.registered.types[request.name] = request.type
+        self.registered.parents[request.name] = request.parent
         return response
 
 
