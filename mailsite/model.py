@@ -355,9 +355,16 @@ class Images(Settings):
     # and answers 4xx once /var is full. Room for this many messages at maxMessageSize, unless
     # queueSpace says how much outright (the site fills queueSpace in from maxMessageSize).
     queue_messages: Annotated[int, Field(ge=1, le=100000)] = 40
-    queue_space: Annotated[str, Field(pattern=r"^[1-9][0-9]*[MG]$")] | None = None
+    queue_space: str | None = None
     timeout_minutes: Annotated[int, Field(ge=5, le=600)] = 90
     object_storage: ObjectStorage = ObjectStorage()
+
+    @field_validator("queue_space")
+    @classmethod
+    def _queue_space(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[1-9][0-9]*[MG]", value):
+            raise ValueError("not a size; write a whole number with M or G, like 3G, or null for the default")
+        return value
 
     @property
     def set_suffix(self) -> str:
