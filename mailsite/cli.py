@@ -13,7 +13,7 @@ from .local import render_stack
 from .images.bake import BakeRequest, bake
 from .images.packer import BakeError
 from .lab.cli import add_lab_command
-from .problems import Problem, SiteConfigError
+from .problems import Problem, SiteConfigError, printable
 from .rotation import ControlError, automation_replace, rollout_spamd_key, rotate_site, ssh_control
 from .secrets import host_store, init_secrets
 from .trees import write_trees
@@ -25,6 +25,10 @@ def _bake(args: argparse.Namespace) -> int:
     unknown = [name for name in names if name not in {host.name for host in site.hosts}]
     if unknown:
         raise SiteConfigError([Problem("--host", name, f"no such host; use one of {', '.join(h.name for h in site.hosts)}") for name in unknown])
+    if site.images.iso_sha256 is None:
+        # Without it packer cannot verify the install media it downloads: a setting to fix, not a failed bake.
+        raise SiteConfigError([Problem("mailsite:images.isoSha256", "(absent)",
+                                       "required to bake; copy the install media's line from the release's SHA256 file")])
     _, trees, secrets = render_stack(args.config)
     try:
         for name in names:
@@ -32,7 +36,7 @@ def _bake(args: argparse.Namespace) -> int:
             baked = bake(request)
             print(f"{name}: {baked.path} (identity {baked.identity})")
     except BakeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(str(error))}", file=sys.stderr)
         return 1
     return 0
 
@@ -54,7 +58,7 @@ def _rotate(args: argparse.Namespace) -> int:
             done = rotate_site(site, stack, host_store(site, project), controls, automation_replace(stack, str(project)),
                                drain_seconds, only=args.host, report=report)
     except ControlError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(str(error))}", file=sys.stderr)
         return 1
     return 0 if done else 1
 
@@ -71,7 +75,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     for path in write_trees(args.out, render_stack(args.config)[1]):
-        print(f"rendered {path}")
+        print(f"rendered {printable(str(path))}")
     return 0
 
 
@@ -161,3 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
+    except OSError as error:
+        # A path given to the tool that cannot be read or written: the path and why, not a traceback.
+        where = error.filename or "a file"
+        print(f"error: {printable(str(where))}: {error.strerror or type(error).__name__}; check the path and its permissions", file=sys.stderr)
+        return 2

@@ -9,9 +9,15 @@ import yaml
 from pydantic import ValidationError
 
 from .model import Site
-from .problems import NAMESPACE, Problem, SiteConfigError, from_validation_error, site_problems
+from .problems import NAMESPACE, Problem, SiteConfigError, from_validation_error, setting_name, site_problems
 
 _SECRET_SETTINGS = {"mailsite:secrets.queueKeys", "mailsite:secrets.spamdSyncKey"}
+
+# A stack file is a few kilobytes. The limits stop a pull request's file (read by the PR `diff`
+# job too) from taking the machine: an alias bomb expands to gigabytes from a few hundred bytes.
+MAX_STACK_BYTES = 1 << 20
+MAX_VALUES = 200_000  # values after aliases are expanded
+MAX_DEPTH = 64
 
 
 def load_site(settings: Mapping[str, Any]) -> Site:
@@ -34,17 +40,108 @@ def stack_name(path: Path) -> str:
     raise SiteConfigError([Problem("--config", str(path), "not a stack file; name it Pulumi.<stack>.yaml")])
 
 
-def read_stack_settings(path: Path) -> dict[str, Any]:
-    """The `mailsite:` settings of a Pulumi.<stack>.yaml, as the Pulumi program sees them."""
+class _Refused(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def _check_nodes(root: yaml.Node) -> None:
+    """Refuse what Pulumi's own reader refuses (a key twice in one mapping) and what would expand
+    past the limits; counted on the composed graph, where an alias is one shared node."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise _Refused(f"an alias at line {node.start_mark.line + 1} refers to a value that holds it; write the value out")
+        if depth > MAX_DEPTH:
+            raise _Refused(f"nested more than {MAX_DEPTH} levels deep at line {node.start_mark.line + 1}; a stack file needs a few")
+        open_nodes.add(id(node))
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if (key.tag, key.value) in seen:
+                        raise _Refused(f"the key {key.value!r} at line {key.start_mark.line + 1} is already set at line "
+                                       f"{seen[key.tag, key.value]}; keep one of them (pulumi refuses the file too)")
+                    seen[key.tag, key.value] = key.start_mark.line + 1
+                total += size(key, depth + 1) + size(value, depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item, depth + 1) for item in node.value)
+        if total > MAX_VALUES:
+            raise _Refused(f"expands to more than {MAX_VALUES} values (aliases repeat what they name); write the settings out plainly")
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
+
+
+def read_stack_yaml(path: Path) -> Any:
+    """A stack file's YAML, read as Pulumi reads it (UTF-8, each key once) and within limits."""
+    problem = lambda message: SiteConfigError([Problem("--config", str(path), message)])  # noqa: E731
     try:
-        document = yaml.safe_load(path.read_text())
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_STACK_BYTES + 1)
     except OSError as error:
-        raise SiteConfigError([Problem("--config", str(path), f"cannot read it ({error.strerror}); give the path of a Pulumi.<stack>.yaml")]) from None
+        raise problem(f"cannot read it ({error.strerror}); give the path of a Pulumi.<stack>.yaml") from None
+    if len(data) > MAX_STACK_BYTES:
+        raise problem(f"larger than {MAX_STACK_BYTES >> 20} MiB; a stack file is a few kilobytes, check it is the right file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise problem(f"not UTF-8 text (line {line}); save it as UTF-8, as pulumi expects") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node)
+        return loader.construct_document(node)
+    except _Refused as refused:
+        raise problem(refused.message) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "somewhere"
-        raise SiteConfigError([Problem("--config", str(path), f"not valid YAML at {where}; fix the file")]) from None
-    config = (document or {}).get("config") if isinstance(document, dict) else None
+        raise problem(f"not valid YAML at {where}; fix the file") from None
+    except RecursionError:
+        raise problem(f"nested more than {MAX_DEPTH} levels deep; a stack file needs a few") from None
+    except (ValueError, OverflowError):
+        raise problem("holds a number too long to read; fix the file") from None
+    finally:
+        loader.dispose()
+
+
+def _encrypted(value: Any, loc: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """Where `pulumi config set --secret` (with --path: at any depth) left an encrypted value."""
+    if isinstance(value, dict):
+        if set(value) == {"secure"} and isinstance(value["secure"], str):
+            return [loc]
+        return [found for key, item in value.items() for found in _encrypted(item, loc + (str(key),))]
+    if isinstance(value, list):
+        return [found for index, item in enumerate(value) for found in _encrypted(item, loc + (index,))]
+    return []
+
+
+def _encrypted_problem(loc: tuple[Any, ...]) -> Problem:
+    setting = setting_name(loc)
+    cannot = "encrypted by pulumi config set --secret, which only the Pulumi CLI and the stack's secrets provider can decrypt"
+    if any(setting.startswith(path) for path in _SECRET_SETTINGS):
+        fix = "keys belong in the secrets backend: remove it and run python -m mailsite secrets init"
+    else:
+        fix = "it is not a secret: set it in clear (pulumi config set --path without --secret)"
+    return Problem(setting, "<encrypted>", f"{cannot}; {fix}")
+
+
+def read_stack_settings(path: Path) -> dict[str, Any]:
+    """The `mailsite:` settings of a Pulumi.<stack>.yaml, as the Pulumi program sees them."""
+    document = read_stack_yaml(path)
+    config = document.get("config") if isinstance(document, dict) else None
     if not isinstance(config, dict):
         raise SiteConfigError([Problem("--config", str(path), "has no config: section; see Pulumi.example.yaml")])
     settings: dict[str, Any] = {}
@@ -53,13 +150,31 @@ def read_stack_settings(path: Path) -> dict[str, Any]:
         namespace, _, name = str(key).partition(":")
         if namespace != NAMESPACE:
             continue  # other providers' settings (vultr:, aws:, ...) are theirs to check
-        if isinstance(value, dict) and set(value) == {"secure"}:
-            problems.append(Problem(str(key), "<encrypted>", "encrypted config is read only by pulumi; keep secrets in the secrets backend"))
+        problems += [_encrypted_problem((name, *loc)) for loc in _encrypted(value, ())]
         settings[name] = value
     if problems:
         raise SiteConfigError(problems)
     return settings
 
 
+def _tool_problems(settings: Mapping[str, Any]) -> list[Problem]:
+    """What the program accepts but the command-line tool must not."""
+    secrets = settings.get("secrets")
+    if isinstance(secrets, dict) and secrets.get("backend") == "inline":
+        return [Problem("mailsite:secrets.backend", "inline",
+                        "keys written in the stack file are for the program's tests only; use file or aws-secretsmanager "
+                        "and run python -m mailsite secrets init")]
+    return []
+
+
 def load_site_file(path: Path) -> Site:
-    return load_site(read_stack_settings(path))
+    """The site of a stack file, for the command-line tool."""
+    settings = read_stack_settings(path)
+    problems = _tool_problems(settings)
+    try:
+        site = load_site(settings)
+    except SiteConfigError as error:
+        raise SiteConfigError(problems + error.problems) from None
+    if problems:
+        raise SiteConfigError(problems)
+    return site

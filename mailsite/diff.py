@@ -40,7 +40,10 @@ def _snapshot_at(repo: Path, ref: str, config: Path, out: Path) -> None:
         if added.returncode != 0:
             raise SiteConfigError([Problem("--base", ref, f"not a git ref of {repo}; give a branch, tag or commit")])
         try:
-            relative = config.resolve().relative_to(repo.resolve())
+            try:
+                relative = config.resolve().relative_to(repo.resolve())
+            except ValueError:
+                raise SiteConfigError([Problem("--config", str(config), f"is outside the repository {repo}; give a stack file in it")]) from None
             if not (worktree / relative).exists():
                 raise SiteConfigError([Problem("--config", str(relative), f"does not exist at {ref}; nothing to compare with")])
             # Keys live outside git: the base reads the same backend, relative to this checkout.
@@ -48,7 +51,7 @@ def _snapshot_at(repo: Path, ref: str, config: Path, out: Path) -> None:
                                      "--secrets-base", str(config.resolve().parent)],
                                     cwd=worktree, capture_output=True, text=True)
             if result.returncode != 0:
-                reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+                reason = (result.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
                 if "invalid choice: 'snapshot'" in reason or "unrecognized arguments: --secrets-base" in reason:
                     reason = "it predates `mailsite diff`; compare with a later ref"
                 raise SiteConfigError([Problem("--base", ref, f"cannot render the site there: {reason}")])
@@ -62,8 +65,11 @@ def _files(root: Path, host: str) -> dict[str, str]:
 
 
 def site_diff(config: Path, base: str) -> str:
-    repo = Path(subprocess.run(["git", "-C", str(config.resolve().parent), "rev-parse", "--show-toplevel"],
-                               capture_output=True, text=True).stdout.strip() or ".")
+    found = subprocess.run(["git", "-C", str(config.resolve().parent), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if found.returncode != 0 or not found.stdout.strip():
+        raise SiteConfigError([Problem("--config", str(config), "is not inside a git repository; diff compares a stack file "
+                                       "with its own repository's --base, so give one that is")])
+    repo = Path(found.stdout.strip())
     with tempfile.TemporaryDirectory(prefix="mailsite-diff-") as scratch:
         before, after = Path(scratch) / "before", Path(scratch) / "after"
         _snapshot_at(repo, base, config, before)

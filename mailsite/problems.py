@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.setting} = {self.value}: {self.message}"
+        # One line, whatever a value holds: a newline or an escape sequence is shown, not obeyed.
+        return printable(f"{self.setting} = {self.value}: {self.message}")
 
 
 class SiteConfigError(Exception):
@@ -29,6 +31,17 @@ class SiteConfigError(Exception):
     def __init__(self, problems: list[Problem]):
         super().__init__("\n".join(map(str, problems)))
         self.problems = problems
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """Text with every control, format and line-separator character written as an escape."""
+    def escaped(char: str) -> str:
+        code = ord(char)
+        return _ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(char if char.isprintable() else escaped(char) for char in text)
 
 
 def setting_name(loc: tuple[Any, ...]) -> str:
@@ -42,32 +55,62 @@ def setting_name(loc: tuple[Any, ...]) -> str:
 
 
 def show(value: Any) -> str:
-    """A value as it may appear in an error: never a secret's contents."""
+    """A value as it may appear in an error: never a secret's contents, never a whole page."""
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
         return f"<secret of {len(value)} characters>"
-    if isinstance(value, (dict, list)):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-    return repr(value) if isinstance(value, str) and value == "" else str(value)
+    text = repr(value) if isinstance(value, (dict, list)) or value == "" else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-# Pydantic's messages say what is wrong; these say what to do about it.
+HIDDEN = "<not shown>"
+_SEE = "see Pulumi.example.yaml"
+_NUMBER = "must be a whole number; write digits only"
+_SECTION = f"must be a section of settings, one name: value per line below it ({_SEE})"
+# Pydantic's messages say what is wrong in Python's words; these say what to do, in ours.
 _FIXES = {
-    "extra_forbidden": "unknown setting; remove it or correct its spelling (see Pulumi.example.yaml)",
-    "missing": "required; add it (see Pulumi.example.yaml)",
-    "int_parsing": "must be a whole number",
-    "int_type": "must be a whole number",
-    "greater_than_equal": "too small",
-    "less_than_equal": "too large",
-    "too_short": "must not be empty",
-    "string_pattern_mismatch": "has characters or a form that is not allowed",
-    "literal_error": "not one of the allowed values",
+    "extra_forbidden": f"unknown setting; remove it or correct its spelling ({_SEE})",
+    "missing": f"required; add it ({_SEE})",
+    "int_parsing": _NUMBER,
+    "int_type": _NUMBER,
+    "int_from_float": _NUMBER,
+    "int_parsing_size": f"{_NUMBER}, of a sensible size",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be text; quote it if YAML would read it as a number, true/false, a list or a section",
+    "list_type": f"must be a list, one '- item' per line ({_SEE})",
+    "dict_type": _SECTION,
+    "model_type": _SECTION,
+    "model_attributes_type": _SECTION,
+    "greater_than_equal": "too small; use {ge} or more",
+    "greater_than": "too small; use more than {gt}",
+    "less_than_equal": "too large; use {le} or less",
+    "less_than": "too large; use less than {lt}",
+    "too_short": "must not be empty; list at least {min_length}",
+    "too_long": "too many; list at most {max_length}",
+    "string_too_short": "must not be empty",
+    "string_too_long": "too long; use at most {max_length} characters",
+    "literal_error": "not one of the allowed values; use {expected}",
     "ip_v4_address": "not an IPv4 address; write one like 192.0.2.10, or allocate",
     "ip_v6_address": "not an IPv6 address; write one like 2001:db8::10, or allocate",
     "ip_v4_network": "not a network in CIDR form with no host bits; write one like 192.0.2.0/24",
     "ip_v6_network": "not a network in CIDR form with no host bits; write one like 2001:db8::/48",
 }
+# What form a setting with a pattern takes, said to a person (by the setting's own name).
+_FORMS = {
+    "name": "not a host name; use lower-case letters, digits and -, like mx1",
+    "egressInterface": "not an OpenBSD interface name; write it like vmx0 or vio0",
+    "ttl": "not a duration; write a whole number with s, m, h or d, like 7d",
+    "blacklist": "not a pf table name; use letters, digits, _ and -, at most 32, like bgp_spamd",
+    "bypass": "not a pf table name; use letters, digits, _ and -, at most 32, like bgp_spamd_bypass",
+    "bridge": "not a Linux bridge name; use at most 15 lower-case letters, digits and -, like virbr-mail",
+    "openbsdVersion": "not an OpenBSD release; write it like 7.8",
+    "isoSha256": "not a SHA-256 checksum; copy the 64 hex digits from the release's SHA256 file",
+    "diskSize": "not a disk size; write a whole number with M or G, like 8G",
+    "adminSshKeys": "not an ssh public key; paste one whole line of a .pub file (ssh-ed25519 AAAA... comment)",
+}
+_FORM = f"has characters or a form this setting does not take ({_SEE})"
+_ANY = f"not a value this setting takes ({_SEE})"
 # Where a setting takes one of several forms, pydantic reports every form; the first of these
 # that it reported says the most.
 _TELLING = ("ip_v4_address", "ip_v6_address", "ip_v4_network", "ip_v6_network")
@@ -76,23 +119,40 @@ _PLAIN_SECRET_SETTINGS = {"backend", "path", "region", "profile", "endpointUrl"}
 _BRANCH_TAGS = {"str", "int", "IPv4Address", "IPv6Address", "IPv4Network", "IPv6Network"}
 
 
+def _message(kind: str, detail: dict[str, Any], loc: tuple[Any, ...]) -> str:
+    if kind == "value_error":  # our own validators' messages, which say the fix already
+        return str(detail["msg"]).removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch":
+        name = next((part for part in reversed(loc) if isinstance(part, str)), "")
+        return _FORMS.get(name, _FORM)
+    try:
+        return _FIXES[kind].format(**detail.get("ctx", {}))
+    except (KeyError, IndexError):
+        return _ANY
+
+
+def _hidden(setting: str, kind: str, secret_paths: set[str]) -> bool:
+    """An unknown setting may be a key put in the wrong place; a secret's value is never shown."""
+    if kind == "extra_forbidden" or any(setting.startswith(path) for path in secret_paths):
+        return True
+    under = f"{NAMESPACE}:secrets"
+    return setting == under or (setting.startswith(under + ".") and setting.split(".")[1] not in _PLAIN_SECRET_SETTINGS)
+
+
 def from_validation_error(error: ValidationError, secret_paths: set[str] = frozenset()) -> list[Problem]:
     problems: dict[str, tuple[Problem, str]] = {}
     for detail in error.errors(include_url=False):
         loc = tuple(part for part in detail["loc"] if not _is_union_branch(part))
         setting = setting_name(loc)
         kind = detail["type"]
-        message = detail["msg"].removeprefix("Value error, ")
-        if kind in _TELLING:
-            message = _FIXES[kind]
-        elif kind in _FIXES:
-            message = f"{_FIXES[kind]} ({message[0].lower()}{message[1:]})"
         value = detail.get("input")
         if kind == "missing":
-            value = "(absent)"
-        hidden = any(setting.startswith(path) for path in secret_paths) or (
-            setting.startswith("mailsite:secrets.") and setting.split(".")[1] not in _PLAIN_SECRET_SETTINGS)
-        problem = Problem(setting, show(SecretStr(str(value))) if hidden else show(value), message)
+            shown = "(absent)"
+        elif _hidden(setting, kind, secret_paths):
+            shown = HIDDEN if kind == "extra_forbidden" else show(SecretStr(str(value)))
+        else:
+            shown = show(value)
+        problem = Problem(setting, shown, _message(kind, detail, loc))
         # A union (an address or "allocate") reports once per form: one line per setting.
         if setting not in problems or (kind in _TELLING and problems[setting][1] not in _TELLING):
             problems[setting] = (problem, kind)
@@ -101,6 +161,14 @@ def from_validation_error(error: ValidationError, secret_paths: set[str] = froze
 
 def _is_union_branch(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in _BRANCH_TAGS)
+
+
+def unreachable(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """What kind of address cannot be a host's on the network, if this is one."""
+    for kind in ("loopback", "unspecified", "multicast", "link_local", "reserved"):
+        if getattr(address, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return None
 
 
 def site_problems(site: Site) -> list[Problem]:
@@ -128,7 +196,9 @@ def site_problems(site: Site) -> list[Problem]:
         for family in ("ipv4", "ipv6"):
             value = getattr(host, family)
             if value not in (None, "allocate"):
-                if str(value) in addresses:
+                if (kind := unreachable(value)) is not None:
+                    add(f"{hosts}[{i}].{family}", value, f"a {kind} address, which no other MX or sender can reach; give the host's own address")
+                elif str(value) in addresses:
                     add(f"{hosts}[{i}].{family}", value, f"already the address of {addresses[str(value)]}; give each host its own")
                 addresses.setdefault(str(value), host.name)
         if host.ipv4 is None:
@@ -202,7 +272,11 @@ def target_problems(site: Site) -> list[Problem]:
             return problems
         if sum(h.is_primary for h in site.hosts) != 1 or any(h.ipv4 is None or isinstance(h.ipv4, str) for h in site.hosts):
             return problems  # reported above
+        if unreachable(site.primary.ipv4) is not None:
+            return problems  # reported above; the site network is the primary's, so nothing else is outside it
         network4, network6 = site.ipv4_network(), site.ipv6_network()
+        if network6 and unreachable(network6.network_address) is not None:
+            network6 = None  # the primary's own address is reported above
         for i, host in enumerate(site.hosts):
             if host.ipv4 not in network4:
                 problems.append(Problem(f"{hosts}[{i}].ipv4", str(host.ipv4), f"outside the site network {network4}; use an address in it"))

@@ -7,23 +7,67 @@ from typing import Any
 
 from pulumi.runtime.config import CONFIG, get_config_env
 
-from .config import load_site
+from .config import MAX_DEPTH, MAX_STACK_BYTES, load_site
 from .model import Site
-from .problems import NAMESPACE
+from .problems import NAMESPACE, Problem, SiteConfigError
+
+# The engine has read the stack file already (each key once, aliases within its own limits) and
+# hands structured values over as JSON text; what is left to apply here is size, depth and keys.
 
 
-def _value(raw: Any) -> Any:
+class _Duplicate(ValueError):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _Duplicate(next(key for key in keys if keys.count(key) > 1))
+    return dict(pairs)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def _value(key: str, raw: Any) -> Any:
     # Pulumi hands structured config (lists, maps) to programs as JSON text.
-    if isinstance(raw, str) and raw[:1] in ("{", "["):
-        return json.loads(raw)
-    return raw
+    if not (isinstance(raw, str) and raw[:1] in ("{", "[")):
+        return raw
+    problem = lambda message: SiteConfigError([Problem(key, "<not shown>", message)])  # noqa: E731
+    if len(raw) > MAX_STACK_BYTES:
+        raise problem(f"larger than {MAX_STACK_BYTES >> 20} MiB; a stack's settings are a few kilobytes")
+    try:
+        value = json.loads(raw, object_pairs_hook=_unique)
+    except _Duplicate as duplicate:
+        raise problem(f"sets {str(duplicate)[:40]!r} twice; keep one") from None
+    except RecursionError:
+        raise problem(f"nested more than {MAX_DEPTH} levels deep; a stack's settings need a few") from None
+    except ValueError:
+        return raw  # a plain string that starts like JSON: the model says what it should be
+    if _depth(value) > MAX_DEPTH:
+        raise problem(f"nested more than {MAX_DEPTH} levels deep; a stack's settings need a few")
+    return value
 
 
 def stack_settings() -> dict[str, Any]:
     """Every `mailsite:` key of the running stack, so that unknown keys are caught here too."""
     config = {**get_config_env(), **CONFIG.get()}
     prefix = f"{NAMESPACE}:"
-    return {key.removeprefix(prefix): _value(value) for key, value in config.items() if key.startswith(prefix)}
+    settings, problems = {}, []
+    for key, value in config.items():
+        if key.startswith(prefix):
+            try:
+                settings[key.removeprefix(prefix)] = _value(key, value)
+            except SiteConfigError as error:
+                problems += error.problems
+    if problems:
+        raise SiteConfigError(problems)
+    return settings
 
 
 def stack_site() -> Site:

@@ -64,7 +64,7 @@ BAD = [
     ("same address", lambda s: _host(s, 1).update(ipv4="192.0.2.10"), "mailsite:hosts[1].ipv4", "already the address of mx1"),
     ("no IPv4", lambda s: _host(s, 1).pop("ipv4"), "mailsite:hosts[1].ipv4", "every MX needs IPv4"),
     ("bad role", lambda s: _host(s, 1).update(role="secondary"), "mailsite:hosts[1].role", "not one of the allowed values"),
-    ("bad interface", lambda s: _host(s, 1).update(egressInterface="eth 0"), "mailsite:hosts[1].egressInterface", "not allowed"),
+    ("bad interface", lambda s: _host(s, 1).update(egressInterface="eth 0"), "mailsite:hosts[1].egressInterface", "write it like vmx0"),
     ("missing recipients", lambda s: s.pop("recipients"), "mailsite:recipients", "required; add it"),
     ("no postmaster", lambda s: s["recipients"]["aliases"].pop("postmaster"), "mailsite:recipients", "add postmaster"),
     ("alias to nobody", lambda s: s["recipients"]["aliases"].update(abuse="carol"), "mailsite:recipients.aliases.abuse", "not a user"),
@@ -73,7 +73,7 @@ BAD = [
     ("spamd's table", lambda s: s["bgpSpamd"]["pfTables"].update(blacklist="spamd"), "mailsite:bgpSpamd.pfTables.blacklist", "spamd owns this table"),
     ("eBGP to itself", lambda s: s["bgpSpamd"].update(localAs=65066), "mailsite:bgpSpamd.localAs", "eBGP"),
     ("greylist zero", lambda s: s["greylist"].update(passMinutes=0), "mailsite:greylist.passMinutes", "too small"),
-    ("bad queue ttl", lambda s: s["queue"].update(ttl="7 days"), "mailsite:queue.ttl", "not allowed"),
+    ("bad queue ttl", lambda s: s["queue"].update(ttl="7 days"), "mailsite:queue.ttl", "like 7d"),
     ("relative tls path", lambda s: s["tls"].update(key="private/x.key"), "mailsite:tls.key", "absolute path"),
     ("allocate with static", lambda s: _host(s, 2).update(ipv4="allocate"), "mailsite:hosts[2].ipv4", "give a fixed address"),
     ("vultr bgp on libvirt", lambda s: s.update(vultr={"bgp": {"enabled": True, "localAs": 4200000001, "prefixes": ["198.51.100.0/24"]}}),
@@ -172,7 +172,7 @@ def test_cli_reports_cross_setting_problems_too(tmp_path, settings):
 @pytest.mark.parametrize("text,message", [
     ("config: [unclosed", "not valid YAML at line"),
     ("name: x\n", "has no config: section"),
-    ("config:\n  mailsite:maxMessageSize:\n    secure: v1:abc\n", "encrypted config is read only by pulumi"),
+    ("config:\n  mailsite:maxMessageSize:\n    secure: v1:abc\n", "only the Pulumi CLI and the stack's secrets provider can decrypt"),
 ])
 def test_cli_unreadable_stack_file_is_one_line(tmp_path, text, message):
     path = tmp_path / "Pulumi.odd.yaml"
@@ -225,5 +225,5 @@ def test_misspelt_secret_setting_never_shows_its_value(settings):
     with pytest.raises(SiteConfigError) as raised:
         load_site(settings)
     text = "\n".join(map(str, raised.value.problems))
-    assert "mailsite:secrets.queueKey = <secret of" in text and "mailsite:secrets.spamdSynckey = <secret of" in text
+    assert "mailsite:secrets.queueKey = <not shown>" in text and "mailsite:secrets.spamdSynckey = <not shown>" in text
     assert key not in text

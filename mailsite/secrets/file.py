@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 
 from pydantic import SecretStr
 
+from ..dirs import private_directories
+from ..problems import Problem, SiteConfigError
 from .store import CURRENT, PENDING, PREVIOUS, SecretVersion, secret_error
+
+# Versions are named by uuid4().hex; a label pointing at anything else is a damaged file, and
+# never a path to follow.
+_VERSION = re.compile(r"[0-9a-f]{32}")
 
 
 class FileStore:
@@ -21,16 +28,38 @@ class FileStore:
         return self.root / secret_id
 
     def _labels(self, secret_id: str) -> dict[str, str] | None:
+        path = self._dir(secret_id) / "labels.json"
         try:
-            return json.loads((self._dir(secret_id) / "labels.json").read_text())
+            labels = json.loads(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             return None
+        except NotADirectoryError as error:
+            raise self._unusable(error) from None
         except (ValueError, OSError) as error:
-            raise secret_error(secret_id, f"unreadable in the file backend ({type(error).__name__}); restore it from a backup") from None
+            raise secret_error(secret_id, f"its labels ({path}) are unreadable ({type(error).__name__}); restore them from a backup") from None
+        if not (isinstance(labels, dict) and all(isinstance(k, str) and isinstance(v, str) and _VERSION.fullmatch(v) for k, v in labels.items())):
+            raise secret_error(secret_id, f"its labels ({path}) are damaged (not label: version pairs); restore them from a backup")
+        return labels
+
+    def _write(self, path: Path, text: str) -> None:
+        """A file of the store: 0600 from its first byte, whatever the umask."""
+        try:
+            private_directories(path.parent)
+            os.chmod(self.root, 0o700)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(text)
+                os.fchmod(handle.fileno(), 0o600)
+        except OSError as error:
+            raise self._unusable(error) from None
+
+    def _unusable(self, error: OSError) -> SiteConfigError:
+        return SiteConfigError([Problem("mailsite:secrets.path", str(self.root),
+                                        f"cannot keep the key store there ({error.strerror}); set a directory you can write")])
 
     def _write_labels(self, secret_id: str, labels: dict[str, str]) -> None:
-        staging = self._dir(secret_id) / "labels.json.new"
-        staging.write_text(json.dumps(labels, sort_keys=True) + "\n")
+        staging = self._dir(secret_id) / f"labels.json.{uuid.uuid4().hex}"
+        self._write(staging, json.dumps(labels, sort_keys=True) + "\n")
         staging.replace(self._dir(secret_id) / "labels.json")
 
     def read(self, secret_id: str, label: str = CURRENT) -> SecretVersion | None:
@@ -38,21 +67,14 @@ class FileStore:
         if labels is None or label not in labels:
             return None
         try:
-            value = (self._dir(secret_id) / "versions" / labels[label]).read_text().strip()
-        except OSError as error:
+            value = (self._dir(secret_id) / "versions" / labels[label]).read_bytes().decode("utf-8").strip()
+        except (OSError, ValueError) as error:
             raise secret_error(secret_id, f"version {labels[label]} is unreadable ({type(error).__name__}); restore it from a backup") from None
         return SecretVersion(SecretStr(value), labels[label])
 
     def _new_version(self, secret_id: str, value: str) -> str:
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
-        os.chmod(self.root, 0o700)
-        versions = self._dir(secret_id) / "versions"
-        versions.mkdir(parents=True, mode=0o700, exist_ok=True)
         version = uuid.uuid4().hex
-        # Created 0600 from the first byte: a key is never readable by others, not even briefly.
-        descriptor = os.open(versions / version, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(value + "\n")
+        self._write(self._dir(secret_id) / "versions" / version, value + "\n")
         return version
 
     def create(self, secret_id: str, value: str) -> SecretVersion:

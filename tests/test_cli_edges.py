@@ -1,0 +1,401 @@
+"""The command-line tool at its edges: hostile or broken stack files, odd --out paths, a damaged
+key store, Ctrl-C mid-render. Each ends in one line and exit 2 (130 for Ctrl-C), shows no secret,
+and leaves what was on disk whole."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.sites import ROOT, example_settings
+
+KEY = "fedcba9876543210fedcba9876543210"
+
+
+def _stack(tmp_path: Path, settings: dict, name: str = "edge") -> Path:
+    path = tmp_path / f"Pulumi.{name}.yaml"
+    path.write_text(yaml.safe_dump({"config": {f"mailsite:{k}": v for k, v in settings.items()}}))
+    return path
+
+
+def _keyed(tmp_path: Path, settings: dict | None = None) -> Path:
+    """A stack file whose keys are in a file backend under tmp_path, created."""
+    settings = settings or example_settings()
+    settings["secrets"] = {"backend": "file", "path": str(tmp_path / "keys")}
+    stack = _stack(tmp_path, settings)
+    assert _tool("secrets", "init", "--config", str(stack)).returncode == 0
+    return stack
+
+
+def _limited() -> None:
+    # The bomb's expansion took 3.6 GB before: a test that fails must fail fast, not take the machine.
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def _tool(*args: str, cwd: Path = ROOT, umask: int | None = None) -> subprocess.CompletedProcess:
+    def start():
+        _limited()
+        if umask is not None:
+            os.umask(umask)
+    return subprocess.run([sys.executable, "-m", "mailsite", *args], capture_output=True, text=True, cwd=cwd,
+                          preexec_fn=start, timeout=60)
+
+
+def _one_line(result: subprocess.CompletedProcess, *words: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+# --- what an error line shows -------------------------------------------------------------------
+
+@pytest.mark.parametrize("place", [
+    lambda s: s.update(queueKeys={"mx1": KEY}),           # the top-level name for secrets.queueKeys
+    lambda s: s.update(secrets=KEY),                       # a key where the secrets section goes
+    lambda s: s.update(secret={"spamdSyncKey": KEY}),      # a misspelt section
+    lambda s: s["hosts"][0].update(queueKey=KEY),          # a key beside a host's settings
+], ids=["queueKeys", "secrets", "secret", "host"])
+def test_a_key_under_a_misspelt_setting_is_never_shown(tmp_path, place):
+    settings = example_settings()
+    place(settings)
+    line = _one_line(_tool("render", "--config", str(_stack(tmp_path, settings)), "--out", str(tmp_path / "out")))
+    assert KEY not in line and KEY[:8] not in line
+
+
+@pytest.mark.parametrize("value,escaped", [
+    ("7d\nmatch from any for any action relay", "7d\\nmatch from any"),
+    ("7d\r\x1b[2J\x1b]0;owned\x07", "7d\\r\\x1b[2J\\x1b]0;owned\\x07"),
+    ("7d\u2028\u2029\u0085", "7d\\u2028\\u2029\\x85"),
+])
+def test_control_characters_in_a_value_are_shown_escaped(tmp_path, value, escaped):
+    settings = example_settings()
+    settings["queue"]["ttl"] = value
+    line = _one_line(_tool("render", "--config", str(_stack(tmp_path, settings)), "--out", str(tmp_path / "out")),
+                     "mailsite:queue.ttl = ", escaped, "like 7d")
+    assert line.isprintable()
+
+
+def _every_setting(data, loc=()):
+    yield loc
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _every_setting(value, loc + (key,))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from _every_setting(value, loc + (index,))
+
+
+# Pydantic's own words: the type names of Python and of the model's classes, and no fix.
+PYDANTIC_WORDS = ("Input should", "String should", "List should", "instance of", "Value error", "valid dictionary",
+                  "valid string", "valid integer", "valid list", "valid boolean", "pattern '")
+
+
+def test_every_message_says_the_fix_in_the_sites_words():
+    from pydantic import ValidationError
+
+    from mailsite.model import Site
+    from mailsite.problems import from_validation_error
+
+    wrong = ["x", 3.5, True, None, [], {}, "", -1, 10 ** 20, "9" * 5000, ["a"], {"a": 1}]
+    raw = set()
+    example = example_settings()
+    for loc in list(_every_setting(example))[1:]:
+        for value in wrong:
+            settings = copy.deepcopy(example)
+            place = settings
+            for part in loc[:-1]:
+                place = place[part]
+            place[loc[-1]] = value
+            try:
+                Site.model_validate(settings)
+            except ValidationError as error:
+                for problem in from_validation_error(error):
+                    says_fix = ";" in problem.message or problem.message.startswith("must ")
+                    if any(word in problem.message for word in PYDANTIC_WORDS) or not says_fix:
+                        raw.add(f"{problem.setting}: {problem.message}")
+    assert sorted(raw) == [], "\n".join(sorted(raw))
+
+
+def test_a_loopback_address_on_the_primary_is_blamed_on_the_primary(tmp_path):
+    settings = example_settings()
+    settings["hosts"][0]["ipv4"] = "127.0.0.1"
+    _one_line(_tool("render", "--config", str(_stack(tmp_path, settings)), "--out", str(tmp_path / "out")),
+              "mailsite:hosts[0].ipv4 = 127.0.0.1: a loopback address")
+
+
+def test_missing_media_checksum_is_a_setting_to_fix_exit_2(tmp_path):
+    stack = _keyed(tmp_path)
+    _one_line(_tool("bake", "--config", str(stack), "--host", "mx2"), "mailsite:images.isoSha256 = (absent): required to bake")
+
+
+def test_tests_only_inline_backend_is_refused_by_the_tool(tmp_path):
+    settings = example_settings()
+    settings["secrets"] = {"backend": "inline", "spamdSyncKey": KEY, "queueKeys": {h["name"]: KEY for h in settings["hosts"]}}
+    line = _one_line(_tool("render", "--config", str(_stack(tmp_path, settings)), "--out", str(tmp_path / "out")),
+                     "mailsite:secrets.backend = inline", "tests only")
+    assert KEY not in line
+    assert not (tmp_path / "out").exists()
+
+
+# --- reading the stack file ---------------------------------------------------------------------
+
+def _render_text(tmp_path: Path, text: str | bytes) -> subprocess.CompletedProcess:
+    path = tmp_path / "Pulumi.odd.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return _tool("render", "--config", str(path), "--out", str(tmp_path / "out"))
+
+
+def test_non_utf8_stack_file_is_one_line(tmp_path):
+    _one_line(_render_text(tmp_path, b"config:\n  mailsite:target: libvirt\n  mailsite:domains: [caf\xe9.example]\n"),
+              "not UTF-8 text (line 3)")
+
+
+def test_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    lines = ["config:", "  mailsite:recipients:", '    a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"    a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 10)]
+    _one_line(_render_text(tmp_path, "\n".join(lines) + "\n"), "expands to more than")
+
+
+def test_deeply_nested_or_huge_stack_file_is_one_line(tmp_path):
+    _one_line(_render_text(tmp_path, "config:\n  mailsite:domains: " + "[" * 50000 + "]" * 50000 + "\n"), "nested more than")
+    _one_line(_render_text(tmp_path, "config:\n  mailsite:domains: [" + "a, " * 400000 + "]\n"), "larger than 1 MiB")
+    _one_line(_render_text(tmp_path, "config:\n  mailsite:bgpSpamd: {localAs: " + "9" * 5000 + "}\n"), "number too long")
+
+
+@pytest.mark.parametrize("text,line", [
+    ("config:\n  mailsite:target: libvirt\n  mailsite:target: vultr\n", "'mailsite:target' at line 3 is already set at line 2"),
+    ("config:\n  mailsite:recipients:\n    users: [alice]\n    aliases:\n      postmaster: alice\n      postmaster: bob\n",
+     "'postmaster' at line 6 is already set at line 5"),
+])
+def test_a_key_set_twice_is_refused_as_pulumi_does(tmp_path, text, line):
+    _one_line(_render_text(tmp_path, text), line, "keep one")
+
+
+@pytest.mark.parametrize("setting,value,fix", [
+    ("secrets", {"backend": "inline", "spamdSyncKey": {"secure": "v1:c2VjcmV0Y2lwaGVydGV4dA=="}}, "remove it and run python -m mailsite secrets init"),
+    ("bgpSpamd", {"localAs": {"secure": "v1:c2VjcmV0Y2lwaGVydGV4dA=="}}, "it is not a secret: set it in clear"),
+    ("hosts", [{"name": "mx1", "role": "primary", "ipv4": {"secure": "v1:c2VjcmV0Y2lwaGVydGV4dA=="}}], "it is not a secret"),
+])
+def test_nested_pulumi_secret_is_refused_naming_the_setting(tmp_path, setting, value, fix):
+    settings = example_settings()
+    settings[setting] = value
+    result = _tool("render", "--config", str(_stack(tmp_path, settings)), "--out", str(tmp_path / "out"))
+    name = {"secrets": "mailsite:secrets.spamdSyncKey", "bgpSpamd": "mailsite:bgpSpamd.localAs", "hosts": "mailsite:hosts[0].ipv4"}[setting]
+    line = _one_line(result, f"{name} = <encrypted>: ", "only the Pulumi CLI", fix)
+    assert "c2VjcmV0" not in line
+
+
+def test_program_refuses_a_setting_given_twice_or_nested_too_deep():
+    import pulumi.runtime.config as runtime
+
+    from mailsite.problems import SiteConfigError
+    from mailsite.stack import stack_settings
+
+    token = runtime.CONFIG.set({"mailsite:recipients": '{"users": ["alice"], "users": ["mallory"]}',
+                                "mailsite:domains": "[" * 100 + "]" * 100, "mailsite:target": "libvirt"})
+    try:
+        with pytest.raises(SiteConfigError) as raised:
+            stack_settings()
+    finally:
+        runtime.CONFIG.reset(token)
+    assert [str(p) for p in raised.value.problems] == [
+        "mailsite:recipients = <not shown>: sets 'users' twice; keep one",
+        "mailsite:domains = <not shown>: nested more than 64 levels deep; a stack's settings need a few",
+    ]
+
+
+# --- --out --------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _immutable(path: Path):
+    """A directory even root cannot write in (chattr +i): 'unwritable' for a test running as root."""
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_out_that_is_a_file_a_symlink_or_unwritable_is_one_line(tmp_path):
+    stack = _keyed(tmp_path)
+    render = lambda out: _tool("render", "--config", str(stack), "--out", str(out))  # noqa: E731
+    (tmp_path / "file").write_text("mine\n")
+    _one_line(render(tmp_path / "file"), "is a file")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    _one_line(render(tmp_path / "link"), "is a symbolic link")
+    _one_line(render(tmp_path / "file" / "out"), "cannot write beside it (Not a directory)")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with _immutable(locked):
+        _one_line(render(locked / "out"), "cannot write beside it (Operation not permitted)")
+    assert (tmp_path / "file").read_text() == "mine\n" and list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def _snapshot(out: Path) -> dict[str, tuple[str, int]]:
+    return {str(p.relative_to(out)): (p.read_text() if p.is_file() else "", p.stat().st_mode & 0o7777)
+            for p in sorted(out.rglob("*"))}
+
+
+def test_render_never_deletes_what_it_did_not_write(tmp_path):
+    stack = _keyed(tmp_path)
+    out = tmp_path / "out"
+    assert _tool("render", "--config", str(stack), "--out", str(out)).returncode == 0
+    mine = out / "mx1" / "etc" / "notes.txt"
+    mine.write_text("my notes\n")
+    before = _snapshot(out)
+    _one_line(_tool("render", "--config", str(stack), "--out", str(out)), "holds mx1/etc/notes.txt, which mailsite did not render")
+    assert _snapshot(out) == before
+    other = tmp_path / "home"
+    other.mkdir()
+    (other / "mx1").mkdir()
+    (other / "thesis.tex").write_text("years of work\n")
+    _one_line(_tool("render", "--config", str(stack), "--out", str(other)), "which mailsite did not render")
+    assert (other / "thesis.tex").read_text() == "years of work\n"
+
+
+def test_render_replaces_its_own_site_whole(tmp_path):
+    settings = example_settings()
+    stack = _keyed(tmp_path, settings)
+    out = tmp_path / "out"
+    assert _tool("render", "--config", str(stack), "--out", str(out)).returncode == 0
+    settings["hosts"].pop()
+    settings["secrets"] = {"backend": "file", "path": str(tmp_path / "keys")}
+    _stack(tmp_path, settings)
+    assert _tool("render", "--config", str(stack), "--out", str(out)).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == [".mailsite-render", "mx1", "mx2"]
+    assert [p.name for p in tmp_path.iterdir() if "render-" in p.name] == []
+
+
+# Ctrl-C at the k-th step of a render: a real SIGINT, sent by the process to itself at a step
+# chosen by the test, so that every step is hit in turn.
+_INTERRUPTED = """
+import os, pathlib, shutil, signal, sys
+import mailsite.trees as trees
+from mailsite.cli import main
+count = [0]
+def interrupting(real):
+    def step(*args, **kwargs):
+        count[0] += 1
+        if count[0] == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+    return step
+trees.write_tree = interrupting(trees.write_tree)
+pathlib.Path.rename = interrupting(pathlib.Path.rename)
+shutil.rmtree = interrupting(shutil.rmtree)
+if hasattr(trees, "_exchange"):
+    trees._exchange = interrupting(trees._exchange)
+sys.exit(main(["render", "--config", sys.argv[2], "--out", sys.argv[3]]))
+"""
+
+
+def test_ctrl_c_at_any_step_leaves_the_previous_site_or_the_new_one_whole(tmp_path):
+    settings = example_settings()
+    stack = _keyed(tmp_path, settings)
+    out = tmp_path / "out"
+    assert _tool("render", "--config", str(stack), "--out", str(out)).returncode == 0
+    old = _snapshot(out)
+    settings["maxMessageSize"] = "25M"
+    settings["secrets"] = {"backend": "file", "path": str(tmp_path / "keys")}
+    _stack(tmp_path, settings)
+    assert _tool("render", "--config", str(stack), "--out", str(tmp_path / "expected")).returncode == 0
+    new = _snapshot(tmp_path / "expected")
+    interrupted = 0
+    for step in range(1, 30):
+        result = subprocess.run([sys.executable, "-c", _INTERRUPTED, str(step), str(stack), str(out)],
+                                capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert "Traceback" not in result.stderr, result.stderr
+        now = _snapshot(out)
+        assert now in (old, new), f"a mixed site after Ctrl-C at step {step}"
+        assert [p.name for p in tmp_path.iterdir() if "render-" in p.name] == [], f"leftovers after step {step}"
+        if result.returncode == 0:
+            break
+        assert result.returncode == 130 and result.stderr.splitlines() == ["interrupted; nothing half-written was kept"]
+        interrupted += 1
+        if now == new:
+            break  # swapped in whole before the signal was taken
+    assert interrupted >= 3
+
+
+# --- modes whatever the umask -------------------------------------------------------------------
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_modes_do_not_depend_on_the_umask(tmp_path, umask):
+    settings = example_settings()
+    store = tmp_path / "made" / "by" / "init" / "keys"
+    settings["secrets"] = {"backend": "file", "path": str(store)}
+    stack = _stack(tmp_path, settings)
+    assert _tool("secrets", "init", "--config", str(stack), umask=umask).returncode == 0
+    for directory in [tmp_path / "made", *[p for p in (tmp_path / "made").rglob("*") if p.is_dir()]]:
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+    for file in [p for p in (tmp_path / "made").rglob("*") if p.is_file()]:
+        assert file.stat().st_mode & 0o777 == 0o600, file
+
+    out = tmp_path / "rendered" / "site"
+    assert _tool("render", "--config", str(stack), "--out", str(out), umask=umask).returncode == 0
+    assert (tmp_path / "rendered").stat().st_mode & 0o777 == 0o700
+    assert out.stat().st_mode & 0o777 == 0o700, "the site holds keys"
+    from mailsite.local import render_stack
+
+    tree = render_stack(stack)[1]["mx1"]
+    modes = {path: oct(p.stat().st_mode & 0o777) for path, p in ((str(p.relative_to(out / "mx1")), p) for p in (out / "mx1").rglob("*"))}
+    expected = {path: oct(rendered.mode) for path, rendered in tree.items()}
+    expected |= {"etc": "0o755", "etc/mail": "0o755", "etc/mailsite": "0o755", "root": "0o700", "root/.ssh": "0o700",
+                 "usr": "0o755", "usr/local": "0o755", "usr/local/sbin": "0o755"}
+    assert modes == expected
+    assert oct((out / "mx1").stat().st_mode & 0o777) == "0o755"
+
+
+# --- the key store ------------------------------------------------------------------------------
+
+def test_secrets_init_where_it_cannot_write_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    settings = example_settings()
+    settings["secrets"] = {"backend": "file", "path": str(tmp_path / "file" / "keys")}
+    _one_line(_tool("secrets", "init", "--config", str(_stack(tmp_path, settings))), "mailsite:secrets.path = ", "Not a directory",
+              "set a directory you can write")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    settings["secrets"] = {"backend": "file", "path": str(locked / "keys")}
+    with _immutable(locked):
+        _one_line(_tool("secrets", "init", "--config", str(_stack(tmp_path, settings))), "mailsite:secrets.path = ",
+                  "Operation not permitted")
+
+
+@pytest.mark.parametrize("labels", [b"[]", b'{"AWSCURRENT": 5}', b'{"AWSCURRENT": "../../../../../../etc/passwd"}', b"\xff\xfe",
+                                    b'"AWSCURRENT"', b"{"])
+def test_damaged_label_file_is_one_line(tmp_path, labels):
+    stack = _keyed(tmp_path)
+    (tmp_path / "keys" / "mailsite" / "edge" / "mx2" / "queue-key" / "labels.json").write_bytes(labels)
+    line = _one_line(_tool("render", "--config", str(stack), "--out", str(tmp_path / "out")), "secret = mailsite/edge/mx2/queue-key: ",
+                     "restore them from a backup")
+    assert "root:" not in line
+
+
+def test_damaged_key_version_is_one_line(tmp_path):
+    stack = _keyed(tmp_path)
+    (version,) = (tmp_path / "keys" / "mailsite" / "edge" / "mx1" / "queue-key" / "versions").iterdir()
+    version.write_bytes(b"\xff" * 32)
+    _one_line(_tool("render", "--config", str(stack), "--out", str(tmp_path / "out")), "secret = mailsite/edge/mx1/queue-key: ",
+              "is unreadable (UnicodeDecodeError)")
+
+
+# --- diff ---------------------------------------------------------------------------------------
+
+def test_diff_of_a_stack_file_outside_any_repository_is_one_line(tmp_path):
+    stack = _stack(tmp_path, example_settings())
+    _one_line(_tool("diff", "--config", str(stack), "--base", "HEAD"), "is not inside a git repository")
