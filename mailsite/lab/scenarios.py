@@ -266,11 +266,12 @@ def backups_refuse_unknown(lab: Lab) -> Finding:
 
 
 def bgp_sessions(lab: Lab) -> Finding:
-    """Each MX's bgpd holds an Established eBGP multihop session with every route server and
-    exactly the routes they announce, from each."""
+    """Each MX's bgpd holds an Established eBGP multihop session with every route server, under
+    the rendered prefix limit, and exactly the routes they announce, from each."""
     def scenario() -> tuple[bool, str]:
         want = bgp.announced(lab)
-        multihop = lab.plan.site.bgp_spamd.multihop
+        feed = lab.plan.site.bgp_spamd
+        multihop, limit = feed.multihop, (feed.max_prefixes, feed.max_prefix_restart_minutes)
         problems = []
         for mx in lab.plan.of_kind("mx"):
             states, peers, held = bgp.sessions(lab, mx.name), bgp.neighbors(lab, mx.name), bgp.rib(lab, mx.name)
@@ -281,10 +282,12 @@ def bgp_sessions(lab: Lab) -> Finding:
                     problems.append(f"{mx.name}-{server.name} is {states.get(address)}")
                 elif not config.get("multihop") or config.get("multihop_distance") != multihop:
                     problems.append(f"{mx.name}-{server.name} is not multihop {multihop}")
+                elif (config.get("max_prefix"), config.get("max_prefix_restart")) != limit:
+                    problems.append(f"{mx.name}-{server.name} has max-prefix {config.get('max_prefix')} restart {config.get('max_prefix_restart')}")
                 elif held.get(address) != want:
                     problems.append(f"{mx.name} holds {sorted(held.get(address, []))} from {server.name}")
         servers = len(lab.plan.of_kind("route-server"))
-        return not problems, "; ".join(problems) or f"every MX: {servers} sessions Established, multihop {multihop}, {len(want)} routes each"
+        return not problems, "; ".join(problems) or f"every MX: {servers} sessions Established, multihop {multihop}, max-prefix {limit[0]}, {len(want)} routes each"
     return _timed("bgp: each MX holds the route servers' routes (multihop)", scenario)
 
 
