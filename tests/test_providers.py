@@ -90,10 +90,12 @@ class CloudMocks(SiteMocks):
     def __init__(self, vultr: FakeVultr | None = None):
         super().__init__(Recorded())
         self.vultr = vultr
+        self.secret_urls: list[bool] = []
 
     def new_resource(self, args):
         snapshot_id, outputs = super().new_resource(args)
         if args.typ == "vultr:index/snapshotFromUrl:SnapshotFromUrl":
+            self.secret_urls.append(rpc.is_rpc_secret(args.inputs["url"]))
             self.vultr.create_from_url(snapshot_id, rpc.unwrap_rpc_secret(args.inputs["url"]))
         return snapshot_id, outputs
 
@@ -145,7 +147,8 @@ def bucket(moto_endpoint):
 def test_libvirt_bake_creates_the_image_and_replaces_it_only_when_its_identity_changes(tmp_path, null_bakes):
     settings = _libvirt(tmp_path)
     with provider_process(null_bakes) as provider:
-        provider.configure({"mailsite:target": "libvirt"})
+        # The dynamic provider takes no secrets: the engine unwraps them before Check and Create.
+        assert provider.configure({"mailsite:target": "libvirt"}).acceptSecrets is False
         first = run_program(settings, CloudMocks(), provider)
         bakes = first.urns("-image-bake")
         assert len(bakes) == 3 and set(bakes) <= set(first.ops("create"))
@@ -176,8 +179,10 @@ def test_vultr_image_is_uploaded_and_the_instance_waits_for_a_complete_snapshot(
     settings = _vultr(tmp_path, moto_endpoint)
     with provider_process({**null_bakes, API_OVERRIDE: fake_vultr.url}) as provider:
         provider.configure({"mailsite:target": "vultr", "vultr:apiKey": API_KEY}, secret_keys=("vultr:apiKey",))
-        run = run_program(settings, CloudMocks(fake_vultr), provider, config={"vultr:apiKey": API_KEY})
+        mocks = CloudMocks(fake_vultr)
+        run = run_program(settings, mocks, provider, config={"vultr:apiKey": API_KEY})
         log = provider.log()
+    assert mocks.secret_urls == [True] * 3, "the presigned URL reaches Vultr's provider as a secret"
     for host in HOSTS:
         (bake,) = run.urns(f"-{host}-image-bake")
         (ready,) = run.urns(f"-{host}-image-ready")
