@@ -70,7 +70,7 @@ PULUMI_UPDATE = {"id": 105, "user": BOT, "body": "#### :tropical_drink: `preview
 # file, answers `gh api` as GitHub does (two comments a page, one JSON array per page with
 # --paginate, `{owner}/{repo}` placeholders), and records every call.
 FAKE_GH = r'''
-import argparse, json, os, re, sys
+import argparse, json, os, re, sys, time
 state_path, log_path = os.environ["FAKE_GH_STATE"], os.environ["FAKE_GH_LOG"]
 with open(log_path, "a") as log:
     log.write(json.dumps(sys.argv[1:]) + "\n")
@@ -87,10 +87,16 @@ one = re.fullmatch(r"repos/\{owner\}/\{repo\}/issues/comments/(\d+)", args.endpo
 if listing and args.method == "GET":
     comments = state["comments"] if int(listing[1]) == state["pr"] else []
     pages = [comments[i:i + 2] for i in range(0, len(comments), 2)] or [[]]
-    for page in pages if args.paginate else pages[:1]:
-        print(json.dumps(page))
+    for number, page in enumerate(pages if args.paginate else pages[:1]):
+        # Each page arrives after its own HTTP round trip: a reader that stops early is gone by then.
+        if number:
+            time.sleep(0.02)
+        print(json.dumps(page), flush=True)
     sys.exit(0)
 body = json.load(open(args.input))["body"]
+if len(body) > 65536:
+    print("gh: Validation Failed (HTTP 422): body is too long (maximum is 65536 characters)", file=sys.stderr)
+    sys.exit(1)
 if listing and args.method == "POST" and int(listing[1]) == state["pr"]:
     comment = {"id": max([c["id"] for c in state["comments"]] + [900]) + 1, "user": state["me"], "body": body}
     state["comments"].append(comment)
@@ -162,6 +168,27 @@ def test_diff_comment_created_once_then_edited_in_place(tmp_path):
     assert [c["body"] for c in mine] == ["<!-- mailsite-diff:prod -->\n### mailsite diff: prod\nsecond push\n"]
 
 
+def test_diff_comment_found_among_many_pages_of_comments(tmp_path):
+    # A busy pull request: its own comment on the first page, a hundred more after it. Whoever
+    # reads the listing must read it to the end, or gh dies writing the next page (SIGPIPE).
+    ours = {"id": 104, "user": BOT, "body": "<!-- mailsite-diff:prod -->\nold diff\n"}
+    chatter = [{"id": 2000 + i, "user": {"login": "alice", "type": "User"}, "body": f"comment {i}"} for i in range(120)]
+    github = FakeGitHub(tmp_path, [PULUMI_PREVIEW, ours, *chatter])
+    result = _upsert(github, tmp_path, "mailsite-diff:prod", "new diff\n")
+    assert result.returncode == 0, result.stderr
+    assert github.writes == [("PATCH", "repos/{owner}/{repo}/issues/comments/104")]
+
+
+def test_diff_comment_longer_than_github_takes_is_cut_with_a_note(tmp_path):
+    github = FakeGitHub(tmp_path, [PULUMI_PREVIEW])
+    result = _upsert(github, tmp_path, "mailsite-diff:prod", "### mailsite diff: prod\n" + "+ é line\n" * 20000)
+    assert result.returncode == 0, result.stderr
+    (created,) = [c for c in github.comments if c["id"] > 900]
+    assert len(created["body"]) <= 65536, "GitHub refuses a longer body (HTTP 422)"
+    assert created["body"].startswith("<!-- mailsite-diff:prod -->\n### mailsite diff: prod\n+ é line\n")
+    assert "truncated" in created["body"].splitlines()[-1] and "job's log" in created["body"].splitlines()[-1]
+
+
 @pytest.mark.parametrize("pr, marker", [("", "mailsite-diff:prod"), ("42; true", "mailsite-diff:prod"), ("42", "x --> <b>y</b>")])
 def test_diff_comment_refuses_a_bad_pull_request_or_marker(tmp_path, pr, marker):
     github = FakeGitHub(tmp_path, [PULUMI_PREVIEW])
@@ -204,6 +231,48 @@ def test_each_stack_diff_step_keeps_its_own_comment(tmp_path):
         "<!-- mailsite-diff:staging -->\n### mailsite diff: staging\n> pulumi preview skipped: this stack's keys are in the file "
         "secrets backend, not on the runner (see the job's warning).\n```diff\n-push 2 of Pulumi.staging.yaml\n```\n",
     ]
+
+
+def test_a_failed_diff_fails_the_step_and_never_posts_as_an_empty_diff(tmp_path):
+    # GitHub runs a `run:` step with `bash -e`, without pipefail: a diff piped into `head` that
+    # fails would post an empty diff, which reads as "this change renders nothing different".
+    step = _preview_step("Per-host config diff")
+    checkout = tmp_path / "checkout"
+    (checkout / ".github/scripts").mkdir(parents=True)
+    shutil.copy2(UPSERT, checkout / ".github/scripts/upsert-comment.sh")
+    (checkout / ".venv/bin").mkdir(parents=True)
+    (checkout / ".venv/bin/python").write_text('#!/bin/sh\necho "error: mailsite:domains = []: list at least one" >&2\nexit 2\n')
+    (checkout / ".venv/bin/python").chmod(0o755)
+    github = FakeGitHub(tmp_path, [PULUMI_PREVIEW])
+    env = github.env(STACK="prod", BASE_REF="main", PR=str(PR), KEYS_REACHABLE="true", GH_REPO="o/r", GH_TOKEN="t")
+    result = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=checkout, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "mailsite:domains = []" in result.stderr
+    (comment,) = [c for c in github.comments if c["id"] > 900]
+    assert "```diff\n```" not in comment["body"]
+    assert "mailsite diff failed" in comment["body"]
+
+
+def test_a_diff_longer_than_a_comment_is_cut_in_the_comment_and_whole_in_the_log(tmp_path):
+    step = _preview_step("Per-host config diff")
+    checkout = tmp_path / "checkout"
+    (checkout / ".github/scripts").mkdir(parents=True)
+    shutil.copy2(UPSERT, checkout / ".github/scripts/upsert-comment.sh")
+    (checkout / ".venv/bin").mkdir(parents=True)
+    (checkout / ".venv/bin/python").write_text('#!/bin/sh\nseq 1 40000 | sed "s/^/+line /"\n')
+    (checkout / ".venv/bin/python").chmod(0o755)
+    github = FakeGitHub(tmp_path, [PULUMI_PREVIEW])
+    env = github.env(STACK="prod", BASE_REF="main", PR=str(PR), KEYS_REACHABLE="true", GH_REPO="o/r", GH_TOKEN="t")
+    result = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=checkout, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "+line 40000" in result.stdout, "the whole diff is in the job's log"
+    (comment,) = [c for c in github.comments if c["id"] > 900]
+    assert len(comment["body"]) <= 65536
+    assert comment["body"].count("```") == 2, "the diff's code block is closed"
+    lines = comment["body"].splitlines()
+    closing = lines.index("```")
+    assert lines[closing - 1] == f"+line {closing - 3}", "whole lines only: the fence closes on its own line"
+    assert "truncated" in comment["body"]
 
 
 # --- Stacks whose keys CI cannot read (issue 11.8) ---

@@ -33,14 +33,19 @@ fi
 
 payload=$(mktemp)
 trap 'rm -f "$payload"' EXIT
-{ printf '%s\n' "$marker"; cat "$body_file"; } | jq -Rs '{body: .}' >"$payload"
+# GitHub refuses a body over 65536 characters (HTTP 422): cut it, and say so on its last line.
+{ printf '%s\n' "$marker"; cat "$body_file"; } | jq -Rs '
+  "\n\n… truncated to fit a comment (65536 characters at most); the full text is in the job'"'"'s log." as $note
+  | {body: (if length > 65536 then .[0:65536 - ($note | length)] + $note else . end)}' >"$payload"
 
 # Ours: written by a bot (a person quoting the marker is not ours to edit) and starting with the
 # marker itself ("mailsite-diff:prod -->" is not a prefix of "mailsite-diff:prod-eu -->").
-# --paginate prints one JSON array per page; `inputs` reads them all.
+# --paginate prints one JSON array per page; `inputs` reads them all, to the end: a jq that stopped
+# at the first match would leave gh writing the next page into a closed pipe (SIGPIPE, and with
+# pipefail the whole script fails on a busy pull request).
 id=$(gh api --paginate "repos/{owner}/{repo}/issues/$pr/comments" |
   jq -rn --arg marker "$marker" \
-    'first(inputs[] | select(.user.type == "Bot" and (.body | startswith($marker))) | .id) // empty')
+    '[inputs[] | select(.user.type == "Bot" and (.body | startswith($marker))) | .id] | first // empty')
 
 if [ -n "$id" ]; then
   gh api --method PATCH "repos/{owner}/{repo}/issues/comments/$id" --input "$payload" >/dev/null
