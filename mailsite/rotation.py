@@ -170,8 +170,9 @@ def _cycle(host: Host, stack: str, controls: dict[str, HostControl], replace: Ca
                                               f"{len(drained.remaining)} message(s) remain: {listing}")
         start()
         if replace is None:
-            return Step(host.name, "waiting", f"{host.name} drained; its image now carries the new {what}. Run `pulumi up --stack {stack}` "
-                                              f"(it replaces {host.name} alone), then this command again to verify and go on")
+            return Step(host.name, "waiting", f"{host.name} drained; its image now carries the new {what}. Run `pulumi preview --stack {stack}`: "
+                                              f"if it changes only {host.name}'s resources, `pulumi up --stack {stack}`; then this command "
+                                              "again to verify and go on")
         try:
             replaced, reason = replace(host), "replacement did not finish"
         except Exception as error:  # the replacement's own words, whatever failed
