@@ -292,22 +292,43 @@ def check_forward_confirmed(args: StackValidationArgs, report: ReportViolation, 
                     report(f"{target}: {address.value} has PTR {known.get(address.value)!r}, not {target}: receivers reject mail without forward-confirmed reverse DNS")
 
 
+def _lets_through(rule: Any, wanted: int, unseen: list[str], where: str = "") -> bool:
+    """Whether a Vultr firewall rule lets tcp/udp port `wanted` in. Vultr reads `a:b` as a range
+    and a tcp/udp rule without a port as every port; icmp, gre, esp and ah have no ports, so a port
+    given means tcp or udp. An unknown that decides it is noted in `unseen` (and counts as not let
+    through)."""
+    protocol, port = _get(rule.props, "protocol"), _get(rule.props, "port")
+    if protocol is not UNKNOWN and str(protocol) not in ("tcp", "udp"):
+        return False
+    if port is UNKNOWN:
+        unseen.append(f"{where}port")
+        return False
+    if port in (None, ""):
+        if protocol is UNKNOWN:
+            unseen.append(f"{where}protocol")
+            return False
+        return True
+    low, _, high = str(port).partition(":")
+    try:
+        return int(low) <= wanted <= int(high or low)
+    except ValueError:
+        return True  # Vultr refuses it anyway; never let a malformed port hide an opening
+
+
 def check_no_world_sync_or_bgp(args: ResourceValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
     # A rule's port and source are unknown in a preview only when they come from addresses not yet
     # allocated (a first preview). The engine runs this policy again during `up`, before the rule
     # is created, with every value known: an unknown here is named, and enforced then.
-    port, size, subnet = (_get(args.props, k) for k in ("port", "subnetSize", "subnet"))
-    if port is UNKNOWN:
-        unseen.append("port")
+    services = [name for wanted, name in ((8025, "spamd-sync (udp/8025)"), (179, "bgp (tcp/179)")) if _lets_through(args, wanted, unseen)]
+    if not services:
         return
-    if str(port) not in ("8025", "179"):
-        return
+    size, subnet = _get(args.props, "subnetSize"), _get(args.props, "subnet")
     if size is UNKNOWN:
         unseen.append("subnetSize")
         return
     if int(size if size is not None else 32) == 0:
-        service = "spamd-sync (udp/8025)" if str(port) == "8025" else "bgp (tcp/179)"
-        report(f"{service} open to the world ({subnet}/0); only the site's MXes or the route servers may reach it")
+        port = _get(args.props, "port")
+        report(f"{' and '.join(services)} open to the world ({subnet}/0, port {port or 'all'}); only the site's MXes or the route servers may reach it")
 
 
 def _group_of(resource) -> frozenset:
@@ -330,11 +351,11 @@ def check_backups_no_msa(args: StackValidationArgs, report: ReportViolation, uns
     for rule in _of(args.resources, FIREWALL_RULE):
         if not _group_of(rule) & backup_groups:
             continue
-        port = _get(rule.props, "port")
-        if port is UNKNOWN:
-            unseen.append(f"{rule.name}: port")
-        elif str(port) in ("465", "587"):
-            report(f"{rule.name}: a backup MX exposes port {port}; a backup is an MTA only (tcp/25)", rule.urn)
+        exposed = [str(p) for p in (465, 587) if _lets_through(rule, p, unseen, f"{rule.name}: ")]
+        if exposed:
+            port = _get(rule.props, "port")
+            shown = exposed[0] if str(port) == exposed[0] else f"{' and '.join(exposed)} (port {port or 'all'})"
+            report(f"{rule.name}: a backup MX exposes port {shown}; a backup is an MTA only (tcp/25)", rule.urn)
 
 
 def check_baked_image(args: ResourceValidationArgs, report: ReportViolation, unseen: list[str]) -> None:

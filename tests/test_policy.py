@@ -98,6 +98,45 @@ def test_sync_or_bgp_open_to_the_world_is_caught(pack, vultr_stack, port):
     assert list(violations(pack, broken)) == ["no-world-spamd-sync-or-bgp"]
 
 
+def _unset(resource: Registered, key: str) -> None:
+    """An optional input left out (the SDK sends no key for it)."""
+    resource.inputs.pop(key, None)
+    resource.outputs.pop(key, None)
+
+
+@pytest.mark.parametrize("port", ["8025", "179"])
+@pytest.mark.parametrize("opening", ["1:65535", None], ids=["port-range", "every-port"])
+def test_sync_or_bgp_open_to_the_world_through_a_range_or_every_port_is_caught(pack, vultr_stack, port, opening):
+    # Vultr reads `a:b` as a range, and a tcp/udp rule without a port as every port.
+    broken = copy.deepcopy(vultr_stack)
+    rule = _find(broken, mailsite_policies.FIREWALL_RULE, lambda r: str(r.inputs.get("port")) == port)
+    rule.set("subnet", "0.0.0.0")
+    rule.set("subnetSize", 0)
+    rule.set("port", opening) if opening else _unset(rule, "port")
+    assert list(violations(pack, broken)) == ["no-world-spamd-sync-or-bgp"]
+
+
+def test_a_rule_of_a_protocol_without_ports_open_to_the_world_is_not_sync_or_bgp(pack, vultr_stack):
+    fine = copy.deepcopy(vultr_stack)
+    rule = _find(fine, mailsite_policies.FIREWALL_RULE, lambda r: str(r.inputs.get("port")) == "8025")
+    rule.set("subnet", "0.0.0.0")
+    rule.set("subnetSize", 0)
+    rule.set("protocol", "icmp")
+    _unset(rule, "port")
+    assert violations(pack, fine) == {}
+
+
+@pytest.mark.parametrize("opening", ["400:600", None], ids=["port-range", "every-port"])
+def test_backup_exposing_submission_through_a_range_or_every_port_is_caught(pack, vultr_stack, opening):
+    broken = copy.deepcopy(vultr_stack)
+    rule = _find(broken, mailsite_policies.FIREWALL_RULE, lambda r: r.name.startswith("mail-firewall-mx2-smtp-"))
+    rule.set("port", opening) if opening else _unset(rule, "port")
+    found = violations(pack, broken)
+    assert "a backup MX exposes port 465 and 587" in found.pop("backups-mta-only")[0]
+    # The smtp rule is open to the world: every port includes spamd-sync's and bgp's.
+    assert list(found) == ([] if opening else ["no-world-spamd-sync-or-bgp"])
+
+
 def test_backup_exposing_submission_is_caught(pack, vultr_stack):
     broken = copy.deepcopy(vultr_stack)
     _find(broken, mailsite_policies.FIREWALL_RULE, lambda r: r.name.startswith("mail-firewall-mx2-smtp-")).set("port", "587")
