@@ -251,3 +251,16 @@ def test_site_accepts_plus_forms_and_capitals_of_its_recipients_only(example_sit
     assert accepts("postmaster@example.net") and accepts("bob+@example.org")
     assert not accepts("nobody@example.org") and not accepts("nobody+alice@example.org")
     assert not accepts("alice@unknown.test") and not accepts("alice@sub.example.org") and not accepts("postmaster")
+
+
+@pytest.mark.parametrize("count", SIZES)
+def test_backup_recipients_are_the_primarys_virtual_addresses(count):
+    """A backup's rcpt-to table and the primary's virtual table list the same addresses, so that
+    (smtpd cutting +tags the same way on both) every MX takes the same recipients."""
+    site = site_of(sized_settings(count))
+    trees = render_site(site)
+    table = lambda tree, path: sorted(line.split()[0] for line in tree[path].text.splitlines() if line and not line.startswith("#"))
+    virtual = table(trees[site.primary.name], "etc/mail/virtuals")
+    assert virtual == sorted(site.valid_recipients())
+    for backup in site.backups:
+        assert table(trees[backup.name], "etc/mail/recipients") == virtual, backup.name
