@@ -110,6 +110,13 @@ def decide_replacement(host: str, everything: list[StepEventMetadata], scoped: l
     return Decision(targets)
 
 
+def pulumi_failure(output: str) -> str:
+    """One line from a failed `pulumi` run's output (the Automation API's CommandError holds
+    the whole of it): its first `error:` line, which names the resource, the policy or the hook."""
+    errors = [line.strip() for line in output.splitlines() if line.strip().startswith("error:")]
+    return errors[0] if errors else "pulumi failed; run `pulumi preview` for the details"
+
+
 def automation_replace(stack: str, work_dir: str) -> Callable[[Host], bool] | None:
     """Replace one host with the Automation API where the Pulumi CLI exists; None where it does not."""
     if shutil.which("pulumi") is None:
@@ -119,6 +126,12 @@ def automation_replace(stack: str, work_dir: str) -> Callable[[Host], bool] | No
     policy = [str(Path(work_dir) / "policy")]
 
     def replace(host: Host) -> bool:
+        try:
+            return _replace(host)
+        except automation.errors.CommandError as error:
+            raise ReplacementRefused(f"{host.name}: {pulumi_failure(str(error))}") from None
+
+    def _replace(host: Host) -> bool:
         selected = automation.select_stack(stack_name=stack, work_dir=work_dir)
         everything: list[EngineEvent] = []
         scoped: list[EngineEvent] = []

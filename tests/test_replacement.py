@@ -12,6 +12,8 @@ import json
 
 import pytest
 from pulumi.automation import EngineEvent, OpType
+from pulumi.automation._cmd import CommandResult
+from pulumi.automation.errors import CommandError
 
 from mailsite import replacement
 from mailsite.replacement import ReplacementRefused, automation_replace, decide_replacement, host_resources, steps_of
@@ -164,6 +166,7 @@ class RecordingStack:
 
     def __init__(self, everything: list[EngineEvent], scoped: list[EngineEvent]):
         self.previews, self.ups = [], []
+        self.fails_with: str | None = None
         self._events = [everything, scoped]
 
     def preview(self, **options):
@@ -174,6 +177,8 @@ class RecordingStack:
 
     def up(self, **options):
         self.ups.append(options)
+        if self.fails_with is not None:
+            raise CommandError(CommandResult(stdout=self.fails_with, stderr="", code=255))
         return _Result(summary=_Result(result="succeeded"))
 
 
@@ -213,3 +218,22 @@ def test_rotation_up_does_not_run_when_the_preview_refuses(libvirt_graph, with_c
     with pytest.raises(ReplacementRefused, match="would also change 6 other resource"):
         automation_replace(STACK, str(tmp_path))(example_site.host("mx2"))
     assert stack.ups == []
+
+
+def test_failed_up_is_one_line_naming_what_stopped_it(libvirt_graph, with_cli, tmp_path, example_site):
+    """A drain that refuses fails the `up`; the rotation reports the hook's own line (and then
+    rolls the key back), not the CLI's whole output."""
+    events = preview_events(libvirt_graph, _rotation_of(libvirt_graph, "mx2"))
+    stack = with_cli(events, events)
+    stack.fails_with = (
+        "Updating (prod):\n     Type                      Name      Status\n"
+        " ~   libvirt:index:Domain      mail-mx2-vm  **failed**     1 error\n"
+        "Diagnostics:\n  libvirt:index/domain:Domain (mail-mx2-vm):\n"
+        '    error: before hook "mailsite-drain" failed: not taking mx2 down while mx1 takes no mail (waited 10 min); '
+        "bring it back, or, destroying the site on purpose, run the destroy with MAILSITE_DECOMMISSION=<stack>\n"
+        "Resources:\n    14 unchanged\n"
+    )
+    with pytest.raises(ReplacementRefused) as refused:
+        automation_replace(STACK, str(tmp_path))(example_site.host("mx2"))
+    assert str(refused.value).startswith('mx2: error: before hook "mailsite-drain" failed: not taking mx2 down')
+    assert "\n" not in str(refused.value)
