@@ -97,3 +97,19 @@ def test_unknown_ref_is_one_line(tmp_path):
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("error: --base = no-such-ref: not a git ref of") and len(result.stderr.splitlines()) == 1
+
+
+def test_alias_bomb_in_a_pull_request_is_one_line_at_once(tmp_path):
+    """The PR job runs `diff` on whatever stack file a pull request brings."""
+    import resource
+
+    repo = _repository(tmp_path, file_secrets(example_settings()))
+    lines = ["config:", "  mailsite:recipients:", '    a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"    a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 10)]
+    (repo / "Pulumi.review.yaml").write_text("\n".join(lines) + "\n")
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # noqa: E731 (it took 3.6 GB before)
+    result = subprocess.run([sys.executable, "-m", "mailsite", "diff", "--config", "Pulumi.review.yaml", "--base", "HEAD"],
+                            cwd=repo, capture_output=True, text=True, timeout=60, preexec_fn=limit)
+    assert result.returncode == 2, result.stderr[-500:]
+    assert result.stderr.splitlines() == ["error: --config = Pulumi.review.yaml: expands to more than 200000 values "
+                                          "(aliases repeat what they name); write the settings out plainly"]
