@@ -213,6 +213,7 @@ class _Address:
     value: Any  # str, or UNKNOWN
     sources: frozenset[str]  # URNs the value comes from (stack policies)
     record: str
+    family: int  # 4 (A) or 6 (AAAA): known even when the address is not
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ class _Pointer:
     ip: Any  # str, or UNKNOWN
     name: str
     sources: frozenset[str]
+    family: int  # 4 (in-addr.arpa, ReverseIpv4) or 6
 
 
 def _addresses(resources, unseen: list[str]) -> dict[str, list[_Address]]:
@@ -236,12 +238,12 @@ def _addresses(resources, unseen: list[str]) -> dict[str, list[_Address]]:
             continue
         owner = f"{name}.{domain}" if name else domain
         data = _get(record.props, "data")
-        found.setdefault(owner, []).append(_Address(data if data is UNKNOWN else str(data), _dependencies(record, "data"), record.name))
+        found.setdefault(owner, []).append(_Address(data if data is UNKNOWN else str(data), _dependencies(record, "data"), record.name, 4 if kind == "A" else 6))
     for text in _zone_files(resources, unseen):
         origin = _ORIGIN.search(text)
-        for owner, _, address in _ZONE_ADDRESS.findall(text):
+        for owner, kind, address in _ZONE_ADDRESS.findall(text):
             name = origin[1] if owner == "@" else f"{owner}.{origin[1]}"
-            found.setdefault(name, []).append(_Address(address, frozenset(), f"zone {origin[1]}"))
+            found.setdefault(name, []).append(_Address(address, frozenset(), f"zone {origin[1]}", 4 if kind == "A" else 6))
     return found
 
 
@@ -253,15 +255,15 @@ def _pointers(resources, unseen: list[str]) -> list[_Pointer]:
         if reverse is UNKNOWN:
             unseen.append(f"{r.name}: PTR name")
             continue
-        pointers.append(_Pointer(ip if ip is UNKNOWN else str(ip), str(reverse).rstrip("."), _dependencies(r, "ip")))
+        pointers.append(_Pointer(ip if ip is UNKNOWN else str(ip), str(reverse).rstrip("."), _dependencies(r, "ip"), 4 if r.resource_type == REVERSE_V4 else 6))
     for text in _zone_files(resources, []):
         for pointer, name in _ZONE_PTR.findall(text):
             labels = pointer.split(".")
             if pointer.endswith("in-addr.arpa"):
-                pointers.append(_Pointer(".".join(reversed(labels[:4])), name, frozenset()))
+                pointers.append(_Pointer(".".join(reversed(labels[:4])), name, frozenset(), 4))
             elif pointer.endswith("ip6.arpa"):
                 nibbles = "".join(reversed(labels[:32]))
-                pointers.append(_Pointer(str(ipaddress.IPv6Address(":".join(nibbles[i:i + 4] for i in range(0, 32, 4)))), name, frozenset()))
+                pointers.append(_Pointer(str(ipaddress.IPv6Address(":".join(nibbles[i:i + 4] for i in range(0, 32, 4)))), name, frozenset(), 6))
     return pointers
 
 
@@ -271,8 +273,9 @@ def check_forward_confirmed(args: StackValidationArgs, report: ReportViolation, 
     # the address the record will hold, so the pair is confirmed by where the values come from.
     # Anything else unknown is named (not-applicable); a known mismatch is always reported.
     incomplete: list[str] = []  # records that may be the missing A/AAAA, once known
-    addresses, pointers = _addresses(args.resources, incomplete), _pointers(args.resources, unseen)
-    unseen += incomplete
+    nameless: list[str] = []  # PTRs that may be the missing one, once their name is known
+    addresses, pointers = _addresses(args.resources, incomplete), _pointers(args.resources, nameless)
+    unseen += incomplete + nameless
     known = {p.ip: p.name for p in pointers if p.ip is not UNKNOWN}
     pending = [p for p in pointers if p.ip is UNKNOWN]
     for domain, _, target in _mx_records(args.resources, unseen):
@@ -283,6 +286,9 @@ def check_forward_confirmed(args: StackValidationArgs, report: ReportViolation, 
                 answers = {p.name for p in pending if p.sources and p.sources == address.sources}
                 if answers - {target}:
                     report(f"{target}: the PTR for its new address ({address.record}) answers {', '.join(sorted(answers - {target}))}, not {target}: receivers reject mail without forward-confirmed reverse DNS")
+                elif not answers and not nameless and not any(p.name == target and p.family == address.family for p in pointers):
+                    # Whatever the address turns out to be, no PTR of its family answers this name.
+                    report(f"{target}: no PTR answers {target} for its new address ({address.record}): receivers reject mail without forward-confirmed reverse DNS")
                 elif not answers:
                     unseen.append(f"{target}: address of {address.record}")
             elif known.get(address.value) != target:

@@ -279,6 +279,12 @@ def _ptr_for_a_new_ipv6_answers_another_name(resources):
     return "mx-forward-confirmed", "mx2.example.org"
 
 
+def _new_ipv6_without_a_ptr(resources):
+    # Whatever address the new VM gets, no PTR anywhere answers its name: decidable in the preview.
+    resources.remove(_find(resources, mailsite_policies.REVERSE_V6, lambda r: r.inputs["reverse"] == "mx2.example.org"))
+    return "mx-forward-confirmed", "mx2.example.org"
+
+
 def _sync_open_to_the_world(resources):
     rule = _find(resources, mailsite_policies.FIREWALL_RULE, lambda r: r.inputs.get("port") == "8025")
     rule.set("subnet", "0.0.0.0")
@@ -311,7 +317,7 @@ def _secret_key_in_clear_on_another_resource(resources):
 
 
 @pytest.mark.parametrize("breakage", [
-    _backup_preference_equal_to_primary, _ptr_for_a_new_ipv6_answers_another_name, _sync_open_to_the_world,
+    _backup_preference_equal_to_primary, _ptr_for_a_new_ipv6_answers_another_name, _new_ipv6_without_a_ptr, _sync_open_to_the_world,
     _backup_exposing_submission, _instance_from_a_stock_image, _key_nested_in_a_dynamic_resource,
     _secret_key_in_clear_on_another_resource,
 ], ids=lambda f: f.__name__.strip("_"))
