@@ -339,6 +339,31 @@ def test_preview_runs_when_the_runner_can_read_the_keys(checkout, tmp_path, secr
     assert "::" not in result.stdout
 
 
+def test_preview_skipped_when_the_stack_names_an_aws_profile_the_runner_lacks(checkout, tmp_path):
+    # boto3 refuses a named profile that is not in ~/.aws (ProfileNotFound), even with the OIDC
+    # role's credentials in AWS_* variables: the preview would die on the first key.
+    secrets = {"backend": "aws-secretsmanager", "region": "eu-central-1", "profile": "default"}
+    config = _stack_file(checkout, "prod", secrets)
+    home = tmp_path / "runner-home"
+    home.mkdir()
+    output = checkout / "github-output"
+    output.write_text("")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "HOME": str(home), "GITHUB_OUTPUT": str(output),
+           "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "from-oidc"}
+    script = [sys.executable, str(checkout / ".github/scripts/keys-reachable.py"), config.name]
+    result = subprocess.run(script, cwd=checkout, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert output.read_text() == "reachable=false\n"
+    (line,) = result.stdout.splitlines()
+    assert line.startswith("::warning title=preview skipped::Pulumi.prod.yaml: mailsite:secrets.profile = default")
+    assert "AWS_PROFILE" in line
+    (home / ".aws").mkdir()
+    (home / ".aws/config").write_text("[default]\nregion = eu-central-1\n")
+    output.write_text("")
+    result = subprocess.run(script, cwd=checkout, env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and output.read_text() == "reachable=true\n", result.stdout + result.stderr
+
+
 def test_keys_check_names_each_problem_of_a_broken_stack_file(checkout):
     result, output = _keys_reachable(checkout, _stack_file(checkout, "prod", {"backend": "vault\n::add-mask::x"}))
     assert result.returncode == 2

@@ -4,7 +4,8 @@ the first key with a message about a missing secret rather than about CI.
 
     keys-reachable.py [--required] Pulumi.<stack>.yaml
 
-Writes `reachable=true|false` to $GITHUB_OUTPUT (the preview runs only when true). When false, one
+Writes `reachable=true|false` to $GITHUB_OUTPUT (the preview runs only when true): false for a
+`file` backend whose directory is not here, or an AWS profile this runner lacks. When false, one
 warning annotation saying what to do; with --required (deploy) an error annotation and exit 2.
 A stack file with problems: one error line each, exit 2.
 """
@@ -34,8 +35,10 @@ def annotation(level: str, title: str, message: str) -> str:
 def unreachable_reason(config: Path) -> str | None:
     """Why CI cannot read this stack's keys, or None when it can."""
     site = load_site_file(config)
+    if site.secrets.backend == "aws-secretsmanager":
+        return _missing_aws_profile(config, site.secrets.profile)
     if site.secrets.backend != "file":
-        return None  # Secrets Manager answers any runner with the role; inline keys are in the file
+        return None  # inline keys are in the file
     store = host_store(site, PROJECT)
     assert isinstance(store, FileStore)
     if not store.root.is_dir():
@@ -44,6 +47,21 @@ def unreachable_reason(config: Path) -> str | None:
                 f"so CI cannot read its keys. Preview it where that directory is: pulumi preview --stack {stack} "
                 f"--policy-pack policy; or move its keys to aws-secretsmanager (secrets.backend) to have CI preview it.")
     return None
+
+
+def _missing_aws_profile(config: Path, profile: str | None) -> str | None:
+    """Secrets Manager answers any runner with the workflow's role, whose credentials arrive as
+    AWS_* variables; but boto3 refuses a named profile that is not in the runner's ~/.aws
+    (ProfileNotFound) before it looks at those variables."""
+    if not profile:
+        return None
+    import botocore.session  # only stacks on Secrets Manager need it
+
+    if profile in botocore.session.Session().available_profiles:
+        return None
+    return (f"{config.name}: mailsite:secrets.profile = {profile} is an AWS profile this runner does not have, so "
+            f"CI cannot read its keys (boto3 refuses an unknown profile before it looks at the AWS_* variables the workflow's role sets). "
+            f"Leave secrets.profile unset in the stack and pick the profile with AWS_PROFILE where you run pulumi by hand.")
 
 
 def main(argv: list[str] | None = None) -> int:
