@@ -91,8 +91,8 @@ _FIXES = {
     "string_too_short": "must not be empty",
     "string_too_long": "too long; use at most {max_length} characters",
     "literal_error": "not one of the allowed values; use {expected}",
-    "ip_v4_address": "not an IPv4 address; write one like 192.0.2.10, or allocate",
-    "ip_v6_address": "not an IPv6 address; write one like 2001:db8::10, or allocate",
+    "ip_v4_address": "not an IPv4 address; write one like 192.0.2.10",
+    "ip_v6_address": "not an IPv6 address; write one like 2001:db8::10",
     "ip_v4_network": "not a network in CIDR form with no host bits; write one like 192.0.2.0/24",
     "ip_v6_network": "not a network in CIDR form with no host bits; write one like 2001:db8::/48",
 }
@@ -125,6 +125,8 @@ def _message(kind: str, detail: dict[str, Any], loc: tuple[Any, ...]) -> str:
     if kind == "string_pattern_mismatch":
         name = next((part for part in reversed(loc) if isinstance(part, str)), "")
         return _FORMS.get(name, _FORM)
+    if kind in ("ip_v4_address", "ip_v6_address") and loc[:1] == ("hosts",):
+        return f"{_FIXES[kind]}, or allocate"  # a host's address may be the provider's to choose
     try:
         return _FIXES[kind].format(**detail.get("ctx", {}))
     except (KeyError, IndexError):
@@ -156,7 +158,18 @@ def from_validation_error(error: ValidationError, secret_paths: set[str] = froze
         # A union (an address or "allocate") reports once per form: one line per setting.
         if setting not in problems or (kind in _TELLING and problems[setting][1] not in _TELLING):
             problems[setting] = (problem, kind)
+        elif {kind, problems[setting][1]} in _EITHER_FAMILY:
+            first = problems[setting][0]
+            problems[setting] = (Problem(setting, first.value, _EITHER_FAMILY_FIX[kind.removeprefix("ip_v4_").removeprefix("ip_v6_")]), kind)
     return [problem for problem, _ in problems.values()]
+
+
+# A setting that takes IPv4 or IPv6 says so when it gets neither.
+_EITHER_FAMILY = ({"ip_v4_address", "ip_v6_address"}, {"ip_v4_network", "ip_v6_network"})
+_EITHER_FAMILY_FIX = {
+    "address": "not an IP address; write one like 192.0.2.10 or 2001:db8::10",
+    "network": "not a network in CIDR form with no host bits; write one like 192.0.2.0/24 or 2001:db8::/48",
+}
 
 
 def _is_union_branch(part: Any) -> bool:

@@ -404,3 +404,16 @@ def test_damaged_key_version_is_one_line(tmp_path):
 def test_diff_of_a_stack_file_outside_any_repository_is_one_line(tmp_path):
     stack = _stack(tmp_path, example_settings())
     _one_line(_tool("diff", "--config", str(stack), "--base", "HEAD"), "is not inside a git repository")
+
+
+def test_a_file_system_without_renameat2_still_gets_the_whole_new_site(tmp_path, monkeypatch):
+    import mailsite.trees as trees
+    from mailsite.render import RenderedFile
+
+    out = tmp_path / "out"
+    trees.write_trees(out, {"mx1": {"etc/myname": RenderedFile("old\n")}, "mx2": {"etc/myname": RenderedFile("old\n")}})
+    monkeypatch.setattr(trees, "_libc", object())  # no renameat2: the two-rename swap
+    trees.write_trees(out, {"mx1": {"etc/myname": RenderedFile("new\n")}})
+    site = {path: found for path, found in _snapshot(out).items() if path != ".mailsite-render"}
+    assert site == {"mx1": ("", 0o755), "mx1/etc": ("", 0o755), "mx1/etc/myname": ("new\n", 0o644)}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

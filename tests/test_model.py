@@ -53,6 +53,8 @@ BAD = [
     ("backup better", lambda s: _host(s, 2).update(preference=5), "mailsite:hosts[2].preference", "set it above 10"),
     ("bad domain", lambda s: s["domains"].__setitem__(0, "example..org"), "mailsite:domains[0]", "like example.org"),
     ("address as domain", lambda s: s["domains"].__setitem__(1, "192.0.2.1"), "mailsite:domains[1]", "like example.org"),
+    ("resolver not an address", lambda s: s["network"].update(nameservers=["ns1"]), "mailsite:network.nameservers[0]",
+     "not an IP address; write one like 192.0.2.10 or 2001:db8::10"),
     ("bad CIDR", lambda s: s["adminCidrs"].__setitem__(0, "198.51.100.7/24"), "mailsite:adminCidrs[0]", "no host bits"),
     ("ssh to world", lambda s: s["adminCidrs"].append("0.0.0.0/0"), "mailsite:adminCidrs[2]", "list only your admin networks"),
     ("public AS", lambda s: s["bgpSpamd"].update(localAs=3320), "mailsite:bgpSpamd.localAs", "use a private one"),
