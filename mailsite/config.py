@@ -66,7 +66,7 @@ def _check_nodes(root: yaml.Node) -> None:
             for key, value in node.value:
                 if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                     if (key.tag, key.value) in seen:
-                        raise _Refused(f"the key {key.value!r} at line {key.start_mark.line + 1} is already set at line "
+                        raise _Refused(f"the key {key.value[:60]!r} at line {key.start_mark.line + 1} is already set at line "
                                        f"{seen[key.tag, key.value]}; keep one of them (pulumi refuses the file too)")
                     seen[key.tag, key.value] = key.start_mark.line + 1
                 total += size(key, depth + 1) + size(value, depth + 1)
