@@ -36,8 +36,11 @@ def redacted_snapshot(config: Path, out: Path, secrets_base: Path | None = None)
 def _snapshot_at(repo: Path, ref: str, config: Path, out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="mailsite-base-") as scratch:
         worktree = Path(scratch) / "base"
-        added = subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(worktree), ref], capture_output=True, text=True)
-        if added.returncode != 0:
+        # Resolved first, after --end-of-options: a ref that looks like an option stays a ref.
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
+                                capture_output=True, text=True).stdout.strip()
+        added = subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(worktree), commit], capture_output=True, text=True)
+        if not commit or added.returncode != 0:
             raise SiteConfigError([Problem("--base", ref, f"not a git ref of {repo}; give a branch, tag or commit")])
         try:
             try:

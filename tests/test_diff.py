@@ -35,7 +35,7 @@ def _stack(repo, settings):
 
 
 def _diff(repo, base="HEAD"):
-    return subprocess.run([sys.executable, "-m", "mailsite", "diff", "--config", "Pulumi.review.yaml", "--base", base],
+    return subprocess.run([sys.executable, "-m", "mailsite", "diff", "--config", "Pulumi.review.yaml", f"--base={base}"],
                           cwd=repo, capture_output=True, text=True)
 
 
@@ -113,3 +113,12 @@ def test_alias_bomb_in_a_pull_request_is_one_line_at_once(tmp_path):
     assert result.returncode == 2, result.stderr[-500:]
     assert result.stderr.splitlines() == ["error: --config = Pulumi.review.yaml: expands to more than 200000 values "
                                           "(aliases repeat what they name); write the settings out plainly"]
+
+
+def test_a_base_that_looks_like_an_option_is_a_ref_not_an_option(tmp_path):
+    repo = _repository(tmp_path, file_secrets(example_settings()))
+    result = _diff(repo, base="--lock")  # to git worktree add, an option: a locked worktree left behind
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --base = --lock: not a git ref of") and len(result.stderr.splitlines()) == 1
+    worktrees = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout
+    assert len(worktrees.splitlines()) == 1, worktrees
