@@ -151,6 +151,38 @@ def test_instance_not_from_a_baked_image_is_caught(pack, vultr_stack):
     assert list(violations(pack, broken)) == ["baked-images-only"]
 
 
+def test_mx_records_without_the_primary_are_caught(pack, vultr_stack):
+    broken = copy.deepcopy(vultr_stack)
+    broken.remove(_find(broken, mailsite_policies.DNS_RECORD, lambda r: r.inputs.get("data") == "mx1.example.org" and r.inputs["domain"] == "example.org"))
+    assert violations(pack, broken) == {"primary-mx-preference": ["example.org: no MX record points at the primary"]}
+
+
+def test_sync_open_to_the_whole_ipv6_internet_is_caught(pack, vultr_stack):
+    broken = copy.deepcopy(vultr_stack)
+    rule = _find(broken, mailsite_policies.FIREWALL_RULE, lambda r: str(r.inputs.get("port")) == "8025")
+    for key, value in (("ipType", "v6"), ("subnet", "::"), ("subnetSize", 0)):
+        rule.set(key, value)
+    assert list(violations(pack, broken)) == ["no-world-spamd-sync-or-bgp"]
+
+
+def test_libvirt_volume_not_from_a_baked_image_is_caught(pack, libvirt_stack):
+    broken = copy.deepcopy(libvirt_stack)
+    disk = _find(broken, mailsite_policies.VOLUME)
+    _unset(disk, "source")
+    disk.set("size", 8 * 2**30)
+    assert violations(pack, broken) == {"baked-images-only": [f"{disk.name} must be made from this project's baked image (source)"]}
+
+
+def test_spamd_sync_key_in_clear_elsewhere_is_caught(pack, vultr_stack):
+    broken = copy.deepcopy(vultr_stack)
+    bake = _find(broken, DYNAMIC, lambda r: "spamdSyncKey" in r.inputs)
+    sync_key = bake.inputs["spamdSyncKey"]
+    sync_key = sync_key["value"] if isinstance(sync_key, dict) else sync_key
+    instance = _find(broken, mailsite_policies.INSTANCE)
+    instance.set("userData", f"#!/bin/sh\necho '{sync_key}' > /etc/mail/spamd.key\n")
+    assert violations(pack, broken) == {"keys-not-in-clear-elsewhere": [f"{instance.name}: property userData holds a key that is a secret elsewhere"]}
+
+
 def test_key_outside_a_secret_is_caught(pack, vultr_stack):
     broken = copy.deepcopy(vultr_stack)
     bake = _find(broken, DYNAMIC, lambda r: "queueKey" in r.inputs)
