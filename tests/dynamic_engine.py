@@ -7,9 +7,13 @@ installed here, so this plays the engine between the real program and the real p
 - The dynamic providers run in `python -m pulumi.dynamic`, started from the project directory as
   the engine starts it, and are spoken to over gRPC (provider.proto).
 - Between the two, this does what the engine does with a provider that answered Configure with
-  acceptSecrets=false: secrets unwrapped, unknowns kept only in a preview; Check, then Diff
-  against the previous run's state, then Create (or nothing in a preview), Delete of what a
-  replacement left behind. Other resources' outputs come from the given Mocks, or from the
+  acceptSecrets=false (pkg/resource/plugin/provider_plugin.go): secrets unwrapped on the way in
+  (news, olds, outputs), unknowns kept only in a preview; on the way back, what Check and Create
+  answer takes the secret bit of the input of the same name (annotateSecrets), and the outputs
+  named in additionalSecretOutputs are secret too. Check, then Diff against the previous run's
+  state, then Create (in a preview, the checked inputs stand for the outputs, as for a provider
+  without preview support), Delete of what a replacement left behind. State holds what the
+  engine would write: secrets wrapped, so `Run.in_clear` is what a state file shows in clear. Other resources' outputs come from the given Mocks, or from the
   previous run's state when their inputs did not change; in a preview, a new or changed resource
   answers with its inputs only (everything else unknown), as the engine does.
 """
@@ -27,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 import grpc
 import pulumi
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc, resource_pb2
@@ -85,13 +89,61 @@ def provider_process(env: dict[str, str]):
         process.close()
 
 
+def unwrapped(values: struct_pb2.Struct) -> struct_pb2.Struct:
+    return rpc._unwrap_rpc_secret_struct_properties(values)[0]  # the SDK's own unwrapping
+
+
 def for_provider(sent: struct_pb2.Struct, preview: bool) -> struct_pb2.Struct:
     """What the engine passes on of what the program sent: no secret wrappers (the dynamic
     provider does not accept secrets); unknowns only while previewing."""
-    plain, _ = rpc._unwrap_rpc_secret_struct_properties(sent)  # the SDK's own unwrapping
+    plain = unwrapped(sent)
     if not preview:
         assert not rpc.struct_contains_unknowns(plain), "an update never sends unknowns"
     return plain
+
+
+def _has_secret(value) -> bool:
+    if rpc.is_rpc_secret(value):
+        return True
+    if isinstance(value, dict):
+        return any(_has_secret(v) for v in value.values())
+    return isinstance(value, list) and any(_has_secret(v) for v in value)
+
+
+def _mark(outs: dict, ins: dict) -> None:
+    # annotateSecrets: objects on both sides are compared key by key; any other value whose
+    # input held a secret anywhere becomes one secret.
+    for key, given in ins.items():
+        if key not in outs:
+            continue
+        answered = outs[key]
+        if isinstance(answered, dict) and isinstance(given, dict) and not rpc.is_rpc_secret(answered) \
+                and not rpc.is_rpc_secret(given):
+            _mark(answered, given)
+        elif not rpc.is_rpc_secret(answered) and _has_secret(given):
+            outs[key] = rpc.wrap_rpc_secret(answered)
+
+
+def keep_secret_bits(answer: struct_pb2.Struct, given: struct_pb2.Struct, also: tuple[str, ...] = ()) -> struct_pb2.Struct:
+    """What the provider answered, with the secret bit of the inputs it was given without it."""
+    outs = json_format.MessageToDict(answer)
+    _mark(outs, json_format.MessageToDict(given))
+    for key in also:
+        if key in outs:
+            outs[key] = rpc.wrap_rpc_secret(outs[key])
+    marked = struct_pb2.Struct()
+    marked.update(outs)
+    return marked
+
+
+def _hidden(value):
+    if rpc.is_rpc_secret(value):
+        return "[secret]"
+    if isinstance(value, dict):
+        return {k: _hidden(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hidden(v) for v in value]
+    return value
 
 
 class ProviderFailed(Exception):
@@ -125,7 +177,14 @@ class Run:
         return next(t for t, op, u in self.calls if op == operation and u == urn)
 
     def plain(self, urn: str, which: str = "outputs") -> dict:
-        return rpc.deserialize_properties(getattr(self.state[urn], which))
+        """The values as the program reads them, secrets unwrapped."""
+        return rpc.deserialize_properties(unwrapped(getattr(self.state[urn], which)))
+
+    def in_clear(self) -> str:
+        """Every resource's inputs and outputs as a state file holds them outside its encrypted secrets."""
+        shown = {urn: {which: _hidden(json_format.MessageToDict(getattr(r, which))) for which in ("inputs", "outputs")}
+                 for urn, r in self.state.items()}
+        return json.dumps(shown, sort_keys=True)
 
 
 class Engine(MockMonitor):
@@ -167,38 +226,40 @@ class Engine(MockMonitor):
     def _step(self, urn: str, request) -> resource_pb2.RegisterResourceResponse:
         stub, old = self.provider.stub, self.previous.get(urn)
         news = for_provider(request.object, self.preview)
+        olds, old_inputs = (unwrapped(old.outputs), unwrapped(old.inputs)) if old else (None, struct_pb2.Struct())
         self._note("check", urn)
         check = stub.Check(provider_pb2.CheckRequest(urn=urn, name=request.name, type=request.type,
-                                                     olds=old.inputs if old else struct_pb2.Struct(), news=news))
+                                                     olds=old_inputs, news=news))
         assert not check.failures, check.failures
         checked = check.inputs
-        self.run.checked[urn] = checked
+        self.run.checked[urn] = checked  # as the provider answered, without the secret bits
+        inputs = keep_secret_bits(checked, request.object)  # what the engine keeps as the inputs
         replace, update = old is None, False
         if old is not None:
             self._note("diff", urn)
             diff = stub.Diff(provider_pb2.DiffRequest(id=old.id, urn=urn, name=request.name, type=request.type,
-                                                      olds=old.outputs, news=checked, old_inputs=old.inputs))
+                                                      olds=olds, news=checked, old_inputs=old_inputs))
             self.run.diffs[urn] = diff
             replace = bool(diff.replaces)
             update = not replace and diff.changes == provider_pb2.DiffResponse.DIFF_SOME
+        secret = tuple(request.additionalSecretOutputs)
         if not replace and update and not self.preview:
             self._note("update", urn)
             updated = stub.Update(provider_pb2.UpdateRequest(id=old.id, urn=urn, name=request.name, type=request.type,
-                                                             olds=old.outputs, news=checked, old_inputs=old.inputs))
-            registered = Registered(old.id, checked, updated.properties)
+                                                             olds=olds, news=checked, old_inputs=old_inputs))
+            registered = Registered(old.id, inputs, keep_secret_bits(updated.properties, inputs, secret))
         elif not replace:
             # A preview of an update answers with the new inputs, as for a create.
-            registered = Registered(old.id, checked, checked if update else old.outputs)
+            registered = Registered(old.id, inputs, keep_secret_bits(inputs, inputs, secret) if update else old.outputs)
         elif self.preview:
-            registered = Registered("", checked, checked)
+            registered = Registered("", inputs, keep_secret_bits(inputs, inputs, secret))
         else:
             self._note("create", urn)
             created = stub.Create(provider_pb2.CreateRequest(urn=urn, name=request.name, type=request.type, properties=checked))
             self._note("created", urn)
-            registered = Registered(created.id, checked, created.properties)
+            registered = Registered(created.id, inputs, keep_secret_bits(created.properties, inputs, secret))
         self.run.state[urn] = registered
-        outputs = registered.outputs if self.preview else _secret_outputs(request, registered.outputs)
-        return resource_pb2.RegisterResourceResponse(urn=urn, id=registered.id, object=outputs)
+        return resource_pb2.RegisterResourceResponse(urn=urn, id=registered.id, object=registered.outputs)
 
     def finish(self) -> None:
         """Create-before-delete: what a replacement or a removal left behind goes last."""
@@ -210,19 +271,8 @@ class Engine(MockMonitor):
             current = self.run.state.get(urn)
             if current is None or current.id != old.id:
                 self._note("delete", urn)
-                self.provider.stub.Delete(provider_pb2.DeleteRequest(id=old.id, urn=urn, properties=old.outputs,
-                                                                     old_inputs=old.inputs))
-
-
-def _secret_outputs(request, outputs: struct_pb2.Struct) -> struct_pb2.Struct:
-    """The engine marks an output secret when the resource asks (additionalSecretOutputs) or when
-    the input of the same name was secret, since the provider itself never saw secrets."""
-    sent = rpc.deserialize_properties(request.object)
-    secret = set(request.additionalSecretOutputs) | {k for k, v in sent.items() if rpc.is_rpc_secret(v)}
-    plain = rpc.deserialize_properties(outputs)
-    marked = struct_pb2.Struct()
-    marked.update({k: rpc.wrap_rpc_secret(v) if k in secret else v for k, v in plain.items()})
-    return marked
+                self.provider.stub.Delete(provider_pb2.DeleteRequest(id=old.id, urn=urn, properties=unwrapped(old.outputs),
+                                                                     old_inputs=unwrapped(old.inputs)))
 
 
 def run_program(settings: dict, mocks: pulumi.runtime.Mocks, provider: ProviderProcess, *, preview: bool = False,

@@ -4,6 +4,7 @@ moto_server, and a local server answering Vultr's snapshot API."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import threading
@@ -21,7 +22,7 @@ from components.host_image import TEMPLATE_OVERRIDE
 from mailsite.images.publish import object_store
 from mailsite.images.vultr_snapshots import API_OVERRIDE, wait_until_complete
 from mailsite.model import ObjectStorage
-from tests.dynamic_engine import Registered, provider_process, run_program
+from tests.dynamic_engine import Registered, provider_process, run_program, unwrapped
 from tests.sites import example_settings, fake_key
 from tests.test_program import Recorded, SiteMocks, inline_secrets, vultr_settings
 
@@ -115,8 +116,11 @@ def _vultr(tmp_path, moto_endpoint) -> dict:
 
 
 def _secrets_absent(text: str) -> None:
-    for secret in (API_KEY, fake_key("spamd-sync"), *(fake_key(h) for h in HOSTS)):
-        assert secret not in text
+    # Named, never shown: a failing assertion would print the key in the test output.
+    named = {"the Vultr API key": API_KEY, "the spamd sync key": fake_key("spamd-sync"),
+             **{f"{h}'s queue key": fake_key(h) for h in HOSTS}}
+    leaked = [name for name, secret in named.items() if secret in text]
+    assert not leaked, f"in clear: {', '.join(leaked)}"
 
 
 @pytest.fixture
@@ -202,9 +206,30 @@ def test_vultr_image_is_uploaded_and_the_instance_waits_for_a_complete_snapshot(
         assert run.outputs["hosts"][host]["imageId"] == snapshot_id
     assert bucket.list_objects_v2(Bucket="mailsite-images").get("KeyCount", 0) == 0, "nothing stays in the bucket"
     assert fake_vultr.keys == {f"Bearer {API_KEY}"}
-    for registered in run.state.values():
-        _secrets_absent(json.dumps(rpc.deserialize_properties(registered.outputs)))
+    _secrets_absent(run.in_clear())
     _secrets_absent(log)
+
+
+def test_state_holds_the_keys_only_as_secrets_and_no_provider_pickles_one(tmp_path, null_bakes, moto_endpoint, bucket, fake_vultr):
+    settings = _vultr(tmp_path, moto_endpoint)
+    with provider_process({**null_bakes, API_OVERRIDE: fake_vultr.url}) as provider:
+        provider.configure({"mailsite:target": "vultr", "vultr:apiKey": API_KEY}, secret_keys=("vultr:apiKey",))
+        run = run_program(settings, CloudMocks(fake_vultr), provider, config={"vultr:apiKey": API_KEY})
+    # The engine writes each key into state only inside a secret, where the stack's secrets provider encrypts it.
+    _secrets_absent(run.in_clear())
+    for host in HOSTS:
+        (bake,) = run.urns(f"-{host}-image-bake")
+        (ready,) = run.urns(f"-{host}-image-ready")
+        assert run.plain(ready, "inputs")["apiKey"] == API_KEY, "the wait reads the key the Vultr provider uses"
+        assert rpc.is_rpc_secret(rpc.deserialize_properties(run.state[ready].inputs)["apiKey"])
+        assert rpc.is_rpc_secret(rpc.deserialize_properties(run.state[bake].outputs)["url"]), "the URL reads the image"
+    # Each provider travels pickled (dill, by reference); a key caught in a closure or an attribute
+    # would travel with it into every Check, Diff and Delete.
+    pickles = {run.plain(urn, which)["__provider"] for urn in run.urns("") for which in ("inputs", "outputs")
+               if "__provider" in run.state[urn].inputs.fields}
+    for pickle in pickles:
+        _secrets_absent(base64.b64decode(pickle).decode("latin-1"))
+    assert len(pickles) == 3, "one pickle per provider class: nothing of a host's own travels in it"
 
 
 def _ready_inputs(tmp_path, moto_endpoint, fake_vultr, provider) -> struct_pb2.Struct:
@@ -276,10 +301,10 @@ def test_diff_with_an_unknown_identity_is_a_replacement_not_an_error(tmp_path, n
         run = run_program(_libvirt(tmp_path), CloudMocks(), provider)
         (bake,) = run.urns("-mx2-image-bake")
         old = run.state[bake]
-        news = struct_pb2.Struct()
-        news.CopyFrom(old.inputs)
+        news = unwrapped(old.inputs)  # the engine sends no secrets to a dynamic provider
         news.update({"identity": rpc.UNKNOWN})
-        diff = provider.stub.Diff(provider_pb2.DiffRequest(id=old.id, urn=bake, olds=old.outputs, news=news, old_inputs=old.inputs))
+        diff = provider.stub.Diff(provider_pb2.DiffRequest(id=old.id, urn=bake, olds=unwrapped(old.outputs), news=news,
+                                                           old_inputs=unwrapped(old.inputs)))
     assert diff.changes == provider_pb2.DiffResponse.DIFF_SOME and list(diff.replaces) == ["identity"]
 
 
