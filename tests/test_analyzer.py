@@ -6,8 +6,9 @@ The properties come from the program itself, run in preview mode under Pulumi's 
 taken as the language SDK serialized them for the engine (camelCase names, the unknown sentinel
 for values known only during `up`, secrets in their signature wrapper). They reach the analyzer as
 the engine marshals them (`MarshalProperties` with KeepUnknowns, KeepSecrets, SkipInternalKeys):
-`Analyze` gets a resource's inputs, `AnalyzeStack` every resource's outputs, which in a preview
-are its inputs plus unknowns for whatever the provider computes. What this cannot reproduce here:
+`Remediate` then `Analyze` get a resource's inputs, `AnalyzeStack` every resource's outputs, which
+in a preview are its inputs plus unknowns for whatever the provider computes (for a changed dynamic
+resource, only its inputs: Python's dynamic provider has no preview, so the engine hands those back). What this cannot reproduce here:
 a provider's Check adding schema defaults to the inputs (no Pulumi CLI or provider binary on these
 machines).
 """
@@ -99,9 +100,15 @@ class PreviewMonitor(MockMonitor):
         response = super().RegisterResource(request)
         inputs = json_format.MessageToDict(request.object)
         outputs = json_format.MessageToDict(response.object) if response.object else {}
+        computed = [k for k in outputs if k not in inputs or _is_unknown(inputs[k])]  # known only during `up`
         rebaked = self.image_change and request.type == DYNAMIC and "identity" in inputs
         replaced = rebaked or _is_unknown(inputs) or (self.new_site and request.custom)
-        if replaced:
+        if replaced and request.type == DYNAMIC:
+            # Python's dynamic provider does not support previews: the engine hands its inputs back
+            # as its state (provider_plugin.go, Create/Update with Preview), so a key only `up`
+            # computes is absent from what AnalyzeStack gets, and unknown to the program.
+            outputs = dict(inputs)
+        elif replaced:
             outputs = {k: (inputs[k] if k in inputs and not _is_unknown(inputs[k]) else UNKNOWN) for k in outputs}
         secret = set(request.additionalSecretOutputs) | {k for k, v in inputs.items() if _is_secret(v)}
         outputs = {k: ({SECRET_SIGNATURE: SECRET_MARK, "value": v} if k in secret and not _is_secret(v) else v) for k, v in outputs.items()}
@@ -115,7 +122,7 @@ class PreviewMonitor(MockMonitor):
             fresh.CopyFrom(response)
             fresh.id = ""
             fresh.object.Clear()
-            fresh.object.update(json_format.MessageToDict(response.object) | {k: UNKNOWN for k in outputs if k not in inputs or _is_unknown(inputs[k])})
+            fresh.object.update(json_format.MessageToDict(response.object) | {k: UNKNOWN for k in computed})
             return fresh
         return response
 
@@ -167,9 +174,14 @@ class Analyzer:
         self.stub = stub
 
     def preview(self, resources: list[Registered]) -> Findings:
-        """What the engine asks during a preview: each resource as it registers, then the stack."""
-        responses = [self.stub.Analyze(analyzer_pb2.AnalyzeRequest(
-            type=r.type, name=r.name, urn=r.urn, properties=_struct(r.inputs), options=_options(r))) for r in resources]
+        """What the engine asks during a preview: each resource as it registers (Remediate, then
+        Analyze on the same inputs: step_generator.go), then the stack."""
+        responses = []
+        for r in resources:
+            request = analyzer_pb2.AnalyzeRequest(type=r.type, name=r.name, urn=r.urn, properties=_struct(r.inputs), options=_options(r))
+            remediated = self.stub.Remediate(request)
+            assert not remediated.remediations, "the pack enforces; it never rewrites a resource"
+            responses.append(self.stub.Analyze(request))
         responses.append(self.stub.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=[
             analyzer_pb2.AnalyzerResource(
                 type=r.type, name=r.name, urn=r.urn, properties=_struct(r.outputs), options=_options(r), parent=r.parent,
@@ -255,7 +267,7 @@ def test_analyzer_offers_every_policy_as_mandatory(analyzer):
 
 def test_an_image_changing_preview_holds_unknowns_where_a_real_one_does(image_change):
     bakes = [r for r in image_change if r.type == DYNAMIC and "identity" in r.inputs]
-    assert bakes and all(r.outputs["path"] == UNKNOWN for r in bakes)
+    assert bakes and all("path" not in r.outputs and r.outputs == r.inputs for r in bakes), "a replaced dynamic resource's state is its inputs"
     vms = [r for r in image_change if r.type in (mailsite_policies.INSTANCE, mailsite_policies.VOLUME)]
     assert vms and all(UNKNOWN in (r.inputs.get("snapshotId"), r.inputs.get("source")) for r in vms)
     assert all(_is_secret(r.inputs["queueKey"]) for r in bakes), "keys reach the engine as secrets"
