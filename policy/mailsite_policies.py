@@ -377,6 +377,24 @@ def check_baked_image(args: ResourceValidationArgs, report: ReportViolation, uns
     elif args.resource_type == VOLUME:
         if not any(_get(props, k) is UNKNOWN or _get(props, k) for k in ("source", "baseVolumeId")):
             report(f"{args.name} must be made from this project's baked image (source)")
+    elif args.resource_type == DOMAIN:
+        # The volumes are checked above; a VM boots from them only if nothing else is attached to
+        # boot from: a disk by file, url or block device, or a kernel handed over directly.
+        other = [k for k in ("kernel", "initrd") if _get(props, k) is not None]
+        disks = _get(props, "disks") or []
+        if disks is UNKNOWN:
+            unseen.append("disks")
+            disks = []
+        for index in range(len(disks)):
+            disk = _item(disks, index)
+            if disk is UNKNOWN:
+                unseen.append(f"disks.{index}")
+                continue
+            other += [f"disks.{index}.{k}" for k in ("file", "url", "blockDevice") if _get(disk, k) is not None]
+            if _get(disk, "volumeId") is None:
+                other.append(f"disks.{index} without a volumeId")
+        if other:
+            report(f"{args.name} must boot only from this project's baked volumes (disks[].volumeId), not {', '.join(other)}")
 
 
 def _clear_properties(resource) -> Iterator[tuple[str, Any]]:

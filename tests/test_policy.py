@@ -173,6 +173,21 @@ def test_libvirt_volume_not_from_a_baked_image_is_caught(pack, libvirt_stack):
     assert violations(pack, broken) == {"baked-images-only": [f"{disk.name} must be made from this project's baked image (source)"]}
 
 
+@pytest.mark.parametrize("change", [
+    ("disks", "append", {"file": "/var/lib/libvirt/images/install77.iso"}),
+    ("disks", "replace", {"url": "https://cdn.openbsd.org/pub/OpenBSD/7.7/amd64/miniroot77.img"}),
+    ("kernel", "set", "/boot/bsd.rd"),
+], ids=["stock-iso-beside-the-baked-disk", "stock-image-by-url", "kernel"])
+def test_libvirt_vm_booting_anything_but_baked_volumes_is_caught(pack, libvirt_stack, change):
+    broken = copy.deepcopy(libvirt_stack)
+    vm = _find(broken, mailsite_policies.DOMAIN)
+    key, how, value = change
+    vm.set(key, [*vm.inputs["disks"], value] if how == "append" else [value] if how == "replace" else value)
+    found = violations(pack, broken)
+    assert list(found) == ["baked-images-only"]
+    assert found["baked-images-only"][0].startswith(f"{vm.name} must boot only from this project's baked volumes")
+
+
 def test_spamd_sync_key_in_clear_elsewhere_is_caught(pack, vultr_stack):
     broken = copy.deepcopy(vultr_stack)
     bake = _find(broken, DYNAMIC, lambda r: "spamdSyncKey" in r.inputs)
