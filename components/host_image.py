@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from secrets import token_hex
 from typing import Any
 
 import ediri_vultr as vultr
@@ -85,9 +86,10 @@ class _BakeProvider(ResourceProvider):
         if upload:
             store = ObjectStorage.model_validate(upload)
             client = object_store(store)
-            key = object_key(request.host.name, baked.identity)
+            key = object_key(request.host.name, baked.identity, token_hex(4))
             upload_image(client, store, baked.path, key)
-            outs.update(objectKey=key, url=presigned_url(client, store, key))
+            # The bucket travels with the key: Delete receives only the outputs.
+            outs.update(objectKey=key, url=presigned_url(client, store, key), upload=upload)
         return CreateResult(id_=baked.identity, outs=outs)
 
     def diff(self, _id, olds, news):
@@ -96,8 +98,12 @@ class _BakeProvider(ResourceProvider):
         changed = not _known(identity) or olds.get("identity", _id) != identity
         return DiffResult(changes=changed, replaces=["identity"] if changed else [], delete_before_replace=False)
 
-    def delete(self, _id, _props):
-        pass  # the image stays in the bake cache: a rollback to it needs no rebake
+    def delete(self, _id, props):
+        # The image stays in the bake cache (a rollback to it needs no rebake), but not in the
+        # bucket: an upload whose snapshot never completed was never released, and holds the keys.
+        if props.get("objectKey") and props.get("upload"):
+            store = ObjectStorage.model_validate(props["upload"])
+            delete_image(object_store(store), store, props["objectKey"])
 
 
 class _Bake(pulumi.dynamic.Resource):

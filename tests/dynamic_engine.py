@@ -288,6 +288,23 @@ def run_program(settings: dict, mocks: pulumi.runtime.Mocks, provider: ProviderP
         mail = runpy.run_path(str(PROGRAM), run_name="mailsite_program")["main"]()
         return pulumi.Output.all(mail.host_outputs).apply(lambda values: engine.run.outputs.update(hosts=values[0]))
 
-    program()
+    try:
+        program()
+    except ProviderFailed as failed:
+        failed.run = engine.run  # what the engine saves of a failed up: what was made before the error
+        raise
     engine.finish()
     return engine.run
+
+
+def destroy(previous: Run, provider: ProviderProcess) -> list[str]:
+    """`pulumi destroy` of the dynamic resources: Delete with the outputs in state, dependents
+    first (the reverse of the order they were made in); the URNs deleted, in order."""
+    made = [urn for _, op, urn in previous.calls if op == "created"]
+    order = [urn for urn in reversed(made) if urn in previous.state]
+    order += [urn for urn in previous.state if urn not in order and "__provider" in previous.state[urn].inputs.fields]
+    for urn in order:
+        old = previous.state[urn]
+        provider.stub.Delete(provider_pb2.DeleteRequest(id=old.id, urn=urn, properties=unwrapped(old.outputs),
+                                                        old_inputs=unwrapped(old.inputs)))
+    return order

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +23,7 @@ from components.host_image import TEMPLATE_OVERRIDE
 from mailsite.images.publish import object_store
 from mailsite.images.vultr_snapshots import API_OVERRIDE, wait_until_complete
 from mailsite.model import ObjectStorage
-from tests.dynamic_engine import Registered, provider_process, run_program, unwrapped
+from tests.dynamic_engine import ProviderFailed, Registered, destroy, provider_process, run_program, unwrapped
 from tests.sites import example_settings, fake_key
 from tests.test_program import Recorded, SiteMocks, inline_secrets, vultr_settings
 
@@ -194,7 +195,7 @@ def test_vultr_image_is_uploaded_and_the_instance_waits_for_a_complete_snapshot(
         (instance,) = run.urns(f"-{host}-instance")
         outputs = run.plain(bake)
         assert run.state[bake].id == outputs["identity"]
-        assert outputs["objectKey"] == f"mailsite/images/{host}-{outputs['identity']}.raw"
+        assert re.fullmatch(f"mailsite/images/{host}-{outputs['identity']}-[0-9a-f]{{8}}\\.raw", outputs["objectKey"])
         snapshot_id = run.plain(ready, "inputs")["snapshotId"]
         assert fake_vultr.fetched[snapshot_id] == Path(outputs["path"]).read_bytes(), "Vultr fetched the baked image"
         assert [s for i, s in fake_vultr.answers if i == snapshot_id] == ["pending", "pending", "complete"]
@@ -338,3 +339,18 @@ def test_a_site_made_before_the_wait_previews_it_without_replacing_instances(tmp
         assert preview.plain(instance, "inputs")["snapshotId"] == made.plain(instance, "inputs")["snapshotId"]
         assert preview.plain(ready)["snapshotId"] == made.plain(ready)["snapshotId"]
     assert all(not preview.diffs[u].replaces for u in preview.urns("-image-bake"))
+
+
+def test_an_image_whose_snapshot_failed_leaves_nothing_in_the_bucket_once_destroyed(tmp_path, null_bakes, moto_endpoint, bucket, fake_vultr):
+    # The upload holds the host's keys; with no complete snapshot no release ever deletes it.
+    fake_vultr.script = ["pending", "failed"]
+    with provider_process({**null_bakes, API_OVERRIDE: fake_vultr.url}) as provider:
+        provider.configure({"mailsite:target": "vultr", "vultr:apiKey": API_KEY}, secret_keys=("vultr:apiKey",))
+        with pytest.raises(ProviderFailed, match="is 'failed', not complete") as raised:
+            run_program(_vultr(tmp_path, moto_endpoint), CloudMocks(fake_vultr), provider, config={"vultr:apiKey": API_KEY})
+        failed = raised.value.run
+        assert failed.urns("-image-ready") == [] and len(failed.urns("-image-bake")) == 3
+        assert bucket.list_objects_v2(Bucket="mailsite-images").get("KeyCount", 0) == 3
+        deleted = destroy(failed, provider)
+    assert set(failed.urns("-image-bake")) <= set(deleted)
+    assert bucket.list_objects_v2(Bucket="mailsite-images").get("KeyCount", 0) == 0, "the uploads go with the stack"

@@ -27,7 +27,7 @@ def test_upload_presign_fetch_delete(store, tmp_path):
     settings, client = store
     image = tmp_path / "image.raw"
     image.write_bytes(b"\x00OpenBSD disk\x00" * 4096)
-    key = object_key("mx2", "ab" * 32)
+    key = object_key("mx2", "ab" * 32, "0f1e2d3c")
     upload_image(client, settings, image, key)
 
     with pytest.raises(urllib.error.HTTPError) as anonymous:
@@ -51,3 +51,10 @@ def test_missing_bucket_is_one_line(store, tmp_path):
     assert "NoSuchBucket" in str(raised.value) and "\n" not in str(raised.value)
     with pytest.raises(BakeError, match="objectStorage.bucket is not set"):
         upload_image(client, settings.model_copy(update={"bucket": ""}), image, "k")
+
+
+def test_deleting_an_upload_already_gone_or_its_bucket_gone_is_done(store):
+    # A destroy after the release (or after the bucket itself went) must not fail on the image.
+    settings, client = store
+    delete_image(client, settings, object_key("mx2", "ab" * 32, "0f1e2d3c"))
+    delete_image(client, settings.model_copy(update={"bucket": "no-such-bucket"}), "k")

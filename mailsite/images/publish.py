@@ -23,8 +23,10 @@ def object_store(store: ObjectStorage):
     return session.client("s3", endpoint_url=store.endpoint_url, region_name=store.region)
 
 
-def object_key(host: str, identity: str) -> str:
-    return f"mailsite/images/{host}-{identity}.raw"
+def object_key(host: str, identity: str, upload: str) -> str:
+    # One key per upload: a replaced bake's delete (which runs after its replacement's upload,
+    # or at the start of the next up when this one failed) never removes the new upload.
+    return f"mailsite/images/{host}-{identity}-{upload}.raw"
 
 
 def upload_image(client, store: ObjectStorage, path: Path, key: str) -> None:
@@ -45,9 +47,14 @@ def presigned_url(client, store: ObjectStorage, key: str) -> str:
 
 
 def delete_image(client, store: ObjectStorage, key: str) -> None:
+    """Deletes the upload; one already gone (S3 answers a missing key with success) is no error."""
     try:
         client.delete_object(Bucket=store.bucket, Key=key)
-    except (ClientError, BotoCoreError) as error:
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            return  # the bucket went first: nothing of the image is left in it
+        raise BakeError(f"cannot delete {key} from bucket {store.bucket}: {_reason(error)}") from None
+    except BotoCoreError as error:
         raise BakeError(f"cannot delete {key} from bucket {store.bucket}: {_reason(error)}") from None
 
 
