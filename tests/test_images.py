@@ -429,3 +429,73 @@ def test_packer_past_its_timeout_is_stopped_with_a_clear_error(tmp_path):
     assert str(raised.value).startswith("packer did not finish within 3 s (step: 'null.slow: Running local shell script")
     leftover = subprocess.run(["pgrep", "-f", "packer build -machine-readable -color=false " + str(slow)], capture_output=True)
     assert leftover.returncode == 1, "packer and its children are stopped"
+
+
+# finish.sh on a stand-in for the freshly installed system: a chroot holding a pdksh shell (mksh,
+# the nearest to OpenBSD's /bin/sh here) as /bin/sh, tar and gzip, and for the OpenBSD commands
+# stand-ins that log their arguments (and fail when /fail-<name> exists).
+_FINISH_STUBS = ("usermod", "pfctl", "smtpd", "bgpd")
+
+
+def _chroot_with(root: Path, programs: dict[str, str]) -> None:
+    """Copies each program (chroot path: host path) with the shared libraries it loads."""
+    for inside, outside in programs.items():
+        libraries = re.findall(r"(/\S+) \(0x", subprocess.run(["ldd", outside], capture_output=True, text=True).stdout)
+        for path in [outside, *libraries]:
+            target = root / (inside if path == outside else path).lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+
+
+def _run_finish(tmp_path, site_tgz: bytes, keys_tar: bytes, fail: str | None = None):
+    root = tmp_path / "guest"
+    mksh = shutil.which("mksh")
+    assert mksh, "mksh (Makefile DEBS) runs finish.sh as OpenBSD's ksh would"
+    _chroot_with(root, {"/bin/sh": mksh, "/bin/tar": shutil.which("tar"), "/bin/gzip": shutil.which("gzip"),
+                        "/bin/rm": shutil.which("rm"), "/bin/cat": shutil.which("cat")})
+    for name in _FINISH_STUBS:
+        stub = root / "bin" / name
+        stub.write_text(f'#!/bin/sh\necho "{name} $*" >> /calls.log\n[ ! -e /fail-{name} ] || exit 3\n')
+        stub.chmod(0o755)
+    (root / "etc").mkdir()
+    (root / "etc/myname").write_text("mx2.example.org\n")
+    (root / "tmp").mkdir(mode=0o1777)
+    (root / "root").mkdir(mode=0o700)
+    (root / "tmp/site.tgz").write_bytes(site_tgz)
+    (root / "root/mailsite-keys.tar").write_bytes(keys_tar)
+    (root / "root/mailsite-keys.tar").chmod(0o600)
+    if fail:
+        (root / f"fail-{fail}").touch()
+    shutil.copy(PACKER_DIR / "finish.sh", root / "finish.sh")
+    result = subprocess.run([shutil.which("chroot"), str(root), "/bin/sh", "/finish.sh"], capture_output=True, text=True,
+                            env={"PATH": "/bin", "HOME": "/root"}, timeout=60)
+    return root, result
+
+
+def _install_site_set(install_site: str, tree) -> bytes:
+    return site_set(tree, install_site=install_site.encode())
+
+
+@pytest.mark.parametrize("failure", ["install.site", "key archive", "smtpd -n"])
+def test_key_archive_is_gone_from_the_guest_when_finish_fails(example_site, tmp_path, failure):
+    tree = render_site(example_site)["mx2"]
+    install_site = "#!/bin/sh\nexit 1\n" if failure == "install.site" else "#!/bin/sh\nexit 0\n"
+    keys = b"not a tar archive" if failure == "key archive" else key_archive(tree)
+    root, result = _run_finish(tmp_path, _install_site_set(install_site, tree), keys,
+                               fail="smtpd" if failure == "smtpd -n" else None)
+    assert result.returncode != 0, "a failed step fails the bake"
+    assert not (root / "root/mailsite-keys.tar").exists(), f"after a failed {failure}, the key archive stays in the VM"
+
+
+def test_finish_unpacks_the_site_set_and_keys_then_checks_with_the_real_parsers(example_site, tmp_path):
+    tree = render_site(example_site)["mx2"]
+    root, result = _run_finish(tmp_path, _install_site_set("#!/bin/sh\ntouch /install-site-ran 2>/dev/null || echo > /install-site-ran\n", tree),
+                               key_archive(tree))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (root / "etc/mail/smtpd.conf").read_text() == tree["etc/mail/smtpd.conf"].text
+    assert (root / "etc/mail/spamd.key").stat().st_mode & 0o777 == 0o600
+    assert (root / "etc/mail/queue-key.conf").read_text() == tree["etc/mail/queue-key.conf"].text
+    assert (root / "install-site-ran").exists() and not (root / "install.site").exists()
+    assert not (root / "root/mailsite-keys.tar").exists() and not (root / "tmp/site.tgz").exists()
+    assert (root / "calls.log").read_text().splitlines() == ["usermod -p * root", "pfctl -nf /etc/pf.conf", "smtpd -n", "bgpd -n"]
+    assert result.stdout.strip() == "mailsite: mx2.example.org checked by pfctl -nf, smtpd -n, bgpd -n"
