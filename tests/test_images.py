@@ -499,3 +499,84 @@ def test_finish_unpacks_the_site_set_and_keys_then_checks_with_the_real_parsers(
     assert not (root / "root/mailsite-keys.tar").exists() and not (root / "tmp/site.tgz").exists()
     assert (root / "calls.log").read_text().splitlines() == ["usermod -p * root", "pfctl -nf /etc/pf.conf", "smtpd -n", "bgpd -n"]
     assert result.stdout.strip() == "mailsite: mx2.example.org checked by pfctl -nf, smtpd -n, bgpd -n"
+
+
+def _disklabel_allocate(template: str, disk_bytes: int) -> dict[str, int] | None:
+    """What `disklabel -T template -A` gives an amd64 disk with a whole-disk MBR (OpenBSD area from
+    sector 64 to the end), in bytes per mount point; None where disklabel fails. A line-for-line
+    port of sbin/disklabel/editor.c rev 1.422 (2025/09/19): parse_autotable, parse_sizerange,
+    apply_unit, allocate_space, allocate_partition, allocate_diskchunk, set_fragblock and
+    alignpartition, for 512-byte sectors (DEV_BSIZE blocks are sectors)."""
+    units = {"k": 2, "m": 2 << 10, "g": 2 << 20, "t": 2 << 30}  # sectors per unit
+
+    def size(text: str) -> int:
+        match = re.fullmatch(r"([0-9.]+)([kmgtKMGT])", text)
+        assert match, f"disklabel refuses the size {text}"
+        return int(float(match[1]) * units[match[2].lower()])
+
+    table = []
+    for line in template.splitlines():
+        mount, sizes, *rest = line.split()
+        assert mount.startswith("/") or mount.lower() in ("swap", "raid"), line
+        low, _, high = sizes.partition("-")
+        minimum, maximum = (0, 2**64 - 1) if sizes == "*" else (size(low), 2**64 - 1 if high == "*" else size(high) if high else size(low))
+        rate = int(rest[0].removesuffix("%")) if rest else 0
+        assert minimum <= maximum and 0 <= rate <= 100, line
+        table.append([mount, minimum, maximum, rate])
+    assert sum(row[3] for row in table) <= 100, "sum of extra space allocation > 100%"
+
+    start, end = 64, disk_bytes // 512
+    extra = end - start
+    for row in table:
+        if extra < row[1]:
+            return None  # too few free blocks
+        extra -= row[1]
+    table[-1][3] = 100  # the last allocation is greedy
+    layout, offset = {}, start
+    for mount, minimum, maximum, rate in table:
+        maximum = min(maximum, minimum + extra if rate == 100 else minimum + (extra // 100) * rate)
+        stop = min(offset + maximum, end)
+        if stop - offset < minimum:
+            return None
+        if mount.startswith("/"):  # set_fragblock: 16K blocks (32K above 128G), offset and size aligned
+            align = (16384 if (stop - offset) * 512 <= 128 << 30 else 32768) // 512
+            first = offset if offset == start else -(-offset // align) * align
+            stop = min(stop // align * align, end // align * align)
+            offset = first
+        layout[mount.lower() if mount.lower() == "swap" else mount] = (stop - offset) * 512
+        offset = stop
+    return layout
+
+
+@pytest.mark.parametrize("disk", ["8G", "20G", "50G"])
+def test_var_gets_the_queue_space_from_the_real_allocation(example_site, tmp_path, disk):
+    settings = example_settings()
+    settings["images"] = {**settings["images"], "diskSize": disk}
+    images = site_of(settings).images
+    _prepare(_request(site_of(settings), tmp_path), tmp_path)
+    layout = _disklabel_allocate((tmp_path / "http/disklabel").read_text(), int(disk[:-1]) << 30)
+    assert layout is not None, f"disklabel -A refuses the template on a {disk} disk"
+    for partition in images.disk_layout():
+        name = partition.mount_point
+        assert layout[name] >= partition.min_bytes, f"{name} is {layout[name] >> 20}M, below its {partition.min_bytes >> 20}M"
+    queue = (1 << 30) + (2000 << 20)
+    assert layout["/var"] >= queue
+    # /var takes what the others leave once they reach their maximum: on 50G, all but 12G.
+    others = sum(size for name, size in layout.items() if name != "/var")
+    assert layout["/var"] >= (int(disk[:-1]) << 30) - others - (1 << 20)
+    if disk == "50G":
+        assert others == 12 << 30 and layout["/var"] > 37 << 30
+
+
+def test_smallest_disk_the_model_accepts_is_one_disklabel_can_lay_out():
+    from mailsite.images.disklabel import render_disklabel_template
+
+    for messages in (1, 40, 100, 333):
+        settings = example_settings()
+        settings["images"] = {**settings["images"], "queueMessages": messages, "diskSize": "200G"}
+        images = site_of(settings).images
+        template = render_disklabel_template(images.disk_layout())
+        smallest = next(mb for mb in range(1024, 200 << 10) if not images.model_copy(update={"disk_size": f"{mb}M"}).disk_shortfall())
+        # Accepted by the model, laid out by disklabel; refused by both well below that.
+        assert _disklabel_allocate(template, smallest << 20) is not None, (messages, smallest)
+        assert _disklabel_allocate(template, (smallest - 65) << 20) is None, (messages, smallest)
