@@ -107,9 +107,10 @@ def _unset(resource: Registered, key: str) -> None:
 @pytest.mark.parametrize("port", ["8025", "179"])
 @pytest.mark.parametrize("opening", ["1:65535", None], ids=["port-range", "every-port"])
 def test_sync_or_bgp_open_to_the_world_through_a_range_or_every_port_is_caught(pack, vultr_stack, port, opening):
-    # Vultr reads `a:b` as a range, and a tcp/udp rule without a port as every port.
+    # Vultr reads `a:b` as a range, and a tcp/udp rule without a port as every port. The primary's
+    # rule: on a backup, every port would also expose 465/587 (another policy's finding).
     broken = copy.deepcopy(vultr_stack)
-    rule = _find(broken, mailsite_policies.FIREWALL_RULE, lambda r: str(r.inputs.get("port")) == port)
+    rule = _find(broken, mailsite_policies.FIREWALL_RULE, lambda r: str(r.inputs.get("port")) == port and r.name.startswith("mail-firewall-mx1-"))
     rule.set("subnet", "0.0.0.0")
     rule.set("subnetSize", 0)
     rule.set("port", opening) if opening else _unset(rule, "port")
