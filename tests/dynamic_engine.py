@@ -194,6 +194,7 @@ class Engine(MockMonitor):
         self.previous = previous.state if previous else {}
         self.run = Run()
         self.lock = threading.Lock()
+        self.in_flight, self.steps = threading.Condition(), 0
 
     def _note(self, operation: str, urn: str) -> None:
         with self.lock:
@@ -217,11 +218,22 @@ class Engine(MockMonitor):
         return response
 
     def _dynamic(self, urn: str, request) -> resource_pb2.RegisterResourceResponse:
+        with self.in_flight:
+            self.steps += 1
         try:
             return self._step(urn, request)
         except grpc.RpcError as error:
             # What `pulumi up` prints last: the provider's exception line.
             raise ProviderFailed(f"{urn}: {error.details().strip().splitlines()[-1]}") from None
+        finally:
+            with self.in_flight:
+                self.steps -= 1
+                self.in_flight.notify_all()
+
+    def settle(self) -> None:
+        """After a failure the engine starts nothing new but lets the steps under way finish."""
+        with self.in_flight:
+            assert self.in_flight.wait_for(lambda: self.steps == 0, timeout=600), "a step never finished"
 
     def _step(self, urn: str, request) -> resource_pb2.RegisterResourceResponse:
         stub, old = self.provider.stub, self.previous.get(urn)
@@ -291,7 +303,8 @@ def run_program(settings: dict, mocks: pulumi.runtime.Mocks, provider: ProviderP
     try:
         program()
     except ProviderFailed as failed:
-        failed.run = engine.run  # what the engine saves of a failed up: what was made before the error
+        engine.settle()
+        failed.run = engine.run  # what the engine saves of a failed up: what was made until it stopped
         raise
     engine.finish()
     return engine.run

@@ -19,9 +19,10 @@ from google.protobuf import struct_pb2
 from pulumi.runtime import rpc
 from pulumi.runtime.proto import provider_pb2
 
+from components import host_image
 from components.host_image import TEMPLATE_OVERRIDE
 from mailsite.images.publish import object_store
-from mailsite.images.vultr_snapshots import API_OVERRIDE, wait_until_complete
+from mailsite.images.vultr_snapshots import API_OVERRIDE, READY_MINUTES, wait_until_complete
 from mailsite.model import ObjectStorage
 from tests.dynamic_engine import ProviderFailed, Registered, destroy, provider_process, run_program, unwrapped
 from tests.sites import example_settings, fake_key
@@ -354,3 +355,29 @@ def test_an_image_whose_snapshot_failed_leaves_nothing_in_the_bucket_once_destro
         deleted = destroy(failed, provider)
     assert set(failed.urns("-image-bake")) <= set(deleted)
     assert bucket.list_objects_v2(Bucket="mailsite-images").get("KeyCount", 0) == 0, "the uploads go with the stack"
+
+
+def test_a_wait_that_timed_out_waits_again_for_the_same_snapshot_on_the_next_up(tmp_path, null_bakes, moto_endpoint, bucket, fake_vultr, monkeypatch):
+    settings = _vultr(tmp_path, moto_endpoint)
+    fake_vultr.script = ["pending"]  # Vultr still fetching when the wait gives up
+    monkeypatch.setattr(host_image, "READY_MINUTES", 0.05)
+    with provider_process({**null_bakes, API_OVERRIDE: fake_vultr.url}) as provider:
+        provider.configure({"mailsite:target": "vultr", "vultr:apiKey": API_KEY}, secret_keys=("vultr:apiKey",))
+        with pytest.raises(ProviderFailed, match="is still pending after 3 seconds; run pulumi up again") as raised:
+            run_program(settings, CloudMocks(fake_vultr), provider, config={"vultr:apiKey": API_KEY})
+        stopped = raised.value.run
+        snapshots = {urn: stopped.state[urn].id for urn in stopped.urns("-image-snapshot")}
+        assert len(snapshots) == 3 and stopped.urns("-instance") == []
+        for snapshot_id in snapshots.values():
+            fake_vultr.statuses[snapshot_id] = ["complete"]  # Vultr has finished meanwhile
+        monkeypatch.setattr(host_image, "READY_MINUTES", READY_MINUTES)
+        again = run_program(settings, CloudMocks(fake_vultr), provider, previous=stopped, config={"vultr:apiKey": API_KEY})
+    # Nothing baked, uploaded or snapshotted again: the new wait asks about the snapshot in state.
+    assert not [u for u in again.ops("create") if u.endswith("-image-bake")]
+    assert {urn: again.state[urn].id for urn in again.urns("-image-snapshot")} == snapshots
+    for host in HOSTS:
+        (ready,) = again.urns(f"-{host}-image-ready")
+        (snapshot,) = again.urns(f"-{host}-image-snapshot")
+        assert ready in again.ops("created") and again.plain(ready)["snapshotId"] == snapshots[snapshot]
+        assert again.outputs["hosts"][host]["imageId"] == snapshots[snapshot]
+    assert bucket.list_objects_v2(Bucket="mailsite-images").get("KeyCount", 0) == 0, "released once complete"
