@@ -47,7 +47,9 @@ _ZONE_MX = re.compile(r"^(\S+)\tIN\tMX\t(\d+)\t(\S+)\.$", re.M)
 _ZONE_ADDRESS = re.compile(r"^(\S+)\tIN\t(A|AAAA)\t(\S+)$", re.M)
 _ZONE_PTR = re.compile(r"^(\S+)\.\tIN\tPTR\t(\S+)\.$", re.M)
 _ORIGIN = re.compile(r"^\$ORIGIN (\S+)\.$", re.M)
-_KEY_IN_TEXT = re.compile(r"queue encryption [0-9a-f]{32}")
+# smtpd.conf's line, however smtpd's parser would read it: any blanks, a quoted key; and as it reads
+# inside a JSON document held in a property (blanks escaped as \t or \n).
+_KEY_IN_TEXT = re.compile(r'queue(?:\s|\\[tn])+encryption(?:\s|\\[tn])+(?:\\?")?[0-9a-f]{32}')
 # The bake's inputs that carry keys; the program marks them secret.
 KEY_PROPERTIES = ("queueKey", "spamdSyncKey", "tree")
 # Of those, the ones that are a key itself: its value must appear nowhere else in clear.

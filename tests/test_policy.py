@@ -6,6 +6,7 @@ here every value is known (a preview of a stack that already exists and changes 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -187,6 +188,20 @@ def test_libvirt_vm_booting_anything_but_baked_volumes_is_caught(pack, libvirt_s
     found = violations(pack, broken)
     assert list(found) == ["baked-images-only"]
     assert found["baked-images-only"][0].startswith(f"{vm.name} must boot only from this project's baked volumes")
+
+
+@pytest.mark.parametrize("text", [
+    "queue encryption\t" + "cd" * 16,
+    'queue  encryption "' + "cd" * 16 + '"',
+    json.dumps({"files": {"/etc/mail/queue-key.conf": "queue\tencryption\t" + "cd" * 16 + "\n"}}),
+], ids=["tab", "quoted", "json-encoded"])
+def test_a_queue_key_written_any_way_smtpd_reads_it_is_caught(pack, vultr_stack, text):
+    # No resource declares this key: only its smtpd.conf line gives it away, however it is spaced,
+    # quoted or escaped inside a JSON document.
+    broken = copy.deepcopy(vultr_stack)
+    instance = _find(broken, mailsite_policies.INSTANCE)
+    instance.set("userData", text)
+    assert violations(pack, broken) == {"queue-keys-secret": [f"{instance.name}: property userData holds a key in clear"]}
 
 
 def test_spamd_sync_key_in_clear_elsewhere_is_caught(pack, vultr_stack):
