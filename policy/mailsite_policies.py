@@ -165,8 +165,8 @@ def _roles(resources, unseen: list[str]) -> dict[str, str]:
     return roles
 
 
-def _mx_records(resources, unseen: list[str]) -> list[tuple[str, Any, str]]:
-    """(domain, preference or UNKNOWN, target) of every MX record."""
+def _mx_records(resources, unseen: list[str]) -> list[tuple[str, Any, str, str]]:
+    """(domain, preference (None if missing, or UNKNOWN), target, record) of every MX record."""
     records = []
     for r in _of(resources, DNS_RECORD):
         kind = _get(r.props, "type")
@@ -179,11 +179,12 @@ def _mx_records(resources, unseen: list[str]) -> list[tuple[str, Any, str]]:
         if UNKNOWN in (domain, data):
             unseen.append(f"{r.name}: MX domain or target")
             continue
-        records.append((domain, priority if priority is UNKNOWN else int(priority), str(data).rstrip(".")))
+        preference = priority if priority in (UNKNOWN, None) else int(priority)
+        records.append((domain, preference, str(data).rstrip("."), r.name))
     for text in _zone_files(resources, unseen):
         origin = _ORIGIN.search(text)
         for _, preference, target in _ZONE_MX.findall(text):
-            records.append((origin[1] if origin else "?", int(preference), target))
+            records.append((origin[1] if origin else "?", int(preference), target, f"zone {origin[1] if origin else '?'}"))
     return records
 
 
@@ -193,9 +194,12 @@ def check_primary_preference(args: StackValidationArgs, report: ReportViolation,
     # and the unknown one is named (not-applicable), never guessed either way.
     roles = _roles(args.resources, unseen)
     domains: dict[str, list[tuple[int, str]]] = {}
-    for domain, preference, target in _mx_records(args.resources, unseen):
+    for domain, preference, target, record in _mx_records(args.resources, unseen):
         if preference is UNKNOWN:
             unseen.append(f"{domain}: preference of MX {target}")
+            continue
+        if preference is None:
+            report(f"{domain}: MX {record} ({target}) has no preference; give every MX record one (priority)")
             continue
         domains.setdefault(domain, []).append((preference, target))
     for domain, records in domains.items():
@@ -280,7 +284,7 @@ def check_forward_confirmed(args: StackValidationArgs, report: ReportViolation, 
     unseen += incomplete + nameless
     known = {p.ip: p.name for p in pointers if p.ip is not UNKNOWN}
     pending = [p for p in pointers if p.ip is UNKNOWN]
-    for domain, _, target in _mx_records(args.resources, unseen):
+    for domain, _, target, _ in _mx_records(args.resources, unseen):
         if not addresses.get(target) and not incomplete:
             report(f"{domain}: MX target {target} has no A or AAAA record")
         for address in sorted(addresses.get(target, ()), key=lambda a: str(a.value)):

@@ -55,6 +55,12 @@ def _zone(resources, suffix: str) -> Registered:
     return _find(resources, DYNAMIC, lambda r: str(r.inputs.get("path", "")).endswith(suffix))
 
 
+def _unset(resource: Registered, key: str) -> None:
+    """An optional input left out (the SDK sends no key for it)."""
+    resource.inputs.pop(key, None)
+    resource.outputs.pop(key, None)
+
+
 def test_the_programs_stacks_pass_every_policy(pack, stack):
     assert violations(pack, stack) == {}
 
@@ -64,6 +70,14 @@ def test_backup_preference_not_worse_than_primary_is_caught(pack, vultr_stack):
     _find(broken, mailsite_policies.DNS_RECORD, lambda r: r.inputs.get("data") == "mx3.example.org" and r.inputs["domain"] == "example.org").set("priority", 10)
     assert violations(pack, broken) == {"primary-mx-preference": [
         "example.org: backup mx3.example.org has preference 10, not worse than the primary's 10: mail would loop or bypass the primary"]}
+
+
+def test_mx_record_without_a_preference_is_a_violation_not_a_crash_of_the_pack(pack, vultr_stack):
+    # Vultr makes a priority-less record preference 0: better than the primary's.
+    broken = copy.deepcopy(vultr_stack)
+    record = _find(broken, mailsite_policies.DNS_RECORD, lambda r: r.inputs.get("data") == "mx3.example.org" and r.inputs["domain"] == "example.org")
+    _unset(record, "priority")
+    assert violations(pack, broken) == {"primary-mx-preference": [f"example.org: MX {record.name} (mx3.example.org) has no preference; give every MX record one (priority)"]}
 
 
 def test_backup_preference_in_a_zone_file_is_caught(pack, libvirt_stack):
@@ -97,12 +111,6 @@ def test_sync_or_bgp_open_to_the_world_is_caught(pack, vultr_stack, port):
     rule.set("subnet", "0.0.0.0")
     rule.set("subnetSize", 0)
     assert list(violations(pack, broken)) == ["no-world-spamd-sync-or-bgp"]
-
-
-def _unset(resource: Registered, key: str) -> None:
-    """An optional input left out (the SDK sends no key for it)."""
-    resource.inputs.pop(key, None)
-    resource.outputs.pop(key, None)
 
 
 @pytest.mark.parametrize("port", ["8025", "179"])
