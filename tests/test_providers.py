@@ -381,3 +381,21 @@ def test_a_wait_that_timed_out_waits_again_for_the_same_snapshot_on_the_next_up(
         assert ready in again.ops("created") and again.plain(ready)["snapshotId"] == snapshots[snapshot]
         assert again.outputs["hosts"][host]["imageId"] == snapshots[snapshot]
     assert bucket.list_objects_v2(Bucket="mailsite-images").get("KeyCount", 0) == 0, "released once complete"
+
+
+def test_refresh_leaves_every_image_resource_as_it_was(tmp_path, null_bakes, moto_endpoint, bucket, fake_vultr):
+    # `pulumi refresh` calls Read with the outputs in state; these providers keep the SDK's Read,
+    # which answers them unchanged: a refresh neither rebakes, re-uploads nor asks Vultr.
+    with provider_process({**null_bakes, API_OVERRIDE: fake_vultr.url}) as provider:
+        provider.configure({"mailsite:target": "vultr", "vultr:apiKey": API_KEY}, secret_keys=("vultr:apiKey",))
+        run = run_program(_vultr(tmp_path, moto_endpoint), CloudMocks(fake_vultr), provider, config={"vultr:apiKey": API_KEY})
+        asked = len(fake_vultr.answers)
+        dynamic = [urn for urn in run.urns("") if "__provider" in run.state[urn].inputs.fields]
+        assert len(dynamic) == 9
+        for urn in dynamic:
+            old = run.state[urn]
+            read = provider.stub.Read(provider_pb2.ReadRequest(id=old.id, urn=urn, properties=unwrapped(old.outputs),
+                                                               inputs=unwrapped(old.inputs)))
+            assert read.id == old.id and rpc.deserialize_properties(read.properties) == run.plain(urn)
+            assert not read.HasField("inputs"), "the inputs in state stay as they are"
+    assert len(fake_vultr.answers) == asked

@@ -24,8 +24,8 @@ def object_store(store: ObjectStorage):
 
 
 def object_key(host: str, identity: str, upload: str) -> str:
-    # One key per upload: a replaced bake's delete (which runs after its replacement's upload,
-    # or at the start of the next up when this one failed) never removes the new upload.
+    # One key per upload: a replaced bake's delete, which the engine runs after its replacement's
+    # upload (at the end of that up, or of a later one if it failed), never removes the new upload.
     return f"mailsite/images/{host}-{identity}-{upload}.raw"
 
 
