@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .model import Site
-from .rotation import ControlError, HostControl, drain
+from .rotation import ControlError, HostControl, drain, rotation_order
 
 DECOMMISSION = "MAILSITE_DECOMMISSION"
 
@@ -67,10 +67,18 @@ def _duration(seconds: float) -> str:
 
 def _silent_peers(site: Site, departure: Departure, control: Callable[[str], HostControl], wait: float, poll: float,
                   clock: Callable[[], float], sleep: Callable[[float], None]) -> list[str]:
+    # The VMs are created and replaced along a chain, primary first (see MailSite). A peer
+    # before the departing host has been reached by this run already (kept, replaced: maybe
+    # still booting, so it is waited for, or just created). A peer after it has not: if no
+    # shell answers there at all, it is a host being added whose VM comes later in this run,
+    # not one that is out. A removed host goes at the end of the run: every peer is before it.
+    chain = [h.name for h in reversed(rotation_order(site))]
+    later = set(chain[chain.index(departure.name) + 1:]) if departure.reason == "replacement" else set()
     peers = {h.name: control(h.mx_name) for h in site.hosts if h.mx_name != departure.mx_name}
     deadline = clock() + wait
     while True:
         silent = [name for name, peer in peers.items() if not peer.answers_smtp()]
+        silent = [name for name in silent if name not in later or peers[name].reachable()]
         if not silent or clock() >= deadline:
             return silent
         sleep(poll)

@@ -29,6 +29,8 @@ class HostControl(Protocol):
 
     def answers_smtp(self) -> bool: ...
 
+    def reachable(self) -> bool: ...
+
     def key_versions(self) -> dict[str, str]: ...
 
     def replaced(self) -> None:
@@ -68,6 +70,14 @@ class CommandControl:
         outside, pf hands unknown IPv4 clients to spamd, which answers whether smtpd runs or not."""
         try:
             return "SMTP running" in self.smtpctl("show", "status")
+        except ControlError:
+            return False
+
+    def reachable(self) -> bool:
+        """A shell answers at all (the VM exists and runs), whatever smtpd does."""
+        try:
+            self._run("true")
+            return True
         except ControlError:
             return False
 

@@ -367,3 +367,32 @@ def test_replacing_every_host_goes_host_by_host_through_booting_peers_and_new_ho
         assert subprocess.run(["ssh-keygen", "-F", host.mx_name, "-f", str(known)], capture_output=True).returncode != 0, host.name
     assert mail.flush(lab, "mx2", lambda: len(mail.delivered(lab, marker)) == 1, 30)
     assert len(mail.delivered(lab, marker)) == 1, "queued on mx2 while the primary was away, delivered once"
+
+
+def test_adding_a_host_replaces_its_peers_before_the_new_vm_exists(lab):
+    """A new host changes its peers' images (spamd sync peers): they are replaced before its own
+    VM comes, later in the chain. Its silence then is no MX out; a peer that runs but takes no
+    mail still is."""
+    stack = lab.state["stack"]
+    settings = example_settings()
+    settings["hosts"].append({"name": "mx4", "role": "backup", "preference": 40, "fqdn": "mx4.example.org",
+                              "ipv4": "192.0.2.40", "ipv6": "2001:db8::40", "egressInterface": "vmx0"})
+    with_mx4 = site_of(settings)
+    lab_hosts = by_mx_name(lab)
+
+    def reach(mx_name: str) -> CommandControl:
+        # No VM at mx4 yet: nothing answers there (as ssh to an address no VM holds).
+        return CommandControl(["false"]) if mx_name == "mx4.example.org" else lab_hosts(mx_name)
+
+    mx1 = departing(with_mx4, stack, {"name": "mx1.example.org"}, None, None)
+    try:
+        lab.stop_daemon("mx3", "smtpd")
+        with pytest.raises(DepartureRefused, match="not taking mx1 down while mx3 takes no mail"):
+            drain_departing(with_mx4, mx1, reach, 30, peer_wait=2, poll=0.5)
+        lab.start_daemon("mx3", "smtpd")
+        assert wait_until(lambda: lab.smtpd_listening("mx3"), 15)
+        started = time.monotonic()
+        drain_departing(with_mx4, mx1, reach, 30, peer_wait=20, poll=0.5)
+        assert time.monotonic() - started < 10, "no wait for a host whose VM this run creates later"
+    finally:
+        _restart_smtpd(lab, "mx1", "mx3")
