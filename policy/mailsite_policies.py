@@ -403,6 +403,22 @@ def check_baked_image(args: ResourceValidationArgs, report: ReportViolation, uns
             report(f"{args.name} must boot only from this project's baked volumes (disks[].volumeId), not {', '.join(other)}")
 
 
+def check_images_from_bakes(args: StackValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
+    # The resource policy above sees only a value, and a stock snapshot id or qcow2 path looks like
+    # any other. Where a value comes from is known in every preview, even when the value is not:
+    # the engine sends each property's dependencies. This project's images are made by its dynamic
+    # resources (the bake, and the wait for Vultr's snapshot).
+    kinds = {r.urn: r.resource_type for r in args.resources}
+    for vm in _of(args.resources, INSTANCE) + _of(args.resources, VOLUME):
+        present = set(_keys(vm.props))
+        for prop in [p for p in ("snapshotId", "source", "baseVolumeId") if p in present]:
+            sources = _dependencies(vm, prop)
+            if not sources:
+                report(f"{vm.name}: {prop} is not made by this project's bake (it is set directly); boot only from a baked image", vm.urn)
+            elif others := sorted(kinds.get(u, "a resource outside the stack") for u in sources if kinds.get(u) != DYNAMIC):
+                report(f"{vm.name}: {prop} is not made by this project's bake (it comes from {', '.join(others)}); boot only from a baked image", vm.urn)
+
+
 def _clear_properties(resource) -> Iterator[tuple[str, Any]]:
     """Every scalar of a resource outside its declared secret properties, with its path."""
     secret = set(resource.opts.additional_secret_outputs or [])
@@ -461,6 +477,7 @@ POLICIES = [
     _resource("no-world-spamd-sync-or-bgp", "No firewall rule opens udp/8025 or tcp/179 to the world.", check_no_world_sync_or_bgp),
     _stack("backups-mta-only", "Backups do not expose 465/587.", check_backups_no_msa),
     _resource("baked-images-only", "Every instance boots from a baked image of this project.", check_baked_image),
+    _stack("baked-images-from-this-project", "Every VM's snapshot or disk is made by this project's bake.", check_images_from_bakes),
     _resource("queue-keys-secret", "Queue keys reach resources only as secrets.", check_keys_secret),
     _stack("keys-not-in-clear-elsewhere", "A key is nowhere in the stack in clear.", check_keys_not_elsewhere),
 ]

@@ -175,6 +175,21 @@ def test_sync_open_to_the_whole_ipv6_internet_is_caught(pack, vultr_stack):
     assert list(violations(pack, broken)) == ["no-world-spamd-sync-or-bgp"]
 
 
+@pytest.mark.parametrize("target, typ, key, stock", [
+    ("vultr", mailsite_policies.INSTANCE, "snapshotId", "9a8c0b7e-stock-openbsd-snapshot"),
+    ("libvirt", mailsite_policies.VOLUME, "source", "/var/lib/libvirt/images/openbsd77-stock.qcow2"),
+], ids=["vultr-snapshot", "libvirt-disk"])
+def test_a_vm_image_not_made_by_this_projects_bake_is_caught(pack, vultr_stack, libvirt_stack, target, typ, key, stock):
+    # A literal id or path is set and looks like any other: what gives it away is that no bake of
+    # this project makes it (the property depends on no resource).
+    broken = copy.deepcopy(vultr_stack if target == "vultr" else libvirt_stack)
+    vm = _find(broken, typ)
+    vm.set(key, stock)
+    vm.property_dependencies.pop(key)
+    assert violations(pack, broken) == {"baked-images-from-this-project": [
+        f"{vm.name}: {key} is not made by this project's bake (it is set directly); boot only from a baked image"]}
+
+
 def test_libvirt_volume_not_from_a_baked_image_is_caught(pack, libvirt_stack):
     broken = copy.deepcopy(libvirt_stack)
     disk = _find(broken, mailsite_policies.VOLUME)
