@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -113,10 +114,12 @@ def _of(resources: Iterable[Any], typ: str) -> list[Any]:
     return [r for r in resources if r.resource_type == typ]
 
 
-def _verifying(check: Callable[[Any, ReportViolation, list[str]], None]) -> Callable[[Any, ReportViolation], None]:
+def _verifying(policy: str, check: Callable[[Any, ReportViolation, list[str]], None]) -> Callable[[Any, ReportViolation], None]:
     """Runs a check that notes in `unseen` what it could not verify because a value is unknown.
     Nothing found but something unseen: say so as not-applicable, with what and why, rather than
-    pass silently; a violation found among the known values is reported as usual."""
+    pass silently; a violation found among the known values is reported as usual. The engine
+    drops a not-applicable reason (its policy summary keeps only passed and failed), but shows
+    each line the pack writes to stderr: the reason goes there too, for the reviewer to see."""
 
     def validate(args, report: ReportViolation) -> None:
         unseen: list[str] = []
@@ -128,7 +131,10 @@ def _verifying(check: Callable[[Any, ReportViolation, list[str]], None]) -> Call
 
         check(args, counted, unseen)
         if unseen and not found:
-            args.not_applicable("not verifiable before `up` (values known only then): " + "; ".join(dict.fromkeys(unseen)))
+            which = f"{args.name}: " if isinstance(args, ResourceValidationArgs) else ""  # a stack policy names its own
+            reason = which + "not verifiable before `up` (values known only then): " + "; ".join(dict.fromkeys(unseen))
+            print(f"mailsite policy {policy}: {reason}", file=sys.stderr, flush=True)
+            args.not_applicable(reason)
 
     validate.__name__ = check.__name__
     return validate
@@ -464,11 +470,11 @@ def check_keys_not_elsewhere(args: StackValidationArgs, report: ReportViolation,
 
 
 def _resource(name: str, description: str, validate: Callable) -> ResourceValidationPolicy:
-    return ResourceValidationPolicy(name=name, description=description, validate=_verifying(validate))
+    return ResourceValidationPolicy(name=name, description=description, validate=_verifying(name, validate))
 
 
 def _stack(name: str, description: str, validate: Callable) -> StackValidationPolicy:
-    return StackValidationPolicy(name=name, description=description, validate=_verifying(validate))
+    return StackValidationPolicy(name=name, description=description, validate=_verifying(name, validate))
 
 
 POLICIES = [

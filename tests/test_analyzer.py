@@ -195,12 +195,14 @@ class Analyzer:
 
 
 @contextlib.contextmanager
-def policy_pack_process():
-    """The pack started as the engine starts it; it prints its port, and is stopped on exit."""
+def policy_pack_process(errors=None):
+    """The pack started as the engine starts it; it prints its port, and is stopped on exit. Its
+    stderr goes to `errors` (a binary file): the engine shows each line of it in the preview."""
     env = {**os.environ, "PULUMI_PROJECT": "mailsite", "PULUMI_STACK": "pr", "PULUMI_DRY_RUN": "true",
            "PULUMI_ORGANIZATION": "organization", "PULUMI_CONFIG": "{}"}
     # The engine address is only handed through: the pack never calls the engine back.
-    errors = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads it while the pack runs
+    owned = errors is None
+    errors = tempfile.TemporaryFile() if owned else errors  # a file, not a pipe: nobody reads it while the pack runs
     process = subprocess.Popen([sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:1", "."], cwd=ROOT / "policy",
                                stdout=subprocess.PIPE, stderr=errors, env=env)
     try:
@@ -217,7 +219,8 @@ def policy_pack_process():
     finally:
         process.terminate()
         process.wait(timeout=10)
-        errors.close()
+        if owned:
+            errors.close()
 
 
 @pytest.fixture(scope="module")
@@ -360,6 +363,19 @@ def test_a_new_site_reports_no_violation_and_names_what_waits_for_up(analyzer, n
     waiting = {policy for policy, _ in findings.not_applicable}
     assert waiting <= {"no-world-spamd-sync-or-bgp", "backups-mta-only"}
     assert all("not verifiable before `up`" in reason and "port" in reason for _, reason in findings.not_applicable)
+
+
+def test_what_waits_for_up_is_printed_where_the_preview_shows_it(new_vultr_site, tmp_path):
+    # The engine keeps only passed/failed in its policy summary and drops not-applicable reasons;
+    # the pack's stderr is what it shows, each line an info diagnostic (plugin.go, runtrace).
+    with open(tmp_path / "pack-stderr", "w+b") as errors:
+        with policy_pack_process(errors) as stub:
+            findings = Analyzer(stub).preview(new_vultr_site)
+        errors.seek(0)
+        shown = errors.read().decode().splitlines()
+    assert findings.not_applicable
+    for policy, reason in findings.not_applicable:
+        assert f"mailsite policy {policy}: {reason}" in shown
 
 
 def test_a_backup_rule_is_matched_to_its_new_firewall_group_by_where_the_id_comes_from(analyzer, new_vultr_site):
