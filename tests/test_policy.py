@@ -190,6 +190,16 @@ def test_a_vm_image_not_made_by_this_projects_bake_is_caught(pack, vultr_stack, 
         f"{vm.name}: {key} is not made by this project's bake (it is set directly); boot only from a baked image"]}
 
 
+def test_a_vultr_snapshot_from_anything_but_the_bake_is_caught(pack, vultr_stack):
+    # e.g. a vultr.Snapshot of some other server, or a SnapshotFromUrl of a stock image.
+    broken = copy.deepcopy(vultr_stack)
+    vm = _find(broken, mailsite_policies.INSTANCE)
+    other = _find(broken, "vultr:index/firewallGroup:FirewallGroup")
+    vm.property_dependencies["snapshotId"] = [other.urn]
+    assert violations(pack, broken) == {"baked-images-from-this-project": [
+        f"{vm.name}: snapshotId is not made by this project's bake (it comes from {other.type}); boot only from a baked image"]}
+
+
 def test_libvirt_volume_not_from_a_baked_image_is_caught(pack, libvirt_stack):
     broken = copy.deepcopy(libvirt_stack)
     disk = _find(broken, mailsite_policies.VOLUME)
@@ -210,7 +220,8 @@ def test_libvirt_vm_booting_anything_but_baked_volumes_is_caught(pack, libvirt_s
     vm.set(key, [*vm.inputs["disks"], value] if how == "append" else [value] if how == "replace" else value)
     found = violations(pack, broken)
     assert list(found) == ["baked-images-only"]
-    assert found["baked-images-only"][0].startswith(f"{vm.name} must boot only from this project's baked volumes")
+    named = {"append": "disks.1.file", "replace": "disks.0.url", "set": "kernel"}[how]
+    assert found["baked-images-only"][0].startswith(f"{vm.name} must boot only from this project's baked volumes (disks[].volumeId), not {named}")
 
 
 @pytest.mark.parametrize("text", [
