@@ -56,6 +56,33 @@ def test_preview_comments_without_outputs_and_with_the_policy_pack():
     assert deploy["jobs"]["up"]["environment"] == "${{ matrix.stack }}", "every up waits for its environment's approval"
 
 
+def test_no_workflow_splices_a_value_into_a_script():
+    # A stack name comes from a file name in the pull request: spliced into `run:` with ${{ }}, a
+    # file named Pulumi.$(...).yaml would run its name as a command. Values go through env.
+    for workflow in WORKFLOWS:
+        for name, job in yaml.safe_load(workflow.read_text())["jobs"].items():
+            for step in job["steps"]:
+                assert "${{" not in step.get("run", ""), f"{workflow.name}: {name}: {step.get('name', step['run'][:40])}"
+
+
+def test_stack_list_refuses_a_file_name_that_is_not_a_stack_name(tmp_path):
+    jobs = yaml.safe_load((ROOT / ".github/workflows/pull-request.yml").read_text())["jobs"]
+    (step,) = [s for s in jobs["stacks"]["steps"] if s.get("id") == "list"]
+    for name in ("Pulumi.example.yaml", "Pulumi.prod.yaml", "Pulumi.$(touch pwned).yaml"):
+        (tmp_path / name).write_text("config: {}\n")
+    output = tmp_path / "github-output"
+    result = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=tmp_path, env={**os.environ, "GITHUB_OUTPUT": str(output)},
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "Pulumi.$(touch pwned).yaml" in result.stdout + result.stderr and "stack name" in result.stdout + result.stderr
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "Pulumi.$(touch pwned).yaml").unlink()
+    result = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=tmp_path, env={**os.environ, "GITHUB_OUTPUT": str(output)},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert output.read_text().splitlines()[-1] == 'stacks=["prod"]'
+
+
 # --- The config diff's comment: one per stack, found by its marker (issue 11.7) ---
 
 UPSERT = ROOT / ".github/scripts/upsert-comment.sh"
