@@ -580,3 +580,103 @@ def test_smallest_disk_the_model_accepts_is_one_disklabel_can_lay_out():
         # Accepted by the model, laid out by disklabel; refused by both well below that.
         assert _disklabel_allocate(template, smallest << 20) is not None, (messages, smallest)
         assert _disklabel_allocate(template, (smallest - 65) << 20) is None, (messages, smallest)
+
+
+_SLOW_BAKE = '''
+import sys
+from pathlib import Path
+from mailsite.images.bake import bake
+from tests.test_images import _request
+from tests.sites import site_of, example_settings
+tmp, template = Path(sys.argv[1]), Path(sys.argv[2])
+bake(_request(site_of(example_settings()), tmp, template=template), progress=lambda line: print(line, flush=True))
+'''
+
+
+def _slow_template(tmp_path) -> Path:
+    slow = tmp_path / "slow.pkr.hcl"
+    slow.write_text(NULL_TEMPLATE.read_text().replace('"umask 077",', '"echo bake-is-running; sleep 120",'))
+    return slow
+
+
+def _start_slow_bake(tmp_path):
+    import sys
+    import time
+
+    from tests.sites import ROOT
+
+    slow = _slow_template(tmp_path)
+    process = subprocess.Popen([sys.executable, "-c", _SLOW_BAKE, str(tmp_path), str(slow)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    seen = []
+    while time.monotonic() < deadline:  # the third shell script is the one that sleeps
+        line = process.stdout.readline()
+        seen.append(line)
+        if sum("Running local shell script" in line for line in seen) == 3:
+            time.sleep(1)
+            break
+    else:
+        process.kill()
+        raise AssertionError("the slow bake never started: " + "".join(seen))
+    work = next(Path("/tmp").glob(f"mailsite-bake-{process.pid}-*"))
+    return process, slow, work
+
+
+def _packer_running(template: Path) -> bool:
+    return subprocess.run(["pgrep", "-f", f"packer build -machine-readable -color=false .*{template}"],
+                          capture_output=True).returncode == 0
+
+
+def _wait_until(condition, seconds: float = 30) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def test_packer_and_its_vm_stop_when_the_process_running_the_bake_is_killed(example_site, tmp_path):
+    # What the Pulumi engine does to a provider at the end of a cancelled `up`: SIGKILL. packer runs
+    # in a session of its own (so that it can be stopped whole); it must not outlive the bake.
+    process, slow, _ = _start_slow_bake(tmp_path)
+    try:
+        assert _packer_running(slow)
+        os.kill(process.pid, 9)
+        process.wait(timeout=10)
+        assert _wait_until(lambda: not _packer_running(slow)), "packer (and its VM) outlived the killed bake"
+    finally:
+        subprocess.run(["pkill", "-f", f"packer build -machine-readable -color=false .*{slow}"])
+
+
+def test_sigterm_during_a_bake_stops_packer_and_removes_the_key_archive(example_site, tmp_path):
+    process, slow, work = _start_slow_bake(tmp_path)
+    try:
+        assert (work / "keys.tar").exists()
+        process.terminate()
+        process.wait(timeout=60)
+        assert not work.exists(), "the work directory with the key archive outlived a SIGTERM"
+        assert _wait_until(lambda: not _packer_running(slow))
+    finally:
+        subprocess.run(["pkill", "-f", f"packer build -machine-readable -color=false .*{slow}"])
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_next_bake_removes_the_key_archive_a_killed_bake_left(example_site, tmp_path):
+    import tempfile
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = Path(tempfile.mkdtemp(prefix=f"mailsite-bake-{dead.pid}-"))
+    (left / "keys.tar").write_bytes(key_archive(render_site(example_site)["mx2"]))
+    alive = Path(tempfile.mkdtemp(prefix=f"mailsite-bake-{os.getpid()}-"))  # a bake under way here
+    try:
+        bake(_request(example_site, tmp_path), progress=lambda _: None)
+        assert not left.exists(), "a dead bake's key archive stays in /tmp"
+        assert alive.exists(), "a running bake's work directory is not touched"
+    finally:
+        shutil.rmtree(left, ignore_errors=True)
+        shutil.rmtree(alive, ignore_errors=True)

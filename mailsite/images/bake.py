@@ -7,12 +7,15 @@ import json
 import os
 import secrets as random
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import jinja2
 
@@ -88,19 +91,25 @@ def bake(request: BakeRequest, progress: Callable[[str], None] = print) -> Baked
     settings = request.settings
     if settings.iso_sha256 is None and request.template == TEMPLATE:
         raise BakeError("mailsite:images.isoSha256 is not set; copy the install media's SHA256 from its SHA256 file")
+    _remove_dead_bakes()
     identity = identity_of(request)
     hit = cached_image(request, identity)
     if hit:
         progress(f"{request.host.name}: image {identity[:12]} already baked, reused")
         return BakedImage(identity, hit, cached=True)
+    with _terminated_as_exit():
+        return _bake(request, identity, progress)
 
+
+def _bake(request: BakeRequest, identity: str, progress: Callable[[str], None]) -> BakedImage:
+    settings = request.settings
     root = cache_root(settings)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(root, 0o700)  # images hold keys
     log_path = root / "logs" / f"{request.host.name}-{identity[:12]}.log"
     keys = [request.secrets.queue_key.get_secret_value(), request.secrets.spamd_sync_key.get_secret_value()]
     hidden = keys + [rendered.text for rendered in request.tree.values() if rendered.secret]
-    work = Path(tempfile.mkdtemp(prefix="mailsite-bake-"))  # mode 0700 by mkdtemp
+    work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))  # mode 0700 by mkdtemp
     try:
         variables = _prepare(request, work)
         var_file = work / "bake.pkrvars.json"
@@ -132,6 +141,46 @@ def bake(request: BakeRequest, progress: Callable[[str], None] = print) -> Baked
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(root / f".partial-{identity}", ignore_errors=True)
+
+
+# A bake's private work directory (site set, key archive): /tmp/mailsite-bake-<pid>-<random>.
+WORK_PREFIX = "mailsite-bake-"
+
+
+def _remove_dead_bakes() -> None:
+    """A bake killed outright (SIGKILL: the Pulumi engine ending a provider) cannot remove its work
+    directory, and the key archive in it would stay. The next bake removes those whose process is
+    gone; a directory of a live process (or of another user) is left alone."""
+    for work in Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}*-*"):
+        pid = work.name.removeprefix(WORK_PREFIX).split("-", 1)[0]
+        try:
+            if not pid.isdigit() or work.is_symlink() or work.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(work, ignore_errors=True)
+        except OSError:
+            continue
+
+
+@contextmanager
+def _terminated_as_exit() -> Iterator[None]:
+    """SIGTERM (a CI job cancelled, `kill`) ends Python without running `finally`: the work directory
+    and its key archive would stay. In the main thread, it raises SystemExit instead, so packer is
+    stopped and the directory removed as after Ctrl-C. (A provider's worker thread relies on
+    _remove_dead_bakes.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _private_file(path: Path, data: bytes) -> Path:

@@ -6,6 +6,7 @@ import functools
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -66,7 +67,7 @@ def run_packer(
     shown. Stops packer (its whole process group) on timeout or interrupt."""
     run = PackerRun()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = ["packer", "build", "-machine-readable", "-color=false", *arguments]
+    command = [*_dying_with_us(), "packer", "build", "-machine-readable", "-color=false", *arguments]
     env = {**os.environ, "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1"}
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -97,6 +98,16 @@ def run_packer(
         error = run.errors[0] if run.errors else f"packer exited with status {process.returncode}"
         raise BakeError(f"bake failed at {run.failed_step or _last(run)}: {error}; log: {log_path}")
     return run
+
+
+def _dying_with_us() -> list[str]:
+    """packer runs in a session of its own, so that it and its VM can be stopped as one group;
+    that also keeps it out of the group the Pulumi engine kills when it ends a provider. So the
+    kernel stops it (SIGTERM: packer then stops its VM) when the thread that started it dies:
+    util-linux's setpriv sets that (prctl PR_SET_PDEATHSIG) and executes packer. A preexec_fn
+    could not: Python code after fork() crashes a provider process that runs gRPC threads."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def _pump(process: subprocess.Popen, lines: queue.Queue) -> None:
