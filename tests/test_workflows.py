@@ -206,6 +206,16 @@ def test_diff_comment_found_among_many_pages_of_comments(tmp_path):
     assert github.writes == [("PATCH", "repos/{owner}/{repo}/issues/comments/104")]
 
 
+def test_diff_comment_skips_comments_without_a_body_or_author(tmp_path):
+    # A deleted user's comment has no `user`; the REST API may give `body: null`.
+    ghost = {"id": 106, "user": None, "body": "<!-- mailsite-diff:prod -->\nold"}
+    empty = {"id": 107, "user": BOT, "body": None}
+    github = FakeGitHub(tmp_path, [ghost, empty, PULUMI_PREVIEW])
+    result = _upsert(github, tmp_path, "mailsite-diff:prod", "diff\n")
+    assert result.returncode == 0, result.stderr
+    assert github.writes == [("POST", f"repos/{{owner}}/{{repo}}/issues/{PR}/comments")]
+
+
 def test_diff_comment_longer_than_github_takes_is_cut_with_a_note(tmp_path):
     github = FakeGitHub(tmp_path, [PULUMI_PREVIEW])
     result = _upsert(github, tmp_path, "mailsite-diff:prod", "### mailsite diff: prod\n" + "+ é line\n" * 20000)

@@ -45,7 +45,7 @@ trap 'rm -f "$payload"' EXIT
 # pipefail the whole script fails on a busy pull request).
 id=$(gh api --paginate "repos/{owner}/{repo}/issues/$pr/comments" |
   jq -rn --arg marker "$marker" \
-    '[inputs[] | select(.user.type == "Bot" and (.body | startswith($marker))) | .id] | first // empty')
+    '[inputs[] | select(.user.type? == "Bot" and ((.body // "") | startswith($marker))) | .id] | first // empty')
 
 if [ -n "$id" ]; then
   gh api --method PATCH "repos/{owner}/{repo}/issues/comments/$id" --input "$payload" >/dev/null
