@@ -207,7 +207,7 @@ def test_diff_comment_found_among_many_pages_of_comments(tmp_path):
 
 
 def test_diff_comment_skips_comments_without_a_body_or_author(tmp_path):
-    # A deleted user's comment has no `user`; the REST API may give `body: null`.
+    # GitHub's REST schema has `user` nullable and `body` optional on an issue comment.
     ghost = {"id": 106, "user": None, "body": "<!-- mailsite-diff:prod -->\nold"}
     empty = {"id": 107, "user": BOT, "body": None}
     github = FakeGitHub(tmp_path, [ghost, empty, PULUMI_PREVIEW])
