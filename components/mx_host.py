@@ -13,6 +13,7 @@ import pulumi_libvirt as libvirt
 
 from mailsite.departure import DECOMMISSION, PEER_BOOT_MINUTES, departing, drain_departing
 from mailsite.model import Host, HostAddresses, Site
+from mailsite.replacement import MX_HOST
 from mailsite.rotation import HostControl, ssh_to
 
 # OpenBSD names a vmxnet3 NIC vmx0; libvirt's default model (virtio) would be vio0.
@@ -72,7 +73,7 @@ class MxHost(pulumi.ComponentResource):
     instance_id: pulumi.Output[str]
 
     def __init__(self, name: str, args: MxHostArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("mailsite:index:MxHost", name, None, opts)
+        super().__init__(MX_HOST, name, None, opts)
         self.drain_hook = args.drain_hook
         # One VM at a time, in a chain: a change to every image replaces them one after the
         # other whatever `--parallel` says, and a destroy deletes them in the reverse order

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 SITE = "mail"
 
 
+MX_HOST = "mailsite:index:MxHost"  # the type token of components.mx_host.MxHost
+
+
 def host_resource(site: str, host: str) -> str:
     """The MxHost component: the VM and its reverse DNS are its children."""
     return f"{site}-{host}"
@@ -84,6 +87,12 @@ def _changes(steps: list[StepEventMetadata]) -> dict[str, str]:
     return changes
 
 
+def _hosts(steps: list[StepEventMetadata], site: str) -> set[str]:
+    """The hosts the preview holds, by their MxHost components (whether or not the stack file still names them)."""
+    prefix = f"{site}-"
+    return {_name(step.urn)[len(prefix):] for step in steps if step.type == MX_HOST and _name(step.urn).startswith(prefix)}
+
+
 @dataclass(frozen=True)
 class Decision:
     targets: list[str]  # for `up --target ... --target-dependents`
@@ -99,7 +108,11 @@ def decide_replacement(host: str, everything: list[StepEventMetadata], scoped: l
     if not targets:
         return Decision([], f"not replacing {host}: the stack holds none of its resources; run `pulumi up` for the site first")
     scoped_changes = _changes(scoped)
-    others = {urn: op for urn, op in _changes(everything).items() if urn not in scoped_changes and urn not in targets}
+    # The VMs form a chain (each depends on the one before), so the targeted preview also takes
+    # in the VMs after this host's: a change it shows there is another host's, not this one's.
+    others_own = {urn for other in _hosts(everything, site) if other != host for urn in host_resources(other, everything, site)}
+    others = {urn: op for urn, op in {**scoped_changes, **_changes(everything)}.items()
+              if urn not in targets and (urn not in scoped_changes or urn in others_own)}
     if others:
         listing = ", ".join(f"{_name(urn)} ({op})" for urn, op in sorted(others.items(), key=lambda item: _name(item[0])))
         return Decision(targets, f"not replacing {host}: `pulumi up` would also change {len(others)} other resource(s): {listing}; "

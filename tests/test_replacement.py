@@ -237,3 +237,22 @@ def test_failed_up_is_one_line_naming_what_stopped_it(libvirt_graph, with_cli, t
         automation_replace(STACK, str(tmp_path))(example_site.host("mx2"))
     assert str(refused.value).startswith('mx2: error: before hook "mailsite-drain" failed: not taking mx2 down')
     assert "\n" not in str(refused.value)
+
+
+def test_rotation_refuses_changes_to_other_hosts_that_its_targeted_up_would_carry(libvirt_graph):
+    """The VMs form a chain (each depends on the one before), so `--target-dependents` on mx2
+    takes in mx3's VM: a change pending there (a new `libvirt.memoryMib` updates every VM) shows
+    in the targeted preview too, and the rotation's `up` would apply it to mx3. Only mx2's own
+    resources, and what is not another host's (its DNS records), may change."""
+    memory = {"mail-mx1-vm": "update", "mail-mx2-vm": "update", "mail-mx3-vm": "update"}
+    ops = {**memory, **_rotation_of(libvirt_graph, "mx2")}
+    everything = steps_of(preview_events(libvirt_graph, ops))
+    scoped = steps_of(preview_events(libvirt_graph, {"mail-mx3-vm": "update", **_rotation_of(libvirt_graph, "mx2")}))
+    decision = decide_replacement("mx2", everything, scoped)
+    assert decision.refusal is not None
+    assert "mail-mx3-vm (update)" in decision.refusal and "mail-mx1-vm (update)" in decision.refusal
+    # The primary's rotation carries both backups' VMs along the chain.
+    ops = {**memory, **_rotation_of(libvirt_graph, "mx1")}
+    scoped = steps_of(preview_events(libvirt_graph, {**memory, **_rotation_of(libvirt_graph, "mx1")}))
+    decision = decide_replacement("mx1", steps_of(preview_events(libvirt_graph, ops)), scoped)
+    assert decision.refusal is not None and "2 other resource(s)" in decision.refusal
