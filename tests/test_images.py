@@ -680,3 +680,47 @@ def test_next_bake_removes_the_key_archive_a_killed_bake_left(example_site, tmp_
     finally:
         shutil.rmtree(left, ignore_errors=True)
         shutil.rmtree(alive, ignore_errors=True)
+
+
+def _autorespond(response_file: list[str], question: str, default: str) -> str:
+    """install.sub's _autorespond: the first line whose key is in the question (lowercased, at
+    word boundaries) answers it and is taken out of the file; else the default."""
+    for index, line in enumerate(response_file):
+        line = line.strip(" \t")
+        if not re.fullmatch(r"[^#=].*=.+", line):
+            continue
+        key, value = line.split("=", 1)
+        if _answers(key.rstrip(" \t"), question):
+            del response_file[index]
+            return value.lstrip(" \t")
+    assert default, f"Question has no answer in response file: {question}"
+    return default
+
+
+@pytest.mark.parametrize("interface", ["vmx0", "vio0"])
+def test_cd_autoinstall_walks_through_with_the_bakes_answers(example_site, tmp_path, interface):
+    host = example_site.host("mx2").model_copy(update={"egress_interface": interface})
+    request = _request(example_site, tmp_path)
+    request = BakeRequest(host, request.tree, request.secrets, request.settings, "raw", request.template)
+    variables = _prepare(request, tmp_path)
+    response_file = (tmp_path / "http/install.conf").read_text().splitlines()
+    transcript = (FIXTURES / "openbsd-cd-autoinstall-transcript.txt").read_text().replace("$_if", interface)
+    answers = []
+    for line in transcript.splitlines():
+        if line and not line.startswith("#"):
+            question, default = re.fullmatch(r"(.*) \[(.*)\]", line).groups()
+            answers.append((question.split("?")[0], _autorespond(response_file, question, default)))
+    given = dict(answers)
+    assert [answer for question, answer in answers if question == "Network interface to configure"] == [interface, "done"]
+    assert [answer for question, answer in answers if question == "Location of sets"] == ["cd0", "done"]
+    assert [answer for question, answer in answers if question == "Set name(s)"] == ["-game* -x*", "done"]
+    assert given["System hostname"] == "mx2" and given[f"IPv4 address for {interface}"] == "autoconf"
+    assert given["Public ssh key for root account"].startswith("ssh-ed25519 ")
+    assert given["Allow root ssh login"] == "prohibit-password" and given["Do you expect to run the X Window System"] == "no"
+    assert given["Use (W)hole disk MBR, whole disk (G)PT or (E)dit"] == "whole"
+    assert given["URL to autopartitioning template for disklabel"] == f"http://{QEMU_HOST_ADDRESS}:{variables['http_port']}/disklabel"
+    # The CD's sets carry no SHA256.sig; packer has checked the CD's SHA256 before booting it.
+    assert given["Directory does not contain SHA256.sig. Continue without verification"] == "yes", \
+        "the installer stops before installing a single set"
+    leftover = [line for line in response_file if re.fullmatch(r"[^#=].*=.+", line.strip())]
+    assert leftover == [], f"lines the installer never asks for: {leftover}"
