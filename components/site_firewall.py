@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 from typing import Mapping
@@ -38,26 +39,36 @@ class SiteFirewall(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self),
                 )
                 self.group_ids[host.name] = group.id
-                # Peers' addresses are outputs, but how many rules there are is fixed by the model
-                # (services and how many sources each has): count them on stand-in addresses, then
-                # fill each rule in from the real ones.
+                # Peers' addresses are outputs, unknown until their reserved IPs exist; everything
+                # else in a rule (family, protocol, port, prefix length, every other source) the
+                # model fixes. So each rule is taken from the model, on stand-in addresses, and only
+                # a peer's address comes from the output: a first preview shows every port, and the
+                # policy pack can judge the rules then, not only after the `up`.
                 stand_ins = _stand_in(site)
+                peers = {str(a.ipv4) for a in stand_ins.values()}
                 shape = cloud_rules(inbound_services(site, host, stand_ins))
                 rules = every.apply(lambda addresses, h=host: cloud_rules(inbound_services(site, h, addresses)))
-                for index, stand_in in enumerate(shape):
-                    rule = rules.apply(lambda found, i=index: found[i])
+                for index, known in enumerate(shape):
+                    subnet = rules.apply(lambda found, i=index, k=known: _peer_address(found[i], k)) if known.subnet in peers else known.subnet
                     vultr.FirewallRule(
-                        f"{name}-{host.name}-{_rule_name(stand_in, stand_ins)}",
+                        f"{name}-{host.name}-{_rule_name(known, stand_ins)}",
                         firewall_group_id=group.id,
-                        ip_type=rule.ip_type,
-                        protocol=rule.protocol,
-                        subnet=rule.subnet,
-                        subnet_size=rule.subnet_size,
-                        port=rule.port,
-                        notes=rule.notes,
+                        ip_type=known.ip_type,
+                        protocol=known.protocol,
+                        subnet=subnet,
+                        subnet_size=known.subnet_size,
+                        port=known.port,
+                        notes=known.notes,
                         opts=pulumi.ResourceOptions(parent=group),
                     )
         self.register_outputs({"groupIds": self.group_ids})
+
+
+def _peer_address(found: CloudRule, known: CloudRule) -> str:
+    # The rules are made in the model's order, whatever the addresses: a difference here is a bug.
+    if dataclasses.replace(found, subnet=known.subnet) != known:
+        raise AssertionError(f"firewall rule {known.notes!r} has another shape on the real addresses: {found}")
+    return found.subnet
 
 
 def _rule_name(rule: CloudRule, stand_ins: dict[str, HostAddresses]) -> str:

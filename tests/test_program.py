@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import pulumi
 import pytest
+from pulumi.output import Unknown
 
 from mailsite.config import load_site
 from mailsite.keys import new_key
@@ -38,12 +39,16 @@ class Recorded:
 class SiteMocks(pulumi.runtime.Mocks):
     """Stands in for the providers: echoes inputs and makes up what only a cloud would know."""
 
-    def __init__(self, recorded: Recorded):
+    def __init__(self, recorded: Recorded, first_preview: bool = False):
         self.recorded = recorded
         self.next_ipv4 = ipaddress.IPv4Address("203.0.113.10")
+        self.first_preview = first_preview  # nothing exists yet: what only the cloud knows is unknown
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         outputs = dict(args.inputs)
+        if self.first_preview:
+            self.recorded.resources.append(args)
+            return [f"{args.name}-id", outputs]
         if args.typ == "vultr:index/reservedIp:ReservedIp":
             outputs["subnet"] = str(self.next_ipv4)
             self.next_ipv4 += 10
@@ -77,11 +82,13 @@ def vultr_settings(settings: dict) -> dict:
     return settings
 
 
-def evaluate(settings: dict) -> Recorded:
-    """Run the program under mocks with these `mailsite:` settings; return what it registered."""
+def evaluate(settings: dict, first_preview: bool = False) -> Recorded:
+    """Run the program under mocks with these `mailsite:` settings; return what it registered.
+    `first_preview`: as `pulumi preview` of a new stack, where every cloud-made output is unknown."""
     recorded = Recorded()
-    mocks = SiteMocks(recorded)
-    pulumi.runtime.set_mocks(mocks, project="mailsite", stack="test", preview=False, monitor=HookMonitor(mocks, recorded.registered))
+    mocks = SiteMocks(recorded, first_preview)
+    pulumi.runtime.set_mocks(mocks, project="mailsite", stack="test", preview=first_preview,
+                             monitor=HookMonitor(mocks, recorded.registered))
     pulumi.runtime.set_all_config({f"mailsite:{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in settings.items()})
 
     @pulumi.runtime.test
@@ -197,6 +204,27 @@ def test_vultr_firewall_is_exactly_the_rule_set_and_nothing_wider(vultr_site):
     for instance in vultr_site.of("vultr:index/instance:Instance"):
         host = instance.name.split("-")[1]
         assert instance.inputs["firewallGroupId"] == groups[f"mail-firewall-{host}"]
+
+
+def test_first_preview_shows_every_firewall_port_and_source_but_the_peers_addresses(vultr_site):
+    """A new stack's preview knows no reserved IP yet. Only a spamd-sync rule's source (a peer's
+    address) waits for one: every port, protocol and prefix length, and every other source, is
+    the model's, so the policy pack can judge the firewall in the pull request's preview."""
+    preview = evaluate(vultr_settings(inline_secrets(example_settings())), first_preview=True)
+    rules = preview.of("vultr:index/firewallRule:FirewallRule")
+    assert {r.name for r in rules} == {r.name for r in vultr_site.of("vultr:index/firewallRule:FirewallRule")}
+    for rule in rules:
+        fields = rule.inputs
+        assert {"ipType", "protocol", "subnetSize", "notes"} <= set(fields), f"{rule.name}: {sorted(fields)}"
+        assert not any(isinstance(v, Unknown) for k, v in fields.items() if k != "subnet"), f"{rule.name}: {fields}"
+        assert fields["protocol"] == "icmp" or isinstance(fields.get("port"), str), f"{rule.name}: no port at preview"
+        if fields["notes"].startswith("spamd-sync:"):
+            assert isinstance(fields["subnet"], Unknown), f"{rule.name}: a peer's address known before its reserved IP exists?"
+            assert (fields["ipType"], fields["protocol"], fields["port"], int(fields["subnetSize"])) == ("v4", "udp", "8025", 32)
+        else:
+            assert isinstance(fields.get("subnet"), str), f"{rule.name}: source unknown at preview"
+    ports = {(r.name.split("-")[2], r.inputs["protocol"], r.inputs.get("port")) for r in rules}
+    assert ("mx1", "tcp", "587") in ports and ("mx2", "tcp", "587") not in ports
 
 
 VMS = ("vultr:index/instance:Instance", "libvirt:index/domain:Domain")
