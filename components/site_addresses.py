@@ -57,7 +57,12 @@ class SiteAddresses(pulumi.ComponentResource):
                 # could only hand a stray guest an address of the site's.
                 dhcp=libvirt.NetworkDhcpArgs(enabled=False),
                 autostart=True,
-                opts=child,
+                # `dhcp` forces a new network (ForceNew in terraform-provider-libvirt 0.8.1), and
+                # a network made before this setting has DHCP on. Replacing it would cut every MX
+                # off at once (a running VM does not rejoin a recreated bridge), and no drain hook
+                # runs, since no VM is deleted. So only a new network gets it; an existing one
+                # keeps its DHCP until it is recreated on purpose.
+                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(ignore_changes=["dhcp"])),
             )
             self.network_id = network.id
             self.addresses = {

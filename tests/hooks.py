@@ -20,6 +20,7 @@ class Registered:
     urns: dict = field(default_factory=dict)  # resource name -> URN
     types: dict = field(default_factory=dict)  # resource name -> type token
     parents: dict = field(default_factory=dict)  # resource name -> parent URN ('' for the stack)
+    ignore_changes: dict = field(default_factory=dict)  # resource name -> input names the engine diffs without
 
 
 class HookMonitor(MockMonitor):
@@ -41,6 +42,7 @@ class HookMonitor(MockMonitor):
         self.registered.urns[request.name] = response.urn
         self.registered.types[request.name] = request.type
         self.registered.parents[request.name] = request.parent
+        self.registered.ignore_changes[request.name] = list(request.ignoreChanges)
         return response
 
 

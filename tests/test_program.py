@@ -138,6 +138,14 @@ def test_libvirt_leaves_the_addresses_to_the_image(libvirt_site):
     assert network.inputs["dhcp"] == {"enabled": False}
 
 
+def test_turning_dhcp_off_does_not_replace_an_existing_network(libvirt_site):
+    """`dhcp` is ForceNew in terraform-provider-libvirt 0.8.1 (libvirt/resource_libvirt_network.go),
+    and a network made by an earlier version of this program has it on: replacing the network
+    under three running MXes takes the whole site off the net at once, with no drain."""
+    (network,) = libvirt_site.of("libvirt:index/network:Network")
+    assert "dhcp" in libvirt_site.registered.ignore_changes[network.name]
+
+
 def test_libvirt_zone_files_hold_mx_a_aaaa_and_ptr(libvirt_site):
     zones = {r.inputs["path"]: r.inputs["text"] for r in libvirt_site.of(DYNAMIC) if "path" in r.inputs and r.inputs["path"].endswith(".zone")}
     org = zones["zones/example.org.zone"]
