@@ -724,3 +724,23 @@ def test_cd_autoinstall_walks_through_with_the_bakes_answers(example_site, tmp_p
         "the installer stops before installing a single set"
     leftover = [line for line in response_file if re.fullmatch(r"[^#=].*=.+", line.strip())]
     assert leftover == [], f"lines the installer never asks for: {leftover}"
+
+
+@pytest.mark.parametrize("interface,nic", [("vio0", "virtio-net"), ("vmx0", "vmxnet3"), ("em0", "e1000"), ("re1", "rtl8139")])
+def test_bake_vm_gets_the_nic_openbsd_names_as_the_host_interface(example_site, tmp_path, interface, nic):
+    host = example_site.host("mx2").model_copy(update={"egress_interface": interface})
+    request = _request(example_site, tmp_path)
+    request = BakeRequest(host, request.tree, request.secrets, request.settings, "raw", request.template)
+    assert _prepare(request, tmp_path)["nic_model"] == nic
+
+
+def test_interface_no_qemu_nic_provides_is_refused_before_packer(example_site, tmp_path):
+    host = example_site.host("mx2").model_copy(update={"egress_interface": "xl0"})
+    request = _request(example_site, tmp_path)
+    request = BakeRequest(host, request.tree, request.secrets, request.settings, "raw", request.template)
+    with pytest.raises(BakeError) as raised:
+        bake(request, progress=lambda _: None)
+    message = str(raised.value)
+    assert message.startswith("mailsite:hosts[mx2].egressInterface = xl0: the bake's qemu has no NIC"), message
+    assert "vio0 (virtio-net)" in message and "\n" not in message
+    assert not (tmp_path / "cache").exists(), "nothing baked, nothing cached"

@@ -48,9 +48,25 @@ class BakedImage:
     cached: bool  # True when no packer ran
 
 
-def nic_model(host: Host) -> str:
-    """The NIC qemu gives the bake: the one the host runs with, so pf sees the same interface."""
-    return "vmxnet3" if host.egress_interface.startswith("vmx") else "virtio-net"
+# OpenBSD's driver name (the interface without its number) -> the qemu NIC it drives.
+QEMU_NICS = {"vio": "virtio-net", "vmx": "vmxnet3", "em": "e1000", "re": "rtl8139"}
+
+
+def nic_model(host: Host) -> str | None:
+    """The NIC qemu gives the bake: the one the host runs with, so that the installer, pf and the
+    hostname.if file see the interface the configs name. None: no qemu NIC gets that name."""
+    return QEMU_NICS.get(host.egress_interface.rstrip("0123456789"))
+
+
+def _nic_or_refuse(host: Host) -> str:
+    model = nic_model(host)
+    if model is None:
+        # Without it the installer is asked for an interface the VM lacks, and the bake waits
+        # out ssh_timeout (an hour) for a VM that never comes up.
+        known = ", ".join(f"{driver}0 ({nic})" for driver, nic in QEMU_NICS.items())
+        raise BakeError(f"mailsite:hosts[{host.name}].egressInterface = {host.egress_interface}: the bake's qemu has "
+                        f"no NIC that OpenBSD names so; use the interface the host runs with, one of {known}")
+    return model
 
 
 def accelerator() -> str:
@@ -67,7 +83,7 @@ def identity_of(request: BakeRequest, version: str | None = None) -> str:
         openbsd_version=settings.openbsd_version,
         media_sha256=settings.iso_sha256 or "",
         image_format=request.image_format,
-        nic_model=nic_model(request.host),
+        nic_model=nic_model(request.host) or request.host.egress_interface,
         disk_size=settings.disk_size,
         disklabel_template=render_disklabel_template(settings.disk_layout()),
     )
@@ -91,6 +107,7 @@ def bake(request: BakeRequest, progress: Callable[[str], None] = print) -> Baked
     settings = request.settings
     if settings.iso_sha256 is None and request.template == TEMPLATE:
         raise BakeError("mailsite:images.isoSha256 is not set; copy the install media's SHA256 from its SHA256 file")
+    _nic_or_refuse(request.host)
     _remove_dead_bakes()
     identity = identity_of(request)
     hit = cached_image(request, identity)
@@ -233,7 +250,7 @@ def _prepare(request: BakeRequest, work: Path) -> dict[str, str]:
         "vm_name": request.host.name,
         "format": request.image_format,
         "accelerator": accelerator(),
-        "nic_model": nic_model(request.host),
+        "nic_model": _nic_or_refuse(request.host),
         "disk_size": settings.disk_size,
         "http_directory": str(http),
         "http_port": str(port),
