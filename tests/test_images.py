@@ -229,6 +229,8 @@ def _fake_root(site, tmp_path) -> Path:
     archive = tmp_path / "site.tgz"
     archive.write_bytes(site_set(render_site(site)["mx2"]))
     subprocess.run(["tar", "-xzpf", str(archive), "-C", str(root)], check=True)
+    # What a fresh OpenBSD has besides: the certificate directories.
+    (root / "etc/ssl/private").mkdir(parents=True, mode=0o700)
     return root
 
 
@@ -238,8 +240,33 @@ _STUBS = {
     "rcctl": 'echo "rcctl $*" >> "$LOG"; for d in "$@"; do echo "${d}_flags=" >> /etc/rc.conf.local; done',
     "chown": 'echo "chown $*" >> "$LOG"',
     "crontab": 'echo "crontab $*" >> "$LOG"; [ "$1" = - ] && cat >> "$LOG.crontab"; exit 0',
-    "openssl": 'echo "openssl $*" >> "$LOG"; while [ $# -gt 0 ]; do case $1 in -keyout|-out) mkdir -p "$(dirname "$2")"; echo fake > "$2";; esac; shift; done',
+    # Like the real one, it creates no directory: a missing one fails the command.
+    "openssl": 'echo "openssl $*" >> "$LOG"; while [ $# -gt 0 ]; do case $1 in -keyout|-out) echo fake > "$2" || exit 1;; esac; shift; done',
 }
+
+
+def _run_install_site(root: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, body in _STUBS.items():
+        (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
+        (stubs / name).chmod(0o755)
+    script = ("mount --make-rprivate / && for d in etc root usr/local/sbin; do mkdir -p /$d; mount --bind \"$FAKE/$d\" /$d; done"
+              " && sh \"$FAKE/install.site\"")
+    return subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "FAKE": str(root), "LOG": str(tmp_path / "calls.log"), "PATH": f"{stubs}:{os.environ['PATH']}"})
+
+
+def test_first_certificate_is_made_in_a_directory_the_system_lacks(tmp_path):
+    settings = example_settings()
+    settings["tls"] = {"certificate": "/etc/ssl/acme/{fqdn}.fullchain.pem", "key": "/etc/ssl/acme/private/{fqdn}.key"}
+    root = _fake_root(site_of(settings), tmp_path)
+    result = _run_install_site(root, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (root / "etc/ssl/acme/mx2.example.org.fullchain.pem").is_file()
+    key = root / "etc/ssl/acme/private/mx2.example.org.key"
+    assert key.is_file() and key.stat().st_mode & 0o777 == 0o600
+    assert key.parent.stat().st_mode & 0o777 == 0o700, "the key's directory is private, as /etc/ssl/private is"
 
 
 def test_install_site_leaves_the_rendered_rc_conf_local_as_it_is(example_site, tmp_path):
