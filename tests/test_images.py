@@ -115,6 +115,9 @@ def test_boot_command_and_install_conf_agree_on_packers_http_server(example_site
     # "Response file location?": a URL ending in install.conf, so it asks no "(I)nstall or (U)pgrade?".
     assert keys[0].startswith("a<enter>")
     assert keys[1] == "http://{{ .HTTPIP }}:{{ .HTTPPort }}/install.conf<enter>"
+    # install.conf, a file Packer serves as it is, names the host as qemu's user network shows it
+    # to the guest: Packer's {{ .HTTPIP }} is that address unless net_bridge puts the VM elsewhere.
+    assert "net_bridge" not in template and "netdev" not in template and QEMU_HOST_ADDRESS == "10.0.2.2"
     # Packer's one port is the one install.conf names for the disklabel template.
     assert "http_port_min    = var.http_port" in template and "http_port_max    = var.http_port" in template
     variables = _prepare(_request(example_site, tmp_path), tmp_path)
