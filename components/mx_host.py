@@ -13,7 +13,7 @@ import pulumi_libvirt as libvirt
 
 from mailsite.departure import DECOMMISSION, PEER_BOOT_MINUTES, departing, drain_departing
 from mailsite.model import Host, HostAddresses, Site
-from mailsite.replacement import MX_HOST
+from mailsite.replacement import MX_HOST, vm_of
 from mailsite.rotation import HostControl, ssh_to
 
 # OpenBSD names a vmxnet3 NIC vmx0; libvirt's default model (virtio) would be vio0.
@@ -40,7 +40,7 @@ def drain_callback(site: Site, stack: str, control: Callable[[str], HostControl]
     drain it (see mailsite.departure for why each case is decided as it is)."""
 
     async def before_delete(args: pulumi.ResourceHookArgs) -> None:
-        departure = departing(site, stack, args.old_inputs, args.old_outputs, os.environ.get(DECOMMISSION))
+        departure = departing(site, stack, args.old_inputs, args.old_outputs, os.environ.get(DECOMMISSION), vm=args.name)
         # The drain takes up to drainMinutes; the program's event loop also serves the engine's
         # other callbacks meanwhile, so it runs in a thread.
         await asyncio.to_thread(drain_departing, site, departure, control, site.queue.drain_minutes * 60, peer_wait, poll)
@@ -90,7 +90,7 @@ class MxHost(pulumi.ComponentResource):
     def _vultr(self, name: str, args: MxHostArgs) -> None:
         host, site = args.host, args.site
         instance = vultr.Instance(
-            f"{name}-instance",
+            vm_of(name, "vultr"),
             region=site.vultr.region,
             plan=site.vultr.plan,
             snapshot_id=args.image,
@@ -126,7 +126,7 @@ class MxHost(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["source"]),
         )
         domain = libvirt.Domain(
-            f"{name}-vm",
+            vm_of(name, "libvirt"),
             name=host.mx_name,
             description=f"mailsite {host.role} MX, preference {host.preference}",
             memory=site.libvirt.memory_mib,

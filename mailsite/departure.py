@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .model import Site
+from .replacement import SITE, vm_resource
 from .rotation import ControlError, HostControl, drain, rotation_order
 
 DECOMMISSION = "MAILSITE_DECOMMISSION"
@@ -45,9 +46,9 @@ def _plain(value: Any) -> str | None:
 
 
 def departing(site: Site, stack: str, old_inputs: Mapping[str, Any] | None, old_outputs: Mapping[str, Any] | None,
-              decommission: str | None) -> Departure:
+              decommission: str | None, vm: str | None = None) -> Departure:
     """Which MX a deleted VM is, from what the engine hands the hook (Vultr's `hostname`, the
-    libvirt domain's `name`: both are the MX name)."""
+    libvirt domain's `name`: both are the MX name the VM was made with; `vm`: its resource name)."""
     recorded = {**(old_inputs or {}), **(old_outputs or {})}
     mx_name = _plain(recorded.get("hostname")) or _plain(recorded.get("name"))
     if mx_name is None:
@@ -56,7 +57,10 @@ def departing(site: Site, stack: str, old_inputs: Mapping[str, Any] | None, old_
     if decommission is not None and decommission != stack:
         raise DepartureRefused(f"{DECOMMISSION}={decommission} does not name this stack ({stack}); "
                                f"set {DECOMMISSION}={stack} to decommission it, or unset it")
-    host = next((h for h in site.hosts if h.mx_name == mx_name), None)
+    # A host whose fqdn changed is replaced under its old name: its VM's resource name says
+    # which host it still is, or the hook would wait for the host's own new VM as a peer.
+    host = next((h for h in site.hosts if h.mx_name == mx_name), None) or \
+        next((h for h in site.hosts if vm is not None and vm == vm_resource(SITE, h.name, site.target)), None)
     reason = "decommission" if decommission else "replacement" if host else "removal"
     return Departure(mx_name, host.name if host else mx_name, reason)
 
@@ -74,7 +78,7 @@ def _silent_peers(site: Site, departure: Departure, control: Callable[[str], Hos
     # not one that is out. A removed host goes at the end of the run: every peer is before it.
     chain = [h.name for h in reversed(rotation_order(site))]
     later = set(chain[chain.index(departure.name) + 1:]) if departure.reason == "replacement" else set()
-    peers = {h.name: control(h.mx_name) for h in site.hosts if h.mx_name != departure.mx_name}
+    peers = {h.name: control(h.mx_name) for h in site.hosts if h.name != departure.name and h.mx_name != departure.mx_name}
     deadline = clock() + wait
     while True:
         silent = [name for name, peer in peers.items() if not peer.answers_smtp()]

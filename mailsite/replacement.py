@@ -33,6 +33,15 @@ def host_resource(site: str, host: str) -> str:
     return f"{site}-{host}"
 
 
+def vm_of(mx_host: str, target: str) -> str:
+    """The VM itself (a Vultr Instance, a libvirt Domain), a child of the MxHost named `mx_host`."""
+    return f"{mx_host}-{'instance' if target == 'vultr' else 'vm'}"
+
+
+def vm_resource(site: str, host: str, target: str) -> str:
+    return vm_of(host_resource(site, host), target)
+
+
 def image_resource(site: str, host: str) -> str:
     """The HostImage component: the bake and its upload are its children."""
     return f"{site}-{host}-image"

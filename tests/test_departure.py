@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailsite.departure import DECOMMISSION, DepartureRefused, departing
+from mailsite.departure import DECOMMISSION, DepartureRefused, departing, drain_departing
+from tests.sites import example_settings, site_of
 
 
 def test_departing_host_is_found_by_its_vm_hostname_on_both_targets(example_site):
@@ -28,3 +29,45 @@ def test_decommission_is_the_operators_word_for_this_stack_only(example_site):
 def test_vm_state_naming_no_host_is_not_deleted_undrained(example_site):
     with pytest.raises(DepartureRefused, match="names no host"):
         departing(example_site, "prod", {"memory": 1024}, {}, None)
+
+
+class _Host:
+    """One MX as the hook reaches it: answers SMTP or not; its queue drains at once."""
+
+    def __init__(self, answers: bool):
+        self.answers, self.paused, self.forgotten = answers, False, False
+
+    def smtpctl(self, *arguments: str) -> str:
+        if arguments == ("show", "status"):
+            return "SMTP paused\n" if self.paused else "SMTP running\n"
+        if arguments == ("pause", "smtp"):
+            self.paused = True
+        return ""
+
+    def answers_smtp(self) -> bool:
+        return self.answers
+
+    def reachable(self) -> bool:
+        return self.answers
+
+    def key_versions(self) -> dict[str, str]:
+        return {}
+
+    def replaced(self) -> None:
+        self.forgotten = True
+
+
+def test_renamed_host_is_replaced_as_itself_not_waited_for_as_a_peer(example_site):
+    """A host's `fqdn` changed (mx2.example.org -> mx2.example.net) replaces its VM (the hostname
+    forces a new one). The VM's old hostname names no host of the stack file any more, but the
+    VM is still mx2's: the hook must drain mx2, not wait for "mx2.example.net" (its own new VM,
+    which comes after this delete) as a peer that takes no mail."""
+    settings = example_settings()
+    next(h for h in settings["hosts"] if h["name"] == "mx2")["fqdn"] = "mx2.example.net"
+    renamed = site_of(settings)
+    departure = departing(renamed, "prod", {"name": "mx2.example.org"}, {"name": "mx2.example.org"}, None, vm="mail-mx2-vm")
+    assert (departure.name, departure.mx_name, departure.reason) == ("mx2", "mx2.example.org", "replacement")
+    hosts = {"mx1.example.org": _Host(True), "mx3.example.org": _Host(True), "mx2.example.org": _Host(True),
+             "mx2.example.net": _Host(False)}
+    drain_departing(renamed, departure, hosts.__getitem__, drain_timeout=5, peer_wait=1, poll=0.1)
+    assert hosts["mx2.example.org"].paused and hosts["mx2.example.org"].forgotten
