@@ -114,7 +114,8 @@ def decide_replacement(host: str, everything: list[StepEventMetadata], scoped: l
     preview targeted at the host's resources with their dependents (a replaced VM's new address
     reaches DNS records: those belong to this replacement, other hosts' changes do not)."""
     targets = host_resources(host, everything, site)
-    if not targets:
+    # A stack never deployed: the preview names the host's resources, each to be created.
+    if not targets or all(_changes(everything).get(urn) == "create" for urn in targets):
         return Decision([], f"not replacing {host}: the stack holds none of its resources; run `pulumi up` for the site first")
     scoped_changes = _changes(scoped)
     # The VMs form a chain (each depends on the one before), so the targeted preview also takes

@@ -256,3 +256,11 @@ def test_rotation_refuses_changes_to_other_hosts_that_its_targeted_up_would_carr
     scoped = steps_of(preview_events(libvirt_graph, {**memory, **_rotation_of(libvirt_graph, "mx1")}))
     decision = decide_replacement("mx1", steps_of(preview_events(libvirt_graph, ops)), scoped)
     assert decision.refusal is not None and "2 other resource(s)" in decision.refusal
+
+
+def test_rotation_of_a_stack_never_deployed_says_so(libvirt_graph):
+    """A new stack's preview creates everything (the default providers too): the rotation's
+    answer is that the site is not up yet, not a list of forty "other" changes to undo."""
+    created = steps_of(preview_events(libvirt_graph, {name: "create" for name in libvirt_graph.names}))
+    decision = decide_replacement("mx2", created, created)
+    assert decision.refusal is not None and "holds none of its resources" in decision.refusal
