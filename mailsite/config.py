@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,6 +20,8 @@ _SECRET_SETTINGS = {"mailsite:secrets.queueKeys", "mailsite:secrets.spamdSyncKey
 MAX_STACK_BYTES = 1 << 20
 MAX_VALUES = 200_000  # values after aliases are expanded
 MAX_DEPTH = 64
+MAX_NUMBER_CHARACTERS = 100  # an AS number or a size is a few digits
+_NUMBERS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
 
 
 def load_site(settings: Mapping[str, Any]) -> Site:
@@ -72,6 +76,9 @@ def _check_nodes(root: yaml.Node) -> None:
                 total += size(key, depth + 1) + size(value, depth + 1)
         elif isinstance(node, yaml.SequenceNode):
             total += sum(size(item, depth + 1) for item in node.value)
+        elif node.tag in _NUMBERS and len(node.value) > MAX_NUMBER_CHARACTERS:
+            # A 4000-digit hex number reads, then cannot be written in decimal in an error line.
+            raise _Refused(f"holds a number too long to read at line {node.start_mark.line + 1}; fix the file")
         if total > MAX_VALUES:
             raise _Refused(f"expands to more than {MAX_VALUES} values (aliases repeat what they name); write the settings out plainly")
         open_nodes.discard(id(node))
@@ -81,12 +88,22 @@ def _check_nodes(root: yaml.Node) -> None:
     size(root, 0)
 
 
+def _read_regular_file(path: Path) -> bytes:
+    """At most MAX_STACK_BYTES + 1 bytes of a regular file. A FIFO or a terminal (a path to
+    /dev/stdin) would keep the tool waiting for a writer forever; a device is no stack file."""
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY), "rb", buffering=0) as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise _Refused("not a regular file (a pipe or a device); give the path of a Pulumi.<stack>.yaml")
+        return handle.read(MAX_STACK_BYTES + 1)
+
+
 def read_stack_yaml(path: Path) -> Any:
     """A stack file's YAML, read as Pulumi reads it (UTF-8, each key once) and within limits."""
     problem = lambda message: SiteConfigError([Problem("--config", str(path), message)])  # noqa: E731
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_STACK_BYTES + 1)
+        data = _read_regular_file(path)
+    except _Refused as refused:
+        raise problem(refused.message) from None
     except OSError as error:
         raise problem(f"cannot read it ({error.strerror}); give the path of a Pulumi.<stack>.yaml") from None
     if len(data) > MAX_STACK_BYTES:
@@ -96,7 +113,12 @@ def read_stack_yaml(path: Path) -> Any:
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise problem(f"not UTF-8 text (line {line}); save it as UTF-8, as pulumi expects") from None
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader refuses control characters (a NUL, an escape) as it is made, not later.
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as error:
+        line = text[: getattr(error, "position", 0)].count("\n") + 1
+        raise problem(f"holds a control character YAML does not allow (line {line}); remove it") from None
     try:
         node = loader.get_single_node()
         if node is None:

@@ -41,13 +41,13 @@ def _limited() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
 
-def _tool(*args: str, cwd: Path = ROOT, umask: int | None = None) -> subprocess.CompletedProcess:
+def _tool(*args: str, cwd: Path = ROOT, umask: int | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
     def start():
         _limited()
         if umask is not None:
             os.umask(umask)
     return subprocess.run([sys.executable, "-m", "mailsite", *args], capture_output=True, text=True, cwd=cwd,
-                          preexec_fn=start, timeout=60)
+                          preexec_fn=start, timeout=timeout)
 
 
 def _one_line(result: subprocess.CompletedProcess, *words: str) -> str:
@@ -173,6 +173,37 @@ def test_deeply_nested_or_huge_stack_file_is_one_line(tmp_path):
     _one_line(_render_text(tmp_path, "config:\n  mailsite:domains: " + "[" * 50000 + "]" * 50000 + "\n"), "nested more than")
     _one_line(_render_text(tmp_path, "config:\n  mailsite:domains: [" + "a, " * 400000 + "]\n"), "larger than 1 MiB")
     _one_line(_render_text(tmp_path, "config:\n  mailsite:bgpSpamd: {localAs: " + "9" * 5000 + "}\n"), "number too long")
+
+
+def test_a_hex_number_too_long_to_print_is_one_line(tmp_path):
+    # It reads (hex has no digit limit), then cannot be written in decimal in the error line.
+    _one_line(_render_text(tmp_path, "config:\n  mailsite:queue: {drainMinutes: 0x" + "f" * 4000 + "}\n"),
+              "number too long to read at line 2")
+
+
+@pytest.mark.parametrize("raw", [b"\x00", b"\x1b[2J", b"\x7f"], ids=["nul", "escape", "delete"])
+def test_a_control_character_in_the_stack_file_is_one_line(tmp_path, raw):
+    line = _one_line(_render_text(tmp_path, b"config:\n  mailsite:target: lib" + raw + b"virt\n"),
+                     "holds a control character YAML does not allow (line 2)")
+    assert line.isprintable()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "terminal", "device", "directory"])
+def test_a_stack_file_that_is_not_a_file_is_one_line_at_once(tmp_path, kind):
+    """A FIFO (or /dev/stdin on a terminal) nobody writes to would keep the tool waiting forever."""
+    path = tmp_path / "Pulumi.odd.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "terminal":
+        main, _ = os.openpty()
+        path.symlink_to(os.ttyname(main))
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    expected = "cannot read it (Is a directory)" if kind == "directory" else "not a regular file"
+    _one_line(_tool("render", "--config", str(path), "--out", str(tmp_path / "out"), timeout=10), expected,
+              "give the path of a Pulumi.<stack>.yaml")
 
 
 @pytest.mark.parametrize("text,line", [
