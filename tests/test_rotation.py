@@ -284,31 +284,62 @@ def test_host_removed_from_the_stack_is_drained_before_its_vm_goes(lab):
 
 
 def test_destroying_the_site_on_purpose_drains_each_host_and_goes_on(lab, monkeypatch):
+    """A destroy deletes the VMs along the chain backwards, backups first. A deleted VM answers
+    nothing (no shell, no SMTP), like a host not created yet: the hooks go on past it, each host
+    drained first. The operator's word is needed where a peer still runs but takes no mail."""
     stack, site = lab.state["stack"], lab.plan.site
     marker = _queued_for_the_primary(lab, "mx2")
     monkeypatch.delenv(DECOMMISSION, raising=False)
+    deleted: set[str] = set()
+    lab_hosts = by_mx_name(lab)
+
+    def reach(mx_name: str) -> CommandControl:
+        return CommandControl(["false"]) if mx_name in deleted else lab_hosts(mx_name)
 
     async def script(delete):
-        # The destroy's order: the chain of VMs backwards, backups first, the primary last.
-        errors = {"mx3": await delete("mx3.example.org")}
-        await asyncio.to_thread(lab.stop_daemon, "mx3", "smtpd")  # its VM is deleted
-        errors["mx2, not declared"] = await delete("mx2.example.org")
-        monkeypatch.setenv(DECOMMISSION, stack)
-        for host in ("mx2", "mx1"):
-            errors[host] = await delete(f"{host}.example.org")
+        async def gone(host: str) -> None:
             await asyncio.to_thread(lab.stop_daemon, host, "smtpd")
+            deleted.add(f"{host}.example.org")
+
+        errors = {}
+        # mx1's smtpd is down but its VM runs: not a host going, a host out.
+        await asyncio.to_thread(lab.stop_daemon, "mx1", "smtpd")
+        errors["mx3, mx1 out"] = await delete("mx3.example.org")
+        await asyncio.to_thread(lab.start_daemon, "mx1", "smtpd")
+        await asyncio.to_thread(wait_until, lambda: lab.smtpd_listening("mx1"), 15)
+        for host in ("mx3", "mx2", "mx1"):
+            errors[host] = await delete(f"{host}.example.org")
+            if errors[host]:
+                break
+            await gone(host)
         return errors
 
     try:
-        errors = asyncio.run(_engine(stack, site, by_mx_name(lab), 2, script))
+        errors = asyncio.run(_engine(stack, site, reach, 2, script))
     finally:
         _restart_smtpd(lab, "mx1", "mx2", "mx3")
-    assert errors["mx3"] == ""
-    # Without the operator's word, the next host is not taken down while a peer is gone.
-    assert "not taking mx2 down while mx3 takes no mail" in errors["mx2, not declared"]
-    assert f"{DECOMMISSION}=<stack>" in errors["mx2, not declared"]
-    assert errors["mx2"] == "" and errors["mx1"] == "", errors
+    assert "not taking mx3 down while mx1 takes no mail" in errors["mx3, mx1 out"]
+    assert f"{DECOMMISSION}=<stack>" in errors["mx3, mx1 out"]
+    assert (errors["mx3"], errors["mx2"], errors["mx1"]) == ("", "", ""), errors
     assert len(mail.delivered(lab, marker)) == 1, "mx2 drained to the primary before it went"
+
+
+def test_a_destroy_past_a_peer_that_runs_but_takes_no_mail_needs_the_operators_word(lab, monkeypatch):
+    stack, site = lab.state["stack"], lab.plan.site
+    monkeypatch.delenv(DECOMMISSION, raising=False)
+
+    async def script(delete):
+        refused = await delete("mx3.example.org")
+        monkeypatch.setenv(DECOMMISSION, stack)
+        return refused, await delete("mx3.example.org")
+
+    lab.stop_daemon("mx2", "smtpd")
+    try:
+        refused, declared = asyncio.run(_engine(stack, site, by_mx_name(lab), 1, script))
+    finally:
+        _restart_smtpd(lab, "mx2", "mx3")
+    assert "not taking mx3 down while mx2 takes no mail" in refused
+    assert declared == "", "declared a decommission: mx3 drained (to the primary) and let go"
 
 
 def test_replacing_every_host_goes_host_by_host_through_booting_peers_and_new_host_keys(lab, tmp_path):
