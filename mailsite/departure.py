@@ -49,7 +49,8 @@ def departing(site: Site, stack: str, old_inputs: Mapping[str, Any] | None, old_
               decommission: str | None, vm: str | None = None) -> Departure:
     """Which MX a deleted VM is, from what the engine hands the hook (Vultr's `hostname`, the
     libvirt domain's `name`: both are the MX name the VM was made with; `vm`: its resource name)."""
-    recorded = {**(old_inputs or {}), **(old_outputs or {})}
+    # What the program asked for first: the name DNS gives the MX, whatever a refresh read back.
+    recorded = {**(old_outputs or {}), **(old_inputs or {})}
     mx_name = _plain(recorded.get("hostname")) or _plain(recorded.get("name"))
     if mx_name is None:
         raise DepartureRefused("the VM being deleted names no host (no hostname or name in its state); not deleting it "

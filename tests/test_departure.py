@@ -71,3 +71,11 @@ def test_renamed_host_is_replaced_as_itself_not_waited_for_as_a_peer(example_sit
              "mx2.example.net": _Host(False)}
     drain_departing(renamed, departure, hosts.__getitem__, drain_timeout=5, peer_wait=1, poll=0.1)
     assert hosts["mx2.example.org"].paused and hosts["mx2.example.org"].forgotten
+
+
+def test_hostname_changed_outside_pulumi_still_reaches_the_mx_by_its_name(example_site):
+    """Someone renamed the VM in Vultr's console; a refresh put that hostname in the outputs.
+    The MX is still reached (ssh) at the name the program gave it, which DNS answers."""
+    departure = departing(example_site, "prod", {"hostname": "mx2.example.org"}, {"hostname": "vultr-guest"}, None,
+                          vm="mail-mx2-vm")
+    assert (departure.name, departure.mx_name, departure.reason) == ("mx2", "mx2.example.org", "replacement")
