@@ -21,6 +21,8 @@ class Registered:
     types: dict = field(default_factory=dict)  # resource name -> type token
     parents: dict = field(default_factory=dict)  # resource name -> parent URN ('' for the stack)
     ignore_changes: dict = field(default_factory=dict)  # resource name -> input names the engine diffs without
+    delete_before_replace: dict = field(default_factory=dict)  # resource name -> replaced old-first
+    property_dependencies: dict = field(default_factory=dict)  # resource name -> URNs its inputs come from
 
 
 class HookMonitor(MockMonitor):
@@ -43,6 +45,8 @@ class HookMonitor(MockMonitor):
         self.registered.types[request.name] = request.type
         self.registered.parents[request.name] = request.parent
         self.registered.ignore_changes[request.name] = list(request.ignoreChanges)
+        self.registered.delete_before_replace[request.name] = request.deleteBeforeReplace
+        self.registered.property_dependencies[request.name] = {urn for deps in request.propertyDependencies.values() for urn in deps.urns}
         return response
 
 

@@ -280,6 +280,19 @@ def test_vms_are_created_primary_first_and_deleted_backups_first(vultr_site, lib
         assert not {urn["mx2"], urn["mx3"]} & set(registered.dependencies[vms["mx1"]])
 
 
+def test_replacing_one_vm_old_first_takes_no_other_vm_down(vultr_site, libvirt_site):
+    """Each VM is replaced old-first (its reserved IP or fixed address belongs to one VM at a
+    time). Before deleting it, the engine deletes whatever would be replaced with it: the
+    resources whose inputs come from it (calculateDependentReplacements follows property
+    dependencies, not `depends_on`). The chain is `depends_on` alone, so the next MX stays up."""
+    for recorded in (vultr_site, libvirt_site):
+        registered, vms = recorded.registered, _vms(recorded)
+        vm_urns = {registered.urns[vm] for vm in vms.values()}
+        for host, vm in vms.items():
+            assert registered.delete_before_replace[vm], f"{host}: a new VM before the old one is gone"
+            assert not registered.property_dependencies[vm] & vm_urns, f"{host}: an input comes from another VM"
+
+
 def test_keys_stay_secret_and_outputs_are_complete(vultr_site):
     bakes = [r for r in vultr_site.of(DYNAMIC) if "queueKey" in r.inputs]
     assert len(bakes) == 3
