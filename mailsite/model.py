@@ -7,14 +7,18 @@ DNS and the lab only read it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
+import struct
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -25,8 +29,24 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _written(kind: str) -> BeforeValidator:
+    """Addresses and networks only as text: pydantic would take YAML's `true` as 0.0.0.1/32 and a
+    bare number as an address, neither of which anyone means."""
+    def check(value: object) -> object:
+        if isinstance(value, (bool, int, float, bytes)):
+            raise PydanticCustomError(kind, "written as text")
+        return value
+    return BeforeValidator(check)
+
+
+IPv4Address = Annotated[ipaddress.IPv4Address, _written("ip_v4_address")]
+IPv6Address = Annotated[ipaddress.IPv6Address, _written("ip_v6_address")]
+IPv4Network = Annotated[ipaddress.IPv4Network, _written("ip_v4_network")]
+IPv6Network = Annotated[ipaddress.IPv6Network, _written("ip_v6_network")]
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
 
 # spamd(8) hard-codes these two pf table names; a bgp table may not take either.
 SPAMD_TABLES = ("spamd", "spamd-white")
@@ -68,10 +88,15 @@ class Settings(BaseModel):
     )
 
 
+# Every value below reaches a file that runs as root (smtpd.conf, bgpd.conf, rc.conf.local, smtpd
+# tables) or a command line, so each is matched whole (re.fullmatch: `$` lets a final newline
+# through, and a newline in a value writes a line of its own into a config).
+
+
 def _domain(value: str) -> str:
     name = value.rstrip(".").lower()
     labels = name.split(".")
-    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
         raise ValueError("not a domain name; write it like example.org")
     if labels[-1].isdigit():
         raise ValueError("not a domain name (an address?); write it like example.org")
@@ -84,7 +109,7 @@ SUBADDRESS_DELIMITER = "+"
 
 
 def _local_part(value: str) -> str:
-    if not re.match(r"^[a-z0-9][a-z0-9._-]*$", value):
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", value):
         if SUBADDRESS_DELIMITER in value:
             # The primary reads "a+b" as user a, tag b, and refuses it, while a backup's table
             # holds "a+b" as written and accepts: the backup would take mail that then bounces.
@@ -96,6 +121,143 @@ def _local_part(value: str) -> str:
 Domain = Annotated[str, AfterValidator(_domain)]
 LocalPart = Annotated[str, AfterValidator(_local_part)]
 
+# An address outside the site, as smtpd's virtual table holds it: a dot-atom local part of the
+# characters addresses really use (RFC 5322 allows more, such as ` $ { } | #, which table and
+# alias syntax or a later shell read as their own) and a domain.
+_FOREIGN_LOCAL_PART = re.compile(r"[A-Za-z0-9_+=-]+(\.[A-Za-z0-9_+=-]+)*")
+
+
+def _alias_target(value: str) -> str:
+    local_part, at, domain = value.rpartition("@")
+    if not at:
+        return _local_part(value)
+    if not _FOREIGN_LOCAL_PART.fullmatch(local_part) or len(local_part) > 64:
+        raise ValueError("not a mail address; write a user of recipients.users or one address like bob@example.net")
+    try:
+        return f"{local_part}@{_domain(domain)}"
+    except ValueError:
+        raise ValueError("not a mail address (its domain); write one address like bob@example.net") from None
+
+
+AliasTarget = Annotated[str, AfterValidator(_alias_target)]
+
+# A path on the host, written into smtpd.conf and rc.conf.local: letters, digits and . _ + - in
+# each component; nothing a shell or smtpd's lexer reads as quoting, expansion or a new word.
+_PATH_COMPONENT = re.compile(r"[A-Za-z0-9._+-]+")
+_PATH_EXAMPLES = {"{fqdn}": "/etc/ssl/{fqdn}.crt", None: "/var/dovecot/lmtp", "~": "~/Maildir"}
+
+
+def _host_path(value: str, placeholder: str | None = None) -> str:
+    """An absolute path of safe characters naming a file (below ~/ too, where smtpd expands it)."""
+    path = value[1:] if placeholder == "~" and value.startswith("~/") else value
+    components = path.split("/")
+    named = [c.replace("{fqdn}", "x") if placeholder == "{fqdn}" else c for c in components[1:]]
+    if components[0] != "" or not named or not all(_PATH_COMPONENT.fullmatch(c) and c not in (".", "..") for c in named):
+        start = "an absolute path (or one below ~/)" if placeholder == "~" else "an absolute path"
+        where = ", {fqdn} for the host's MX name" if placeholder == "{fqdn}" else ""
+        raise ValueError(f"must be {start} of letters, digits and . _ + - (/ between names{where}), like {_PATH_EXAMPLES[placeholder]}")
+    return value
+
+
+CertificatePath = Annotated[str, AfterValidator(lambda value: _host_path(value, "{fqdn}"))]
+SocketPath = Annotated[str, AfterValidator(_host_path)]
+MaildirPath = Annotated[str, AfterValidator(lambda value: _host_path(value, "~"))]
+
+# bgpd keeps at most 31 characters of a neighbor's descr ("too long: max 31"); these characters
+# bgpd's quoted strings hold as they are (no quote, backslash or line end).
+_DESCRIPTION = re.compile(r"[A-Za-z0-9]([A-Za-z0-9 ._,:/()@+-]{0,29}[A-Za-z0-9._,:/()@+-])?")
+
+
+def _description(value: str) -> str:
+    if not _DESCRIPTION.fullmatch(value):
+        raise ValueError("not a route server description; use at most 31 letters, digits, spaces and . _ , : / ( ) @ + -, like bgp-spamd rs1")
+    return value
+
+
+Description = Annotated[str, AfterValidator(_description)]
+
+# Settings that reach no host's file but an API call, a command's argument or a local path: what
+# a person could mean, and nothing that breaks a line or drives a terminal.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/+=&?:@-]*)?")
+_LIBVIRT_URI = re.compile(r"[a-z][a-z0-9+]*://[A-Za-z0-9._@:-]*(/[A-Za-z0-9._~%/+=&?:@-]*)?")
+
+
+def _matching(pattern: re.Pattern[str], fix: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(fix)
+        return value
+    return AfterValidator(check)
+
+
+def _local_path(value: str) -> str:
+    if not value or not value.isprintable():
+        raise ValueError("not a path; write a directory on this machine, with no control or line-break characters")
+    return value
+
+
+Name = Annotated[str, _matching(_NAME, "not a name; use letters, digits and . _ - (at most 128), starting with a letter or digit")]
+Url = Annotated[str, _matching(_URL, "not a URL; write one like https://ams1.vultrobjects.com, with no spaces or quotes")]
+LibvirtUri = Annotated[str, _matching(_LIBVIRT_URI, "not a libvirt URI; write one like qemu:///system or qemu+ssh://root@kvm.example.org/system")]
+LocalPath = Annotated[str, AfterValidator(_local_path)]
+
+# The key types OpenSSH takes for root, and what the base64 blob of each holds after its type
+# name (RFC 4253 6.6, RFC 5656 3.1, PROTOCOL.u2f): a truncated paste fails to decode to these.
+_SSH_KEY_FIELDS = {
+    "ssh-ed25519": 1,  # the 32-byte key
+    "ssh-rsa": 2,  # e, n
+    "ecdsa-sha2-nistp256": 2,  # curve name, point
+    "ecdsa-sha2-nistp384": 2,
+    "ecdsa-sha2-nistp521": 2,
+    "sk-ssh-ed25519@openssh.com": 2,  # key, application
+    "sk-ecdsa-sha2-nistp256@openssh.com": 3,  # curve name, point, application
+}
+_SSH_KEY_FIX = "not an ssh public key; paste one whole line of a .pub file (ssh-ed25519 AAAA... comment)"
+
+
+def _ssh_fields(blob: bytes) -> list[bytes]:
+    fields = []
+    while blob:
+        if len(blob) < 4 or len(blob) < 4 + (size := struct.unpack(">I", blob[:4])[0]):
+            raise ValueError("cut short")
+        fields.append(blob[4 : 4 + size])
+        blob = blob[4 + size :]
+    return fields
+
+
+def _ssh_public_key(value: str) -> str:
+    kind, _, rest = value.partition(" ")
+    encoded, _, comment = rest.partition(" ")
+    if kind not in _SSH_KEY_FIELDS or not comment.isprintable():
+        raise ValueError(_SSH_KEY_FIX)
+    try:
+        fields = _ssh_fields(base64.b64decode(encoded, validate=True))
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{_SSH_KEY_FIX}; this one's key is cut short or not base64") from None
+    if not fields or fields[0] != kind.encode() or len(fields) != 1 + _SSH_KEY_FIELDS[kind]:
+        raise ValueError(f"{_SSH_KEY_FIX}; this one's key does not hold a {kind} key (cut short, or another key's type)")
+    if kind.endswith("ed25519") or kind.endswith("ed25519@openssh.com"):
+        if len(fields[1]) != 32:
+            raise ValueError(f"{_SSH_KEY_FIX}; this one's ed25519 key is not 32 bytes")
+    elif kind.startswith(("ecdsa", "sk-ecdsa")) and fields[1].decode(errors="replace") != kind.split("-")[2].split("@")[0]:
+        raise ValueError(f"{_SSH_KEY_FIX}; this one's curve is not {kind}'s")
+    return value
+
+
+SshPublicKey = Annotated[str, AfterValidator(_ssh_public_key)]
+
+
+def _ssh_public_key_line(value: str) -> str:
+    kind, _, rest = value.partition(" ")
+    encoded, _, comment = rest.partition(" ")
+    if kind not in _SSH_KEY_FIELDS or not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", encoded) or not comment.isprintable():
+        raise ValueError(_SSH_KEY_FIX)
+    return value
+
+
+SshPublicKeyLine = Annotated[str, AfterValidator(_ssh_public_key_line)]
+
 
 class Host(Settings):
     """One MX. Its preference and fqdn, when not given, are filled in by Site."""
@@ -104,8 +266,8 @@ class Host(Settings):
     role: Literal["primary", "backup"]
     preference: Annotated[int, Field(ge=0, le=65535)] | None = None
     fqdn: Domain | None = None
-    ipv4: ipaddress.IPv4Address | Literal["allocate"] | None = None
-    ipv6: ipaddress.IPv6Address | Literal["allocate"] | None = None
+    ipv4: IPv4Address | Literal["allocate"] | None = None
+    ipv6: IPv6Address | Literal["allocate"] | None = None
     egress_interface: Annotated[str, Field(pattern=_INTERFACE.pattern)] = "vmx0"
 
     @property
@@ -127,7 +289,7 @@ class Recipients(Settings):
     """
 
     users: list[LocalPart] = Field(min_length=1)
-    aliases: dict[LocalPart, str] = {}
+    aliases: dict[LocalPart, AliasTarget] = {}
 
     def local_parts(self) -> list[str]:
         return sorted(set(self.users) | set(self.aliases))
@@ -151,8 +313,8 @@ class Greylist(Settings):
 
 
 class RouteServer(Settings):
-    address: ipaddress.IPv4Address
-    description: str = "bgp-spamd route server"
+    address: IPv4Address
+    description: Description = "bgp-spamd route server"
 
 
 class PfTables(Settings):
@@ -161,7 +323,7 @@ class PfTables(Settings):
 
 
 def _community(value: str) -> str:
-    match = _COMMUNITY.match(value)
+    match = _COMMUNITY.fullmatch(value)
     if not match or max(int(part) for part in match.groups()) > 65535:
         raise ValueError("not a BGP community; write it as AS:N, both at most 65535, like 65066:666")
     return value
@@ -181,7 +343,7 @@ class BgpSpamd(Settings):
     bypass_community: Community = "65066:42"
     pf_tables: PfTables = PfTables()
     # pf must hold every prefix the route servers send; the lists run to about 200,000.
-    table_entries: Annotated[int, Field(ge=10000, le=10000000)] = 400000
+    table_entries: Annotated[int, Field(le=10000000)] = 400000
     update_minutes: Annotated[int, Field(ge=1, le=59)] = 20
 
     # A route server cut off for sending too many prefixes is tried again after this long.
@@ -193,6 +355,18 @@ class BgpSpamd(Settings):
         max-prefix): every route server sends the same lists, and pf needs the other half of its
         table room for spamd's own tables. More than that is a wrong or hostile feed."""
         return self.table_entries // 2
+
+    # What the bgp-spamd lists hold today, in prefixes; each route server sends all of them.
+    listed_prefixes: ClassVar[int] = 200000
+
+    @field_validator("table_entries")
+    @classmethod
+    def _room_for_the_lists(cls, value: int) -> int:
+        if value // 2 < cls.listed_prefixes:
+            # Below this, max-prefix (half of it) cuts every route server's session: no lists at all.
+            raise ValueError(f"too small for the bgp-spamd lists (about {cls.listed_prefixes:,} prefixes from each "
+                             f"route server, cut off past half of tableEntries); use {2 * cls.listed_prefixes} or more")
+        return value
 
     @field_validator("local_as")
     @classmethod
@@ -207,15 +381,8 @@ class BgpSpamd(Settings):
 class Tls(Settings):
     """Where each host's certificate and key live on the host; {fqdn} is the host's MX name."""
 
-    certificate: str = "/etc/ssl/{fqdn}.crt"
-    key: str = "/etc/ssl/private/{fqdn}.key"
-
-    @field_validator("certificate", "key")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not value.startswith("/") or " " in value or '"' in value:
-            raise ValueError("must be an absolute path with no spaces or quotes")
-        return value
+    certificate: CertificatePath = "/etc/ssl/{fqdn}.crt"
+    key: CertificatePath = "/etc/ssl/private/{fqdn}.key"
 
     def certificate_for(self, host: Host) -> str:
         return self.certificate.replace("{fqdn}", host.mx_name)
@@ -228,8 +395,8 @@ class Delivery(Settings):
     """How the primary hands mail to mailboxes."""
 
     method: Literal["lmtp", "maildir"] = "lmtp"
-    lmtp_socket: str = "/var/dovecot/lmtp"
-    maildir: str = "~/Maildir"
+    lmtp_socket: SocketPath = "/var/dovecot/lmtp"
+    maildir: MaildirPath = "~/Maildir"
 
 
 class Queue(Settings):
@@ -244,9 +411,9 @@ class Network(Settings):
 
     addressing: Literal["static", "autoconf"] = "autoconf"
     ipv4_prefix_length: Annotated[int, Field(ge=8, le=32)] = 24
-    ipv4_gateway: ipaddress.IPv4Address | None = None
+    ipv4_gateway: IPv4Address | None = None
     ipv6_prefix_length: Annotated[int, Field(ge=16, le=128)] = 64
-    ipv6_gateway: ipaddress.IPv6Address | None = None
+    ipv6_gateway: IPv6Address | None = None
     # Static hosts learn no resolver by DHCP; smtpd needs one for every MX lookup.
     nameservers: list[IPAddress] = []
 
@@ -258,11 +425,11 @@ class Secrets(Settings):
     """
 
     backend: Literal["file", "aws-secretsmanager", "inline"] = "file"
-    path: str = ".mailsite/secrets"
-    region: str | None = None
-    profile: str | None = None
-    endpoint_url: str | None = None
-    queue_keys: dict[str, SecretStr] = {}
+    path: LocalPath = ".mailsite/secrets"
+    region: Name | None = None
+    profile: Name | None = None
+    endpoint_url: Url | None = None
+    queue_keys: dict[Annotated[str, Field(pattern=_LABEL.pattern)], SecretStr] = {}
     spamd_sync_key: SecretStr | None = None
 
 
@@ -282,9 +449,9 @@ class VultrBgp(Settings):
 class Vultr(Settings):
     """The Vultr target: VMs from baked snapshots, reserved IPs, firewall groups, Vultr DNS."""
 
-    region: str = "ams"
-    plan: str = "vc2-1c-2gb"
-    ssh_key_ids: list[str] = []
+    region: Name = "ams"
+    plan: Name = "vc2-1c-2gb"
+    ssh_key_ids: list[Name] = []
     dns: bool = True  # serve the site's zones from Vultr DNS
     bgp: VultrBgp = VultrBgp()
 
@@ -292,22 +459,22 @@ class Vultr(Settings):
 class Libvirt(Settings):
     """The libvirt target: VMs from baked qcow2 volumes on a routed network with fixed addresses."""
 
-    uri: str = "qemu:///system"
-    network_name: str = "mailsite"
+    uri: LibvirtUri = "qemu:///system"
+    network_name: Name = "mailsite"
     bridge: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,14}$")] = "virbr-mail"
-    pool: str = "default"
+    pool: Name = "default"
     memory_mib: Annotated[int, Field(ge=256, le=65536)] = 1024
     vcpus: Annotated[int, Field(ge=1, le=64)] = 1
-    zone_dir: str = "zones"  # nsd zone files for your own name server, one per domain
+    zone_dir: LocalPath = "zones"  # nsd zone files for your own name server, one per domain
 
 
 class ObjectStorage(Settings):
     """S3-compatible storage (Vultr Object Storage or S3) that hands raw images to Vultr."""
 
-    endpoint_url: str | None = None  # e.g. https://ams1.vultrobjects.com; None for AWS S3
-    bucket: str = ""
-    region: str | None = None
-    profile: str | None = None
+    endpoint_url: Url | None = None  # e.g. https://ams1.vultrobjects.com; None for AWS S3
+    bucket: Name | Literal[""] = ""
+    region: Name | None = None
+    profile: Name | None = None
     # Vultr fetches the image once, right after the URL is made; an hour is plenty.
     presign_seconds: Annotated[int, Field(ge=60, le=43200)] = 3600
 
@@ -321,7 +488,7 @@ DISK_RESERVED = 64 << 20
 
 def size_bytes(value: str) -> int:
     """A size as smtpd and disklabel write it (50M, 8G), in bytes."""
-    match = _SIZE.match(value)
+    match = _SIZE.fullmatch(value)
     assert match, value
     return int(match[1]) * _SIZE_UNITS[match[2]]
 
@@ -347,9 +514,9 @@ class Images(Settings):
     """How each host's OpenBSD image is baked."""
 
     openbsd_version: Annotated[str, Field(pattern=r"^[0-9]\.[0-9]$")] = "7.8"
-    iso_url: str = "https://cdn.openbsd.org/pub/OpenBSD/7.8/amd64/install78.iso"
+    iso_url: Url = "https://cdn.openbsd.org/pub/OpenBSD/7.8/amd64/install78.iso"
     iso_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
-    cache_dir: str = "~/.cache/mailsite/images"
+    cache_dir: LocalPath = "~/.cache/mailsite/images"
     disk_size: Annotated[str, Field(pattern=r"^[1-9][0-9]*[MG]$")] = "8G"
     # The smtpd queue lives on /var: a backup holds mail for queue.ttl while the primary is away
     # and answers 4xx once /var is full. Room for this many messages at maxMessageSize, unless
@@ -403,7 +570,7 @@ class Site(Settings):
     hosts: list[Host] = Field(min_length=1)
     admin_cidrs: list[IPNetwork] = []
     # Baked into root's authorized_keys: a VM from a snapshot gets no provider-injected keys.
-    admin_ssh_keys: list[Annotated[str, Field(pattern=r"^(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa|sk-ssh-ed25519@openssh.com) [A-Za-z0-9+/=]+( [^\n]*)?$")]] = []
+    admin_ssh_keys: list[SshPublicKeyLine] = []
     recipients: Recipients
     greylist: Greylist = Greylist()
     bgp_spamd: BgpSpamd
@@ -418,7 +585,7 @@ class Site(Settings):
     @field_validator("max_message_size")
     @classmethod
     def _size(cls, value: str) -> str:
-        match = _SIZE.match(value)
+        match = _SIZE.fullmatch(value)
         if not match:
             raise ValueError("not a size; write a whole number with K, M or G, like 50M")
         number, unit = int(match[1]), match[2]

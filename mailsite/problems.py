@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
+from .dns import zone_of
 from .keys import key_problem
 from .model import SPAMD_TABLES, Site
 
@@ -204,6 +205,12 @@ def site_problems(site: Site) -> list[Problem]:
                 add(f"{hosts}[{i}].{field}", value, f"same {label} as hosts[{seen[value]}]; give each host its own")
             seen.setdefault(value, i)
 
+    for i, host in enumerate(site.hosts):
+        if zone_of(host.mx_name, site.domains) is None:
+            # The MX name's A/AAAA records go in one of the site's zones; no zone holds this one.
+            add(f"{hosts}[{i}].fqdn", host.mx_name, f"outside the site's domains ({', '.join(site.domains)}); "
+                f"use a name in one of them, like {host.name}.{site.domains[0]}")
+
     addresses: dict[str, str] = {}
     for i, host in enumerate(site.hosts):
         for family in ("ipv4", "ipv6"):
@@ -238,6 +245,12 @@ def site_problems(site: Site) -> list[Problem]:
     for i, cidr in enumerate(site.admin_cidrs):
         if cidr.prefixlen == 0:
             add(f"mailsite:adminCidrs[{i}]", cidr, "opens ssh to the whole internet; list only your admin networks")
+    for version, widest in ADMIN_NETWORKS_AT_MOST.items():
+        networks = [cidr for cidr in site.admin_cidrs if cidr.version == version]
+        covered = sum(network.num_addresses for network in ipaddress.collapse_addresses(networks))
+        if networks and covered > 2 ** (networks[0].max_prefixlen - widest) and all(cidr.prefixlen > 0 for cidr in networks):
+            add("mailsite:adminCidrs", [str(cidr) for cidr in networks],
+                f"together open ssh to more than a /{widest} of IPv{version}; list only your admin networks")
 
     recipients = site.recipients
     if "postmaster" not in recipients.local_parts():
@@ -249,9 +262,21 @@ def site_problems(site: Site) -> list[Problem]:
     bgp = site.bgp_spamd
     if bgp.local_as == bgp.route_server_as:
         add("mailsite:bgpSpamd.localAs", bgp.local_as, "equals routeServerAs; the bgp-spamd sessions are eBGP, pick another private AS")
+    servers: dict[str, int] = {}
     for i, server in enumerate(bgp.route_servers):
+        setting = f"mailsite:bgpSpamd.routeServers[{i}].address"
         if str(server.address) in addresses:
-            add(f"mailsite:bgpSpamd.routeServers[{i}].address", server.address, f"is {addresses[str(server.address)]}'s address; a route server is outside the site")
+            add(setting, server.address, f"is {addresses[str(server.address)]}'s address; a route server is outside the site")
+        elif (kind := unreachable(server.address)) is not None:
+            add(setting, server.address, f"a {kind} address, which no MX reaches over the internet; give the route server's own address")
+        elif str(server.address) in servers:
+            add(setting, server.address, f"same route server as routeServers[{servers[str(server.address)]}]; list each once")
+        servers.setdefault(str(server.address), i)
+    for i, prefix in enumerate(site.vultr.bgp.prefixes):
+        longest = ANNOUNCED_PREFIX_AT_MOST[prefix.version]
+        if prefix.prefixlen < longest:
+            add(f"mailsite:vultr.bgp.prefixes[{i}]", prefix, f"wider than a /{longest}, which no network routes from a customer "
+                f"(0.0.0.0/0 would claim the whole internet); announce the prefix your provider assigned you")
     if bgp.blacklist_community == bgp.bypass_community:
         add("mailsite:bgpSpamd.bypassCommunity", bgp.bypass_community, "same as blacklistCommunity; they mark opposite lists")
     tables = bgp.pf_tables
@@ -272,6 +297,12 @@ def site_problems(site: Site) -> list[Problem]:
     return problems
 
 
+# Wider than this, a list of admin networks is most of the internet, not an office or a VPN.
+ADMIN_NETWORKS_AT_MOST = {4: 8, 6: 32}
+# The most-specific prefixes the internet's routers accept from anyone (BGP operations practice).
+ANNOUNCED_PREFIX_AT_MOST = {4: 24, 6: 48}
+
+
 def target_problems(site: Site) -> list[Problem]:
     """What each target needs of the hosts' settings."""
     problems: list[Problem] = []
@@ -290,14 +321,19 @@ def target_problems(site: Site) -> list[Problem]:
         network4, network6 = site.ipv4_network(), site.ipv6_network()
         if network6 and unreachable(network6.network_address) is not None:
             network6 = None  # the primary's own address is reported above
+        gateway = site.network.ipv4_gateway
         for i, host in enumerate(site.hosts):
             if host.ipv4 not in network4:
                 problems.append(Problem(f"{hosts}[{i}].ipv4", str(host.ipv4), f"outside the site network {network4}; use an address in it"))
+            elif (taken := _not_a_host_address(host.ipv4, network4, gateway, "ipv4Gateway")) is not None:
+                problems.append(Problem(f"{hosts}[{i}].ipv4", str(host.ipv4), f"{taken}; give the host an address of its own in {network4}"))
+            elif network6 and host.ipv6 not in (None, "allocate") and (
+                    taken := _not_a_host_address(host.ipv6, network6, site.network.ipv6_gateway, "ipv6Gateway")) is not None:
+                problems.append(Problem(f"{hosts}[{i}].ipv6", str(host.ipv6), f"{taken}; give the host an address of its own in {network6}"))
             if network6 and host.ipv6 is not None and host.ipv6 not in network6:
                 problems.append(Problem(f"{hosts}[{i}].ipv6", str(host.ipv6), f"outside the site network {network6}; use an address in it"))
         if not site.network.nameservers:
             problems.append(Problem("mailsite:network.nameservers", "[]", "static hosts need a resolver for MX lookups; list one (libvirt's network answers DNS on its own address)"))
-        gateway = site.network.ipv4_gateway
         if gateway is None or gateway not in network4:
             problems.append(Problem("mailsite:network.ipv4Gateway", show(gateway), f"the libvirt network's own address must be in {network4}; set it, like {next(network4.hosts())}"))
     else:
@@ -318,6 +354,18 @@ def target_problems(site: Site) -> list[Problem]:
                 problems.append(Problem(f"{hosts}[{i}].egressInterface", host.egress_interface,
                                         "Vultr's NIC is virtio, which OpenBSD names vio0; set vio0"))
     return problems
+
+
+def _not_a_host_address(address, network, gateway, gateway_setting: str) -> str | None:
+    """Why an address in the site network cannot be a host's, if it cannot."""
+    if address == gateway:
+        return f"the gateway's address (network.{gateway_setting})"
+    if network.num_addresses > 2 and address == network.network_address:
+        # IPv4's all-zeros host is the network itself; IPv6's is the subnet routers' anycast address.
+        return "the network's own address"
+    if network.version == 4 and network.num_addresses > 2 and address == network.broadcast_address:
+        return "the network's broadcast address"
+    return None
 
 
 def secret_problems(site: Site) -> list[Problem]:

@@ -229,3 +229,95 @@ def test_misspelt_secret_setting_never_shows_its_value(settings):
     text = "\n".join(map(str, raised.value.problems))
     assert "mailsite:secrets.queueKey = <not shown>" in text and "mailsite:secrets.spamdSynckey = <not shown>" in text
     assert key not in text
+
+
+# Issue 12: values that wrote lines of their own into root-run files, and values accepted although
+# wrong. Each is refused in one line that names the setting and says the fix.
+INJECTED = [
+    ("command in tls path (rc.conf.local is sourced by /etc/rc)",
+     lambda s: s["tls"].update(certificate="/etc/ssl/$(touch${IFS}/tmp/pwned).crt"), "mailsite:tls.certificate", "like /etc/ssl/{fqdn}.crt"),
+    ("open relay through the lmtp socket",
+     lambda s: s["delivery"].update(lmtpSocket='/var/dovecot/lmtp"\naction "evil" relay\nmatch from any for any action "evil"\n#'),
+     "mailsite:delivery.lmtpSocket", "like /var/dovecot/lmtp"),
+    ("open relay through the maildir",
+     lambda s: s["delivery"].update(maildir='~/Maildir"\naction "evil" relay\nmatch from any for any action "evil"\n#'),
+     "mailsite:delivery.maildir", "like ~/Maildir"),
+    ("a bgp neighbor through a description",
+     lambda s: s["bgpSpamd"]["routeServers"][0].update(description='rs1"\n\t}\n\tneighbor 192.0.2.66 {\n\t\tdescr "evil'),
+     "mailsite:bgpSpamd.routeServers[0].description", "like bgp-spamd rs1"),
+    ("a catch-all through an alias target",
+     lambda s: s["recipients"]["aliases"].update(abuse="alice@example.org\n@example.org alice"),
+     "mailsite:recipients.aliases.abuse", "bob@example.net"),
+    ("user with a final newline (a YAML | block)", lambda s: s["recipients"]["users"].__setitem__(1, "bob\n"),
+     "mailsite:recipients.users[1]", "lower-case letters"),
+    ("alias with a final newline", lambda s: s["recipients"]["aliases"].update({"sales\n": "bob"}),
+     "mailsite:recipients.aliases.sales\n", "lower-case letters"),
+    ("domain with a final newline", lambda s: s["domains"].__setitem__(1, "example.net\n"), "mailsite:domains[1]", "like example.org"),
+    ("MX name with a final newline", lambda s: _host(s, 1).update(fqdn="mx2.example.org\n"), "mailsite:hosts[1].fqdn", "like example.org"),
+    ("community with a final newline", lambda s: s["bgpSpamd"].update(bypassCommunity="65066:42\n"),
+     "mailsite:bgpSpamd.bypassCommunity", "like 65066:666"),
+    ("size with a final newline", lambda s: s.update(maxMessageSize="50M\n"), "mailsite:maxMessageSize", "like 50M"),
+    ("host name with a final newline", lambda s: _host(s, 2).update(name="mx3\n"), "mailsite:hosts[2].name", "like mx1"),
+    ("interface with a final newline", lambda s: _host(s, 2).update(egressInterface="vmx0\n"), "mailsite:hosts[2].egressInterface", "like vmx0"),
+    ("pf table with a final newline", lambda s: s["bgpSpamd"]["pfTables"].update(bypass="bgp_spamd_bypass\n"),
+     "mailsite:bgpSpamd.pfTables.bypass", "like bgp_spamd_bypass"),
+    ("queue ttl with a final newline", lambda s: s["queue"].update(ttl="7d\n"), "mailsite:queue.ttl", "like 7d"),
+]
+
+WRONG = [
+    ("MX name outside the site's domains", lambda s: _host(s, 2).update(fqdn="mx3.example.com"),
+     "mailsite:hosts[2].fqdn", "outside the site's domains (example.org, example.net); use a name in one of them, like mx3.example.org"),
+    ("admin networks that are the whole internet together",
+     lambda s: s.update(adminCidrs=["0.0.0.0/1", "128.0.0.0/1", "2001:db8:ad::/48"]),
+     "mailsite:adminCidrs", "together open ssh to more than a /8 of IPv4"),
+    ("host on the gateway's address", lambda s: _host(s, 1).update(ipv4="192.0.2.1"), "mailsite:hosts[1].ipv4",
+     "the gateway's address (network.ipv4Gateway); give the host an address of its own in 192.0.2.0/24"),
+    ("host on the network address", lambda s: _host(s, 2).update(ipv4="192.0.2.0"), "mailsite:hosts[2].ipv4", "the network's own address"),
+    ("host on the broadcast address", lambda s: _host(s, 2).update(ipv4="192.0.2.255"), "mailsite:hosts[2].ipv4", "the network's broadcast address"),
+    ("host on the IPv6 gateway's address", lambda s: _host(s, 2).update(ipv6="2001:db8::1"), "mailsite:hosts[2].ipv6", "network.ipv6Gateway"),
+    ("route server on loopback", lambda s: s["bgpSpamd"]["routeServers"][1].update(address="127.0.0.1"),
+     "mailsite:bgpSpamd.routeServers[1].address", "a loopback address, which no MX reaches"),
+    ("route server listed twice", lambda s: s["bgpSpamd"]["routeServers"][1].update(address="198.51.100.100"),
+     "mailsite:bgpSpamd.routeServers[1].address", "same route server as routeServers[0]; list each once"),
+    ("the whole internet announced", lambda s: s["vultr"]["bgp"].update(prefixes=["0.0.0.0/0"]),
+     "mailsite:vultr.bgp.prefixes[0]", "wider than a /24"),
+    ("pf tables far below the lists", lambda s: s["bgpSpamd"].update(tableEntries=10000),
+     "mailsite:bgpSpamd.tableEntries", "too small for the bgp-spamd lists"),
+    ("relative lmtp socket", lambda s: s["delivery"].update(lmtpSocket="dovecot/lmtp"), "mailsite:delivery.lmtpSocket", "absolute path"),
+    ("empty lmtp socket", lambda s: s["delivery"].update(lmtpSocket=""), "mailsite:delivery.lmtpSocket", "absolute path"),
+    ("relative maildir", lambda s: s["delivery"].update(maildir="Maildir"), "mailsite:delivery.maildir", "absolute path (or one below ~/)"),
+    ("empty maildir", lambda s: s["delivery"].update(maildir=""), "mailsite:delivery.maildir", "absolute path (or one below ~/)"),
+    ("true as a network (YAML's yes)", lambda s: s["vultr"]["bgp"].update(prefixes=[True]), "mailsite:vultr.bgp.prefixes[0]",
+     "not a network in CIDR form"),
+    ("true as an admin network", lambda s: s["adminCidrs"].__setitem__(0, True), "mailsite:adminCidrs[0]", "not a network in CIDR form"),
+    ("a number as an address", lambda s: _host(s, 1).update(ipv4=3221225492), "mailsite:hosts[1].ipv4", "not an IPv4 address"),
+    ("description bgpd cuts", lambda s: s["bgpSpamd"]["routeServers"][0].update(description="bgp-spamd route server one of two"),
+     "mailsite:bgpSpamd.routeServers[0].description", "at most 31"),
+]
+
+
+@pytest.mark.parametrize("change,setting,fix", [case[1:] for case in INJECTED + WRONG], ids=[case[0] for case in INJECTED + WRONG])
+def test_hostile_or_wrong_value_is_refused_in_one_line(settings, change, setting, fix):
+    change(settings)
+    with pytest.raises(SiteConfigError) as raised:
+        load_site(settings)
+    problems = raised.value.problems
+    assert len(problems) == 1, [str(p) for p in problems]
+    assert problems[0].setting == setting
+    line = str(problems[0])
+    assert fix in line, line
+    assert "\n" not in line and line.isprintable(), line
+
+
+def test_safe_values_of_the_same_settings_are_taken(settings):
+    """The types refuse what would break a file, not what a site may need."""
+    settings["tls"].update(certificate="/etc/ssl/acme/{fqdn}.fullchain.pem", key="/etc/ssl/private/{fqdn}_2026.key")
+    settings["delivery"].update(lmtpSocket="/var/run/dovecot/lmtp", maildir="/var/vmail/Maildir")
+    settings["bgpSpamd"]["routeServers"][0]["description"] = "bgp-spamd.net rs1 (Amsterdam)"
+    settings["recipients"]["aliases"].update(sales="Bob.Smith+site@Example.NET", abuse="alice")
+    settings["adminCidrs"] = ["10.0.0.0/8", "2001:db8::/32"]
+    settings["bgpSpamd"]["tableEntries"] = 400000
+    settings["vultr"]["bgp"]["prefixes"] = ["198.51.100.0/24", "2001:db8:77::/48"]
+    site = load_site(settings)
+    assert site.recipients.aliases["sales"] == "Bob.Smith+site@example.net"
+    assert site.tls.certificate_for(site.primary) == "/etc/ssl/acme/mx1.example.org.fullchain.pem"

@@ -221,14 +221,14 @@ def test_route_servers_give_only_host_routes_within_a_prefix_limit():
     """A route server's 0.0.0.0/0 or /24 tagged as listed would blacklist whole networks: bgpd
     takes only /32s from the feed, and ends a session that sends more than pf can hold."""
     settings = example_settings()
-    settings["bgpSpamd"]["tableEntries"] = 300000
+    settings["bgpSpamd"]["tableEntries"] = 600000
     site = site_of(settings)
     for host, tree in render_site(site).items():
         bgpd = tree["etc/bgpd.conf"].text
         allows = re.findall(r"^allow from .*$", bgpd, re.M)
         assert allows == ['allow from group "bgp-spamd" prefix 0.0.0.0/0 prefixlen = 32'], host
         group = re.search(r'^group "bgp-spamd" \{(.*?)^\}', bgpd, re.M | re.S)[1]
-        assert re.findall(r"^\tmax-prefix (\d+) restart (\d+)$", group, re.M) == [("150000", "30")], host
+        assert re.findall(r"^\tmax-prefix (\d+) restart (\d+)$", group, re.M) == [("300000", "30")], host
 
 
 def test_recipient_names_cannot_hold_the_subaddress_delimiter(settings):
