@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from .check import check_host, host_trees
 from .config import load_site_file, stack_name
 from .diff import redacted_snapshot, site_diff
@@ -13,7 +15,8 @@ from .local import render_stack
 from .images.bake import BakeRequest, bake
 from .images.packer import BakeError
 from .lab.cli import add_lab_command
-from .problems import Problem, SiteConfigError, printable
+from .model import Site
+from .problems import Problem, SiteConfigError, from_validation_error, printable
 from .rotation import ControlError, automation_replace, rollout_spamd_key, rotate_site, ssh_control
 from .secrets import host_store, init_secrets
 from .trees import write_trees
@@ -41,6 +44,16 @@ def _bake(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drain_minutes(site: Site, given: int | None) -> int:
+    """--drain-minutes, held to the bounds of the setting it overrides (queue.drainMinutes)."""
+    if given is None:
+        return site.queue.drain_minutes
+    try:
+        return type(site.queue).model_validate({**site.queue.model_dump(by_alias=True), "drainMinutes": given}).drain_minutes
+    except ValidationError as error:
+        raise SiteConfigError([Problem("--drain-minutes", str(given), problem.message) for problem in from_validation_error(error)]) from None
+
+
 def _rotate(args: argparse.Namespace) -> int:
     site = load_site_file(args.config)
     if args.host and args.host not in {h.name for h in site.hosts}:
@@ -48,7 +61,7 @@ def _rotate(args: argparse.Namespace) -> int:
     stack = stack_name(args.config)
     project = args.config.resolve().parent
     controls = {host.name: ssh_control(host) for host in site.hosts}
-    drain_seconds = (args.drain_minutes or site.queue.drain_minutes) * 60
+    drain_seconds = _drain_minutes(site, args.drain_minutes) * 60
     report = lambda step: print(step.message)  # noqa: E731
     try:
         if args.spamd_key:
@@ -82,15 +95,16 @@ def _render(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     trees = host_trees(args.dir)
     if not trees:
-        print(f"error: {args.dir} holds no rendered host (no */etc/mail/smtpd.conf); run render first", file=sys.stderr)
+        print(f"error: {printable(str(args.dir))} holds no rendered host (no */etc/mail/smtpd.conf); run render first", file=sys.stderr)
         return 2
     failed = False
+    # Any directory can be checked, hand-edited ones too: what the daemons quote from it is escaped.
     for host, tree in trees.items():
         problems = check_host(host, tree)
         for problem in problems:
-            print(problem, file=sys.stderr)
+            print(printable(str(problem)), file=sys.stderr)
         failed = failed or bool(problems)
-        print(f"{host}: {'FAILED' if problems else 'ok'} (smtpd -n, bgpd -n, sh -n)")
+        print(f"{printable(host)}: {'FAILED' if problems else 'ok'} (smtpd -n, bgpd -n, sh -n)")
     return 1 if failed else 0
 
 

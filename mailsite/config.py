@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from .model import Site
-from .problems import NAMESPACE, Problem, SiteConfigError, from_validation_error, setting_name, site_problems
+from .problems import HIDDEN, NAMESPACE, Problem, SiteConfigError, from_validation_error, setting_name, site_problems
 
 _SECRET_SETTINGS = {"mailsite:secrets.queueKeys", "mailsite:secrets.spamdSyncKey"}
 
@@ -24,16 +24,22 @@ MAX_NUMBER_CHARACTERS = 100  # an AS number or a size is a few digits
 _NUMBERS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
 
 
-def load_site(settings: Mapping[str, Any]) -> Site:
-    """Validate the `mailsite:` settings (keys without the namespace, as in the stack file)."""
+def load_site(settings: Mapping[str, Any], secret_settings: frozenset[str] = frozenset()) -> Site:
+    """Validate the `mailsite:` settings (keys without the namespace, as in the stack file).
+    `secret_settings`: settings the stack keeps as secrets, whose values no error line shows."""
+    hidden = _SECRET_SETTINGS | secret_settings
     try:
         site = Site.model_validate(dict(settings))
     except ValidationError as error:
-        raise SiteConfigError(from_validation_error(error, _SECRET_SETTINGS)) from None
-    problems = site_problems(site)
+        raise SiteConfigError(from_validation_error(error, hidden)) from None
+    problems = [Problem(p.setting, HIDDEN, p.message) if _under(p.setting, secret_settings) else p for p in site_problems(site)]
     if problems:
         raise SiteConfigError(problems)
     return site
+
+
+def _under(setting: str, settings: frozenset[str]) -> bool:
+    return any(setting == name or setting.startswith((name + ".", name + "[")) for name in settings)
 
 
 def stack_name(path: Path) -> str:
@@ -139,18 +145,18 @@ def read_stack_yaml(path: Path) -> Any:
         loader.dispose()
 
 
-def _encrypted(value: Any, loc: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+def encrypted(value: Any, loc: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     """Where `pulumi config set --secret` (with --path: at any depth) left an encrypted value."""
     if isinstance(value, dict):
         if set(value) == {"secure"} and isinstance(value["secure"], str):
             return [loc]
-        return [found for key, item in value.items() for found in _encrypted(item, loc + (str(key),))]
+        return [found for key, item in value.items() for found in encrypted(item, loc + (str(key),))]
     if isinstance(value, list):
-        return [found for index, item in enumerate(value) for found in _encrypted(item, loc + (index,))]
+        return [found for index, item in enumerate(value) for found in encrypted(item, loc + (index,))]
     return []
 
 
-def _encrypted_problem(loc: tuple[Any, ...]) -> Problem:
+def encrypted_problem(loc: tuple[Any, ...]) -> Problem:
     setting = setting_name(loc)
     cannot = "encrypted by pulumi config set --secret, which only the Pulumi CLI and the stack's secrets provider can decrypt"
     if any(setting.startswith(path) for path in _SECRET_SETTINGS):
@@ -172,7 +178,7 @@ def read_stack_settings(path: Path) -> dict[str, Any]:
         namespace, _, name = str(key).partition(":")
         if namespace != NAMESPACE:
             continue  # other providers' settings (vultr:, aws:, ...) are theirs to check
-        problems += [_encrypted_problem((name, *loc)) for loc in _encrypted(value, ())]
+        problems += [encrypted_problem((name, *loc)) for loc in encrypted(value, ())]
         settings[name] = value
     if problems:
         raise SiteConfigError(problems)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pulumi.runtime.config import CONFIG, get_config_env
+from pulumi.runtime.config import CONFIG, get_config_env, get_config_secret_keys_env, is_config_secret
 
-from .config import MAX_DEPTH, MAX_STACK_BYTES, load_site
+from .config import MAX_DEPTH, MAX_STACK_BYTES, encrypted, encrypted_problem, load_site
 from .model import Site
 from .problems import NAMESPACE, Problem, SiteConfigError
 
@@ -61,14 +61,25 @@ def stack_settings() -> dict[str, Any]:
     settings, problems = {}, []
     for key, value in config.items():
         if key.startswith(prefix):
+            name = key.removeprefix(prefix)
             try:
-                settings[key.removeprefix(prefix)] = _value(key, value)
+                settings[name] = _value(key, value)
             except SiteConfigError as error:
                 problems += error.problems
+                continue
+            # The engine decrypts what it can; a {"secure": ...} left is ciphertext, refused as the tool refuses it.
+            problems += [encrypted_problem((name, *loc)) for loc in encrypted(settings[name], ())]
     if problems:
         raise SiteConfigError(problems)
     return settings
 
 
+def secret_settings() -> frozenset[str]:
+    """The `mailsite:` settings set with `pulumi config set --secret`: the engine decrypts them for
+    the program, and marks them; an error line names them but never shows their values."""
+    marked = set(get_config_secret_keys_env()) | {key for key in CONFIG.get() if is_config_secret(key)}
+    return frozenset(key for key in marked if key.startswith(f"{NAMESPACE}:"))
+
+
 def stack_site() -> Site:
-    return load_site(stack_settings())
+    return load_site(stack_settings(), secret_settings())

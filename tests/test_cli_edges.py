@@ -248,6 +248,41 @@ def test_program_refuses_a_setting_given_twice_or_nested_too_deep():
     ]
 
 
+def _program_problems(monkeypatch, settings: dict, secret_keys: list[str]) -> list[str]:
+    """The program's reading of the stack, given its config as the language host gives it (env)."""
+    from mailsite.problems import SiteConfigError
+    from mailsite.stack import stack_site
+
+    config = {f"mailsite:{k}": json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in settings.items()}
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps(config))
+    monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps(secret_keys))
+    with pytest.raises(SiteConfigError) as raised:
+        stack_site()
+    return [str(problem) for problem in raised.value.problems]
+
+
+def test_program_never_shows_a_setting_the_stack_keeps_secret(monkeypatch):
+    """pulumi config set --secret (--path) marks the setting; the engine gives the program its value in clear."""
+    settings = example_settings()
+    settings["queue"]["ttl"] = KEY
+    settings["hosts"][0]["fqdn"] = settings["hosts"][1]["fqdn"] = f"mx.{KEY}.example.org"
+    settings["target"] = KEY
+    problems = _program_problems(monkeypatch, settings, ["mailsite:queue", "mailsite:hosts", "mailsite:target"])
+    assert [problem.split(" = ")[0] for problem in problems] == ["mailsite:target", "mailsite:queue.ttl"], problems
+    settings["target"], settings["queue"]["ttl"] = "libvirt", "7d"
+    problems += _program_problems(monkeypatch, settings, ["mailsite:queue", "mailsite:hosts", "mailsite:target"])
+    assert problems[-1].startswith("mailsite:hosts[1].fqdn = <not shown>: same MX name as hosts[0]"), problems
+    assert not [problem for problem in problems if KEY[:8] in problem], problems
+
+
+def test_program_refuses_an_encrypted_value_as_the_tool_does(monkeypatch):
+    settings = example_settings()
+    settings["hosts"][0]["ipv4"] = {"secure": "v1:c2VjcmV0Y2lwaGVydGV4dA=="}
+    assert _program_problems(monkeypatch, settings, []) == [
+        "mailsite:hosts[0].ipv4 = <encrypted>: encrypted by pulumi config set --secret, which only the Pulumi CLI and the "
+        "stack's secrets provider can decrypt; it is not a secret: set it in clear (pulumi config set --path without --secret)"]
+
+
 # --- --out --------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -448,3 +483,82 @@ def test_a_file_system_without_renameat2_still_gets_the_whole_new_site(tmp_path,
     site = {path: found for path, found in _snapshot(out).items() if path != ".mailsite-render"}
     assert site == {"mx1": ("", 0o755), "mx1/etc": ("", 0o755), "mx1/etc/myname": ("new\n", 0o644)}
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+# --- a key store others could replace --------------------------------------------------------------
+
+def _store_at(tmp_path: Path, path: Path) -> Path:
+    settings = example_settings()
+    settings["secrets"] = {"backend": "file", "path": str(path)}
+    return _stack(tmp_path, settings)
+
+
+@pytest.mark.parametrize("layout", ["store-is-a-link-to-a-shared-dir", "parent-writable-by-all", "store-of-another-user"])
+def test_secrets_init_refuses_a_store_another_user_could_replace(tmp_path, layout):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    if layout == "store-is-a-link-to-a-shared-dir":
+        os.chmod(shared, 0o1777)  # like /tmp: the tool must neither use it nor change its mode
+        store = tmp_path / "keys"
+        store.symlink_to(shared)
+        blamed = shared
+    elif layout == "parent-writable-by-all":
+        os.chmod(shared, 0o777)  # anyone can rename shared/keys away and put their own keys there
+        store, blamed = shared / "keys", shared
+    else:
+        store = blamed = shared / "keys"
+        store.mkdir(mode=0o700)
+        os.chown(store, 65534, 65534)
+    mode = shared.stat().st_mode
+    _one_line(_tool("secrets", "init", "--config", str(_store_at(tmp_path, store))),
+              f"mailsite:secrets.path = {store.resolve()}: {blamed} ", "could replace the keys", "choose a directory only you")
+    assert shared.stat().st_mode == mode
+    assert not list(shared.rglob("labels.json"))
+
+
+def test_render_refuses_keys_from_a_store_others_can_write(tmp_path):
+    stack = _keyed(tmp_path)
+    os.chmod(tmp_path / "keys", 0o777)
+    _one_line(_tool("render", "--config", str(stack), "--out", str(tmp_path / "out")), "is writable by others (mode 777)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_store_below_a_sticky_shared_directory_is_usable(tmp_path):
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    assert _tool("secrets", "init", "--config", str(_store_at(tmp_path, shared / "keys"))).returncode == 0
+    assert (shared / "keys").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+@pytest.mark.parametrize("file", ["labels", "version"])
+def test_a_label_or_key_file_that_is_not_a_plain_file_is_one_line_at_once(tmp_path, kind, file):
+    stack = _keyed(tmp_path)
+    secret = tmp_path / "keys" / "mailsite" / "edge" / "mx1" / "queue-key"
+    (version,) = (secret / "versions").iterdir()
+    target = secret / "labels.json" if file == "labels" else version
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(target.read_bytes())
+    target.unlink()
+    os.mkfifo(target) if kind == "fifo" else target.symlink_to(elsewhere)
+    _one_line(_tool("render", "--config", str(stack), "--out", str(tmp_path / "out"), timeout=10),
+              "secret = mailsite/edge/mx1/queue-key: ", "unreadable", "restore")
+
+
+# --- other commands' arguments -------------------------------------------------------------------
+
+@pytest.mark.parametrize("minutes", ["0", "-5", "100000"])
+def test_drain_minutes_outside_the_settings_bounds_is_one_line(tmp_path, minutes):
+    """0 used to fall back to the stack's setting silently; -5 went on to rotate."""
+    stack = _keyed(tmp_path)
+    for command in (["rotate-queue-key", "--host", "mx2"], ["rotate-spamd-key"]):
+        line = _one_line(_tool(*command, "--config", str(stack), "--drain-minutes", minutes), f"--drain-minutes = {minutes}: too ")
+        assert line.endswith(("use 1 or more", "use 1440 or less")), line
+
+
+def test_check_shows_a_directory_name_escaped(tmp_path):
+    odd = tmp_path / "\x1b]0;owned\x07"
+    odd.mkdir()
+    line = _one_line(_tool("check", str(odd)), "\\x1b]0;owned\\x07 holds no rendered host")
+    assert line.isprintable()

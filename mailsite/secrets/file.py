@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import uuid
 from pathlib import Path
 
@@ -20,6 +21,29 @@ from .store import CURRENT, PENDING, PREVIOUS, SecretVersion, secret_error
 _VERSION = re.compile(r"[0-9a-f]{32}")
 
 
+# Labels and versions are a few bytes; a FIFO or a device put in their place is refused, not waited on.
+_MAX_FILE = 1 << 16
+_OWNERS = {0, os.geteuid()}
+
+
+def _read_private(path: Path) -> bytes:
+    """A file of the store: written by this tool, so never a symbolic link, a pipe or a device."""
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY), "rb", buffering=0) as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ValueError("not a regular file")
+        return handle.read(_MAX_FILE)
+
+
+def _unsafe(found: os.stat_result, sticky_allowed: bool) -> str | None:
+    """Why another user could rename a directory's entries, if one could. In a sticky directory
+    (/tmp) only an entry's owner may rename it."""
+    if found.st_uid not in _OWNERS:
+        return f"belongs to user {found.st_uid}, who could replace the keys in it"
+    if found.st_mode & 0o022 and not (sticky_allowed and found.st_mode & stat.S_ISVTX):
+        return f"is writable by others (mode {stat.S_IMODE(found.st_mode):o}), who could replace the keys in it"
+    return None
+
+
 class FileStore:
     def __init__(self, root: Path):
         self.root = root
@@ -28,9 +52,10 @@ class FileStore:
         return self.root / secret_id
 
     def _labels(self, secret_id: str) -> dict[str, str] | None:
+        self._refuse_if_others_can_swap()
         path = self._dir(secret_id) / "labels.json"
         try:
-            labels = json.loads(path.read_bytes().decode("utf-8"))
+            labels = json.loads(_read_private(path).decode("utf-8"))
         except FileNotFoundError:
             return None
         except NotADirectoryError as error:
@@ -45,13 +70,27 @@ class FileStore:
         """A file of the store: 0600 from its first byte, whatever the umask."""
         try:
             private_directories(path.parent)
-            os.chmod(self.root, 0o700)
+            self._refuse_if_others_can_swap()
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(text)
                 os.fchmod(handle.fileno(), 0o600)
         except OSError as error:
             raise self._unusable(error) from None
+
+    def _refuse_if_others_can_swap(self) -> None:
+        """Keys baked into images come from here: a store that another user could replace (its
+        directory or one above it writable by them) would let them choose the site's keys."""
+        for directory in [self.root, *self.root.parents]:
+            try:
+                found = os.stat(directory)
+            except FileNotFoundError:
+                continue  # made 0700 by the first write
+            except OSError as error:
+                raise self._unusable(error) from None
+            if (unsafe := _unsafe(found, sticky_allowed=directory != self.root)) is not None:
+                raise SiteConfigError([Problem("mailsite:secrets.path", str(self.root), f"{directory} {unsafe}; "
+                                               "choose a directory only you can write in (as ~/.mailsite/secrets is)")])
 
     def _unusable(self, error: OSError) -> SiteConfigError:
         return SiteConfigError([Problem("mailsite:secrets.path", str(self.root),
@@ -67,7 +106,7 @@ class FileStore:
         if labels is None or label not in labels:
             return None
         try:
-            value = (self._dir(secret_id) / "versions" / labels[label]).read_bytes().decode("utf-8").strip()
+            value = _read_private(self._dir(secret_id) / "versions" / labels[label]).decode("utf-8").strip()
         except (OSError, ValueError) as error:
             raise secret_error(secret_id, f"version {labels[label]} is unreadable ({type(error).__name__}); restore it from a backup") from None
         return SecretVersion(SecretStr(value), labels[label])
