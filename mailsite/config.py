@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any, Mapping
@@ -42,12 +43,19 @@ def _under(setting: str, settings: frozenset[str]) -> bool:
     return any(setting == name or setting.startswith((name + ".", name + "[")) for name in settings)
 
 
+# Pulumi's own rule for a stack name (dots allowed: Pulumi.prod.eu.yaml is stack prod.eu); names
+# of dots only would make secret ids like mailsite/../mx1/queue-key.
+_STACK_NAME = re.compile(r"(?!\.+\Z)[A-Za-z0-9_.-]{1,100}")
+
+
 def stack_name(path: Path) -> str:
     """Pulumi.<stack>.yaml names its stack."""
-    parts = path.name.split(".")
-    if len(parts) == 3 and parts[0] == "Pulumi" and parts[2] in ("yaml", "yml"):
-        return parts[1]
-    raise SiteConfigError([Problem("--config", str(path), "not a stack file; name it Pulumi.<stack>.yaml")])
+    name = path.name
+    for suffix in (".yaml", ".yml"):
+        if name.startswith("Pulumi.") and name.endswith(suffix) and _STACK_NAME.fullmatch(name[len("Pulumi."): -len(suffix)]):
+            return name[len("Pulumi."): -len(suffix)]
+    raise SiteConfigError([Problem("--config", str(path), "not a stack file; name it Pulumi.<stack>.yaml, the stack's name "
+                                   "of letters, digits, _, . and - as pulumi takes it")])
 
 
 class _Refused(Exception):

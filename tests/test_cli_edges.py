@@ -562,3 +562,21 @@ def test_check_shows_a_directory_name_escaped(tmp_path):
     odd.mkdir()
     line = _one_line(_tool("check", str(odd)), "\\x1b]0;owned\\x07 holds no rendered host")
     assert line.isprintable()
+
+
+def test_a_stack_name_with_dots_is_a_stack_as_pulumi_takes_it(tmp_path):
+    """The pull-request workflow lists Pulumi.prod.eu.yaml as stack prod.eu; the tool must render it too."""
+    settings = example_settings()
+    settings["secrets"] = {"backend": "file", "path": str(tmp_path / "keys")}
+    stack = _stack(tmp_path, settings, name="prod.eu")
+    init = _tool("secrets", "init", "--config", str(stack))
+    assert init.returncode == 0 and "created mailsite/prod.eu/mx1/queue-key" in init.stdout, init.stderr
+    assert _tool("render", "--config", str(stack), "--out", str(tmp_path / "out")).returncode == 0
+
+
+@pytest.mark.parametrize("name", ["..", "\x1b[2J", "a b"])
+def test_a_file_name_that_is_no_stack_name_is_one_line(tmp_path, name):
+    settings = example_settings()
+    settings["secrets"] = {"backend": "file", "path": str(tmp_path / "keys")}
+    line = _one_line(_tool("secrets", "init", "--config", str(_stack(tmp_path, settings, name=name))), "not a stack file")
+    assert line.isprintable() and not (tmp_path / "keys").exists()
