@@ -353,9 +353,9 @@ def new_vultr_site() -> list[Registered]:
 
 
 def test_a_new_site_reports_no_violation_and_names_what_waits_for_up(analyzer, new_vultr_site):
-    # Reserved addresses do not exist yet, so the firewall rules' ports and sources (made from
-    # them) are unknown: the firewall policies are enforced again during `up`, before each rule
-    # is created, and say so now instead of passing silently.
+    # Reserved addresses do not exist yet: only a spamd-sync peer's address waits for its reserved
+    # IP, while every rule's port, protocol and prefix come from the model, so the firewall
+    # policies decide now. Whatever still cannot be judged is named, never passed in silence.
     bake = _find(new_vultr_site, DYNAMIC, lambda r: "queueKey" in r.inputs)
     assert bake.inputs["tree"] == {SECRET_SIGNATURE: SECRET_MARK, "value": UNKNOWN}, "a secret not known yet"
     findings = analyzer.preview(new_vultr_site)
@@ -368,9 +368,13 @@ def test_a_new_site_reports_no_violation_and_names_what_waits_for_up(analyzer, n
 def test_what_waits_for_up_is_printed_where_the_preview_shows_it(new_vultr_site, tmp_path):
     # The engine keeps only passed/failed in its policy summary and drops not-applicable reasons;
     # the pack's stderr is what it shows, each line an info diagnostic (plugin.go, runtrace).
+    # A rule whose port is made by the cloud (unknown until `up`) cannot be judged in the preview.
+    waiting = copy.deepcopy(new_vultr_site)
+    rule = _find(waiting, mailsite_policies.FIREWALL_RULE, lambda r: r.name.startswith("mail-firewall-mx2-smtp-"))
+    rule.set("port", UNKNOWN)
     with open(tmp_path / "pack-stderr", "w+b") as errors:
         with policy_pack_process(errors) as stub:
-            findings = Analyzer(stub).preview(new_vultr_site)
+            findings = Analyzer(stub).preview(waiting)
         errors.seek(0)
         shown = errors.read().decode().splitlines()
     assert findings.not_applicable
