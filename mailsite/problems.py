@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,8 +61,18 @@ def show(value: Any) -> str:
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
         return f"<secret of {len(value)} characters>"
-    text = repr(value) if isinstance(value, (dict, list)) or value == "" else str(value)
+    text = _brief(value) if isinstance(value, (dict, list)) or value == "" else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _brief(value: Any) -> str:
+    # A section given where a value belongs is a misplaced part of the file: its names may be
+    # settings put in the wrong place and its values keys, so neither is shown.
+    if isinstance(value, dict):
+        return "{...}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_brief, value)) + "]"
+    return repr(value)
 
 
 HIDDEN = "<not shown>"
@@ -120,12 +131,18 @@ _PLAIN_SECRET_SETTINGS = {"backend", "path", "region", "profile", "endpointUrl"}
 _BRANCH_TAGS = {"str", "int", "IPv4Address", "IPv6Address", "IPv4Network", "IPv6Network"}
 
 
+_PATH_FORM = re.compile(r"[A-Za-z][A-Za-z0-9]*(\[[0-9]+\]|\.[A-Za-z][A-Za-z0-9]*)+")
+
+
 def _message(kind: str, detail: dict[str, Any], loc: tuple[Any, ...]) -> str:
     if kind == "value_error":  # our own validators' messages, which say the fix already
         return str(detail["msg"]).removeprefix("Value error, ")
     if kind == "string_pattern_mismatch":
         name = next((part for part in reversed(loc) if isinstance(part, str)), "")
         return _FORMS.get(name, _FORM)
+    if kind == "extra_forbidden" and isinstance(loc[-1], str) and _PATH_FORM.fullmatch(loc[-1]):
+        # `pulumi config set --path 'mailsite:hosts[0].ipv4'` written as a key of the file.
+        return f"unknown setting; in the stack file, nest it below its section (a.b[0] is pulumi config set --path's form; {_SEE})"
     if kind in ("ip_v4_address", "ip_v6_address") and loc[:1] == ("hosts",):
         return f"{_FIXES[kind]}, or allocate"  # a host's address may be the provider's to choose
     try:
@@ -145,9 +162,11 @@ def _hidden(setting: str, kind: str, secret_paths: set[str]) -> bool:
 def from_validation_error(error: ValidationError, secret_paths: set[str] = frozenset()) -> list[Problem]:
     problems: dict[str, tuple[Problem, str]] = {}
     for detail in error.errors(include_url=False):
-        loc = tuple(part for part in detail["loc"] if not _is_union_branch(part))
-        setting = setting_name(loc)
         kind = detail["type"]
+        # An unknown setting's own name is the last part, whatever it looks like.
+        *path, last = detail["loc"]
+        loc = tuple(part for part in path if not _is_union_branch(part)) + (() if _is_union_branch(last) and kind != "extra_forbidden" else (last,))
+        setting = setting_name(loc)
         value = detail.get("input")
         if kind == "missing":
             shown = "(absent)"
@@ -174,7 +193,13 @@ _EITHER_FAMILY_FIX = {
 
 
 def _is_union_branch(part: Any) -> bool:
-    return isinstance(part, str) and ("[" in part or part in _BRANCH_TAGS)
+    return isinstance(part, str) and (part in _BRANCH_TAGS or _BRANCH.fullmatch(part) is not None)
+
+
+# How pydantic names a branch of a union or a validator chain in an error's location, and a
+# mapping's key ("[key]"); a name a person wrote with brackets in it (a pasted "hosts[0]") is kept.
+_BRANCH = re.compile(r"\[key\]|(function-(after|before|wrap|plain)|literal|lax-or-strict|json-or-python|tagged-union|"
+                     r"is-instance|nullable|chain|constrained-[a-z]+)\[.*\]", re.S)
 
 
 def unreachable(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:

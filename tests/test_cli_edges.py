@@ -580,3 +580,32 @@ def test_a_file_name_that_is_no_stack_name_is_one_line(tmp_path, name):
     settings["secrets"] = {"backend": "file", "path": str(tmp_path / "keys")}
     line = _one_line(_tool("secrets", "init", "--config", str(_stack(tmp_path, settings, name=name))), "not a stack file")
     assert line.isprintable() and not (tmp_path / "keys").exists()
+
+
+@pytest.mark.parametrize("where", ["secrets-path", "host-name", "list-of-sections"])
+def test_a_section_where_a_value_belongs_is_shown_without_its_contents(tmp_path, where):
+    """A mis-indented block puts a key under a plain setting; its names and values stay unshown."""
+    settings = example_settings()
+    if where == "secrets-path":
+        settings["secrets"] = {"backend": "file", "path": {"queueKeys": {"mx1": KEY}}}
+        name, shown = "mailsite:secrets.path", "{...}"
+    elif where == "host-name":
+        settings["hosts"][0]["name"] = {"queueKey": KEY}
+        name, shown = "mailsite:hosts[0].name", "{...}"
+    else:
+        settings["domains"] = [{"spamdSyncKey": KEY}]
+        name, shown = "mailsite:domains[0]", "{...}"
+    line = _one_line(_tool("render", "--config", str(_stack(tmp_path, settings)), "--out", str(tmp_path / "out")),
+                     f"{name} = {shown}: ")
+    assert KEY[:8] not in line and "Key" not in line
+
+
+def test_a_key_written_in_the_path_form_is_named_whole(tmp_path):
+    """Brackets in a setting's name used to drop it from the line ("mailsite = <not shown>")."""
+    text = _stack(tmp_path, example_settings()).read_text() + "  mailsite:hosts[0].ipv4: 192.0.2.99\n  \"mailsite:x\\e[31m\": 1\n"
+    result = _render_text(tmp_path, text)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "error: mailsite:hosts[0].ipv4 = <not shown>: unknown setting; in the stack file, nest it below its section "
+        "(a.b[0] is pulumi config set --path's form; see Pulumi.example.yaml)",
+        "error: mailsite:x\\x1b[31m = <not shown>: unknown setting; remove it or correct its spelling (see Pulumi.example.yaml)"]
