@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from .problems import Problem, SiteConfigError
 from .render import HostTree
 
 MARKER = ".mailsite-render"
+_MARKER_AT_MOST = 16 << 20  # a site of thousands of files lists a few hundred kilobytes
 
 
 def directory_mode(path: str) -> int:
@@ -66,10 +68,19 @@ def _out_problem(out: Path, message: str) -> SiteConfigError:
     return SiteConfigError([Problem("--out", str(out), message)])
 
 
+def _read_marker(path: Path) -> str:
+    """The marker as a render wrote it: a small plain file. A FIFO, a device or a link put in its
+    place is no marker (reading one would wait forever or never end)."""
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY), "rb", buffering=0) as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ValueError("not a plain file")
+        return handle.read(_MARKER_AT_MOST).decode("utf-8")
+
+
 def _not_rendered(out: Path) -> str | None:
     """The first thing in `out` that no render wrote, if any."""
     try:
-        rendered = set(json.loads((out / MARKER).read_text())["files"])
+        rendered = set(json.loads(_read_marker(out / MARKER))["files"])
     except (OSError, ValueError, KeyError, TypeError):
         return next((entry.name for entry in os.scandir(out)), None)
     directories = {str(parent) for path in rendered for parent in Path(path).parents if str(parent) != "."}
@@ -86,6 +97,8 @@ def _checked_out(out: Path) -> None:
         raise _out_problem(out, "is a symbolic link; give the directory itself")
     if out.exists() and not out.is_dir():
         raise _out_problem(out, "is a file; give a directory, which will hold one directory per host")
+    if out.is_dir() and os.path.ismount(out):
+        raise _out_problem(out, "is a mount point, which cannot be swapped for a new site at once; render into a directory inside it")
     if out.is_dir() and (foreign := _not_rendered(out)) is not None:
         raise _out_problem(out, f"holds {foreign}, which mailsite did not render; move it away, or render into a new directory")
 

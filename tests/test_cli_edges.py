@@ -609,3 +609,25 @@ def test_a_key_written_in_the_path_form_is_named_whole(tmp_path):
         "error: mailsite:hosts[0].ipv4 = <not shown>: unknown setting; in the stack file, nest it below its section "
         "(a.b[0] is pulumi config set --path's form; see Pulumi.example.yaml)",
         "error: mailsite:x\\x1b[31m = <not shown>: unknown setting; remove it or correct its spelling (see Pulumi.example.yaml)"]
+
+
+@pytest.mark.parametrize("marker", ["fifo", "link-to-dev-zero"])
+def test_a_marker_that_is_not_a_plain_file_is_refused_at_once(tmp_path, marker):
+    stack = _keyed(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / ".mailsite-render") if marker == "fifo" else (out / ".mailsite-render").symlink_to("/dev/zero")
+    _one_line(_tool("render", "--config", str(stack), "--out", str(out), timeout=20), "holds .mailsite-render, which mailsite did not render")
+
+
+def test_out_that_is_a_mount_point_says_to_render_inside_it(tmp_path):
+    stack = _keyed(tmp_path)
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mount)], check=True)
+    try:
+        _one_line(_tool("render", "--config", str(stack), "--out", str(mount)), "is a mount point", "render into a directory inside it")
+        assert _tool("render", "--config", str(stack), "--out", str(mount / "site")).returncode == 0
+        assert sorted(p.name for p in (mount / "site").iterdir()) == [".mailsite-render", "mx1", "mx2", "mx3"]
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
