@@ -16,7 +16,7 @@ from .images.bake import BakeRequest, bake
 from .images.packer import BakeError
 from .lab.cli import add_lab_command
 from .model import Site
-from .problems import Problem, SiteConfigError, from_validation_error, printable
+from .problems import Problem, SiteConfigError, few, from_validation_error, printable
 from .rotation import ControlError, automation_replace, rollout_spamd_key, rotate_site, ssh_control
 from .secrets import host_store, init_secrets
 from .trees import write_trees
@@ -27,7 +27,7 @@ def _bake(args: argparse.Namespace) -> int:
     names = args.host or [host.name for host in site.hosts]
     unknown = [name for name in names if name not in {host.name for host in site.hosts}]
     if unknown:
-        raise SiteConfigError([Problem("--host", name, f"no such host; use one of {', '.join(h.name for h in site.hosts)}") for name in unknown])
+        raise SiteConfigError([Problem("--host", name, f"no such host; use one of {few([h.name for h in site.hosts])}") for name in unknown])
     if site.images.iso_sha256 is None:
         # Without it packer cannot verify the install media it downloads: a setting to fix, not a failed bake.
         raise SiteConfigError([Problem("mailsite:images.isoSha256", "(absent)",
@@ -57,7 +57,7 @@ def _drain_minutes(site: Site, given: int | None) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     site = load_site_file(args.config)
     if args.host and args.host not in {h.name for h in site.hosts}:
-        raise SiteConfigError([Problem("--host", args.host, f"no such host; use one of {', '.join(h.name for h in site.hosts)}")])
+        raise SiteConfigError([Problem("--host", args.host, f"no such host; use one of {few([h.name for h in site.hosts])}")])
     stack = stack_name(args.config)
     project = args.config.resolve().parent
     controls = {host.name: ssh_control(host) for host in site.hosts}

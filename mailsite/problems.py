@@ -75,6 +75,11 @@ def _brief(value: Any) -> str:
     return repr(value)
 
 
+def few(names: list[str], at_most: int = 5) -> str:
+    """Names for an error line, which stays a line however many a site has."""
+    return ", ".join(names[:at_most]) + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
+
+
 HIDDEN = "<not shown>"
 _SEE = "see Pulumi.example.yaml"
 _NUMBER = "must be a whole number; write digits only"
@@ -233,7 +238,7 @@ def site_problems(site: Site) -> list[Problem]:
     for i, host in enumerate(site.hosts):
         if zone_of(host.mx_name, site.domains) is None:
             # The MX name's A/AAAA records go in one of the site's zones; no zone holds this one.
-            add(f"{hosts}[{i}].fqdn", host.mx_name, f"outside the site's domains ({', '.join(site.domains)}); "
+            add(f"{hosts}[{i}].fqdn", host.mx_name, f"outside the site's domains ({few(site.domains)}); "
                 f"use a name in one of them, like {host.name}.{site.domains[0]}")
 
     addresses: dict[str, str] = {}

@@ -631,3 +631,16 @@ def test_out_that_is_a_mount_point_says_to_render_inside_it(tmp_path):
         assert sorted(p.name for p in (mount / "site").iterdir()) == [".mailsite-render", "mx1", "mx2", "mx3"]
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_an_error_line_stays_a_line_however_many_domains_the_site_has():
+    from mailsite.config import load_site
+    from mailsite.problems import SiteConfigError
+
+    settings = example_settings()
+    settings["domains"] = [f"d{n}.example" for n in range(5000)]
+    settings["hosts"][2]["fqdn"] = "mx3.elsewhere.example"
+    with pytest.raises(SiteConfigError) as raised:
+        load_site(settings)
+    (line,) = [str(p) for p in raised.value.problems if p.setting == "mailsite:hosts[2].fqdn"]
+    assert "d0.example, d1.example, d2.example, d3.example, d4.example and 4995 more" in line and len(line) < 300, line[:300]
