@@ -644,3 +644,18 @@ def test_an_error_line_stays_a_line_however_many_domains_the_site_has():
         load_site(settings)
     (line,) = [str(p) for p in raised.value.problems if p.setting == "mailsite:hosts[2].fqdn"]
     assert "d0.example, d1.example, d2.example, d3.example, d4.example and 4995 more" in line and len(line) < 300, line[:300]
+
+
+def test_secrets_init_refuses_a_store_git_would_commit(tmp_path):
+    """secrets.path: keys (relative to the stack file) in a repository that does not ignore it."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    settings = example_settings()
+    settings["secrets"] = {"backend": "file", "path": "keys"}
+    stack = _stack(tmp_path, settings)
+    _one_line(_tool("secrets", "init", "--config", str(stack)), f"mailsite:secrets.path = {tmp_path / 'keys'}: ",
+              "not ignored, so the keys would be committed; add it to .gitignore")
+    assert not (tmp_path / "keys").exists()
+    (tmp_path / ".gitignore").write_text("/keys/\n")
+    assert _tool("secrets", "init", "--config", str(stack)).returncode == 0
+    status = subprocess.run(["git", "-C", str(tmp_path), "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True)
+    assert "keys" not in status.stdout

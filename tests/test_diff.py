@@ -21,7 +21,8 @@ def file_secrets(settings: dict) -> dict:
 def _keys(repo) -> list[str]:
     return [path.read_text().strip() for path in (repo / ".mailsite/secrets").rglob("versions/*")]
 
-PROJECT = ["mailsite", "configs", "images", "Pulumi.yaml"]
+# .gitignore too: it keeps the file backend's keys (.mailsite/) out of git, as in a real checkout.
+PROJECT = ["mailsite", "configs", "images", "Pulumi.yaml", ".gitignore"]
 
 
 def _git(repo, *args):

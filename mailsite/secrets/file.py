@@ -7,6 +7,7 @@ import json
 import os
 import re
 import stat
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def _unsafe(found: os.stat_result, sticky_allowed: bool) -> str | None:
 class FileStore:
     def __init__(self, root: Path):
         self.root = root
+        self._checked_git = False
 
     def _dir(self, secret_id: str) -> Path:
         return self.root / secret_id
@@ -66,8 +68,23 @@ class FileStore:
             raise secret_error(secret_id, f"its labels ({path}) are damaged (not label: version pairs); restore them from a backup")
         return labels
 
+    def _refuse_if_git_would_commit(self) -> None:
+        """A store inside a git work tree that git does not ignore ends up in a commit (git add -A)."""
+        existing = next(directory for directory in [self.root, *self.root.parents] if directory.is_dir())
+        try:
+            checked = subprocess.run(["git", "-C", str(existing), "check-ignore", "-q", "--", str(self.root / "mailsite")],
+                                     capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return  # no git here: nothing to commit the keys with
+        if checked.returncode == 1:  # 0: ignored; 128: not in a work tree
+            raise SiteConfigError([Problem("mailsite:secrets.path", str(self.root), "is inside a git work tree and not ignored, so "
+                                           "the keys would be committed; add it to .gitignore, or choose a directory outside the repository")])
+
     def _write(self, path: Path, text: str) -> None:
         """A file of the store: 0600 from its first byte, whatever the umask."""
+        if not self._checked_git:
+            self._refuse_if_git_would_commit()
+            self._checked_git = True
         try:
             private_directories(path.parent)
             self._refuse_if_others_can_swap()
