@@ -54,6 +54,15 @@ def relative_name(name: str, zone: str) -> str:
     return "" if name == zone else name.removesuffix("." + zone)
 
 
+def _field(value: str) -> str:
+    """One zone-file field. The model refuses what could break a line (an IPv6 %zone with a line
+    break in it, say); this is the second line of defence, so a miss is a bug, not a user error:
+    a line break, blank, `;` (a comment) or `(` would let a value write records of its own."""
+    if not value or any(c.isspace() or not c.isprintable() or c in ';()"\\' for c in value):
+        raise ValueError(f"not one zone-file field: {value!r}")
+    return value
+
+
 def render_zone(zone: str, records: list[DnsRecord], primary_ns: str, serial: int, ttl: int = 3600) -> str:
     """An RFC 1035 zone file for `zone` (nsd reads it as is) holding the site's records in it."""
     lines = [
@@ -65,8 +74,8 @@ def render_zone(zone: str, records: list[DnsRecord], primary_ns: str, serial: in
     for record in records:
         if zone_of(record.name, [zone]) != zone:
             continue
-        owner = relative_name(record.name, zone) or "@"
-        value = f"{record.priority}\t{record.value}." if record.type == "MX" else record.value
+        owner = _field(relative_name(record.name, zone) or "@")
+        value = f"{int(record.priority or 0)}\t{_field(record.value)}." if record.type == "MX" else _field(record.value)
         lines.append(f"{owner}\tIN\t{record.type}\t{value}")
     return "\n".join(lines) + "\n"
 
@@ -90,7 +99,7 @@ def render_reverse_zone(network, records: list[ReverseRecord], primary_ns: str, 
         f"@\tIN\tSOA\t{primary_ns}. hostmaster.{primary_ns}. ( {serial} 3600 900 1209600 300 )",
     ]
     for record in records:
-        address = ipaddress.ip_address(record.address)
+        address = ipaddress.ip_address(_field(record.address))
         if address.version == network.version and address in network:
-            lines.append(f"{address.reverse_pointer}.\tIN\tPTR\t{record.name}.")
+            lines.append(f"{address.reverse_pointer}.\tIN\tPTR\t{_field(record.name)}.")
     return "\n".join(lines) + "\n"

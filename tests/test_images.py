@@ -272,6 +272,18 @@ def test_first_certificate_is_made_in_a_directory_the_system_lacks(tmp_path):
     assert key.parent.stat().st_mode & 0o777 == 0o700, "the key's directory is private, as /etc/ssl/private is"
 
 
+def test_first_certificate_never_overwrites_a_file_named_as_the_key(tmp_path):
+    # A key path naming an existing file (a hostile or mistaken tls.key) must not be replaced
+    # by a fresh private key: that file could be pf.conf.
+    settings = example_settings()
+    settings["tls"] = {"certificate": "/etc/ssl/new.crt", "key": "/etc/pf.conf"}
+    root = _fake_root(site_of(settings), tmp_path)
+    pf_conf = (root / "etc/pf.conf").read_bytes()
+    result = _run_install_site(root, tmp_path)
+    assert result.returncode != 0 and "not writing a key over it" in result.stderr
+    assert (root / "etc/pf.conf").read_bytes() == pf_conf
+
+
 def test_install_site_leaves_the_rendered_rc_conf_local_as_it_is(example_site, tmp_path):
     root = _fake_root(example_site, tmp_path)
     stubs = tmp_path / "bin"
