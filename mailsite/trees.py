@@ -140,6 +140,7 @@ def write_trees(out: Path, trees: Mapping[str, HostTree]) -> list[Path]:
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.render-", dir=out.parent))
     except OSError as error:
         raise _out_problem(out, f"cannot write beside it ({error.strerror}); choose a directory you can write") from None
+    kept = None
     try:
         for host, tree in trees.items():
             write_tree(staging / host, tree)
@@ -148,11 +149,18 @@ def write_trees(out: Path, trees: Mapping[str, HostTree]) -> list[Path]:
         with _uninterrupted():
             if out.exists():
                 _exchange(staging, out)
+                # Checked again on the previous site itself, now swapped out: what someone wrote into
+                # OUT while this render ran is not deleted with it.
+                if (foreign := _not_rendered(staging)) is not None:
+                    kept = staging
+                    raise _out_problem(out, f"rendered, but {foreign} appeared in it meanwhile; the previous site, with it, "
+                                            f"is kept in {kept}")
             else:
                 staging.rename(out)
             shutil.rmtree(staging, ignore_errors=True)
     except OSError as error:
         raise _out_problem(out, f"cannot write it ({error.strerror}); the previous render, if any, is as it was") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging != kept:
+            shutil.rmtree(staging, ignore_errors=True)
     return [out / host for host in trees]

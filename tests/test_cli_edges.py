@@ -659,3 +659,26 @@ def test_secrets_init_refuses_a_store_git_would_commit(tmp_path):
     assert _tool("secrets", "init", "--config", str(stack)).returncode == 0
     status = subprocess.run(["git", "-C", str(tmp_path), "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True)
     assert "keys" not in status.stdout
+
+
+def test_a_file_written_into_out_during_a_render_is_kept(tmp_path, monkeypatch):
+    """The check of OUT runs before the site is built; a file that appears after it is not deleted."""
+    import mailsite.trees as trees
+    from mailsite.problems import SiteConfigError
+    from mailsite.render import RenderedFile
+
+    out = tmp_path / "out"
+    trees.write_trees(out, {"mx1": {"etc/myname": RenderedFile("old\n")}})
+    real = trees._exchange
+
+    def meanwhile(new, old):
+        (out / "mx1" / "etc" / "notes.txt").write_text("written meanwhile\n")
+        real(new, old)
+    monkeypatch.setattr(trees, "_exchange", meanwhile)
+    with pytest.raises(SiteConfigError) as raised:
+        trees.write_trees(out, {"mx1": {"etc/myname": RenderedFile("new\n")}})
+    (problem,) = raised.value.problems
+    assert "rendered, but mx1/etc/notes.txt appeared in it meanwhile; the previous site, with it, is kept in" in problem.message
+    (kept,) = [p for p in tmp_path.iterdir() if "render-" in p.name]
+    assert (kept / "mx1" / "etc" / "notes.txt").read_text() == "written meanwhile\n"
+    assert (out / "mx1" / "etc" / "myname").read_text() == "new\n"
