@@ -24,6 +24,7 @@ PREFIXES = 200_000
 BYPASS = 1_000
 RUNS = 3
 FIXTURE = ROOT / "tests/fixtures/bgpctl-show-rib-community.json"
+SUMMARY = ROOT / "tests/fixtures/bgpctl-show-summary.json"
 
 
 def _answer(count: int, first: str) -> str:
@@ -44,8 +45,10 @@ def main() -> None:
         for community, answer in answers.items():
             (work / f"rib-{community.replace(':', '_')}.json").write_text(answer)
         size = len(answers[bgp.blacklist_community]) / 1e6
-        replay = work / "bgpctl"  # replays the recorded answer for the community asked ($5)
-        replay.write_text(f'#!/bin/sh\nexec cat "{work}/rib-$(echo "$5" | tr : _).json"\n')
+        # Replays the recorded answers: both route servers Established, then the community asked ($5).
+        replay = work / "bgpctl"
+        replay.write_text(f'#!/bin/sh\n[ "$3" = summary ] && exec cat "{SUMMARY}"\n'
+                          f'exec cat "{work}/rib-$(echo "$5" | tr : _).json"\n')
         replay.chmod(0o755)
         seconds = []
         for run in range(RUNS):

@@ -296,8 +296,8 @@ def _expected_lists(lab: Lab) -> tuple[list[str], list[str]]:
     return bare(lab.state["blacklist"]), bare(lab.state["bypass"])
 
 
-def _job_problems(lab: Lab) -> list[str]:
-    black, bypass = _expected_lists(lab)
+def _job_problems(lab: Lab, expected: tuple[list[str], list[str]] | None = None) -> list[str]:
+    black, bypass = expected or _expected_lists(lab)
     problems = []
     for mx in lab.plan.of_kind("mx"):
         run = bgp.run_update_job(lab, mx.name)
@@ -374,6 +374,40 @@ def feed_takes_only_host_routes(lab: Lab) -> Finding:
     return _timed("bgp: only host routes are taken from the feed", scenario)
 
 
+# Host routes a wrong or hostile route server might tag: spamd-setup stops reading a list at
+# 0.0.0.0 and wraps 255.255.255.255 around to 0, losing every other address of the list; no mail
+# comes from loopback or multicast addresses. bgpd takes them (they are /32s): the job must not.
+# A route server sends a prefix once, with one set of communities: these go in the blacklist,
+UNLISTABLE = ("0.0.0.0/32", "127.0.0.2/32", "224.0.0.1/32")
+UNLISTABLE_BYPASS = "255.255.255.255/32"  # and this in the bypass list.
+
+
+def job_refuses_addresses_no_sender_has(lab: Lab) -> Finding:
+    """Route servers tag 0.0.0.0/32, a loopback and a multicast address as listed and
+    255.255.255.255/32 as bypassed; every MX's bgpd takes them, and the update job, reading the
+    real bgpctl, writes the lists without them and says so."""
+    def scenario() -> tuple[bool, str]:
+        blacklist, bypass = list(lab.state["blacklist"]), list(lab.state["bypass"])
+        before = _expected_lists(lab)
+        mxes = [mx.name for mx in lab.plan.of_kind("mx")]
+        lab.announce(blacklist + list(UNLISTABLE), bypass + [UNLISTABLE_BYPASS])
+        problems = []
+        try:
+            if not wait_until(lambda: all(bgp.routes_received(lab, mx) for mx in mxes), 20, 0.2):
+                return False, f"{[*UNLISTABLE, UNLISTABLE_BYPASS]} never reached every MX's RIB"
+            problems += _job_problems(lab, before)
+            for mx in mxes:
+                said = bgp.run_update_job(lab, mx).output
+                if f"refused {len(UNLISTABLE) + 1} prefixes" not in said:
+                    problems.append(f"{mx}: the job did not say what it refused ({said.strip()[-200:]})")
+        finally:
+            lab.announce(blacklist, bypass)
+        if not wait_until(lambda: all(bgp.routes_received(lab, mx) for mx in mxes), 20, 0.2):
+            problems.append("the routes did not return to what was announced before")
+        return not problems, "; ".join(problems) or f"{', '.join([*UNLISTABLE, UNLISTABLE_BYPASS])} held by every MX's bgpd, kept out of spamd's lists"
+    return _timed("update job: addresses no sender has never reach spamd-setup", scenario)
+
+
 def update_job_keeps_lists_without_sessions(lab: Lab) -> Finding:
     """With both route servers down, no session is Established and each MX's RIB is empty; the
     update job then fails and leaves spamd's lists as they were (empty lists would let every
@@ -423,6 +457,7 @@ DEMONSTRATION = (
     update_job_extracts_lists,
     withdrawn_route_disappears,
     feed_takes_only_host_routes,
+    job_refuses_addresses_no_sender_has,
     update_job_keeps_lists_without_sessions,
     backups_relay_to_primary,
     worst_backup_relays_to_primary,
