@@ -248,16 +248,6 @@ def _ssh_public_key(value: str) -> str:
 SshPublicKey = Annotated[str, AfterValidator(_ssh_public_key)]
 
 
-def _ssh_public_key_line(value: str) -> str:
-    kind, _, rest = value.partition(" ")
-    encoded, _, comment = rest.partition(" ")
-    if kind not in _SSH_KEY_FIELDS or not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", encoded) or not comment.isprintable():
-        raise ValueError(_SSH_KEY_FIX)
-    return value
-
-
-SshPublicKeyLine = Annotated[str, AfterValidator(_ssh_public_key_line)]
-
 
 class Host(Settings):
     """One MX. Its preference and fqdn, when not given, are filled in by Site."""
@@ -570,7 +560,7 @@ class Site(Settings):
     hosts: list[Host] = Field(min_length=1)
     admin_cidrs: list[IPNetwork] = []
     # Baked into root's authorized_keys: a VM from a snapshot gets no provider-injected keys.
-    admin_ssh_keys: list[SshPublicKeyLine] = []
+    admin_ssh_keys: list[SshPublicKey] = []
     recipients: Recipients
     greylist: Greylist = Greylist()
     bgp_spamd: BgpSpamd

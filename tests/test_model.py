@@ -321,3 +321,30 @@ def test_safe_values_of_the_same_settings_are_taken(settings):
     site = load_site(settings)
     assert site.recipients.aliases["sales"] == "Bob.Smith+site@example.net"
     assert site.tls.certificate_for(site.primary) == "/etc/ssl/acme/mx1.example.org.fullchain.pem"
+
+
+# The example's key as it stood before issue 12: 30 bytes where ed25519 has 32, no base64 padding.
+_TRUNCATED_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHJ0ZXN0a2V5Zm9ybWFpbHNpdGVleGFtcGxlb25seQ admin@example.org"
+
+
+@pytest.mark.parametrize("key,why", [
+    (_TRUNCATED_KEY, "cut short"),
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG1haWxzaXRlLWV4YW1wbGUta2V5LW5vdC1mb3ItdX admin@example.org", "cut short"),
+    ("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIG1haWxzaXRlLWV4YW1wbGUta2V5LW5vdC1mb3ItdXNl admin@example.org", "does not hold a ssh-rsa key"),
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG1haWxzaXRlLWV4YW1wbGUta2V5LW5vdC1mb3ItdXNl admin@example.org\rroot", "paste one whole line"),
+])
+def test_admin_ssh_key_must_decode_to_its_own_type(settings, key, why):
+    """A key cut short in the paste would lock the admins out of every new VM (root's
+    authorized_keys is baked); ssh-keygen -l refuses each of these too."""
+    settings["adminSshKeys"] = [key]
+    with pytest.raises(SiteConfigError) as raised:
+        load_site(settings)
+    (problem,) = raised.value.problems
+    assert problem.setting == "mailsite:adminSshKeys[0]"
+    assert why in str(problem) and "paste one whole line of a .pub file" in str(problem)
+
+
+def test_example_admin_key_is_one_ssh_keygen_reads(example_site):
+    (key,) = example_site.admin_ssh_keys
+    listed = subprocess.run(["ssh-keygen", "-l", "-f", "/dev/stdin"], input=key + "\n", capture_output=True, text=True)
+    assert listed.returncode == 0 and listed.stdout.rstrip().endswith("admin@example.org (ED25519)"), listed.stderr
