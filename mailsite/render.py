@@ -11,7 +11,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jinja2
 
@@ -66,16 +66,54 @@ def linux_bgpd_conf(text: str) -> str:
     return "".join("#\n" if _PFTABLE.search(line) else line for line in text.splitlines(keepends=True))
 
 
+class UnsafeValue(ValueError):
+    """A value the model should have refused reached a template: a bug in the model's types."""
+
+
+# Behind the model's types, a second line of defence: each grammar's quoting, and no value at all
+# that writes a line (or a control character) of its own into a file that runs as root.
+def _one_line(value: object) -> object:
+    text = str(value)
+    if not text.isprintable():
+        bad = next(char for char in text if not char.isprintable())
+        # The value itself is not shown: it may be a key.
+        raise UnsafeValue(f"a value holds a line break or control character ({bad!r})")
+    return value
+
+
+def _quoted(grammar: str) -> Callable[[object], str]:
+    """A double-quoted string as smtpd's and bgpd's lexers read it; a quote or backslash inside
+    would end it or escape, so neither may be in it."""
+    def quote(value: object) -> str:
+        text = str(value)
+        if bad := sorted(set(text) & {'"', "\\"}):
+            raise UnsafeValue(f"{grammar}: a quoted string cannot hold {''.join(bad)!r}")
+        return f'"{text}"'
+    return quote
+
+
+def _sh_word(value: object) -> str:
+    """One word inside rc.conf.local's double quotes, which /etc/rc sources as root: $ ` \\ "
+    would expand or end the string, and a blank would split a daemon's flag in two."""
+    text = str(value)
+    if bad := sorted(set(text) & set('"$`\\ \t')):
+        raise UnsafeValue(f"rc.conf.local: a flag cannot hold {''.join(bad)!r}")
+    return text
+
+
 @functools.cache
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
         autoescape=False,
+        finalize=_one_line,
     )
+    environment.filters.update(smtpd_string=_quoted("smtpd.conf"), bgpd_string=_quoted("bgpd.conf"), sh_word=_sh_word)
+    return environment
 
 
 def render_template(template: str, **values: object) -> str:

@@ -26,7 +26,7 @@ from mailsite.check import check_host
 from mailsite.config import load_site
 from mailsite.model import Site
 from mailsite.problems import SiteConfigError, setting_name
-from mailsite.render import HostTree, render_host
+from mailsite.render import HostTree, UnsafeValue, render_host
 from mailsite.trees import write_trees
 from tests.sites import addresses, example_settings as read_example_settings, fake_secrets
 
@@ -292,3 +292,34 @@ def test_accepted_hostile_value_passes_the_real_parsers(setting, tmp_path_factor
             assert check_host(host.name, out / host.name) == [], (setting.name, value)
 
     hostile()
+
+
+# The renderers' own line of defence, for a value that got past the model (a type too loose, a
+# model_copy that skipped validation): each grammar's quoting refuses it rather than write it.
+PAST_THE_MODEL = [
+    ("open relay through the lmtp socket", "delivery", {"lmtp_socket": "/var/dovecot/lmtp\nmatch from any for any action outbound\n#"},
+     "line break"),
+    ("a quote in the lmtp socket", "delivery", {"lmtp_socket": '/var/dovecot/lmtp" relay "x'}, "smtpd.conf: a quoted string"),
+    ("a command in the certificate path", "tls", {"certificate": "/etc/ssl/$(touch${IFS}/tmp/pwned).crt"}, "rc.conf.local: a flag"),
+    ("a blank in the key path", "tls", {"key": "/etc/ssl/private/a b.key"}, "rc.conf.local: a flag"),
+]
+
+
+@pytest.mark.parametrize("section,update,refusal", [case[1:] for case in PAST_THE_MODEL], ids=[case[0] for case in PAST_THE_MODEL])
+def test_renderer_refuses_what_would_break_its_grammar_past_the_model(section, update, refusal):
+    site = load_site(example_settings())
+    broken = site.model_copy(update={section: getattr(site, section).model_copy(update=update)})
+    with pytest.raises(UnsafeValue, match=refusal):
+        _render(broken)
+
+
+def test_renderer_refuses_a_bgp_neighbor_written_by_a_description():
+    site = load_site(example_settings())
+    feed = site.bgp_spamd
+    servers = [feed.route_servers[0].model_copy(update={"description": 'rs1" }\n\tneighbor 192.0.2.66 { descr "evil'})]
+    broken = site.model_copy(update={"bgp_spamd": feed.model_copy(update={"route_servers": servers})})
+    with pytest.raises(UnsafeValue):
+        _render(broken)
+    servers = [feed.route_servers[0].model_copy(update={"description": 'rs1" passive "x'})]
+    with pytest.raises(UnsafeValue, match="bgpd.conf: a quoted string"):
+        _render(site.model_copy(update={"bgp_spamd": feed.model_copy(update={"route_servers": servers})}))
