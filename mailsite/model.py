@@ -37,6 +37,11 @@ def _written(kind: str) -> BeforeValidator:
     def check(value: object) -> object:
         if isinstance(value, (bool, int, float, bytes)):
             raise PydanticCustomError(kind, "written as text")
+        if isinstance(value, str) and "%" in value:
+            # Python reads anything after % as an IPv6 zone index, line breaks and all, and
+            # writes it back out with the address (into hostname.if, pf.conf, resolv.conf).
+            raise ValueError("a zone index (% and a link's name) belongs to one machine, not to an address others "
+                             "reach; write the address alone")
         return value
     return BeforeValidator(check)
 

@@ -119,7 +119,7 @@ HOSTILE = [
     "{{ 7 * 7 }}", "{% raw %}", "{#", "{", "}", "*", "?", "!", "%{user.username}",
     '"\naction "evil" relay\nmatch from any for any action "evil"\n#',
     '"\n\t}\n\tneighbor 192.0.2.66 {\n\t\tdescr "evil',
-    "\n@example.org alice", '"\nsmtpd_flags="-d',
+    "\n@example.org alice", '"\nsmtpd_flags="-d', "%vmx0", "%x\n!touch /tmp/pwned #",
 ]
 # Characters a real value may hold, so that the types' edges are walked too.
 BENIGN = [".", "-", "_", "+", "/", ":", "@", "(", ")", ",", "=", "~", "x", "Z", "7", "é", "..", "/.."]
@@ -140,9 +140,11 @@ def hostile_values(example: str) -> st.SearchStrategy[str]:
 
 def with_the_known_breaks(example: str):
     """The cases that got through before (issue 12), tried first on every setting: a final line
-    break (what a YAML | block gives), a quote that ends the value, a separator only Unicode knows."""
+    break (what a YAML | block gives), a quote that ends the value, a separator only Unicode knows,
+    and an IPv6 zone index (Python keeps whatever follows % with the address)."""
     def decorate(test):
-        for value in (example + "\n", example + "\r\n", "\n" + example, example + '"', example + "\u2028", example + " x"):
+        for value in (example + "\n", example + "\r\n", "\n" + example, example + '"', example + "\u2028", example + " x",
+                      example + "%x\n#"):
             test = hypothesis_example(value)(test)
         return test
     return decorate

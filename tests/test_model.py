@@ -262,6 +262,11 @@ INJECTED = [
     ("pf table with a final newline", lambda s: s["bgpSpamd"]["pfTables"].update(bypass="bgp_spamd_bypass\n"),
      "mailsite:bgpSpamd.pfTables.bypass", "like bgp_spamd_bypass"),
     ("queue ttl with a final newline", lambda s: s["queue"].update(ttl="7d\n"), "mailsite:queue.ttl", "like 7d"),
+    # Python's ipaddress keeps whatever follows % as a zone index; netstart(8) runs a `!` line as root.
+    ("IPv6 zone index with a line of its own", lambda s: _host(s, 1).update(ipv6="2001:db8::20%x\n!touch /tmp/pwned #"),
+     "mailsite:hosts[1].ipv6", "write the address alone"),
+    ("IPv6 zone index in a resolver", lambda s: s["network"]["nameservers"].append("2001:db8::1%vmx0"),
+     "mailsite:network.nameservers[1]", "write the address alone"),
 ]
 
 WRONG = [
