@@ -7,7 +7,7 @@ OUT ?= out
 .PHONY: deps bake-deps venv test example lab bench clean
 
 # The real daemons and tools the checks and the lab run. No service is started by installing them.
-DEBS := opensmtpd openbgpd packer dnsmasq-base swaks iproute2 openssl python3-venv bind9-dnsutils shellcheck git jq mksh original-awk
+DEBS := opensmtpd openbgpd packer dnsmasq-base swaks iproute2 openssl python3-venv bind9-dnsutils shellcheck git jq mksh original-awk openssh-client
 
 deps:
 	@dpkg -s $(DEBS) >/dev/null 2>&1 || { apt-get update -qq && \

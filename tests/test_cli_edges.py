@@ -253,11 +253,21 @@ def _program_problems(monkeypatch, settings: dict, secret_keys: list[str]) -> li
     from mailsite.problems import SiteConfigError
     from mailsite.stack import stack_site
 
+    from pulumi.runtime import config as runtime_config
+
     config = {f"mailsite:{k}": json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in settings.items()}
     monkeypatch.setenv("PULUMI_CONFIG", json.dumps(config))
     monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps(secret_keys))
-    with pytest.raises(SiteConfigError) as raised:
-        stack_site()
+    # A fresh process, as the language host starts: no config left in the SDK by an earlier
+    # program run in this one (the mocks' tests set it), which would win over the environment.
+    config_token = runtime_config.CONFIG.set({})
+    secrets_token = runtime_config._SECRET_KEYS.set(set())
+    try:
+        with pytest.raises(SiteConfigError) as raised:
+            stack_site()
+    finally:
+        runtime_config.CONFIG.reset(config_token)
+        runtime_config._SECRET_KEYS.reset(secrets_token)
     return [str(problem) for problem in raised.value.problems]
 
 
