@@ -17,6 +17,7 @@ from .images.packer import BakeError
 from .lab.cli import add_lab_command
 from .model import Site
 from .problems import Problem, SiteConfigError, few, from_validation_error, printable
+from .render import UnsafeValue
 from .rotation import ControlError, automation_replace, rollout_spamd_key, rotate_site, ssh_control
 from .secrets import host_store, init_secrets
 from .trees import write_trees
@@ -179,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
+    except UnsafeValue as error:
+        # A value the model's types let through, stopped by a renderer before any file was written.
+        print(f"error: {printable(str(error))}, which no setting may hold; nothing was written: correct the stack "
+              "file's value that holds it", file=sys.stderr)
+        return 2
     except OSError as error:
         # A path given to the tool that cannot be read or written: the path and why, not a traceback.
         where = error.filename or "a file"

@@ -6,14 +6,14 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
-from .model import Host, HostAddresses, Site
+from .model import BRUTEFORCE_TABLE, Host, HostAddresses, Site
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
 
 # pf's table of sources that broke a rate limit (pass ... overload <bruteforce>). An entry shuts
 # its source out of the rate-limited services only, never smtp, and lasts this long: an office
 # behind one NAT address that mistypes a password is locked out for an hour, not for good.
-BRUTEFORCE_TABLE = "bruteforce"
+# (Its name, BRUTEFORCE_TABLE, is the model's: no bgp table may take it.)
 BRUTEFORCE_EXPIRY_SECONDS = 3600
 # How often root's crontab expires <bruteforce> entries: an entry lives up to expiry + this.
 BRUTEFORCE_EXPIRE_EVERY_MINUTES = 10

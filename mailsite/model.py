@@ -55,13 +55,22 @@ IPNetwork = IPv4Network | IPv6Network
 
 # spamd(8) hard-codes these two pf table names; a bgp table may not take either.
 SPAMD_TABLES = ("spamd", "spamd-white")
+# pf.conf's own tables: <nospamd> (senders that skip spamd, with /etc/mail/nospamd) and the rate
+# limit's offenders. A bgp list filling either would pass listed senders straight to smtpd, or
+# shut bypassed ones out of ssh.
+BRUTEFORCE_TABLE = "bruteforce"
+PF_CONF_TABLES = ("nospamd", BRUTEFORCE_TABLE)
+# OpenBSD's drivers for the NICs a site's VMs get, with the qemu device the bake gives each.
+# A host's egress is one of them and its unit: a pseudo-interface (lo0, pflog1, enc0, carp1)
+# carries no mail from the internet.
+NIC_DRIVERS = {"vio": "virtio-net", "vmx": "vmxnet3", "em": "e1000", "re": "rtl8139"}
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _SIZE = re.compile(r"^([1-9][0-9]*)([KMG]?)$")
 _DURATION = re.compile(r"^[1-9][0-9]*[smhd]$")
 _COMMUNITY = re.compile(r"^([0-9]{1,5}):([0-9]{1,5})$")
 _PF_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,31}$")
-_INTERFACE = re.compile(r"^[a-z]+[0-9]+$")
+_INTERFACE = re.compile(rf"^({'|'.join(NIC_DRIVERS)})(0|[1-9][0-9]{{0,2}})$")
 _QUEUE_KEY = re.compile(r"^[0-9a-f]{32}$")
 # RFC 6996 private ranges; a site's own AS toward the route servers must be one of them.
 _PRIVATE_AS = ((64512, 65534), (4200000000, 4294967294))
@@ -165,6 +174,20 @@ def _host_path(value: str, placeholder: str | None = None) -> str:
 
 
 CertificatePath = Annotated[str, AfterValidator(lambda value: _host_path(value, "{fqdn}"))]
+
+
+def _key_path(value: str) -> str:
+    # OpenBSD keeps keys in /etc/ssl/private (0700 root), as acme-client(1) does; install.site
+    # makes a key's directory 0700 when it makes one. Anywhere else a key is readable, or a
+    # system file (tls.key: /etc/pf.conf) that the first certificate would be written over.
+    if "private" not in _host_path(value, "{fqdn}").split("/")[1:-1]:
+        raise ValueError("not below a directory named private; keep the key in a root-only (0700) directory, "
+                         "like /etc/ssl/private/{fqdn}.key")
+    return value
+
+
+KeyPath = Annotated[str, AfterValidator(_key_path)]
+
 SocketPath = Annotated[str, AfterValidator(_host_path)]
 MaildirPath = Annotated[str, AfterValidator(lambda value: _host_path(value, "~"))]
 
@@ -377,7 +400,7 @@ class Tls(Settings):
     """Where each host's certificate and key live on the host; {fqdn} is the host's MX name."""
 
     certificate: CertificatePath = "/etc/ssl/{fqdn}.crt"
-    key: CertificatePath = "/etc/ssl/private/{fqdn}.key"
+    key: KeyPath = "/etc/ssl/private/{fqdn}.key"
 
     def certificate_for(self, host: Host) -> str:
         return self.certificate.replace("{fqdn}", host.mx_name)
@@ -399,6 +422,19 @@ class Queue(Settings):
     ttl: Annotated[str, Field(pattern=_DURATION.pattern)] = "7d"
     # How long a host may take to deliver its queue before its VM is replaced or its key rotated.
     drain_minutes: Annotated[int, Field(ge=1, le=1440)] = 30
+
+    # smtpd reads a ttl into an int of seconds and refuses more ("invalid ttl delay"); a month is
+    # already longer than any sender waits to hear that its mail was not delivered.
+    ttl_at_most_days: ClassVar[int] = 30
+
+    @field_validator("ttl")
+    @classmethod
+    def _a_month_at_most(cls, value: str) -> str:
+        seconds = int(value[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[value[-1]]
+        if seconds > cls.ttl_at_most_days * 86400:
+            raise ValueError(f"too long for a queue; use {cls.ttl_at_most_days}d or less, like 7d "
+                             f"(senders hear of undelivered mail only once it expires)")
+        return value
 
 
 class Network(Settings):

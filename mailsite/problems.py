@@ -11,7 +11,7 @@ from pydantic import SecretStr, ValidationError
 
 from .dns import zone_of
 from .keys import key_problem
-from .model import SPAMD_TABLES, Site
+from .model import NIC_DRIVERS, PF_CONF_TABLES, SPAMD_TABLES, Site
 
 NAMESPACE = "mailsite"
 
@@ -116,7 +116,8 @@ _FIXES = {
 # What form a setting with a pattern takes, said to a person (by the setting's own name).
 _FORMS = {
     "name": "not a host name; use lower-case letters, digits and -, like mx1",
-    "egressInterface": "not an OpenBSD interface name; write it like vmx0 or vio0",
+    "egressInterface": "not a network card's interface (lo0, pflog1, enc0 and the like carry no mail); write it like vmx0 "
+                       f"or vio0, a NIC driver ({', '.join(NIC_DRIVERS)}) and its unit",
     "ttl": "not a duration; write a whole number with s, m, h or d, like 7d",
     "blacklist": "not a pf table name; use letters, digits, _ and -, at most 32, like bgp_spamd",
     "bypass": "not a pf table name; use letters, digits, _ and -, at most 32, like bgp_spamd_bypass",
@@ -286,8 +287,15 @@ def site_problems(site: Site) -> list[Problem]:
     if "postmaster" not in recipients.local_parts():
         add("mailsite:recipients", "(no postmaster)", "RFC 5321 requires postmaster; add postmaster to recipients.aliases")
     for part, target in recipients.aliases.items():
-        if "@" not in target and target not in recipients.users:
+        if part in recipients.users:
+            # Two virtuals lines for part@domain: the mailbox or the alias, whichever smtpd reads.
+            add(f"mailsite:recipients.aliases.{part}", target, f"{part} is already a user of recipients.users; "
+                "remove the alias, or remove the user to forward their mail")
+        elif "@" not in target and target not in recipients.users:
             add(f"mailsite:recipients.aliases.{part}", target, "not a user; name one of recipients.users or a full address")
+
+    if site.tls.key == site.tls.certificate:
+        add("mailsite:tls.key", site.tls.key, "the same file as tls.certificate; give the key its own file, like /etc/ssl/private/{fqdn}.key")
 
     bgp = site.bgp_spamd
     if bgp.local_as == bgp.route_server_as:
@@ -313,6 +321,9 @@ def site_problems(site: Site) -> list[Problem]:
     for field in ("blacklist", "bypass"):
         if getattr(tables, field) in SPAMD_TABLES:
             add(f"mailsite:bgpSpamd.pfTables.{field}", getattr(tables, field), "spamd owns this table name; choose another")
+        elif getattr(tables, field) in PF_CONF_TABLES:
+            add(f"mailsite:bgpSpamd.pfTables.{field}", getattr(tables, field), "pf.conf's own table (<nospamd> skips spamd, "
+                "<bruteforce> holds rate-limit offenders); choose another, like bgp_spamd")
     if tables.blacklist == tables.bypass:
         add("mailsite:bgpSpamd.pfTables.bypass", tables.bypass, "same as pfTables.blacklist; give each list its own table")
 

@@ -250,7 +250,9 @@ def render_hostname_egress(site: Site, host: Host, addresses: Mapping[str, HostA
 
 
 def _lines(header: str, lines: list[str]) -> str:
-    return f"# {header} Rendered by mailsite: change the stack, not this file.\n" + "".join(f"{line}\n" for line in lines)
+    # The templates' guard for the files made of plain lines too (resolv.conf, smtpd's tables,
+    # authorized_keys): a value never writes a line of its own.
+    return f"# {header} Rendered by mailsite: change the stack, not this file.\n" + "".join(f"{_one_line(line)}\n" for line in lines)
 
 
 def render_tables(site: Site, host: Host) -> dict[str, str]:

@@ -30,7 +30,18 @@ from mailsite.render import HostTree, UnsafeValue, render_host
 from mailsite.trees import write_trees
 from tests.sites import addresses, example_settings as read_example_settings, fake_secrets
 
-_EXAMPLE = read_example_settings()
+
+def _with_what_the_example_leaves_empty(settings: dict) -> dict:
+    """Values for settings the example stack leaves empty, so that the walk below tries them too:
+    an alias to a full address (a foreign local part reaches the virtuals table), Vultr's BGP
+    prefixes (both families) and ssh key ids."""
+    settings["recipients"]["aliases"]["lists"] = "owner-lists@example.net"
+    settings["vultr"]["bgp"]["prefixes"] = ["198.51.100.0/24", "2001:db8:500::/48"]
+    settings["vultr"]["sshKeyIds"] = ["cb676a46-66fd-4dfb-b839-443f2e6c0b60"]
+    return settings
+
+
+_EXAMPLE = _with_what_the_example_leaves_empty(read_example_settings())
 
 
 def example_settings() -> dict:
@@ -255,7 +266,8 @@ def test_every_string_setting_is_covered():
                      "mailsite:bgpSpamd.routeServers[1].description", "mailsite:recipients.aliases.abuse",
                      "mailsite:recipients.aliases.abuse (key)", "mailsite:recipients.users[1]", "mailsite:domains[0]",
                      "mailsite:hosts[2].fqdn", "mailsite:bgpSpamd.bypassCommunity", "mailsite:adminSshKeys[0]",
-                     "mailsite:images.isoSha256", "mailsite:hosts[0].egressInterface"):
+                     "mailsite:images.isoSha256", "mailsite:hosts[0].egressInterface", "mailsite:recipients.aliases.lists",
+                     "mailsite:vultr.bgp.prefixes[1]", "mailsite:vultr.sshKeyIds[0]", "mailsite:network.ipv6Gateway"):
         assert expected in names
     assert len(STRING_SETTINGS) >= 50
 

@@ -274,10 +274,12 @@ def test_first_certificate_is_made_in_a_directory_the_system_lacks(tmp_path):
 
 def test_first_certificate_never_overwrites_a_file_named_as_the_key(tmp_path):
     # A key path naming an existing file (a hostile or mistaken tls.key) must not be replaced
-    # by a fresh private key: that file could be pf.conf.
-    settings = example_settings()
-    settings["tls"] = {"certificate": "/etc/ssl/new.crt", "key": "/etc/pf.conf"}
-    root = _fake_root(site_of(settings), tmp_path)
+    # by a fresh private key: that file could be pf.conf. The model refuses such a tls.key (not
+    # below a private directory); install.site is the second line of defence, so the value is
+    # put past the model here.
+    site = site_of(example_settings())
+    site = site.model_copy(update={"tls": site.tls.model_copy(update={"certificate": "/etc/ssl/new.crt", "key": "/etc/pf.conf"})})
+    root = _fake_root(site, tmp_path)
     pf_conf = (root / "etc/pf.conf").read_bytes()
     result = _run_install_site(root, tmp_path)
     assert result.returncode != 0 and "not writing a key over it" in result.stderr

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import jinja2
 
-from ..model import Host, HostSecrets, Images
+from ..model import NIC_DRIVERS, Host, HostSecrets, Images
 from ..render import HostTree
 from .disklabel import render_disklabel_template
 from .identity import PACKER_DIR, TEMPLATE_FILES, image_identity, template_digest
@@ -48,8 +48,9 @@ class BakedImage:
     cached: bool  # True when no packer ran
 
 
-# OpenBSD's driver name (the interface without its number) -> the qemu NIC it drives.
-QEMU_NICS = {"vio": "virtio-net", "vmx": "vmxnet3", "em": "e1000", "re": "rtl8139"}
+# OpenBSD's driver name (the interface without its number) -> the qemu NIC it drives: the
+# model's, whose egressInterface takes only these.
+QEMU_NICS = NIC_DRIVERS
 
 
 def nic_model(host: Host) -> str | None:
