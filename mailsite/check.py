@@ -41,7 +41,7 @@ def _problems(host: str, file: str, output: str) -> list[CheckProblem]:
         text = re.sub(r"^(smtpd|bgpd): ", "", raw.strip())
         if not text or text == "configuration OK":
             continue
-        match = _WHERE.match(text)
+        match = _WHERE.fullmatch(text)
         if match:
             problems.append(CheckProblem(host, file, int(match["line"]), match["message"]))
         else:

@@ -20,6 +20,6 @@ def key_problem(value: str) -> str | None:
     """What is wrong with a key, in words that never repeat the key itself; None if it is valid."""
     if len(value) != KEY_LENGTH:
         return f"is {len(value)} characters, must be exactly {KEY_LENGTH}; make one with: openssl rand -hex 16"
-    if not _KEY.match(value):
+    if not _KEY.fullmatch(value):
         return "must be lower-case hex (0-9, a-f); make one with: openssl rand -hex 16"
     return None
