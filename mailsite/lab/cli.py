@@ -11,6 +11,7 @@ from typing import Callable
 
 from .lab import Lab, teardown
 from .mail import send
+from ..errors import UserError
 from .procs import LabError
 from .scenarios import DEMONSTRATION
 from .summary import NOT_IN_THE_LAB, finding_lines, node_lines
@@ -28,7 +29,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except LabError as error:
+        except (LabError, UserError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import load_site_file, stack_name
+from ..errors import UserError
 from ..render import HostTree
 from ..secrets import init_secrets, site_secrets
 from ..trees import write_tree
@@ -311,17 +312,17 @@ class Lab:
         """The lab another process brought up (lab status, send, down)."""
         state = _read_state(state_dir)
         if state is None:
-            raise LabError("no lab is up; run lab up")
+            raise UserError("no lab is up; run lab up")
         plan = lab_plan(load_site_file(Path(state["config"])), state_dir / "secrets")
         return cls(plan, state_dir, state)
 
 
 def preflight() -> None:
     if os.geteuid() != 0:
-        raise LabError("lab needs root (network namespaces and mounts); run it as root")
+        raise UserError("lab needs root (network namespaces and mounts); run it as root")
     missing = sorted({package for tool, package in TOOLS.items() if shutil.which(tool) is None})
     if missing:
-        raise LabError(f"lab needs the Debian packages {', '.join(missing)}; run make deps")
+        raise UserError(f"lab needs the Debian packages {', '.join(missing)}; run make deps")
 
 
 def _read_state(state_dir: Path) -> dict | None:
@@ -351,7 +352,7 @@ def _claim(state_dir: Path) -> int | None:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return None
     if is_up(state_dir):
-        raise LabError("lab already up; run lab down")
+        raise UserError("lab already up; run lab down")
     owner = (state or {}).get("owner")
     left = teardown(state_dir)
     if left:

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..errors import MailsiteError
+
 NETNS_DIR = Path("/run/netns")
 
 
-class LabError(Exception):
+class LabError(MailsiteError):
     """An expected failure of the lab, said in one line (no traceback)."""
 
 
