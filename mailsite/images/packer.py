@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..errors import MailsiteError
+
 REDACTED = "<redacted>"
 
 
-class BakeError(Exception):
+class BakeError(MailsiteError):
     """A bake that failed, in one line: what failed, where the whole log is."""
 
 

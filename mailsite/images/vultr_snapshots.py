@@ -16,6 +16,8 @@ import urllib.parse
 import urllib.request
 from typing import Callable
 
+from ..errors import MailsiteError
+
 API = "https://api.vultr.com/v2"
 # Tests point this at a local server that answers like Vultr; the program never sets it.
 API_OVERRIDE = "MAILSITE_VULTR_API_URL"
@@ -24,7 +26,7 @@ READY_MINUTES = 60
 _FIRST_POLL, _LONGEST_POLL = 1.0, 15.0
 
 
-class SnapshotError(Exception):
+class SnapshotError(MailsiteError):
     """A snapshot that did not become usable, in one line naming it."""
 
 
