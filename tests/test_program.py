@@ -19,6 +19,8 @@ from tests.hooks import HookMonitor, Registered
 from tests.sites import ROOT, example_settings, fake_key, sized_settings
 
 PROGRAM = ROOT / "__main__.py"
+# The example stack's resources for each target as the program made them before issue 13.
+URNS = ROOT / "tests/fixtures/state/example-stack-urns.json"
 DYNAMIC = "pulumi-python:dynamic:Resource"
 SECRET_SIGNATURE, SECRET_MARK = "4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270"
 
@@ -28,6 +30,7 @@ class Recorded:
     resources: list = field(default_factory=list)
     outputs: dict = field(default_factory=dict)
     registered: Registered = field(default_factory=Registered)  # hooks, and what state records of each resource
+    graph: dict = field(default_factory=dict)  # URN -> {"parent": its parent's URN, "provider": an explicit provider's reference}
 
     def of(self, typ: str) -> list:
         return [r for r in self.resources if r.typ == typ]
@@ -65,6 +68,19 @@ class SiteMocks(pulumi.runtime.Mocks):
         return {}
 
 
+class GraphMonitor(HookMonitor):
+    """Also keeps each resource's URN with its parent and explicit provider, as state records them."""
+
+    def __init__(self, mocks, recorded: Recorded):
+        super().__init__(mocks, recorded.registered)
+        self.graph = recorded.graph
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        self.graph[response.urn] = {"parent": request.parent, "provider": request.provider}
+        return response
+
+
 def inline_secrets(settings: dict, version: str = "v1", rotated: str | None = None) -> dict:
     settings["secrets"] = {
         "backend": "inline",
@@ -88,7 +104,7 @@ def evaluate(settings: dict, first_preview: bool = False) -> Recorded:
     recorded = Recorded()
     mocks = SiteMocks(recorded, first_preview)
     pulumi.runtime.set_mocks(mocks, project="mailsite", stack="test", preview=first_preview,
-                             monitor=HookMonitor(mocks, recorded.registered))
+                             monitor=GraphMonitor(mocks, recorded))
     pulumi.runtime.set_all_config({f"mailsite:{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in settings.items()})
 
     @pulumi.runtime.test
@@ -112,6 +128,28 @@ def libvirt_site() -> Recorded:
 @pytest.fixture(scope="module")
 def vultr_site() -> Recorded:
     return evaluate(vultr_settings(inline_secrets(example_settings())))
+
+
+# The one resource change issue 13 makes on purpose: nothing serves imaps until Dovecot arrives
+# (issue 15), so the primary's cloud firewall stops opening 993. These rules may go; nothing else.
+CLOSED_UNTIL_DOVECOT = {
+    f"urn:pulumi:test::mailsite::vultr:index/firewallGroup:FirewallGroup$vultr:index/firewallRule:FirewallRule::mail-firewall-mx1-imaps-{family}"
+    for family in ("v4-0.0.0.0_0", "v6-xx_0")
+}
+
+
+@pytest.mark.parametrize("target", ["libvirt", "vultr"])
+def test_every_resource_keeps_its_name_parent_and_provider(target, libvirt_site, vultr_site):
+    """The engine knows a resource by its URN (its name and its parents' types): a renamed or
+    re-parented one is deleted and made anew on the next `up`, a VM with it (an MX down, its
+    queue drained or lost); one moved to another provider is made anew too."""
+    before = json.loads(URNS.read_text())[target]
+    now = (libvirt_site if target == "libvirt" else vultr_site).graph
+    assert len(before) > 20 and set(before) & CLOSED_UNTIL_DOVECOT == (CLOSED_UNTIL_DOVECOT if target == "vultr" else set())
+    assert sorted(set(before) - set(now) - CLOSED_UNTIL_DOVECOT) == [], "gone (or renamed)"
+    assert sorted(set(now) - set(before)) == [], "new (or renamed)"
+    moved = {urn: (before[urn], now[urn]) for urn in set(before) & set(now) if before[urn] != now[urn]}
+    assert moved == {}, "another parent or provider"
 
 
 def test_libvirt_site_has_three_vms_on_vmxnet3_on_the_routed_network(libvirt_site):

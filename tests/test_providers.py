@@ -29,6 +29,8 @@ from tests.sites import example_settings, fake_key
 from tests.test_program import Recorded, SiteMocks, inline_secrets, vultr_settings
 
 NULL_TEMPLATE = Path(__file__).parent / "fixtures/packer/null.pkr.hcl"
+# Each dynamic provider as the program pickled it before issue 13 (taken from its `__provider` inputs).
+OLD_PICKLES = Path(__file__).parent / "fixtures/state/provider-pickles.json"
 API_KEY = "VULTR-TEST-KEY-not-a-real-one-0123456789"
 HOSTS = ("mx1", "mx2", "mx3")
 
@@ -399,3 +401,25 @@ def test_refresh_leaves_every_image_resource_as_it_was(tmp_path, null_bakes, mot
             assert read.id == old.id and rpc.deserialize_properties(read.properties) == run.plain(urn)
             assert not read.HasField("inputs"), "the inputs in state stay as they are"
     assert len(fake_vultr.answers) == asked
+
+
+def test_a_provider_pickled_by_an_earlier_version_still_deletes_and_refreshes(tmp_path):
+    """State holds each dynamic resource's provider pickled by module and class name, and a
+    delete or a refresh unpickles the one in state, not the program's: a provider class moved
+    without an alias at its old path fails every destroy and replacement of a stack made before."""
+    pickles = json.loads(OLD_PICKLES.read_text())
+    zone = tmp_path / "example.org.zone"
+    zone.write_text("; a zone file an earlier up wrote\n")
+    with provider_process({}) as provider:
+        provider.configure({"mailsite:target": "vultr"})
+        for path, pickle in pickles.items():
+            module, name = path.rsplit(".", 1)
+            raw = base64.b64decode(pickle)
+            assert module.encode() in raw and name.encode() in raw, f"{path}: the fixture names another class"
+            outputs = struct_pb2.Struct()
+            outputs.update({"__provider": pickle, "path": str(zone)})
+            urn = f"urn:pulumi:test::mailsite::pulumi-python:dynamic:Resource::{name}"
+            read = provider.stub.Read(provider_pb2.ReadRequest(id=f"{name}-id", urn=urn, properties=outputs, inputs=outputs))
+            assert read.id == f"{name}-id", path
+            provider.stub.Delete(provider_pb2.DeleteRequest(id=f"{name}-id", urn=urn, properties=outputs, old_inputs=outputs))
+    assert not zone.exists(), "the zone file provider pickled at its old path ran its own delete"
