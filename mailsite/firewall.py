@@ -47,11 +47,11 @@ def inbound_services(site: Site, host: Host, addresses: Mapping[str, HostAddress
     """What this host accepts from outside, and from whom."""
     services = [Service("smtp", "tcp", 25, ANYWHERE, "inbound mail (MTA)", greylisted=True)]
     if host.is_primary:
-        # Only the primary is an MSA and a mailbox server; a backup MX is an MTA and nothing else.
+        # Only the primary is an MSA; a backup MX is an MTA and nothing else. (imaps is opened by the
+        # daemon that serves it, when there is one: nothing listens on 993 yet.)
         services += [
             Service("submission", "tcp", 587, ANYWHERE, "mail submission (MSA, STARTTLS + auth)", rate_limited=True),
             Service("smtps", "tcp", 465, ANYWHERE, "mail submission (MSA, TLS + auth)", rate_limited=True),
-            Service("imaps", "tcp", 993, ANYWHERE, "mailbox access (IMAP over TLS)", rate_limited=True),
         ]
     peers = tuple(_cidr(addresses[peer.name].ipv4) for peer in site.spamd_sync_peers(host))
     if peers:

@@ -241,7 +241,7 @@ def test_vultr_firewall_is_exactly_the_rule_set_and_nothing_wider(vultr_site):
         ("v4", "tcp", "198.51.100.100/32", "179"), ("v4", "tcp", "203.0.113.100/32", "179"),
         ("v4", "tcp", "198.51.100.0/28", "22"), ("v6", "tcp", "2001:db8:ad::/48", "22"),
     }
-    msa = {(family, "tcp", world, port) for family, world in (("v4", "0.0.0.0/0"), ("v6", "::/0")) for port in ("465", "587", "993")}
+    msa = {(family, "tcp", world, port) for family, world in (("v4", "0.0.0.0/0"), ("v6", "::/0")) for port in ("465", "587")}
     sync = lambda *peers: {("v4", "udp", f"203.0.113.{p}/32", "8025") for p in peers}
     assert _rules(vultr_site, "mx1") == common | msa | sync(20, 30)
     assert _rules(vultr_site, "mx2") == common | sync(10, 30)

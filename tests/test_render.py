@@ -104,11 +104,11 @@ def test_spamd_sync_peers_agree_in_spamd_spamlogd_pf_and_firewall(count):
         assert f"-y {site.host(host).ipv4} " in spamd_flags
 
 
-def test_backup_exposes_smtp_only_and_primary_adds_msa_and_imap(example_site):
+def test_backup_exposes_smtp_only_and_primary_adds_msa(example_site):
     for host in example_site.hosts:
         services = inbound_services(example_site, host, addresses(example_site))
         public = sorted((s.protocol, s.port) for s in services if s.sources == ANYWHERE)
-        expected = [("tcp", 25), ("tcp", 465), ("tcp", 587), ("tcp", 993)] if host.is_primary else [("tcp", 25)]
+        expected = [("tcp", 25), ("tcp", 465), ("tcp", 587)] if host.is_primary else [("tcp", 25)]
         assert public == expected, f"{host.name} exposes {public}"
         limited = {s.name: s.sources for s in services if s.sources != ANYWHERE}
         assert limited["bgp"] == ("198.51.100.100/32", "203.0.113.100/32")
@@ -206,7 +206,7 @@ def test_bruteforce_blocks_only_the_rate_limited_ports(admin_cidrs):
     rate_limited = {h.name: [p for _, ports in _bruteforce_blocks(t["etc/pf.conf"].text) for p in ports] for h, t in
                     zip(site.hosts, render_site(site).values())}
     ssh = ["ssh"] if admin_cidrs else []
-    assert rate_limited == {"mx1": ["submission", "smtps", "imaps", *ssh], "mx2": ssh, "mx3": ssh}
+    assert rate_limited == {"mx1": ["submission", "smtps", *ssh], "mx2": ssh, "mx3": ssh}
 
 
 def test_bruteforce_entries_expire_from_roots_crontab(example_site):
