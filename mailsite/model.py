@@ -71,7 +71,6 @@ _DURATION = re.compile(r"^[1-9][0-9]*[smhd]$")
 _COMMUNITY = re.compile(r"^([0-9]{1,5}):([0-9]{1,5})$")
 _PF_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,31}$")
 _INTERFACE = re.compile(rf"^({'|'.join(NIC_DRIVERS)})(0|[1-9][0-9]{{0,2}})$")
-_QUEUE_KEY = re.compile(r"^[0-9a-f]{32}$")
 # RFC 6996 private ranges; a site's own AS toward the route servers must be one of them.
 _PRIVATE_AS = ((64512, 65534), (4200000000, 4294967294))
 
@@ -688,6 +687,14 @@ class Site(Settings):
         """(domain, preference, target) for every site domain and MX, best preference first."""
         ordered = sorted(self.hosts, key=lambda host: (host.preference, host.name))
         return [(domain, host.preference, host.mx_name) for domain in self.domains for host in ordered]
+
+    @property
+    def provider_bgp(self) -> VultrBgp | None:
+        """The target's own BGP session, announcing the site's prefixes from its MXes (bgpd.conf's
+        provider neighbor, pf's and the cloud firewall's tcp/179 from it), or None: no session."""
+        if self.target == "vultr" and self.vultr.bgp.enabled:
+            return self.vultr.bgp
+        return None
 
     @property
     def image_format(self) -> str:

@@ -10,7 +10,7 @@ import yaml
 
 from mailsite.config import load_site
 from mailsite.problems import SiteConfigError
-from tests.sites import ROOT, site_of, sized_settings, fake_key
+from tests.sites import ROOT, example_settings, site_of, sized_settings, fake_key
 
 
 def test_example_stack_is_a_three_host_site(example_site):
@@ -353,3 +353,20 @@ def test_example_admin_key_is_one_ssh_keygen_reads(example_site):
     (key,) = example_site.admin_ssh_keys
     listed = subprocess.run(["ssh-keygen", "-l", "-f", "/dev/stdin"], input=key + "\n", capture_output=True, text=True)
     assert listed.returncode == 0 and listed.stdout.rstrip().endswith("admin@example.org (ED25519)"), listed.stderr
+
+
+def _vultr_settings(bgp: dict) -> dict:
+    settings = example_settings()
+    settings.update(target="vultr", network={"addressing": "autoconf"}, vultr={"bgp": bgp})
+    for host in settings["hosts"]:
+        host.update(ipv4="allocate", ipv6="allocate", egressInterface="vio0")
+    return settings
+
+
+def test_provider_bgp_is_the_vultr_session_only_when_enabled_there(example_site):
+    session = {"enabled": True, "localAs": 4200000042, "prefixes": ["198.51.100.0/24"]}
+    vultr = site_of(_vultr_settings(session))
+    assert vultr.provider_bgp is vultr.vultr.bgp and vultr.provider_bgp.local_as == 4200000042
+    assert site_of(_vultr_settings({"enabled": False})).provider_bgp is None
+    # libvirt has no provider session (vultr.bgp.enabled there is refused by the model).
+    assert example_site.target == "libvirt" and example_site.provider_bgp is None
