@@ -670,6 +670,13 @@ class Site(Settings):
     def backups(self) -> list[Host]:
         return [host for host in self.hosts if not host.is_primary]
 
+    @property
+    def replacement_order(self) -> list[Host]:
+        """Backups first, worst preference first, the primary last: the order hosts are taken down
+        in (a rotation, a destroy), so that while one is out mail has a better MX to go to. The
+        VMs are created the other way round, the primary first."""
+        return sorted(self.backups, key=lambda host: -host.preference) + [self.primary]
+
     def host(self, name: str) -> Host:
         return next(host for host in self.hosts if host.name == name)
 
