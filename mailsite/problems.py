@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 
 from .dns import zone_of
+from .errors import UserError
 from .keys import key_problem
 from .model import NIC_DRIVERS, PF_CONF_TABLES, SPAMD_TABLES, Site
 
@@ -27,8 +28,9 @@ class Problem:
         return printable(f"{self.setting} = {self.value}: {self.message}")
 
 
-class SiteConfigError(Exception):
-    """Raised at the edge with every problem found; callers print one line each."""
+class SiteConfigError(UserError):
+    """Raised at the edge with every problem found; callers print one line each. The user fixes
+    a setting, an argument or a path: exit status 2."""
 
     def __init__(self, problems: list[Problem]):
         super().__init__("\n".join(map(str, problems)))

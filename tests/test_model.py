@@ -370,3 +370,12 @@ def test_provider_bgp_is_the_vultr_session_only_when_enabled_there(example_site)
     assert site_of(_vultr_settings({"enabled": False})).provider_bgp is None
     # libvirt has no provider session (vultr.bgp.enabled there is refused by the model).
     assert example_site.target == "libvirt" and example_site.provider_bgp is None
+
+
+def test_bad_settings_are_a_user_error_exiting_2(settings):
+    from mailsite.errors import UserError
+
+    settings["hosts"][0]["role"] = "backup"
+    with pytest.raises(UserError) as raised:
+        load_site(settings)
+    assert isinstance(raised.value, SiteConfigError) and raised.value.exit_code == 2
