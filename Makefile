@@ -1,4 +1,4 @@
-# As root on Debian. make test: the whole suite. make example: render the example stack and check it.
+# As root on Debian. make test: the whole suite. make example: render the example stack and configtest it.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -21,10 +21,13 @@ bake-deps: deps
 	@dpkg -s $(BAKE_DEBS) >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BAKE_DEBS) >/dev/null; }
 
+# The package goes in editable, without dependencies (requirements.txt pins them all): the
+# `mailsite` command, whose code is this tree's.
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 test: deps venv
@@ -33,7 +36,7 @@ test: deps venv
 example: deps venv
 	$(PY) -m mailsite secrets init --config Pulumi.example.yaml
 	$(PY) -m mailsite render --config Pulumi.example.yaml --out $(OUT)
-	$(PY) -m mailsite check $(OUT)
+	$(PY) -m mailsite configtest $(OUT)
 
 # The site on the real daemons in network namespaces: up, the demonstration, its summary, down.
 lab: deps venv

@@ -104,14 +104,14 @@ def test_cli_render_then_check_example(tmp_path):
     assert keys.stat().st_mode & 0o777 == 0o700
     rendered = run("render", "--config", str(stack), "--out", str(tmp_path / "out"))
     assert rendered.returncode == 0, rendered.stderr
-    checked = run("check", str(tmp_path / "out"))
+    checked = run("configtest", str(tmp_path / "out"))
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.splitlines() == [f"mx{n}: ok (smtpd -n, bgpd -n, sh -n)" for n in (1, 2, 3)]
     key_file = tmp_path / "out/mx1/etc/mail/queue-key.conf"
     assert key_file.stat().st_mode & 0o777 == 0o600
     smtpd_conf = tmp_path / "out/mx2/etc/mail/smtpd.conf"
     smtpd_conf.write_text(smtpd_conf.read_text().replace("listen on vmx0", "listen on em0"))
-    broken = run("check", str(tmp_path / "out"))
+    broken = run("configtest", str(tmp_path / "out"))
     assert broken.returncode == 1
     assert broken.stderr.splitlines() == ["mx2: smtpd.conf: invalid virtual ip or interface: em0"]
 

@@ -463,8 +463,8 @@ def test_damaged_label_file_is_one_line(tmp_path, labels):
     stack = _keyed(tmp_path)
     store = tmp_path / "keys" / "mailsite" / "edge"
     (store / "mx2" / "queue-key" / "labels.json").write_bytes(labels(store) if callable(labels) else labels)
-    line = _one_line(_tool("render", "--config", str(stack), "--out", str(tmp_path / "out")), "secret = mailsite/edge/mx2/queue-key: ",
-                     "restore them from a backup")
+    _one_line(_tool("render", "--config", str(stack), "--out", str(tmp_path / "out")), "secret = mailsite/edge/mx2/queue-key: ",
+              "restore them from a backup")
 
 
 def test_damaged_key_version_is_one_line(tmp_path):
@@ -484,7 +484,7 @@ def test_diff_of_a_stack_file_outside_any_repository_is_one_line(tmp_path):
 
 def test_a_file_system_without_renameat2_still_gets_the_whole_new_site(tmp_path, monkeypatch):
     import mailsite.trees as trees
-    from mailsite.render import RenderedFile
+    from mailsite.templates import RenderedFile
 
     out = tmp_path / "out"
     trees.write_trees(out, {"mx1": {"etc/myname": RenderedFile("old\n")}, "mx2": {"etc/myname": RenderedFile("old\n")}})
@@ -567,11 +567,17 @@ def test_drain_minutes_outside_the_settings_bounds_is_one_line(tmp_path, minutes
         assert line.endswith(("use 1 or more", "use 1440 or less")), line
 
 
-def test_check_shows_a_directory_name_escaped(tmp_path):
+def test_configtest_shows_a_directory_name_escaped(tmp_path):
     odd = tmp_path / "\x1b]0;owned\x07"
     odd.mkdir()
-    line = _one_line(_tool("check", str(odd)), "\\x1b]0;owned\\x07 holds no rendered host")
+    line = _one_line(_tool("configtest", str(odd)), "\\x1b]0;owned\\x07 holds no rendered host")
     assert line.isprintable()
+
+
+def test_check_is_no_longer_a_command(tmp_path):
+    """Renamed configtest (the daemons' parsers), so that it cannot be taken for the site's health check."""
+    result = _tool("check", str(tmp_path))
+    assert result.returncode == 2 and "invalid choice: 'check'" in result.stderr
 
 
 def test_a_stack_name_with_dots_is_a_stack_as_pulumi_takes_it(tmp_path):
@@ -675,7 +681,7 @@ def test_a_file_written_into_out_during_a_render_is_kept(tmp_path, monkeypatch):
     """The check of OUT runs before the site is built; a file that appears after it is not deleted."""
     import mailsite.trees as trees
     from mailsite.problems import SiteConfigError
-    from mailsite.render import RenderedFile
+    from mailsite.templates import RenderedFile
 
     out = tmp_path / "out"
     trees.write_trees(out, {"mx1": {"etc/myname": RenderedFile("old\n")}})
@@ -692,3 +698,60 @@ def test_a_file_written_into_out_during_a_render_is_kept(tmp_path, monkeypatch):
     (kept,) = [p for p in tmp_path.iterdir() if "render-" in p.name]
     assert (kept / "mx1" / "etc" / "notes.txt").read_text() == "written meanwhile\n"
     assert (out / "mx1" / "etc" / "myname").read_text() == "new\n"
+
+
+# --- the one place errors are said ---------------------------------------------------------------
+
+def _command_raising(error: BaseException):
+    """A command, registered as every command is, whose run raises `error`."""
+    class Command:
+        @staticmethod
+        def register(commands, parents):
+            commands.add_parser("fails", parents=[parents.config]).set_defaults(run=Command.run)
+
+        @staticmethod
+        def run(args):
+            raise error
+    return Command
+
+
+@pytest.mark.parametrize("error,status,lines", [
+    ("operation", 1, ["error: mx2: packer exited 1; see /var/tmp/bake.log"]),
+    ("user", 2, ["error: --via mx9: not an MX of the lab\\n; use one of mx1"]),
+    ("settings", 2, ["error: mailsite:queue.ttl = 7x: like 7d", "error: mailsite:hosts = mx1: two primaries; keep one"]),
+    ("interrupted", 130, ["interrupted; nothing half-written was kept"]),
+])
+def test_main_says_every_error_once_with_its_exit_status(monkeypatch, capsys, error, status, lines):
+    import mailsite.cli as cli
+    from mailsite.errors import MailsiteError, UserError
+    from mailsite.problems import Problem, SiteConfigError
+
+    raised = {
+        "operation": MailsiteError("mx2: packer exited 1; see /var/tmp/bake.log"),
+        "user": UserError("--via mx9: not an MX of the lab\n; use one of mx1"),
+        "settings": SiteConfigError([Problem("mailsite:queue.ttl", "7x", "like 7d"), Problem("mailsite:hosts", "mx1", "two primaries; keep one")]),
+        "interrupted": KeyboardInterrupt(),
+    }[error]
+    monkeypatch.setattr(cli, "COMMANDS", (_command_raising(raised),))
+    assert cli.main(["fails", "--config", "Pulumi.x.yaml"]) == status
+    assert capsys.readouterr().err.splitlines() == lines
+
+
+# The venv's `mailsite` (make venv installs the package editable), run outside the project: the
+# installed command, not a module found in the working directory.
+MAILSITE = Path(sys.executable).parent / "mailsite"
+
+
+def test_the_mailsite_command_is_installed():
+    result = subprocess.run([str(MAILSITE), "--help"], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: mailsite ") and "configtest" in result.stdout
+
+
+def test_the_mailsite_command_says_a_setting_to_fix_in_one_line_exit_2(tmp_path):
+    settings = example_settings()
+    settings["queue"]["ttl"] = "forever"
+    result = subprocess.run([str(MAILSITE), "render", "--config", str(_stack(tmp_path, settings)), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd="/")
+    _one_line(result, "error: mailsite:queue.ttl = forever: ")
+    assert not (tmp_path / "out").exists()

@@ -1,20 +1,41 @@
-"""`python -m mailsite lab up|status|send|down|demo`: the lab from the command line."""
+"""lab up|status|send|down|demo: the site on the real daemons, in network namespaces, from the
+command line."""
 
 from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import time
-from pathlib import Path
-from typing import Callable
 
-from .lab import Lab, teardown
-from .mail import send
 from ..errors import UserError
-from .procs import LabError
-from .scenarios import DEMONSTRATION
-from .summary import NOT_IN_THE_LAB, finding_lines, node_lines
+from ..lab.lab import Lab, teardown
+from ..lab.mail import send
+from ..lab.scenarios import DEMONSTRATION
+from ..lab.summary import NOT_IN_THE_LAB, finding_lines, node_lines
+from .options import Parents
+
+_TAKEN_DOWN = "interrupted; the lab was taken down"
+
+
+def register(commands: argparse._SubParsersAction, parents: Parents) -> None:
+    lab = commands.add_parser("lab", help="the site on the real daemons, in network namespaces (root)")
+    verbs = lab.add_subparsers(dest="lab_command", required=True)
+    verbs.add_parser("up", parents=[parents.config], help="bring the stack's site up in the lab and leave it running"
+                     ).set_defaults(run=run, interrupted=_TAKEN_DOWN)
+    verbs.add_parser("status", help="the lab's nodes, daemons and queues").set_defaults(run=run, interrupted="interrupted")
+    send_ = verbs.add_parser("send", help="send one message from the internet node through an MX")
+    send_.add_argument("--via", required=True, help="the MX to connect to, by host name (mx2)")
+    send_.add_argument("--to", required=True, help="the recipient, like alice@example.org")
+    send_.add_argument("--subject", default="mailsite lab test")
+    send_.set_defaults(run=run, interrupted="interrupted")
+    verbs.add_parser("down", help="stop the lab and remove all of it, also after a crash or a kill").set_defaults(
+        run=run, interrupted="interrupted; run lab down again to remove the rest")
+    verbs.add_parser("demo", parents=[parents.config], help="up, run the demonstration, print its summary, down (make lab)"
+                     ).set_defaults(run=run, interrupted=_TAKEN_DOWN)
+
+
+def run(args: argparse.Namespace) -> int:
+    return _VERBS[args.lab_command](args)
 
 
 def _interruptible() -> None:
@@ -22,20 +43,6 @@ def _interruptible() -> None:
     def interrupt(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, interrupt)
-
-
-def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Expected failures as one line and exit status 2; Ctrl-C as 130, with the lab taken down."""
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (LabError, UserError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("interrupted; the lab was taken down", file=sys.stderr)
-            return 130
-    return run
 
 
 def _clean_line(found: list[str], seconds: float) -> str:
@@ -72,7 +79,7 @@ def _status(args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace) -> int:
     lab = Lab.attach()
     if args.via not in lab.plan.addresses():
-        raise LabError(f"--via {args.via}: not an MX of the lab; use one of {', '.join(lab.plan.addresses())}")
+        raise UserError(f"--via {args.via}: not an MX of the lab; use one of {', '.join(lab.plan.addresses())}")
     sent = send(lab, args.via, args.to, args.subject)
     replies = [line for line in sent.transcript.splitlines() if line.startswith(("<-", "<**"))]
     print(replies[-2] if len(replies) >= 2 else sent.transcript.strip()[-300:])
@@ -107,19 +114,4 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if findings and all(f.ok for f in findings) and not found else 1
 
 
-def add_lab_command(commands: argparse._SubParsersAction) -> None:
-    lab = commands.add_parser("lab", help="the site on the real daemons, in network namespaces (root)")
-    verbs = lab.add_subparsers(dest="lab_command", required=True)
-    up = verbs.add_parser("up", help="bring the stack's site up in the lab and leave it running")
-    up.add_argument("--config", type=Path, required=True, help="the stack file, Pulumi.<stack>.yaml")
-    up.set_defaults(run=_guarded(_up))
-    verbs.add_parser("status", help="the lab's nodes, daemons and queues").set_defaults(run=_guarded(_status))
-    send_ = verbs.add_parser("send", help="send one message from the internet node through an MX")
-    send_.add_argument("--via", required=True, help="the MX to connect to, by host name (mx2)")
-    send_.add_argument("--to", required=True, help="the recipient, like alice@example.org")
-    send_.add_argument("--subject", default="mailsite lab test")
-    send_.set_defaults(run=_guarded(_send))
-    verbs.add_parser("down", help="stop the lab and remove all of it, also after a crash or a kill").set_defaults(run=_guarded(_down))
-    demo = verbs.add_parser("demo", help="up, run the demonstration, print its summary, down (make lab)")
-    demo.add_argument("--config", type=Path, required=True, help="the stack file, Pulumi.<stack>.yaml")
-    demo.set_defaults(run=_guarded(_demo))
+_VERBS = {"up": _up, "status": _status, "send": _send, "down": _down, "demo": _demo}

@@ -1,0 +1,10 @@
+"""The tool's commands, one module each: `register(commands, parents)` adds its parser (taking
+shared options from `parents`), `run(args)` does it and returns the exit status. A command raises
+MailsiteError for what it cannot do; mailsite.cli says it, once, for every command."""
+
+from __future__ import annotations
+
+from . import bake, configtest, diff, lab, render, rotate, secrets, snapshot
+
+# In the order `mailsite --help` lists them.
+COMMANDS = (render, configtest, diff, bake, rotate, secrets, lab, snapshot)

@@ -1,0 +1,35 @@
+"""configtest: rendered trees checked by the daemons' own parsers (smtpd -n, bgpd -n, sh -n).
+
+Named for what it runs (as apachectl configtest): the site's state is the coming `doctor`'s."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..check import check_host, host_trees
+from ..errors import UserError
+from ..problems import printable
+from .options import Parents
+
+
+def register(commands: argparse._SubParsersAction, parents: Parents) -> None:
+    command = commands.add_parser("configtest", help="check rendered trees with the daemons' own parsers (root)")
+    command.add_argument("dir", type=Path, help="a directory render wrote (OUT)")
+    command.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    trees = host_trees(args.dir)
+    if not trees:
+        raise UserError(f"{args.dir} holds no rendered host (no */etc/mail/smtpd.conf); run render first")
+    failed = False
+    # Any directory can be checked, hand-edited ones too: what the daemons quote from it is escaped.
+    for host, tree in trees.items():
+        problems = check_host(host, tree)
+        for problem in problems:
+            print(printable(str(problem)), file=sys.stderr)
+        failed = failed or bool(problems)
+        print(f"{printable(host)}: {'FAILED' if problems else 'ok'} (smtpd -n, bgpd -n, sh -n)")
+    return 1 if failed else 0
