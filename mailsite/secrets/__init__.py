@@ -68,8 +68,8 @@ def site_secrets(site: Site, stack: str, base: Path) -> dict[str, HostSecrets]:
         key = _in_use(store, queue_key_id(stack, host.name))
         # The sync key is the site's; during its rollout a host that was rolled carries the new one.
         rolled = store.read(sync_id, host_label(host.name))
-        sync = _checked(sync_id, rolled) if rolled else current_sync
-        result[host.name] = HostSecrets(key.value, key.version, sync.value, sync.version)
+        host_sync = _checked(sync_id, rolled) if rolled else current_sync
+        result[host.name] = HostSecrets(key.value, key.version, host_sync.value, host_sync.version)
     return result
 
 
