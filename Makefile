@@ -38,6 +38,12 @@ example: deps venv
 	$(PY) -m mailsite render --config Pulumi.example.yaml --out $(OUT)
 	$(PY) -m mailsite configtest $(OUT)
 
+# docs/settings.md and the comments of Pulumi.example.yaml, from the settings' descriptions in
+# mailsite/model.py (a test fails when either drifts from them).
+.PHONY: docs
+docs: venv
+	$(PY) -m mailsite.settings_doc --write
+
 # The site on the real daemons in network namespaces: up, the demonstration, its summary, down.
 lab: deps venv
 	$(PY) -m mailsite lab demo --config Pulumi.example.yaml

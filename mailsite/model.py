@@ -277,15 +277,31 @@ SshPublicKey = Annotated[str, AfterValidator(_ssh_public_key)]
 
 
 class Host(Settings):
-    """One MX. Its preference and fqdn, when not given, are filled in by Site."""
+    """One MX: an entry of mailsite:hosts."""
 
-    name: Annotated[str, Field(pattern=_LABEL.pattern)]
-    role: Literal["primary", "backup"]
-    preference: Annotated[int, Field(ge=0, le=65535)] | None = None
-    fqdn: Domain | None = None
-    ipv4: IPv4Address | Literal["allocate"] | None = None
-    ipv6: IPv6Address | Literal["allocate"] | None = None
-    egress_interface: Annotated[str, Field(pattern=_INTERFACE.pattern)] = "vmx0"
+    name: Annotated[str, Field(pattern=_LABEL.pattern)] = Field(description=(
+        "The host's short name, lower-case letters, digits and -, like mx1: it names the VM, its "
+        "image and its queue key, and makes the default MX name <name>.<first domain>."))
+    role: Literal["primary", "backup"] = Field(description=(
+        "primary takes the site's mail into mailboxes; a backup accepts only the site's "
+        "recipients, keeps their mail in its encrypted queue and relays it to the primary. "
+        "Exactly one host is the primary."))
+    preference: Annotated[int, Field(ge=0, le=65535)] | None = Field(None, description=(
+        "The host's MX preference in every domain's MX records, lower tried first; by default 10, "
+        "20, 30... by the host's place in the list. A backup's must be higher than the primary's."))
+    fqdn: Domain | None = Field(None, description=(
+        "The host's MX name: the MX records point at it, its A/AAAA and PTR records carry it, and "
+        "a backup names itself by it in relay backup mx. By default <name>.<first domain>; it "
+        "must lie in one of the site's domains."))
+    ipv4: IPv4Address | Literal["allocate"] | None = Field(None, description=(
+        "The host's IPv4 address, or allocate for an address the provider reserves (on Vultr). "
+        "Every MX needs one: spamd greylists and syncs over IPv4 only."))
+    ipv6: IPv6Address | Literal["allocate"] | None = Field(None, description=(
+        "The host's IPv6 address, allocate for the provider's, or left out (null) for no IPv6."))
+    egress_interface: Annotated[str, Field(pattern=_INTERFACE.pattern)] = Field("vmx0", description=(
+        "OpenBSD's name for the network card that faces the internet, its driver and unit: vmx0 "
+        "(vmxnet3) on libvirt, vio0 (virtio) on Vultr. pf and the interface's addressing are "
+        "written for it."))
 
     @property
     def mx_name(self) -> str:
@@ -305,8 +321,12 @@ class Recipients(Settings):
     time instead of accepting and bouncing later (backscatter).
     """
 
-    users: list[LocalPart] = Field(min_length=1)
-    aliases: dict[LocalPart, AliasTarget] = {}
+    users: list[LocalPart] = Field(min_length=1, description=(
+        "Local parts with a mailbox on the primary, in every site domain (alice receives alice@ "
+        "each domain): lower-case letters, digits and . _ -; at least one."))
+    aliases: dict[LocalPart, AliasTarget] = Field({}, description=(
+        "Local parts that forward to a user of users or to one address outside the site, like "
+        "abuse: alice. The site must receive postmaster (RFC 5321), usually as an alias."))
 
     def local_parts(self) -> list[str]:
         return sorted(set(self.users) | set(self.aliases))
@@ -318,11 +338,18 @@ class Recipients(Settings):
 
 
 class Greylist(Settings):
-    """spamd -G passtime:greyexp:whiteexp (minutes, hours, hours)."""
+    """spamd's greylisting (spamd -G passtime:greyexp:whiteexp): how long an unknown sender waits,
+    and how long spamd remembers senders."""
 
-    pass_minutes: Annotated[int, Field(ge=1, le=1440)] = 2
-    grey_expiry_hours: Annotated[int, Field(ge=1, le=8760)] = 4
-    white_expiry_hours: Annotated[int, Field(ge=1, le=8760)] = 864
+    pass_minutes: Annotated[int, Field(ge=1, le=1440)] = Field(2, description=(
+        "Minutes an unknown sender must wait before its retry is let through to smtpd (spamd -G "
+        "passtime)."))
+    grey_expiry_hours: Annotated[int, Field(ge=1, le=8760)] = Field(4, description=(
+        "Hours spamd remembers a greylisted sender that has not retried yet (greyexp); one that "
+        "retries later starts over."))
+    white_expiry_hours: Annotated[int, Field(ge=1, le=8760)] = Field(864, description=(
+        "Hours a sender that passed greylisting stays whitelisted without mailing again "
+        "(whiteexp); 864, 36 days, is spamd's own default and outlasts a monthly newsletter."))
 
     @property
     def spamd_g(self) -> str:
@@ -330,13 +357,25 @@ class Greylist(Settings):
 
 
 class RouteServer(Settings):
-    address: IPv4Address
-    description: Description = "bgp-spamd route server"
+    """A bgp-spamd route server: an entry of mailsite:bgpSpamd.routeServers."""
+
+    address: IPv4Address = Field(description=(
+        "The route server's IPv4 address; bgpd on every MX keeps a multihop eBGP session with it."))
+    description: Description = Field("bgp-spamd route server", description=(
+        "The session's name in bgpd.conf, which bgpctl shows: at most 31 letters, digits, spaces "
+        "and . _ , : / ( ) @ + -."))
 
 
 class PfTables(Settings):
-    blacklist: Annotated[str, Field(pattern=_PF_TABLE.pattern)] = "bgp_spamd"
-    bypass: Annotated[str, Field(pattern=_PF_TABLE.pattern)] = "bgp_spamd_bypass"
+    """The pf tables bgpd fills from the route servers' lists (bgpd.conf: set pftable)."""
+
+    blacklist: Annotated[str, Field(pattern=_PF_TABLE.pattern)] = Field("bgp_spamd", description=(
+        "The pf table bgpd fills with the blacklisted senders; pf hands them to spamd even if "
+        "they once passed greylisting. Not spamd's own tables (spamd, spamd-white) nor pf.conf's "
+        "(nospamd, bruteforce)."))
+    bypass: Annotated[str, Field(pattern=_PF_TABLE.pattern)] = Field("bgp_spamd_bypass", description=(
+        "The pf table bgpd fills with senders that skip spamd and reach smtpd directly; its own "
+        "table, other than blacklist."))
 
 
 def _community(value: str) -> str:
@@ -352,16 +391,32 @@ Community = Annotated[str, AfterValidator(_community)]
 class BgpSpamd(Settings):
     """The bgp-spamd feed: eBGP multihop sessions that carry black and bypass lists as /32s."""
 
-    local_as: Annotated[int, Field(ge=1, le=4294967295)]
-    route_server_as: Annotated[int, Field(ge=1, le=4294967295)] = 65066
-    route_servers: list[RouteServer] = Field(min_length=1)
-    multihop: Annotated[int, Field(ge=2, le=255)] = 64
-    blacklist_community: Community = "65066:666"
-    bypass_community: Community = "65066:42"
+    local_as: Annotated[int, Field(ge=1, le=4294967295)] = Field(description=(
+        "Your own AS number toward the route servers, a private one (64512-65534 or "
+        "4200000000-4294967294): the sessions are eBGP, other than routeServerAs, and announce "
+        "nothing."))
+    route_server_as: Annotated[int, Field(ge=1, le=4294967295)] = Field(65066, description=(
+        "The route servers' AS number; 65066 is the bgp-spamd project's."))
+    route_servers: list[RouteServer] = Field(min_length=1, description=(
+        "The route servers every MX takes the lists from (the bgp-spamd project's are listed at "
+        "bgp-spamd.net); at least one. Each sends the same lists, so one may fail."))
+    multihop: Annotated[int, Field(ge=2, le=255)] = Field(64, description=(
+        "How many router hops away the route servers may be (bgpd multihop): they are across the "
+        "internet, not on the MXes' network."))
+    blacklist_community: Community = Field("65066:666", description=(
+        "The BGP community (AS:N) that marks a route as a blacklisted sender; 65066:666 on "
+        "bgp-spamd."))
+    bypass_community: Community = Field("65066:42", description=(
+        "The BGP community (AS:N) that marks a sender that skips greylisting; 65066:42 on "
+        "bgp-spamd. It must differ from blacklistCommunity."))
     pf_tables: PfTables = PfTables()
-    # pf must hold every prefix the route servers send; the lists run to about 200,000.
-    table_entries: Annotated[int, Field(le=10000000)] = 400000
-    update_minutes: Annotated[int, Field(ge=1, le=59)] = 20
+    table_entries: Annotated[int, Field(le=10000000)] = Field(400000, description=(
+        "pf's limit on table entries: room for every listed prefix and spamd's own tables. A "
+        "route server that sends more than half of it is cut off (bgpd max-prefix) and tried "
+        "again after 30 minutes; the lists hold about 200,000 prefixes, so at least 400000."))
+    update_minutes: Annotated[int, Field(ge=1, le=59)] = Field(20, description=(
+        "Minutes between runs of the list update job, which loads the routes bgpd holds into "
+        "spamd's lists (spamd-setup)."))
 
     # A route server cut off for sending too many prefixes is tried again after this long.
     max_prefix_restart_minutes: ClassVar[int] = 30
@@ -398,8 +453,12 @@ class BgpSpamd(Settings):
 class Tls(Settings):
     """Where each host's certificate and key live on the host; {fqdn} is the host's MX name."""
 
-    certificate: CertificatePath = "/etc/ssl/{fqdn}.crt"
-    key: KeyPath = "/etc/ssl/private/{fqdn}.key"
+    certificate: CertificatePath = Field("/etc/ssl/{fqdn}.crt", description=(
+        "Path of each host's certificate on the host, which smtpd offers with STARTTLS; {fqdn} "
+        "becomes the host's MX name."))
+    key: KeyPath = Field("/etc/ssl/private/{fqdn}.key", description=(
+        "Path of each host's private key, {fqdn} as for the certificate: below a directory named "
+        "private (root-only, 0700) such as /etc/ssl/private, and not the certificate's own file."))
 
     def certificate_for(self, host: Host) -> str:
         return self.certificate.replace("{fqdn}", host.mx_name)
@@ -411,16 +470,25 @@ class Tls(Settings):
 class Delivery(Settings):
     """How the primary hands mail to mailboxes."""
 
-    method: Literal["lmtp", "maildir"] = "lmtp"
-    lmtp_socket: SocketPath = "/var/dovecot/lmtp"
-    maildir: MaildirPath = "~/Maildir"
+    method: Literal["lmtp", "maildir"] = Field("lmtp", description=(
+        "lmtp hands the primary's mail to a mail store's LMTP socket (Dovecot's); maildir has "
+        "smtpd write it into each user's Maildir itself."))
+    lmtp_socket: SocketPath = Field("/var/dovecot/lmtp", description=(
+        "The LMTP socket smtpd delivers to when method is lmtp."))
+    maildir: MaildirPath = Field("~/Maildir", description=(
+        "The Maildir smtpd delivers to when method is maildir; ~ is the user's home."))
 
 
 class Queue(Settings):
-    # A backup may hold mail for as long as the primary is away; smtpd's default is 4 days.
-    ttl: Annotated[str, Field(pattern=_DURATION.pattern)] = "7d"
-    # How long a host may take to deliver its queue before its VM is replaced or its key rotated.
-    drain_minutes: Annotated[int, Field(ge=1, le=1440)] = 30
+    """smtpd's queue on every MX."""
+
+    ttl: Annotated[str, Field(pattern=_DURATION.pattern)] = Field("7d", description=(
+        "How long smtpd keeps trying a message before it bounces it, a number with s, m, h or d "
+        "of at most 30d: a backup holds mail this long while the primary is away (smtpd's own "
+        "default is 4d)."))
+    drain_minutes: Annotated[int, Field(ge=1, le=1440)] = Field(30, description=(
+        "Minutes a host that is to be replaced or re-keyed gets to deliver its queue before it "
+        "goes (pulumi up, secrets rotate)."))
 
     # smtpd reads a ttl into an int of seconds and refuses more ("invalid ttl delay"); a month is
     # already longer than any sender waits to hear that its mail was not delivered.
@@ -439,13 +507,24 @@ class Queue(Settings):
 class Network(Settings):
     """How each host's egress interface gets its address."""
 
-    addressing: Literal["static", "autoconf"] = "autoconf"
-    ipv4_prefix_length: Annotated[int, Field(ge=8, le=32)] = 24
-    ipv4_gateway: IPv4Address | None = None
-    ipv6_prefix_length: Annotated[int, Field(ge=16, le=128)] = 64
-    ipv6_gateway: IPv6Address | None = None
-    # Static hosts learn no resolver by DHCP; smtpd needs one for every MX lookup.
-    nameservers: list[IPAddress] = []
+    addressing: Literal["static", "autoconf"] = Field("autoconf", description=(
+        "static writes the hosts' addresses into each host's interface file (libvirt); autoconf "
+        "takes them by DHCP and router advertisements (Vultr)."))
+    ipv4_prefix_length: Annotated[int, Field(ge=8, le=32)] = Field(24, description=(
+        "The length of the IPv4 network every host sits in (the primary's), when addressing is "
+        "static."))
+    ipv4_gateway: IPv4Address | None = Field(None, description=(
+        "The IPv4 default route, an address in the site network, when addressing is static; on "
+        "libvirt the network's own address."))
+    ipv6_prefix_length: Annotated[int, Field(ge=16, le=128)] = Field(64, description=(
+        "The length of the IPv6 network every host sits in (the primary's), when addressing is "
+        "static."))
+    ipv6_gateway: IPv6Address | None = Field(None, description=(
+        "The IPv6 default route when addressing is static; null for none."))
+    nameservers: list[IPAddress] = Field([], description=(
+        "Resolvers for the hosts when addressing is static, at least one on libvirt: smtpd needs "
+        "one for every MX lookup and static hosts learn none by DHCP. libvirt's network answers "
+        "DNS on its own address."))
 
 
 class Secrets(Settings):
@@ -454,21 +533,37 @@ class Secrets(Settings):
     `inline` holds the values in the stack file itself and exists for tests only.
     """
 
-    backend: Literal["file", "aws-secretsmanager", "inline"] = "file"
-    path: LocalPath = ".mailsite/secrets"
-    region: Name | None = None
-    profile: Name | None = None
-    endpoint_url: Url | None = None
-    queue_keys: dict[Annotated[str, Field(pattern=_LABEL.pattern)], SecretStr] = {}
-    spamd_sync_key: SecretStr | None = None
+    backend: Literal["file", "aws-secretsmanager", "inline"] = Field("file", description=(
+        "file keeps the keys in a directory on this machine (the default, for trying the site "
+        "out); aws-secretsmanager in AWS Secrets Manager; inline in the stack file, for the "
+        "program's tests only (the command-line tool refuses it)."))
+    path: LocalPath = Field(".mailsite/secrets", description=(
+        "The file backend's directory on this machine; secrets init creates it with mode 0700."))
+    region: Name | None = Field(None, description=(
+        "The AWS region of the aws-secretsmanager backend, like eu-central-1."))
+    profile: Name | None = Field(None, description=(
+        "The AWS credentials profile of the aws-secretsmanager backend; null for AWS's usual "
+        "search (AWS_* variables and the like)."))
+    endpoint_url: Url | None = Field(None, description=(
+        "Another Secrets Manager endpoint, such as a local one for tests; null for AWS's own."))
+    queue_keys: dict[Annotated[str, Field(pattern=_LABEL.pattern)], SecretStr] = Field({}, description=(
+        "inline backend only (tests): each host's queue key by host name, 32 lower-case hex "
+        "characters."))
+    spamd_sync_key: SecretStr | None = Field(None, description=(
+        "inline backend only (tests): the spamd sync key, 32 lower-case hex characters."))
 
 
 class VultrBgp(Settings):
     """Vultr's BGP session, for sites that announce a prefix of their own from their MXes."""
 
-    enabled: bool = False
-    local_as: Annotated[int, Field(ge=1, le=4294967295)] | None = None  # the ASN Vultr set up for you
-    prefixes: list[IPNetwork] = []
+    enabled: bool = Field(False, description=(
+        "Open Vultr's BGP session from every MX to announce the prefixes below; the vultr target "
+        "only."))
+    local_as: Annotated[int, Field(ge=1, le=4294967295)] | None = Field(None, description=(
+        "The AS number Vultr set up for your account's BGP session; needed when enabled."))
+    prefixes: list[IPNetwork] = Field([], description=(
+        "Your own prefixes to announce, as assigned to you (at most a /24 of IPv4 or a /48 of "
+        "IPv6); needed when enabled."))
 
     # Vultr's side of the session, the same for every customer.
     neighbor: ClassVar[str] = "169.254.169.254"
@@ -477,36 +572,58 @@ class VultrBgp(Settings):
 
 
 class Vultr(Settings):
-    """The Vultr target: VMs from baked snapshots, reserved IPs, firewall groups, Vultr DNS."""
+    """The Vultr target: VMs from baked snapshots, reserved IPs, firewall groups, Vultr DNS. With
+    target vultr, set network.addressing autoconf, each host's egressInterface vio0 and its
+    addresses allocate."""
 
-    region: Name = "ams"
-    plan: Name = "vc2-1c-2gb"
-    ssh_key_ids: list[Name] = []
-    dns: bool = True  # serve the site's zones from Vultr DNS
+    region: Name = Field("ams", description=(
+        "The Vultr region every VM runs in, like ams."))
+    plan: Name = Field("vc2-1c-2gb", description=(
+        "The Vultr plan (size) of every VM, like vc2-1c-2gb."))
+    ssh_key_ids: list[Name] = Field([], description=(
+        "IDs of ssh keys kept at Vultr to give each instance; root's keys come from adminSshKeys, "
+        "baked into the image."))
+    dns: bool = Field(True, description=(
+        "Serve the site's zones (MX, A, AAAA records) from Vultr DNS; false if you serve them "
+        "elsewhere."))
     bgp: VultrBgp = VultrBgp()
 
 
 class Libvirt(Settings):
     """The libvirt target: VMs from baked qcow2 volumes on a routed network with fixed addresses."""
 
-    uri: LibvirtUri = "qemu:///system"
-    network_name: Name = "mailsite"
-    bridge: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,14}$")] = "virbr-mail"
-    pool: Name = "default"
-    memory_mib: Annotated[int, Field(ge=256, le=65536)] = 1024
-    vcpus: Annotated[int, Field(ge=1, le=64)] = 1
-    zone_dir: LocalPath = "zones"  # nsd zone files for your own name server, one per domain
+    uri: LibvirtUri = Field("qemu:///system", description=(
+        "The libvirt connection, like qemu:///system or qemu+ssh://root@kvm.example.org/system."))
+    network_name: Name = Field("mailsite", description=(
+        "The libvirt network the stack makes for the hosts."))
+    bridge: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,14}$")] = Field("virbr-mail", description=(
+        "The Linux bridge of that network on the KVM host, at most 15 characters."))
+    pool: Name = Field("default", description=(
+        "The libvirt storage pool that holds the hosts' volumes."))
+    memory_mib: Annotated[int, Field(ge=256, le=65536)] = Field(1024, description=(
+        "Memory of each VM, in MiB."))
+    vcpus: Annotated[int, Field(ge=1, le=64)] = Field(1, description=(
+        "Virtual CPUs of each VM."))
+    zone_dir: LocalPath = Field("zones", description=(
+        "Directory on this machine where the stack writes nsd zone files (forward and reverse, "
+        "one per zone) for your own name server."))
 
 
 class ObjectStorage(Settings):
     """S3-compatible storage (Vultr Object Storage or S3) that hands raw images to Vultr."""
 
-    endpoint_url: Url | None = None  # e.g. https://ams1.vultrobjects.com; None for AWS S3
-    bucket: Name | Literal[""] = ""
-    region: Name | None = None
-    profile: Name | None = None
-    # Vultr fetches the image once, right after the URL is made; an hour is plenty.
-    presign_seconds: Annotated[int, Field(ge=60, le=43200)] = 3600
+    endpoint_url: Url | None = Field(None, description=(
+        "The S3-compatible endpoint, like https://ams1.vultrobjects.com; null for AWS S3."))
+    bucket: Name | Literal[""] = Field("", description=(
+        "A private bucket of yours where raw images wait for Vultr to make snapshots of them."))
+    region: Name | None = Field(None, description=(
+        "The storage's region, where the endpoint needs one; null for none."))
+    profile: Name | None = Field(None, description=(
+        "The credentials profile for the storage; null for the usual search (AWS_* variables and "
+        "the like)."))
+    presign_seconds: Annotated[int, Field(ge=60, le=43200)] = Field(3600, description=(
+        "Seconds the image's URL handed to Vultr stays valid; Vultr fetches the image once, right "
+        "after the URL is made."))
 
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -543,17 +660,26 @@ class DiskPartition:
 class Images(Settings):
     """How each host's OpenBSD image is baked."""
 
-    openbsd_version: Annotated[str, Field(pattern=r"^[0-9]\.[0-9]$")] = "7.8"
-    iso_url: Url = "https://cdn.openbsd.org/pub/OpenBSD/7.8/amd64/install78.iso"
-    iso_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
-    cache_dir: LocalPath = "~/.cache/mailsite/images"
-    disk_size: Annotated[str, Field(pattern=r"^[1-9][0-9]*[MG]$")] = "8G"
-    # The smtpd queue lives on /var: a backup holds mail for queue.ttl while the primary is away
-    # and answers 4xx once /var is full. Room for this many messages at maxMessageSize, unless
-    # queueSpace says how much outright (the site fills queueSpace in from maxMessageSize).
-    queue_messages: Annotated[int, Field(ge=1, le=100000)] = 40
-    queue_space: str | None = None
-    timeout_minutes: Annotated[int, Field(ge=5, le=600)] = 90
+    openbsd_version: Annotated[str, Field(pattern=r"^[0-9]\.[0-9]$")] = Field("7.8", description=(
+        "The OpenBSD release to install, like 7.8."))
+    iso_url: Url = Field("https://cdn.openbsd.org/pub/OpenBSD/7.8/amd64/install78.iso", description=(
+        "Where the release's install ISO is downloaded from."))
+    iso_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = Field(None, description=(
+        "The install ISO's SHA-256 checksum, from the SHA256 file beside it; needed to bake, so a "
+        "changed ISO is refused."))
+    cache_dir: LocalPath = Field("~/.cache/mailsite/images", description=(
+        "Directory on this machine for downloaded ISOs and baked images by identity, mode 0700: "
+        "images hold keys."))
+    disk_size: Annotated[str, Field(pattern=r"^[1-9][0-9]*[MG]$")] = Field("8G", description=(
+        "Each VM's disk, a number with M or G: /, swap, /tmp, /usr, /usr/local and /var with the "
+        "mail queue. Too small a disk is refused with the size it needs."))
+    queue_messages: Annotated[int, Field(ge=1, le=100000)] = Field(40, description=(
+        "How many messages of maxMessageSize the queue on /var has room for: a backup holds mail "
+        "while the primary is away and answers 4xx once /var is full."))
+    queue_space: str | None = Field(None, description=(
+        "The queue's room on /var outright, like 3G; null for maxMessageSize times queueMessages."))
+    timeout_minutes: Annotated[int, Field(ge=5, le=600)] = Field(90, description=(
+        "Minutes a bake may take before it is stopped; a bake without KVM takes far longer."))
     object_storage: ObjectStorage = ObjectStorage()
 
     @field_validator("queue_space")
@@ -592,19 +718,29 @@ class Images(Settings):
 class Site(Settings):
     """A whole mail site: the `mailsite:` namespace of a Pulumi stack file."""
 
-    target: Literal["libvirt", "vultr"] = "libvirt"
+    target: Literal["libvirt", "vultr"] = Field("libvirt", description=(
+        "Where the site runs: libvirt (your own KVM host) or vultr."))
     vultr: Vultr = Vultr()
     libvirt: Libvirt = Libvirt()
 
-    domains: list[Domain] = Field(min_length=1)
-    hosts: list[Host] = Field(min_length=1)
-    admin_cidrs: list[IPNetwork] = []
-    # Baked into root's authorized_keys: a VM from a snapshot gets no provider-injected keys.
-    admin_ssh_keys: list[SshPublicKey] = []
+    domains: list[Domain] = Field(min_length=1, description=(
+        "The mail domains the site receives for; the first also names the hosts "
+        "(mx1.example.org)."))
+    hosts: list[Host] = Field(min_length=1, description=(
+        "The MXes, best first: exactly one primary and any number of backups. Two hosts or five: "
+        "add or remove entries."))
+    admin_cidrs: list[IPNetwork] = Field([], description=(
+        "Networks ssh is allowed from, in pf and the cloud firewall; empty for no ssh at all."))
+    admin_ssh_keys: list[SshPublicKey] = Field([], description=(
+        "Public keys that may log in as root over ssh (from adminCidrs only), one line of a .pub "
+        "file each. Baked into each image: a VM made from a snapshot gets no keys from the "
+        "provider."))
     recipients: Recipients
     greylist: Greylist = Greylist()
     bgp_spamd: BgpSpamd
-    max_message_size: str = "50M"
+    max_message_size: str = Field("50M", description=(
+        "The largest message every MX accepts (smtpd max-message-size), a number with K, M or G "
+        "between 64K and 2G."))
     queue: Queue = Queue()
     tls: Tls = Tls()
     delivery: Delivery = Delivery()
