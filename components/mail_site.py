@@ -12,7 +12,6 @@ import pulumi_libvirt as libvirt
 from mailsite.model import HostSecrets, Site
 from mailsite.render import render_host
 from mailsite.replacement import host_resource, image_resource
-from mailsite.rotation import rotation_order
 
 from .host_image import HostImage, HostImageArgs, ImageSettings
 from .mx_host import MxHost, MxHostArgs, drain_hook
@@ -48,7 +47,7 @@ class MailSite(pulumi.ComponentResource):
         previous: MxHost | None = None
         # The primary's VM first, then the backups, best first: the reverse of the order they
         # are taken down in (a backup drains to the primary, so the primary goes last).
-        for host in reversed(rotation_order(site)):
+        for host in reversed(site.replacement_order):
             secrets = args.secrets[host.name]
             # The tree holds the queue key: it is a secret Output from here on, in state and in
             # the image resource's inputs.

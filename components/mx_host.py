@@ -12,9 +12,9 @@ import pulumi
 import pulumi_libvirt as libvirt
 
 from mailsite.departure import DECOMMISSION, PEER_BOOT_MINUTES, departing, drain_departing
+from mailsite.hosts import HostControl, ssh_to
 from mailsite.model import Host, HostAddresses, Site
 from mailsite.replacement import MX_HOST, vm_of
-from mailsite.rotation import HostControl, ssh_to
 
 # OpenBSD names a vmxnet3 NIC vmx0; libvirt's default model (virtio) would be vio0.
 _VMXNET3 = """<?xml version="1.0"?>

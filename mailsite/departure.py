@@ -19,9 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from .drain import drain
+from .errors import MailsiteError
+from .facts import answers_smtp
+from .hosts import ControlError, HostControl
 from .model import Site
 from .replacement import SITE, vm_resource
-from .rotation import ControlError, HostControl, drain, rotation_order
 
 DECOMMISSION = "MAILSITE_DECOMMISSION"
 
@@ -30,8 +33,10 @@ DECOMMISSION = "MAILSITE_DECOMMISSION"
 PEER_BOOT_MINUTES = 10
 
 
-class DepartureRefused(Exception):
-    """The VM must not be deleted yet; one line saying why and what to do."""
+class DepartureRefused(MailsiteError):
+    """The VM must not be deleted yet; one line saying why and what to do. An operation that
+    could not be done (a peer out, a queue that did not drain), not a setting to fix: once the
+    site is back, the same `pulumi up` goes through. The engine reports it as the hook's error."""
 
 
 @dataclass(frozen=True)
@@ -77,12 +82,12 @@ def _silent_peers(site: Site, departure: Departure, control: Callable[[str], Hos
     # still booting, so it is waited for, or just created). A peer after it has not: if no
     # shell answers there at all, it is a host being added whose VM comes later in this run,
     # not one that is out. A removed host goes at the end of the run: every peer is before it.
-    chain = [h.name for h in reversed(rotation_order(site))]
+    chain = [h.name for h in reversed(site.replacement_order)]
     later = set(chain[chain.index(departure.name) + 1:]) if departure.reason == "replacement" else set()
     peers = {h.name: control(h.mx_name) for h in site.hosts if h.name != departure.name and h.mx_name != departure.mx_name}
     deadline = clock() + wait
     while True:
-        silent = [name for name, peer in peers.items() if not peer.answers_smtp()]
+        silent = [name for name, peer in peers.items() if not answers_smtp(peer)]
         silent = [name for name in silent if name not in later or peers[name].reachable()]
         if not silent or clock() >= deadline:
             return silent

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from .errors import MailsiteError
 from .model import Host
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ UNCHANGED = {"same", "read", "refresh"}
 REPLACING = {"replace", "create-replacement", "delete-replaced"}
 
 
-class ReplacementRefused(Exception):
+class ReplacementRefused(MailsiteError):
     """The rotation must not run `up`; one line naming what else would change."""
 
 

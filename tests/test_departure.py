@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mailsite.departure import DECOMMISSION, DepartureRefused, departing, drain_departing
+from mailsite.errors import MailsiteError, UserError
+from mailsite.hosts import ControlError, HostControl
+from mailsite.replacement import ReplacementRefused
 from tests.sites import example_settings, site_of
 
 
@@ -32,26 +35,22 @@ def test_vm_state_naming_no_host_is_not_deleted_undrained(example_site):
 
 
 class _Host:
-    """One MX as the hook reaches it: answers SMTP or not; its queue drains at once."""
+    """One MX as the hook reaches it (a HostControl): its smtpd answers or not; its queue drains at once."""
 
     def __init__(self, answers: bool):
         self.answers, self.paused, self.forgotten = answers, False, False
 
-    def smtpctl(self, *arguments: str) -> str:
-        if arguments == ("show", "status"):
+    def run(self, *command: str) -> str:
+        if not self.answers:
+            raise ControlError(f"`{' '.join(command)}` failed: ssh: connect to host: Connection refused")
+        if command == ("smtpctl", "show", "status"):
             return "SMTP paused\n" if self.paused else "SMTP running\n"
-        if arguments == ("pause", "smtp"):
+        if command == ("smtpctl", "pause", "smtp"):
             self.paused = True
         return ""
 
-    def answers_smtp(self) -> bool:
-        return self.answers
-
     def reachable(self) -> bool:
         return self.answers
-
-    def key_versions(self) -> dict[str, str]:
-        return {}
 
     def replaced(self) -> None:
         self.forgotten = True
@@ -79,3 +78,21 @@ def test_hostname_changed_outside_pulumi_still_reaches_the_mx_by_its_name(exampl
     departure = departing(example_site, "prod", {"hostname": "mx2.example.org"}, {"hostname": "vultr-guest"}, None,
                           vm="mail-mx2-vm")
     assert (departure.name, departure.mx_name, departure.reason) == ("mx2", "mx2.example.org", "replacement")
+
+
+def test_a_refused_departure_or_replacement_is_an_operation_that_failed_not_a_setting_to_fix():
+    """A peer out, a queue that did not drain, other changes pending: the same run goes through
+    once the site is back, so these exit 1 (MailsiteError), as an unreachable host does, not 2."""
+    for refused in (DepartureRefused, ReplacementRefused, ControlError):
+        assert issubclass(refused, MailsiteError) and not issubclass(refused, UserError)
+        assert refused("x").exit_code == 1
+
+
+def test_drain_of_a_host_that_does_not_answer_refuses_with_one_line(example_site):
+    departure = departing(example_site, "prod", {"name": "mx2.example.org"}, None, None)
+    hosts = {"mx1.example.org": _Host(True), "mx3.example.org": _Host(True), "mx2.example.org": _Host(False)}
+    assert all(isinstance(host, HostControl) for host in hosts.values())
+    with pytest.raises(DepartureRefused) as refused:
+        drain_departing(example_site, departure, hosts.__getitem__, drain_timeout=5, peer_wait=1, poll=0.1)
+    assert str(refused.value).startswith("cannot drain mx2 (`smtpctl show status` failed: ssh: connect to host")
+    assert "\n" not in str(refused.value)

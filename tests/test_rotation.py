@@ -17,26 +17,32 @@ import pulumi
 import pytest
 
 from components.mx_host import DRAIN_HOOK, drain_callback
+from mailsite.config import stack_name
 from mailsite.departure import DECOMMISSION, Departure, DepartureRefused, departing, drain_departing
+from mailsite.drain import drain
+from mailsite.facts import answers_smtp, key_versions, queue, queued_envelopes, smtp_status
+from mailsite.hosts import CommandControl, HostControl, lab_control
 from mailsite.lab import mail
 from mailsite.lab.lab import Lab
-from mailsite.lab.procs import LabError, in_host, in_network, run, wait_until
+from mailsite.lab.procs import LabError, in_network, run, wait_until
 from mailsite.lab.site import host_environment, render_lab_host
-from mailsite.rotation import CommandControl, drain, queued_envelopes, rollout_spamd_key, rotate_host, rotation_order
+from mailsite.rotation import rollout_spamd_key, rotate_host, rotation_order
 from mailsite.secrets import CURRENT, PENDING, PREVIOUS, host_label, host_store, queue_key_id, site_secrets, spamd_sync_key_id
 from tests.hooks import HookMonitor, Registered, call_before_delete
-from tests.sites import example_settings, site_of
+from tests.sites import EXAMPLE, example_settings, site_of
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root for network namespaces (CI runs it as root)"
 )
 
 USER = "alice@example.org"
+# The lab runs the example stack (tests/conftest.py), under the stack name its file gives.
+STACK = stack_name(EXAMPLE)
 
 
 def control(lab: Lab, host: str) -> CommandControl:
     """smtpctl and files inside the lab host, as `ssh root@host` reaches them on a real one."""
-    return CommandControl(in_host(lab.holder(host), []), timeout=30)
+    return lab_control(lab.holder(host).pid)
 
 
 def controls(lab: Lab) -> dict[str, CommandControl]:
@@ -51,7 +57,7 @@ def by_mx_name(lab: Lab, forget_in: Path | None = None):
 
     def reach(mx_name: str) -> CommandControl:
         forget = ["ssh-keygen", "-R", mx_name, "-f", str(forget_in)] if forget_in else None
-        return CommandControl(in_host(lab.holder(names[mx_name]), []), timeout=30, forget=forget)
+        return lab_control(lab.holder(names[mx_name]).pid, forget=forget)
 
     return reach
 
@@ -63,12 +69,12 @@ def replace_in_lab(lab: Lab):
     def replace(host) -> bool:
         # What the engine runs before it deletes the old VM: the drain hook, on a host rotation
         # has already paused and drained.
-        site, stack = lab.plan.site, lab.state["stack"]
+        site, stack = lab.plan.site, STACK
         drain_departing(site, departing(site, stack, {"name": host.mx_name}, None, None), by_mx_name(lab), 60, poll=0.5)
         assert mail.queue(lab, host.name) == [], "a host is replaced only once drained"
         # The new image: the host's files as they render now (the new key, its version).
         # (The lab's own files, its resolver and accounts, stay the lab's.)
-        secrets = site_secrets(lab.plan.site, lab.state["stack"], lab.dir)[host.name]
+        secrets = site_secrets(lab.plan.site, STACK, lab.dir)[host.name]
         lab_own = host_environment(lab.plan, host, Path("/etc/passwd").read_text(), Path("/etc/group").read_text())
         for path, rendered in render_lab_host(lab.plan, host, secrets).items():
             target = lab.root(host.name) / path
@@ -101,8 +107,30 @@ def test_rotation_order_is_backups_worst_first_then_primary():
     assert [h.name for h in rotation_order(site)] == ["mx3", "mx2", "mx1"]
 
 
+def test_lab_host_is_read_as_a_real_one_through_the_same_control(lab):
+    """What rotation and doctor read on a host (smtpd's state, its queue, the key versions its
+    image carries), read from a lab host through nsenter as ssh reads it on a real one."""
+    stack, site = STACK, lab.plan.site
+    secrets = site_secrets(site, stack, lab.dir)
+    marker = _queued_for_the_primary(lab, "mx3")
+    try:
+        for host in site.hosts:
+            reached = control(lab, host.name)
+            assert isinstance(reached, HostControl) and reached.reachable()
+            assert answers_smtp(reached) and "SMTP running" in smtp_status(reached)
+            assert key_versions(reached) == {"queue-key": secrets[host.name].queue_key_version,
+                                             "spamd-sync-key": secrets[host.name].spamd_sync_key_version}
+        held = queue(control(lab, "mx3"))
+        assert len(held) == 1 and USER in held[0] and held == queued_envelopes("\n".join(mail.queue(lab, "mx3")))
+    finally:
+        assert mail.flush(lab, "mx3", lambda: len(mail.delivered(lab, marker)) == 1, 60)
+    # A lab host that is gone answers as an unreachable real one does: no shell, no smtpd, no versions.
+    gone = CommandControl(["false"])
+    assert not gone.reachable() and not answers_smtp(gone) and key_versions(gone) == {}
+
+
 def test_undeliverable_queue_is_not_rotated_and_loses_nothing(lab):
-    store, stack = host_store(lab.plan.site, lab.dir), lab.state["stack"]
+    store, stack = host_store(lab.plan.site, lab.dir), STACK
     key_id = queue_key_id(stack, "mx2")
     before = store.read(key_id, CURRENT).version
     lab.stop_daemon("mx1", "smtpd")
@@ -125,7 +153,7 @@ def test_undeliverable_queue_is_not_rotated_and_loses_nothing(lab):
         # A decommission does not wait for its peers, and still refuses to lose what is queued.
         with pytest.raises(DepartureRefused, match="mx2 still holds 1 message"):
             drain_departing(site, Departure("mx2.example.org", "mx2", "decommission"), by_mx_name(lab), 0, poll=0.5)
-        assert control(lab, "mx2").answers_smtp(), "smtp resumed after a failed drain"
+        assert answers_smtp(control(lab, "mx2")), "smtp resumed after a failed drain"
         assert store.read(key_id, CURRENT).version == before and store.read(key_id, PENDING) is None
     finally:
         lab.start_daemon("mx1", "smtpd")
@@ -135,7 +163,7 @@ def test_undeliverable_queue_is_not_rotated_and_loses_nothing(lab):
 
 
 def test_drainable_host_drains_rotates_and_mail_during_rotation_arrives_once(lab):
-    store, stack, site = host_store(lab.plan.site, lab.dir), lab.state["stack"], lab.plan.site
+    store, stack, site = host_store(lab.plan.site, lab.dir), STACK, lab.plan.site
     key_id = queue_key_id(stack, "mx2")
     before = store.read(key_id, CURRENT)
     queued_before = _marker()
@@ -168,17 +196,17 @@ def test_drainable_host_drains_rotates_and_mail_during_rotation_arrives_once(lab
 
 
 def test_failed_replacement_rolls_back(lab):
-    store, stack, site = host_store(lab.plan.site, lab.dir), lab.state["stack"], lab.plan.site
+    store, stack, site = host_store(lab.plan.site, lab.dir), STACK, lab.plan.site
     key_id = queue_key_id(stack, "mx3")
     before = store.read(key_id, CURRENT).version
     step = rotate_host(site, stack, site.host("mx3"), store, controls(lab), lambda host: False, drain_timeout=30, poll=0.5)
     assert step.outcome == "stopped" and "rolled back" in step.message
     assert store.read(key_id, PENDING) is None and store.read(key_id, CURRENT).version == before
-    assert control(lab, "mx3").answers_smtp(), "smtp resumed"
+    assert answers_smtp(control(lab, "mx3")), "smtp resumed"
 
 
 def test_spamd_key_rollout_goes_one_host_at_a_time_then_becomes_current(lab):
-    store, stack, site = host_store(lab.plan.site, lab.dir), lab.state["stack"], lab.plan.site
+    store, stack, site = host_store(lab.plan.site, lab.dir), STACK, lab.plan.site
     sync_id = spamd_sync_key_id(stack)
     before = store.read(sync_id, CURRENT).version
     seen: list[tuple[str, dict[str, str]]] = []
@@ -265,7 +293,7 @@ def _restart_smtpd(lab: Lab, *hosts: str) -> None:
 
 
 def test_host_removed_from_the_stack_is_drained_before_its_vm_goes(lab):
-    stack = lab.state["stack"]
+    stack = STACK
     settings = example_settings()
     settings["hosts"] = [h for h in settings["hosts"] if h["name"] != "mx3"]
     without_mx3 = site_of(settings)
@@ -278,7 +306,7 @@ def test_host_removed_from_the_stack_is_drained_before_its_vm_goes(lab):
         error = asyncio.run(_engine(stack, without_mx3, by_mx_name(lab), 60, script))
         assert error == ""
         assert mail.queue(lab, "mx3") == [] and len(mail.delivered(lab, marker)) == 1, "drained before the VM goes"
-        assert "SMTP paused" in control(lab, "mx3").smtpctl("show", "status"), "it takes no mail while its VM is deleted"
+        assert "SMTP paused" in smtp_status(control(lab, "mx3")), "it takes no mail while its VM is deleted"
     finally:
         _restart_smtpd(lab, "mx3")
 
@@ -287,7 +315,7 @@ def test_destroying_the_site_on_purpose_drains_each_host_and_goes_on(lab, monkey
     """A destroy deletes the VMs along the chain backwards, backups first. A deleted VM answers
     nothing (no shell, no SMTP), like a host not created yet: the hooks go on past it, each host
     drained first. The operator's word is needed where a peer still runs but takes no mail."""
-    stack, site = lab.state["stack"], lab.plan.site
+    stack, site = STACK, lab.plan.site
     marker = _queued_for_the_primary(lab, "mx2")
     monkeypatch.delenv(DECOMMISSION, raising=False)
     deleted: set[str] = set()
@@ -325,7 +353,7 @@ def test_destroying_the_site_on_purpose_drains_each_host_and_goes_on(lab, monkey
 
 
 def test_a_destroy_past_a_peer_that_runs_but_takes_no_mail_needs_the_operators_word(lab, monkeypatch):
-    stack, site = lab.state["stack"], lab.plan.site
+    stack, site = STACK, lab.plan.site
     monkeypatch.delenv(DECOMMISSION, raising=False)
 
     async def script(delete):
@@ -343,7 +371,7 @@ def test_a_destroy_past_a_peer_that_runs_but_takes_no_mail_needs_the_operators_w
 
 
 def test_replacing_every_host_goes_host_by_host_through_booting_peers_and_new_host_keys(lab, tmp_path):
-    stack, site = lab.state["stack"], lab.plan.site
+    stack, site = STACK, lab.plan.site
     order = [host.name for host in reversed(rotation_order(site))]
     assert order == ["mx1", "mx2", "mx3"], "the chain of VMs: the primary first"
     known = tmp_path / "known_hosts"
@@ -404,7 +432,7 @@ def test_adding_a_host_replaces_its_peers_before_the_new_vm_exists(lab):
     """A new host changes its peers' images (spamd sync peers): they are replaced before its own
     VM comes, later in the chain. Its silence then is no MX out; a peer that runs but takes no
     mail still is."""
-    stack = lab.state["stack"]
+    stack = STACK
     settings = example_settings()
     settings["hosts"].append({"name": "mx4", "role": "backup", "preference": 40, "fqdn": "mx4.example.org",
                               "ipv4": "192.0.2.40", "ipv6": "2001:db8::40", "egressInterface": "vmx0"})

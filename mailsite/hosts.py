@@ -1,0 +1,92 @@
+"""How a host is reached: a command run on it, its output back (an I/O edge).
+
+On a real site that is `ssh root@mx2.example.org`; in the lab it is `nsenter` into the lab host's
+namespaces. Both are a `CommandControl` with another prefix, so rotation, the drain hook and the
+coming `doctor` and backups run the very same commands on a lab host as on a real one.
+
+Kept apart, as pyinfra keeps connectors from facts and operations: what is read on a host
+(its queue, its key versions) is in `mailsite.facts`, what is changed (the drain) in
+`mailsite.drain`; both take any `HostControl`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from .errors import MailsiteError
+from .model import Host
+
+
+class ControlError(MailsiteError):
+    """A host could not be reached or a command failed there; one line."""
+
+
+@runtime_checkable
+class HostControl(Protocol):
+    """One host, as the tool reaches it."""
+
+    def run(self, *command: str) -> str:
+        """The command's output; ControlError if the host does not answer or the command fails."""
+        ...
+
+    def reachable(self) -> bool:
+        """A shell answers at all (the VM exists and runs), whatever its daemons do."""
+        ...
+
+    def replaced(self) -> None:
+        """The host is a new VM now (a new ssh host key)."""
+        ...
+
+
+@dataclass
+class CommandControl:
+    """Commands through a prefix that reaches the host (see ssh_to and lab_control)."""
+
+    prefix: list[str]
+    timeout: float = 60
+    forget: list[str] | None = None  # run once the host is a new VM (drop its old ssh host key)
+
+    def run(self, *command: str) -> str:
+        try:
+            result = subprocess.run([*self.prefix, *command], capture_output=True, text=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise ControlError(f"`{' '.join(command)}` did not answer within {self.timeout:.0f} s") from None
+        if result.returncode != 0:
+            raise ControlError(f"`{' '.join(command)}` failed: {(result.stderr or result.stdout).strip()}")
+        return result.stdout
+
+    def reachable(self) -> bool:
+        try:
+            self.run("true")
+            return True
+        except ControlError:
+            return False
+
+    def replaced(self) -> None:
+        if self.forget:
+            subprocess.run(self.forget, capture_output=True, timeout=30)
+
+
+KNOWN_HOSTS = Path("~/.ssh/mailsite_known_hosts").expanduser()
+
+
+def ssh_to(mx_name: str) -> CommandControl:
+    """ssh as root, trusting a host key on first use and keeping the site's keys apart: every
+    replacement brings a new VM and a new host key, forgotten here once the old VM is gone. By MX
+    name, because a host removed from the stack file is still drained before its VM goes."""
+    options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "StrictHostKeyChecking=accept-new",
+               "-o", f"UserKnownHostsFile={KNOWN_HOSTS}"]
+    return CommandControl(["ssh", *options, f"root@{mx_name}"], forget=["ssh-keygen", "-R", mx_name, "-f", str(KNOWN_HOSTS)])
+
+
+def ssh_control(host: Host) -> CommandControl:
+    return ssh_to(host.mx_name)
+
+
+def lab_control(holder_pid: int, timeout: float = 30, forget: list[str] | None = None) -> CommandControl:
+    """A lab host, reached as ssh reaches a real one: its network, its mounts (/etc, /var/spool,
+    /run) and its name, those of the process holding its namespaces (the lab's `holder`)."""
+    return CommandControl(["nsenter", "-t", str(holder_pid), "-m", "-n", "-u", "--"], timeout=timeout, forget=forget)
