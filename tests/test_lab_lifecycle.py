@@ -14,7 +14,9 @@ import sys
 
 import pytest
 
-from mailsite.lab.lab import STATE_DIR, is_up, leftovers, teardown
+import mailsite.daemons
+from mailsite.daemons import Daemon, LabRun
+from mailsite.lab.lab import STATE_DIR, Lab, is_up, leftovers, teardown
 from mailsite.lab.procs import ProcessRecord, alive, wait_until
 from tests.sites import EXAMPLE, ROOT
 
@@ -67,7 +69,9 @@ def test_up_status_send_and_down_from_the_command_line():
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: --via mx9: not an MX")
 
     status = lab("status")
-    assert status.returncode == 0 and "smtpd up, bgpd up" in status.stdout, status.stdout
+    mx_lines = [line for line in status.stdout.splitlines() if " MX " in line]
+    assert status.returncode == 0 and len(mx_lines) == 3, status.stdout
+    assert all("smtpd up" in line and "bgpd up" in line for line in mx_lines), status.stdout
 
     records = [ProcessRecord.from_json(data) for data in state()["processes"].values()]
     os.kill(state()["processes"]["mx2/smtpd"]["pid"], signal.SIGKILL)  # a daemon crashes
@@ -116,3 +120,34 @@ def test_ctrl_c_during_the_demo_takes_the_lab_down():
     assert demo.returncode == 130, out + err
     assert "interrupted; the lab was taken down" in err
     assert leftovers() == [] and not any(alive(record) for record in records)
+
+
+def test_down_cleans_by_namespace_names_when_the_state_is_not_a_record():
+    """A state.json cut short, or not a lab's record at all (an older version's): status says to
+    run down, and down still finds every namespace and process by the lab's names."""
+    for broken in ('{"config": "/x", "processes": {"mx1/sm', '[1, 2]', '{"config": 5}'):
+        assert lab("up", "--config", str(EXAMPLE)).returncode == 0
+        records = [ProcessRecord.from_json(data) for data in state()["processes"].values()]
+        (STATE_DIR / "state.json").write_text(broken)
+        status = lab("status")
+        assert status.returncode == 2 and status.stderr.startswith("error: state.json ") and status.stderr.endswith(
+            "; run lab down\n"), status.stderr
+        down = lab("down")
+        assert down.returncode == 0 and "no namespace, process, mount or state left" in down.stdout, down.stdout + down.stderr
+        assert leftovers() == [] and not any(alive(record) for record in records)
+
+
+def test_lab_starts_each_daemon_the_registry_gives_a_host_and_waits_for_it(monkeypatch):
+    """A daemon module added to mailsite.daemons runs in the lab on the hosts it names, started
+    by its LabRun and waited for on its port: the lab names no site daemon itself."""
+    listener = Daemon("listener", runs_on=lambda site, host: host.is_primary,
+                      lab=LabRun(("python3", "-m", "http.server", "--bind", "0.0.0.0", "8025"), (8025, "tcp")))
+    monkeypatch.setattr(mailsite.daemons, "DAEMONS", (*mailsite.daemons.DAEMONS, listener))
+    running = Lab.up(EXAMPLE)
+    try:
+        daemons = running.daemons()
+        assert daemons.get("mx1/listener") is True and "mx2/listener" not in daemons, daemons
+        assert running.listening("mx1", "listener")  # up() returned only once it listened
+        assert {"mx1/smtpd", "mx1/bgpd", "mx2/smtpd", "mx2/bgpd"} <= set(daemons)
+    finally:
+        assert running.down() == []

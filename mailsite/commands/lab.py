@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import time
 
 from ..errors import UserError
 from ..lab.lab import Lab, teardown
 from ..lab.mail import send
 from ..lab.scenarios import DEMONSTRATION
-from ..lab.summary import NOT_IN_THE_LAB, finding_lines, node_lines
+from ..lab.summary import NOT_IN_THE_LAB, node_lines, up_lines
+from ..results import exit_status, print_result, print_results, summary_line
 from .options import Parents
 
 _TAKEN_DOWN = "interrupted; the lab was taken down"
@@ -30,8 +32,10 @@ def register(commands: argparse._SubParsersAction, parents: Parents) -> None:
     send_.set_defaults(run=run, interrupted="interrupted")
     verbs.add_parser("down", help="stop the lab and remove all of it, also after a crash or a kill").set_defaults(
         run=run, interrupted="interrupted; run lab down again to remove the rest")
-    verbs.add_parser("demo", parents=[parents.config], help="up, run the demonstration, print its summary, down (make lab)"
-                     ).set_defaults(run=run, interrupted=_TAKEN_DOWN)
+    demo = verbs.add_parser("demo", parents=[parents.config], help="up, run the demonstration, print its summary, down (make lab)")
+    demo.add_argument("--json", action="store_true",
+                      help="print each scenario's result as one JSON object a line; the rest goes to stderr")
+    demo.set_defaults(run=run, interrupted=_TAKEN_DOWN)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,18 +55,10 @@ def _clean_line(found: list[str], seconds: float) -> str:
     return f"lab down in {seconds:.1f} s: no namespace, process, mount or state left"
 
 
-def _print_up(lab: Lab) -> None:
-    cleaned = lab.state.get("cleaned_before")
-    if cleaned is not None:
-        print(f"cleaned up a lab left by a killed run (pid {cleaned})")
-    print(f"lab up in {lab.state['up_seconds']:.1f} s (stack {lab.state['stack']}):")
-    print("\n".join(node_lines(lab)), flush=True)
-
-
 def _up(args: argparse.Namespace) -> int:
     _interruptible()
     lab = Lab.up(args.config, stay=True)
-    _print_up(lab)
+    print("\n".join(up_lines(lab)), flush=True)
     first = lab.plan.site.backups[0].name if lab.plan.site.backups else lab.plan.site.primary.name
     user = f"{lab.plan.site.recipients.users[0]}@{lab.plan.site.domains[0]}"
     print(f"try: python -m mailsite lab send --via {first} --to {user}; then: python -m mailsite lab down")
@@ -71,7 +67,7 @@ def _up(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     lab = Lab.attach()
-    print(f"lab of stack {lab.state['stack']}, up in {lab.state['up_seconds']} s:")
+    print(f"lab of stack {lab.state.stack}, up in {lab.state.up_seconds} s:")
     print("\n".join(node_lines(lab, with_queues=True)))
     return 0 if all(lab.daemons().values()) else 1
 
@@ -97,21 +93,26 @@ def _down(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     _interruptible()
     lab = Lab.up(args.config)
-    findings = []
+    # --json: stdout holds the results alone, for a machine; what a person reads goes to stderr.
+    said = sys.stderr if args.json else sys.stdout
+    results = []
     try:
-        _print_up(lab)
+        print("\n".join(up_lines(lab)), file=said, flush=True)
         for scenario in DEMONSTRATION:
-            findings.append(scenario(lab))
-            print(finding_lines(findings[-1:])[0], flush=True)
+            results.append(scenario(lab))
+            print_result(results[-1], json=args.json)
     finally:
         started = time.monotonic()
         found = lab.down()
         down = _clean_line(found, time.monotonic() - started)
-    print("\nsummary:")
-    print("\n".join(finding_lines(findings)))
-    print(down)
-    print("\n".join(NOT_IN_THE_LAB))
-    return 0 if findings and all(f.ok for f in findings) and not found else 1
+    if args.json:
+        print(summary_line(results), file=said)
+    else:
+        print("\nsummary:")
+        print_results(results)
+    print(down, file=said)
+    print("\n".join(NOT_IN_THE_LAB), file=said)
+    return 0 if results and exit_status(results) == 0 and not found else 1
 
 
 _VERBS = {"up": _up, "status": _status, "send": _send, "down": _down, "demo": _demo}

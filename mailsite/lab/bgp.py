@@ -56,7 +56,7 @@ def host_routes(prefixes) -> set[str]:
 
 def announced(lab: Lab) -> set[str]:
     """What every MX must hold: the route servers' announcements an MX takes."""
-    return host_routes(set(lab.state["blacklist"]) | set(lab.state["bypass"]))
+    return host_routes(set(lab.state.blacklist) | set(lab.state.bypass))
 
 
 def routes_received(lab: Lab, mx: str) -> bool:

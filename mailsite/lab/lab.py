@@ -1,8 +1,10 @@
 """A lab site up and down (an I/O edge): namespaces, daemons, and the state that lets `down`
 clean up after any run, finished, interrupted or killed.
 
-State lives in STATE_DIR: state.json names every namespace before it is made and every process
-(pid and start time) as it starts; each node's files sit in nodes/<name>/. Each host runs in a
+State lives in STATE_DIR: state.json (a LabState) names every namespace before it is made and
+every process (pid and start time) as it starts; each node's files sit in nodes/<name>/. An MX
+runs the daemons mailsite.daemons says run on its host, each as its LabRun says; the DNS server
+and the route servers are the lab's own, not the site's. Each host runs in a
 mount namespace of its own, held by a `sleep` (its "holder") that every daemon of the host joins:
 its rendered /etc and /usr laid over this machine's (overlay: the update job writes
 /etc/mail), its own /var/spool (smtpd's queue path is compiled in), its own /run (the control
@@ -12,16 +14,16 @@ with the host's processes; nothing is mounted in this machine's own namespace.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from ..config import load_site_file, stack_name
+from ..daemons import LabRun, daemons_on
 from ..errors import UserError
 from ..render import HostTree
 from ..secrets import init_secrets, site_secrets
@@ -36,6 +38,7 @@ from .site import (
     BLACKLIST, BYPASS, MAILBOX_HOMES, WIRE, LabPlan, Node, host_environment, lab_plan, mailbox_owners,
     render_dnsmasq_conf, render_lab_host, render_route_server_conf,
 )
+from .state import STATE_FILE, LabState, UnreadableState, read_state
 
 STATE_DIR = Path("/var/lib/mailsite-lab")
 TOOLS = {
@@ -63,7 +66,7 @@ def _listening(pid: int, port: int, protocol: str = "tcp") -> bool:
 
 
 class Lab:
-    def __init__(self, plan: LabPlan, state_dir: Path, state: dict):
+    def __init__(self, plan: LabPlan, state_dir: Path, state: LabState):
         self.plan = plan
         self.dir = state_dir
         self.state = state
@@ -89,8 +92,7 @@ class Lab:
         return self.node_dir(node) / f"{daemon}.log"
 
     def record(self, key: str) -> ProcessRecord | None:
-        data = self.state["processes"].get(key)
-        return ProcessRecord.from_json(data) if data else None
+        return self.state.processes.get(key)
 
     def holder(self, node: str) -> ProcessRecord:
         record = self.record(f"{node}/host")
@@ -99,9 +101,7 @@ class Lab:
         return record
 
     def _save(self) -> None:
-        temporary = self.dir / "state.json.new"
-        temporary.write_text(json.dumps(self.state, indent=1) + "\n")
-        temporary.replace(self.dir / "state.json")
+        self.state.save(self.dir)
 
     # Bringing it up.
 
@@ -114,12 +114,8 @@ class Lab:
         stack = stack_name(config)
         cleaned = _claim(state_dir)
         plan = lab_plan(site, state_dir / "secrets")
-        owner = record_of(os.getpid())
-        state = {
-            "config": str(config.resolve()), "stack": stack, "owner": owner.to_json() if owner else None,
-            "namespaces": [], "processes": {}, "blacklist": list(BLACKLIST), "bypass": list(BYPASS),
-            "cleaned_before": cleaned, "up_seconds": None,
-        }
+        state = LabState(str(config.resolve()), stack, owner=record_of(os.getpid()), blacklist=list(BLACKLIST),
+                         bypass=list(BYPASS), cleaned_before=cleaned)
         lab = cls(plan, state_dir, state)
         started = time.monotonic()
         try:
@@ -128,9 +124,9 @@ class Lab:
             lab._build_network()
             lab._start_daemons()
             lab.wait_ready()
-            state["up_seconds"] = round(time.monotonic() - started, 2)
+            state.up_seconds = round(time.monotonic() - started, 2)
             if stay:
-                state["owner"] = None
+                state.owner = None
             lab._save()
         except BaseException:
             lab.down()
@@ -160,14 +156,14 @@ class Lab:
 
     def _write_route_server_conf(self, server: Node) -> None:
         conf = self.node_dir(server.name) / "bgpd.conf"
-        text = render_route_server_conf(self.plan, server, self.state["blacklist"], self.state["bypass"])
+        text = render_route_server_conf(self.plan, server, self.state.blacklist, self.state.bypass)
         descriptor = os.open(conf.with_suffix(".new"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:  # bgpd refuses a config others can read
             handle.write(text)
         conf.with_suffix(".new").replace(conf)
 
     def _build_network(self) -> None:
-        self.state["namespaces"] = [WIRE] + [node.namespace for node in self.plan.nodes]
+        self.state.namespaces = [WIRE] + [node.namespace for node in self.plan.nodes]
         self._save()  # before any exists, so that `down` finds them all after a kill
         net.add_wire()
         for index, node in enumerate(self.plan.nodes):
@@ -195,7 +191,7 @@ class Lab:
     def _start(self, node: str, daemon: str, argv: Sequence[str]) -> ProcessRecord:
         popen, record = spawn(argv, self.log(node, daemon))
         self._popens[f"{node}/{daemon}"] = popen
-        self.state["processes"][f"{node}/{daemon}"] = record.to_json()
+        self.state.processes[f"{node}/{daemon}"] = record
         self._save()
         return record
 
@@ -207,19 +203,24 @@ class Lab:
         if not wait_until(exec_done, 10) or not alive(record):
             raise LabError(f"{node.name}: cannot set up its mounts: {self.log(node.name, 'host').read_text().strip()[-300:]}")
 
+    def site_daemons(self, host: str) -> dict[str, LabRun]:
+        """The site's daemons the lab runs on an MX, by name, in start order."""
+        site = self.plan.site
+        return {daemon.name: daemon.lab for daemon in daemons_on(site, site.host(host)) if daemon.lab}
+
     def daemon_argv(self, node: str, daemon: str) -> list[str]:
-        if daemon == "dnsmasq":
+        kind = self.plan.node(node).kind
+        if kind == "dns" and daemon == "dnsmasq":
             conf, log = self.node_dir(node) / "dnsmasq.conf", self.log(node, "queries")
             return in_network(self.plan.node(node).namespace, [
                 "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--pid-file=", f"--log-facility={log}",
             ])
-        holder = self.holder(node)
-        if daemon == "smtpd":
-            # OpenBSD's path; Debian's smtpd would look for /etc/smtpd.conf.
-            return in_host(holder, ["smtpd", "-d", "-f", "/etc/mail/smtpd.conf"])
-        if self.plan.node(node).kind == "route-server":
-            return in_host(holder, ["bgpd", "-d", "-f", str(self.node_dir(node) / "bgpd.conf")])
-        return in_host(holder, ["bgpd", "-d", "-f", "/etc/bgpd.conf"])
+        if kind == "route-server" and daemon == "bgpd":
+            return in_host(self.holder(node), ["bgpd", "-d", "-f", str(self.node_dir(node) / "bgpd.conf")])
+        run = self.site_daemons(node).get(daemon) if kind == "mx" else None
+        if run is None:
+            raise LabError(f"{node} runs no {daemon} in the lab")
+        return in_host(self.holder(node), run.argv)
 
     def start_daemon(self, node: str, daemon: str) -> ProcessRecord:
         return self._start(node, daemon, self.daemon_argv(node, daemon))
@@ -236,28 +237,38 @@ class Lab:
         self._wait("the route servers' bgpd to listen on port 179",
                    lambda: all(_listening(self.holder(s.name).pid, 179) for s in servers))
         for mx in mxes:
-            self.start_daemon(mx.name, "smtpd")
-            self.start_daemon(mx.name, "bgpd")
+            for daemon in self.site_daemons(mx.name):
+                self.start_daemon(mx.name, daemon)
 
     # Waiting for it.
 
     def _wait(self, what: str, condition, timeout: float = READY_TIMEOUT) -> None:
         def ready() -> bool:
-            dead = [key for key in self.state["processes"] if key in self._popens and not alive(self.record(key))]
+            dead = [key for key, record in self.state.processes.items() if key in self._popens and not alive(record)]
             if dead:
                 raise LabError(f"{dead[0]} exited while the lab waited for {what}; see {self.log(*dead[0].split('/'))}")
             return bool(condition())
         if not wait_until(ready, timeout):
             raise LabError(f"timed out after {timeout} s waiting for {what}")
 
+    def listening(self, host: str, daemon: str) -> bool:
+        """Whether a site daemon on an MX listens where its LabRun says it does once ready."""
+        run = self.site_daemons(host).get(daemon)
+        if run is None or run.listens is None:
+            raise LabError(f"{host} runs no {daemon} that listens, in the lab")
+        return _listening(self.holder(host).pid, *run.listens)
+
     def smtpd_listening(self, host: str) -> bool:
-        return _listening(self.holder(host).pid, 25)
+        return self.listening(host, "smtpd")
 
     def wait_ready(self) -> None:
-        dns = self.record(f"{self.plan.dns.name}/dnsmasq")
+        dns = self.state.processes[f"{self.plan.dns.name}/dnsmasq"]
         self._wait("dnsmasq", lambda: _listening(dns.pid, 53, "udp"))
         mxes = [mx.name for mx in self.plan.of_kind("mx")]
-        self._wait("every smtpd to listen on port 25", lambda: all(self.smtpd_listening(mx) for mx in mxes))
+        listeners = [(mx, daemon, run.listens) for mx in mxes for daemon, run in self.site_daemons(mx).items() if run.listens]
+        what = sorted({f"{daemon} on {port}/{protocol}" for _, daemon, (port, protocol) in listeners})
+        self._wait(f"every MX's daemons to listen ({', '.join(what)})",
+                   lambda: all(_listening(self.holder(mx).pid, *listens) for mx, _, listens in listeners))
         self._wait("every MX's bgpd to hold the route servers' routes", lambda: all(routes_received(self, mx) for mx in mxes))
 
     # Running it.
@@ -283,7 +294,7 @@ class Lab:
     def announce(self, blacklist: Sequence[str], bypass: Sequence[str]) -> None:
         """What the route servers announce from now on: their config is rewritten and reloaded,
         as a bgp-spamd operator would change the lists."""
-        self.state["blacklist"], self.state["bypass"] = list(blacklist), list(bypass)
+        self.state.blacklist, self.state.bypass = list(blacklist), list(bypass)
         self._save()
         for server in self.plan.of_kind("route-server"):
             self._write_route_server_conf(server)
@@ -293,11 +304,7 @@ class Lab:
 
     def daemons(self) -> dict[str, bool]:
         """node/daemon -> running, holders left out."""
-        return {
-            key: alive(ProcessRecord.from_json(data))
-            for key, data in self.state["processes"].items()
-            if not key.endswith("/host")
-        }
+        return {key: alive(record) for key, record in self.state.processes.items() if not key.endswith("/host")}
 
     # Taking it down.
 
@@ -310,10 +317,13 @@ class Lab:
     @classmethod
     def attach(cls, state_dir: Path = STATE_DIR) -> Lab:
         """The lab another process brought up (lab status, send, down)."""
-        state = _read_state(state_dir)
+        try:
+            state = read_state(state_dir)
+        except UnreadableState as error:
+            raise UserError(f"{error}; run lab down") from None
         if state is None:
             raise UserError("no lab is up; run lab up")
-        plan = lab_plan(load_site_file(Path(state["config"])), state_dir / "secrets")
+        plan = lab_plan(load_site_file(Path(state.config)), state_dir / "secrets")
         return cls(plan, state_dir, state)
 
 
@@ -325,48 +335,45 @@ def preflight() -> None:
         raise UserError(f"lab needs the Debian packages {', '.join(missing)}; run make deps")
 
 
-def _read_state(state_dir: Path) -> dict | None:
+def _readable_state(state_dir: Path) -> LabState | None:
+    """The record, or None for none and for one not whole (a run killed while writing it, an older
+    version's): what it named is still found by the lab's namespace names."""
     try:
-        return json.loads((state_dir / "state.json").read_text())
-    except FileNotFoundError:
+        return read_state(state_dir)
+    except UnreadableState:
         return None
-    except ValueError:
-        return {}  # a run killed while writing it: still a lab to clean
 
 
 def is_up(state_dir: Path = STATE_DIR) -> bool:
     """Whether a lab is up and wanted: left by `lab up`, or its owner (a demo, a test) still runs.
     A lab whose owner is gone was left by a killed run: anyone may clean it."""
-    state = _read_state(state_dir)
-    if not state:  # none, or unreadable: a run killed while writing it
-        return False
-    owner = state.get("owner")
-    return not owner or alive(ProcessRecord.from_json(owner))
+    state = _readable_state(state_dir)
+    return state is not None and (state.owner is None or alive(state.owner))
 
 
 def _claim(state_dir: Path) -> int | None:
     """Make way for a new lab: refuse while one is up; clean one a killed run left (returns its
     owner's pid)."""
-    state = _read_state(state_dir)
-    if state is None and not net.lab_namespaces():
+    if not (state_dir / STATE_FILE).exists() and not net.lab_namespaces():
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return None
     if is_up(state_dir):
         raise UserError("lab already up; run lab down")
-    owner = (state or {}).get("owner")
+    state = _readable_state(state_dir)
     left = teardown(state_dir)
     if left:
         raise LabError(f"a lab left by a killed run could not be cleaned: {left[0]}")
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return owner["pid"] if owner else 0
+    return state.owner.pid if state and state.owner else 0
 
 
 def teardown(state_dir: Path = STATE_DIR) -> list[str]:
     """Stop every lab process, delete every lab namespace and the state; what is left, if any."""
-    state = _read_state(state_dir) or {}
-    namespaces = sorted(set(state.get("namespaces", [])) | set(net.lab_namespaces()))
+    state = _readable_state(state_dir)
+    recorded = state.namespaces if state else []
+    namespaces = sorted(set(recorded) | set(net.lab_namespaces()))
     existing = [name for name in namespaces if (net.NETNS_DIR / name).exists()]
-    records = [ProcessRecord.from_json(data) for data in state.get("processes", {}).values()]
+    records = list(state.processes.values()) if state else []
     # Whatever runs in a lab namespace is the lab's, recorded or not (a daemon's children, swaks).
     inodes = {net.namespace_inode(name) for name in existing}
     for inode in inodes:
@@ -378,7 +385,7 @@ def teardown(state_dir: Path = STATE_DIR) -> list[str]:
     return [f"process {record.pid} still running" for record in stuck] + leftovers(state_dir, inodes)
 
 
-def leftovers(state_dir: Path = STATE_DIR, inodes: set[int] = frozenset()) -> list[str]:
+def leftovers(state_dir: Path = STATE_DIR, inodes: Collection[int] = ()) -> list[str]:
     """Anything of a lab still on this machine: namespaces, processes, mounts, files."""
     found = [f"network namespace {name}" for name in net.lab_namespaces()]
     for inode in inodes:

@@ -1,12 +1,10 @@
-"""What the lab prints: its nodes, its daemons and what the demonstration found."""
+"""What the lab prints about itself: its nodes and their daemons. What the demonstration found
+is printed by mailsite.results, as doctor's checks are."""
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from . import mail
 from .lab import Lab
-from .scenarios import Finding
 
 NOT_IN_THE_LAB = (
     "not in the lab: pf and spamd (OpenBSD only: pf.conf is checked by pfctl -nf in the image bake),",
@@ -38,12 +36,10 @@ def node_lines(lab: Lab, with_queues: bool = False) -> list[str]:
     return lines
 
 
-def finding_lines(findings: Sequence[Finding]) -> list[str]:
-    width = max(len(finding.name) for finding in findings)
-    lines = [
-        f"{'PASS' if f.ok else 'FAIL'}  {f.name:<{width}}  {f.seconds:5.1f} s  {f.detail}"
-        for f in findings
-    ]
-    failed = sum(not f.ok for f in findings)
-    lines.append(f"{len(findings) - failed} of {len(findings)} passed" + (f", {failed} FAILED" if failed else ""))
-    return lines
+def up_lines(lab: Lab) -> list[str]:
+    """What `lab up` and `lab demo` say once every daemon answers."""
+    lines = []
+    if lab.state.cleaned_before is not None:
+        lines.append(f"cleaned up a lab left by a killed run (pid {lab.state.cleaned_before})")
+    lines.append(f"lab up in {lab.state.up_seconds or 0:.1f} s (stack {lab.state.stack}):")
+    return lines + node_lines(lab)
