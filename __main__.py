@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pulumi
 
-from components.host_image import ImageSettings
 from components.mail_site import MailSite, MailSiteArgs
 from mailsite.departure import DECOMMISSION
 from mailsite.problems import SiteConfigError
@@ -24,7 +23,7 @@ def main() -> MailSite:
         raise pulumi.RunError("\n".join(f"error: {problem}" for problem in error.problems)) from None
     if os.environ.get(DECOMMISSION):
         pulumi.log.warn(f"{DECOMMISSION} is set: each VM this run deletes is drained without waiting for its peers (a decommission)")
-    mail = MailSite(SITE, MailSiteArgs(site, secrets, ImageSettings(site.images, site.image_format)))
+    mail = MailSite(SITE, MailSiteArgs(site, secrets))
     pulumi.export("mx", mail.mx_table)
     pulumi.export("hosts", mail.host_outputs)
     return mail

@@ -1,16 +1,23 @@
 """MailSite: the whole site. Addresses first (the images need them), then each host's image and
-VM, then DNS that points at them; the firewall is made from the same rule set as pf."""
+VM, then DNS that points at them; the firewall is made from the same rule set as pf.
+
+The one component that reads the Site: it picks the target (components/targets.py) and hands
+every other component only the values it needs.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
-from typing import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pulumi
-import pulumi_libvirt as libvirt
 
-from mailsite.model import HostSecrets, Site
-from mailsite.render import render_host
+from mailsite.dns import DnsRecord, ReverseRecord, dns_records, reverse_records
+from mailsite.firewall import cloud_rules, inbound_services
+from mailsite.model import Host, HostAddresses, HostSecrets, Site
+from mailsite.render import HostTree, render_host
 from mailsite.replacement import host_resource, image_resource
 
 from .host_image import HostImage, HostImageArgs, ImageSettings
@@ -18,13 +25,14 @@ from .mx_host import MxHost, MxHostArgs, drain_hook
 from .site_addresses import SiteAddresses, SiteAddressesArgs
 from .site_dns import SiteDns, SiteDnsArgs
 from .site_firewall import SiteFirewall, SiteFirewallArgs
+from .target import DnsArgs
+from .targets import target_for
 
 
 @dataclass
 class MailSiteArgs:
-    site: Site
+    site: Site  # the stack's `mailsite:` settings, validated
     secrets: Mapping[str, HostSecrets]  # by host name; read from the backend by the program
-    images: ImageSettings
 
 
 class MailSite(pulumi.ComponentResource):
@@ -34,13 +42,18 @@ class MailSite(pulumi.ComponentResource):
     def __init__(self, name: str, args: MailSiteArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailsite:index:MailSite", name, None, opts)
         site = args.site
-        # The stack's own libvirt URI (qemu+ssh://... for a remote host), not the ambient default.
-        providers = {"libvirt": libvirt.Provider(f"{name}-libvirt", uri=site.libvirt.uri, opts=pulumi.ResourceOptions(parent=self))} \
-            if site.target == "libvirt" else {}
+        target = target_for(site)
+        providers = target.providers(name, pulumi.ResourceOptions(parent=self))
         child = pulumi.ResourceOptions(parent=self, providers=providers)
-        addresses = SiteAddresses(f"{name}-addresses", SiteAddressesArgs(site), child)
-        firewall = SiteFirewall(f"{name}-firewall", SiteFirewallArgs(site, addresses.addresses), child)
+        addresses = SiteAddresses(f"{name}-addresses", SiteAddressesArgs(target, site.hosts), child)
+        firewall = SiteFirewall(
+            f"{name}-firewall",
+            SiteFirewallArgs(target, site.hosts, addresses.addresses,
+                             rules=lambda host, every: cloud_rules(inbound_services(site, host, every))),
+            child,
+        )
         every_address = pulumi.Output.all(**addresses.addresses)
+        images = ImageSettings(site.images, site.image_format)
 
         hook = drain_hook(site, pulumi.get_stack())
         self.hosts, self.images = {}, {}
@@ -52,42 +65,35 @@ class MailSite(pulumi.ComponentResource):
             # The tree holds the queue key: it is a secret Output from here on, in state and in
             # the image resource's inputs.
             key = pulumi.Output.secret(secrets.queue_key.get_secret_value())
-            tree = pulumi.Output.all(every_address, key).apply(
-                lambda values, h=host, s=secrets: render_host(site, h, values[0], s)
-            )
+            tree = pulumi.Output.all(every_address, key).apply(_renderer(site, host, secrets))
             image = HostImage(
                 image_resource(name, host.name),
-                HostImageArgs(site=site, host=host, tree=tree, secrets=secrets, settings=args.images),
+                HostImageArgs(target=target, host=host, tree=tree, secrets=secrets, settings=images),
                 child,
             )
             self.images[host.name] = image
             previous = self.hosts[host.name] = MxHost(
                 host_resource(name, host.name),
                 MxHostArgs(
-                    site=site,
+                    target=target,
                     host=host,
                     image=image.image_id,
                     addresses=addresses.addresses[host.name],
                     drain_hook=hook,
                     after=previous.vm if previous else None,
-                    reserved_ip_id=addresses.reserved_ip_ids.get(host.name),
-                    firewall_group_id=firewall.group_ids.get(host.name),
-                    network_id=addresses.network_id,
+                    attach=addresses.attach.get(host.name),
+                    firewall_id=firewall.group_ids.get(host.name),
                 ),
                 pulumi.ResourceOptions(parent=self, depends_on=[image], providers=providers),
             )
 
-        SiteDns(
-            f"{name}-dns",
-            SiteDnsArgs(
-                site,
-                ipv4={h: mx.ipv4 for h, mx in self.hosts.items()},
-                ipv6={h: mx.ipv6 for h, mx in self.hosts.items()},
-            ),
-            child,
-        )
+        ipv4 = {h: mx.ipv4 for h, mx in self.hosts.items()}
+        ipv6 = {h: mx.ipv6 for h, mx in self.hosts.items()}
+        records = pulumi.Output.all(ipv4=ipv4, ipv6=ipv6).apply(lambda a: _records(site, a["ipv4"], a["ipv6"]))
+        zones = DnsArgs(site.domains, site.mx_records(), site.hosts, ipv4, ipv6, records, nameserver=site.primary.mx_name)
+        SiteDns(f"{name}-dns", SiteDnsArgs(target, zones), child)
         self.mx_table = [
-            {"domain": domain, "preference": preference, "target": target} for domain, preference, target in site.mx_records()
+            {"domain": domain, "preference": preference, "target": mx} for domain, preference, mx in site.mx_records()
         ]
         self.host_outputs = {
             h: {
@@ -100,3 +106,15 @@ class MailSite(pulumi.ComponentResource):
             for h, mx in self.hosts.items()
         }
         self.register_outputs({"mx": self.mx_table, "hosts": self.host_outputs})
+
+
+def _renderer(site: Site, host: Host, secrets: HostSecrets) -> Callable[[list[Any]], HostTree]:
+    return lambda values: render_host(site, host, values[0], secrets)
+
+
+def _records(site: Site, ipv4: Mapping[str, str], ipv6: Mapping[str, str | None]) -> tuple[list[DnsRecord], list[ReverseRecord]]:
+    addresses = {
+        h: HostAddresses(ipaddress.IPv4Address(ipv4[h]), ipaddress.IPv6Address(ipv6[h]) if ipv6.get(h) else None)
+        for h in ipv4
+    }
+    return dns_records(site, addresses), reverse_records(site, addresses)

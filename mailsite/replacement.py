@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from .errors import MailsiteError
 from .model import Host
+from .targets import TARGETS
 
 if TYPE_CHECKING:
     from pulumi.automation import EngineEvent, StepEventMetadata
@@ -36,7 +37,7 @@ def host_resource(site: str, host: str) -> str:
 
 def vm_of(mx_host: str, target: str) -> str:
     """The VM itself (a Vultr Instance, a libvirt Domain), a child of the MxHost named `mx_host`."""
-    return f"{mx_host}-{'instance' if target == 'vultr' else 'vm'}"
+    return f"{mx_host}-{TARGETS[target].vm_suffix}"
 
 
 def vm_resource(site: str, host: str, target: str) -> str:

@@ -19,7 +19,7 @@ from google.protobuf import struct_pb2
 from pulumi.runtime import rpc
 from pulumi.runtime.proto import provider_pb2
 
-from components import host_image
+from components.vultr import snapshots as vultr_snapshots
 from components.host_image import TEMPLATE_OVERRIDE
 from mailsite.images.publish import object_store
 from mailsite.images.vultr_snapshots import API_OVERRIDE, READY_MINUTES, wait_until_complete
@@ -362,7 +362,7 @@ def test_an_image_whose_snapshot_failed_leaves_nothing_in_the_bucket_once_destro
 def test_a_wait_that_timed_out_waits_again_for_the_same_snapshot_on_the_next_up(tmp_path, null_bakes, moto_endpoint, bucket, fake_vultr, monkeypatch):
     settings = _vultr(tmp_path, moto_endpoint)
     fake_vultr.script = ["pending"]  # Vultr still fetching when the wait gives up
-    monkeypatch.setattr(host_image, "READY_MINUTES", 0.05)
+    monkeypatch.setattr(vultr_snapshots, "READY_MINUTES", 0.05)
     with provider_process({**null_bakes, API_OVERRIDE: fake_vultr.url}) as provider:
         provider.configure({"mailsite:target": "vultr", "vultr:apiKey": API_KEY}, secret_keys=("vultr:apiKey",))
         with pytest.raises(ProviderFailed, match="is still pending after 3 seconds; run pulumi up again") as raised:
@@ -372,7 +372,7 @@ def test_a_wait_that_timed_out_waits_again_for_the_same_snapshot_on_the_next_up(
         assert len(snapshots) == 3 and stopped.urns("-instance") == []
         for snapshot_id in snapshots.values():
             fake_vultr.statuses[snapshot_id] = ["complete"]  # Vultr has finished meanwhile
-        monkeypatch.setattr(host_image, "READY_MINUTES", READY_MINUTES)
+        monkeypatch.setattr(vultr_snapshots, "READY_MINUTES", READY_MINUTES)
         again = run_program(settings, CloudMocks(fake_vultr), provider, previous=stopped, config={"vultr:apiKey": API_KEY})
     # Nothing baked, uploaded or snapshotted again: the new wait asks about the snapshot in state.
     assert not [u for u in again.ops("create") if u.endswith("-image-bake")]

@@ -1,0 +1,103 @@
+"""What every target does its own way, behind one interface: MailSite and the shared components
+call these methods and never ask which target they run on.
+
+A target is a package, components/<target>/, whose class has each method below. Each method makes
+its resources as children of the shared component that calls it (`opts` carries that parent), so
+every resource's URN is the shared component's type followed by the target's own resource: a
+target never registers a component type of its own, and never renames a resource once a stack
+holds it (a renamed resource is deleted and made anew on the next `up`, a VM with it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
+
+import pulumi
+
+from mailsite.dns import DnsRecord, ReverseRecord
+from mailsite.firewall import CloudRule
+from mailsite.model import Host, HostAddresses
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Every host's addresses, known before any VM exists (the images carry them)."""
+
+    by_host: dict[str, pulumi.Output[HostAddresses]]  # by host name
+    attach: dict[str, pulumi.Input[str]]  # by host name: what its VM takes its address from (Vultr: the reserved IP; libvirt: the routed network)
+    outputs: dict[str, Any]  # what SiteAddresses records in state as its outputs
+
+
+# A host's inbound rules for the provider firewall, given every host's addresses (mailsite.firewall).
+RulesFor = Callable[[Host, Mapping[str, HostAddresses]], list[CloudRule]]
+
+
+@dataclass(frozen=True)
+class BakedImage:
+    """What the bake made, for the target to publish where its VMs boot from."""
+
+    host: str  # the host's name, for progress lines and errors
+    bake: pulumi.Resource  # the bake itself: `pulumi up --replace` names its URN
+    path: pulumi.Output[str]  # the image in the bake cache on this machine
+    url: pulumi.Output[str]  # secret: a presigned URL of the upload (only when the target uploads)
+    object_key: pulumi.Output[str]  # the upload's key in the bucket (only when the target uploads)
+    upload: dict[str, Any] | None  # the bucket, as the bake received it (ObjectStorage as JSON)
+
+
+@dataclass(frozen=True)
+class VmArgs:
+    host: Host  # the MX: its name, role and preference name and label the VM
+    image: pulumi.Input[str]  # what publish_image returned for this host
+    addresses: pulumi.Output[HostAddresses]  # as its image carries them
+    attach: pulumi.Input[str] | None  # from Addresses.attach
+    firewall_id: pulumi.Input[str] | None  # from firewall(): the provider firewall in front of it, if any
+
+
+@dataclass(frozen=True)
+class Vm:
+    resource: pulumi.Resource  # the VM: the next host's VM is made after it; the drain hook runs before it goes
+    instance_id: pulumi.Output[str]
+    ipv4: pulumi.Output[str]
+    ipv6: pulumi.Output[str | None]
+
+
+@dataclass(frozen=True)
+class DnsArgs:
+    domains: list[str]  # the site's mail domains: one zone each
+    mx: list[tuple[str, int, str]]  # (domain, preference, MX name), best preference first
+    hosts: list[Host]  # the MXes: the A/AAAA names, and whether each has IPv6
+    ipv4: Mapping[str, pulumi.Input[str]]  # by host name, as the VMs have them
+    ipv6: Mapping[str, pulumi.Input[str | None]]  # by host name
+    records: pulumi.Output[tuple[list[DnsRecord], list[ReverseRecord]]]  # the same, as zone-file records
+    nameserver: str  # the zones' primary name server: the primary MX's name
+    serial: int = 1
+
+
+class Target(Protocol):
+    name: str  # the `target` setting's value
+    uploads_images: bool  # the bake uploads each image to images.objectStorage for the target to fetch
+
+    def providers(self, name: str, opts: pulumi.ResourceOptions) -> dict[str, pulumi.ProviderResource]:
+        """Explicit providers for the site's resources (the stack's own libvirt URI, say); {} for the defaults."""
+        ...
+
+    def addresses(self, name: str, hosts: list[Host], opts: pulumi.ResourceOptions) -> Addresses: ...
+
+    def firewall(self, name: str, hosts: list[Host], addresses: Mapping[str, pulumi.Output[HostAddresses]],
+                 rules: RulesFor, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output[str]]:
+        """The provider firewall in front of each host, by host name; {} where pf is the whole firewall."""
+        ...
+
+    def publish_image(self, name: str, baked: BakedImage, opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        """Where this host's VMs boot from (a snapshot id, a qcow2 path), once it can boot from it."""
+        ...
+
+    def vm(self, name: str, args: VmArgs, parent: pulumi.Resource, vm_options: pulumi.ResourceOptions) -> Vm:
+        """The VM and what belongs to it (disk, reverse DNS); `vm_options` (the chain, the drain hook,
+        old-first replacement) go on the VM itself."""
+        ...
+
+    def dns(self, name: str, args: DnsArgs, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output[str]]:
+        """The site's DNS; the zone files written, by zone name ({} when the provider serves the zones)."""
+        ...
