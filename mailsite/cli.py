@@ -10,7 +10,6 @@ from .commands.options import parents
 from .errors import MailsiteError
 from .problems import SiteConfigError, printable
 from .render import UnsafeValue
-from .rotation import ControlError
 
 _INTERRUPTED = "interrupted; nothing half-written was kept"
 
@@ -40,9 +39,6 @@ def main(argv: list[str] | None = None, prog: str = "mailsite") -> int:
         print(f"error: {printable(str(error))}, which no setting may hold; nothing was written: correct the stack "
               "file's value that holds it", file=sys.stderr)
         return 2
-    except ControlError as error:  # until re-parented onto MailsiteError (issue 13.4)
-        print(f"error: {printable(str(error))}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(getattr(args, "interrupted", _INTERRUPTED), file=sys.stderr)
         return 130

@@ -15,10 +15,9 @@ from typing import Callable
 
 from .drain import drain, resume_smtp
 from .facts import answers_smtp, envelope_recipient, key_versions
-from .hosts import ControlError, HostControl, ssh_control  # noqa: F401  (mailsite.cli's and commands.rotate's import)
+from .hosts import HostControl
 from .keys import new_key
 from .model import Host, Site
-from .replacement import automation_replace  # noqa: F401  (the command-line tool's import)
 from .secrets import PENDING, SecretStore, host_label, queue_key_id, spamd_sync_key_id
 
 

@@ -10,8 +10,9 @@ from pydantic import ValidationError
 from ..config import load_site_file, stack_name
 from ..model import Site
 from ..problems import Problem, SiteConfigError, few, from_validation_error
+from ..hosts import HostControl, ssh_control
 from ..replacement import automation_replace
-from ..rotation import HostControl, Step, rollout_spamd_key, rotate_site, ssh_control
+from ..rotation import Step, rollout_spamd_key, rotate_site
 from ..secrets import host_store
 from .options import Parents
 
