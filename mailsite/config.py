@@ -12,7 +12,8 @@ import yaml
 from pydantic import ValidationError
 
 from .model import Site
-from .problems import HIDDEN, NAMESPACE, Problem, SiteConfigError, from_validation_error, setting_name, site_problems
+from .problems import HIDDEN, NAMESPACE, Problem, SiteConfigError, from_validation_error, setting_name
+from .rules import site_problems
 
 _SECRET_SETTINGS = {"mailsite:secrets.queueKeys", "mailsite:secrets.spamdSyncKey"}
 

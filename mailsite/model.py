@@ -21,13 +21,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
 
 
@@ -775,26 +775,25 @@ class Site(Settings):
         object.__setattr__(self, "hosts", filled)
         return self
 
+    # Whether images.queueSpace was written in the stack file rather than filled in below.
+    _queue_space_given: bool = PrivateAttr(True)
+
     @model_validator(mode="after")
-    def _size_the_disk(self) -> Site:
-        images = self.images
-        queue = f"queueSpace {images.queue_space}"
-        if images.queue_space is None:
-            space = size_text(size_bytes(self.max_message_size) * images.queue_messages)
-            queue = f"{space} for queueMessages {images.queue_messages} at maxMessageSize {self.max_message_size}"
-            images = images.model_copy(update={"queue_space": space})
-            object.__setattr__(self, "images", images)
-        if shortfall := images.disk_shortfall():
-            needed = size_bytes(images.disk_size) + shortfall
-            layout = ", ".join(f"{p.mount_point} {size_text(p.min_bytes)}" for p in images.disk_layout())
-            message = (f"too small for the partitions, which need {size_text(needed)} with the boot area ({layout}, "
-                       f"the queue's {queue} included); raise diskSize to {-(-needed // (1 << 30))}G "
-                       f"or lower images.queueMessages (or images.queueSpace)")
-            # Raised as the error of images.diskSize itself, so that the line names that setting.
-            raise ValidationError.from_exception_data("Site", [InitErrorDetails(
-                type=PydanticCustomError("value_error", "{message}", {"message": message}),
-                loc=("images", "diskSize"), input=images.disk_size)])
+    def _fill_in_queue_space(self) -> Site:
+        # Room on /var for queueMessages messages at maxMessageSize, unless queueSpace says it.
+        if self.images.queue_space is None:
+            space = size_text(size_bytes(self.max_message_size) * self.images.queue_messages)
+            object.__setattr__(self, "images", self.images.model_copy(update={"queue_space": space}))
+            self._queue_space_given = False
         return self
+
+    @property
+    def queue_room(self) -> str:
+        """The queue's room on /var and where it comes from, in the stack file's words."""
+        images = self.images
+        if self._queue_space_given:
+            return f"queueSpace {images.queue_space}"
+        return f"{images.queue_space} for queueMessages {images.queue_messages} at maxMessageSize {self.max_message_size}"
 
     # Facts derived from the model: every consumer asks here.
 

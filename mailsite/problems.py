@@ -1,18 +1,16 @@
-"""Problems with a stack's settings, each one line: the setting, its value, what to do."""
+"""Problems with a stack's settings, each one line: the setting, its value, what to do. The rules
+that find problems spanning settings are in mailsite/rules.py."""
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import AbstractSet, Any, Mapping
 
 from pydantic import SecretStr, ValidationError
 
-from .dns import zone_of
 from .errors import UserError
-from .keys import key_problem
-from .model import NIC_DRIVERS, PF_CONF_TABLES, SPAMD_TABLES, Site
+from .model import NIC_DRIVERS
 
 NAMESPACE = "mailsite"
 
@@ -142,7 +140,7 @@ _BRANCH_TAGS = {"str", "int", "IPv4Address", "IPv6Address", "IPv4Network", "IPv6
 _PATH_FORM = re.compile(r"[A-Za-z][A-Za-z0-9]*(\[[0-9]+\]|\.[A-Za-z][A-Za-z0-9]*)+")
 
 
-def _message(kind: str, detail: dict[str, Any], loc: tuple[Any, ...]) -> str:
+def _message(kind: str, detail: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
     if kind == "value_error":  # our own validators' messages, which say the fix already
         return str(detail["msg"]).removeprefix("Value error, ")
     if kind == "string_pattern_mismatch":
@@ -159,7 +157,7 @@ def _message(kind: str, detail: dict[str, Any], loc: tuple[Any, ...]) -> str:
         return _ANY
 
 
-def _hidden(setting: str, kind: str, secret_paths: set[str]) -> bool:
+def _hidden(setting: str, kind: str, secret_paths: AbstractSet[str]) -> bool:
     """An unknown setting may be a key put in the wrong place; a secret's value is never shown."""
     if kind == "extra_forbidden" or any(setting.startswith(path) for path in secret_paths):
         return True
@@ -167,7 +165,7 @@ def _hidden(setting: str, kind: str, secret_paths: set[str]) -> bool:
     return setting == under or (setting.startswith(under + ".") and setting.split(".")[1] not in _PLAIN_SECRET_SETTINGS)
 
 
-def from_validation_error(error: ValidationError, secret_paths: set[str] = frozenset()) -> list[Problem]:
+def from_validation_error(error: ValidationError, secret_paths: AbstractSet[str] = frozenset()) -> list[Problem]:
     problems: dict[str, tuple[Problem, str]] = {}
     for detail in error.errors(include_url=False):
         kind = detail["type"]
@@ -208,229 +206,3 @@ def _is_union_branch(part: Any) -> bool:
 # mapping's key ("[key]"); a name a person wrote with brackets in it (a pasted "hosts[0]") is kept.
 _BRANCH = re.compile(r"\[key\]|(function-(after|before|wrap|plain)|literal|lax-or-strict|json-or-python|tagged-union|"
                      r"is-instance|nullable|chain|constrained-[a-z]+)\[.*\]", re.S)
-
-
-def unreachable(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """What kind of address cannot be a host's on the network, if this is one."""
-    for kind in ("loopback", "unspecified", "multicast", "link_local", "reserved"):
-        if getattr(address, f"is_{kind}"):
-            return kind.replace("_", "-")
-    return None
-
-
-def site_problems(site: Site) -> list[Problem]:
-    """Checks that span settings: run once the settings are each valid on their own."""
-    problems: list[Problem] = []
-    add = lambda setting, value, message: problems.append(Problem(setting, show(value), message))
-    hosts = "mailsite:hosts"
-
-    primaries = [i for i, host in enumerate(site.hosts) if host.is_primary]
-    if not primaries:
-        add(hosts, [h.name for h in site.hosts], "no host has role primary; give exactly one host role: primary")
-    for i in primaries[1:]:
-        add(f"{hosts}[{i}].role", "primary", f"{site.hosts[primaries[0]].name} is already the primary; make this host role: backup")
-
-    for field, label in (("name", "host name"), ("fqdn", "MX name")):
-        seen: dict[str, int] = {}
-        for i, host in enumerate(site.hosts):
-            value = getattr(host, field)
-            if value in seen:
-                add(f"{hosts}[{i}].{field}", value, f"same {label} as hosts[{seen[value]}]; give each host its own")
-            seen.setdefault(value, i)
-
-    for i, host in enumerate(site.hosts):
-        if zone_of(host.mx_name, site.domains) is None:
-            # The MX name's A/AAAA records go in one of the site's zones; no zone holds this one.
-            add(f"{hosts}[{i}].fqdn", host.mx_name, f"outside the site's domains ({few(site.domains)}); "
-                f"use a name in one of them, like {host.name}.{site.domains[0]}")
-
-    addresses: dict[str, str] = {}
-    for i, host in enumerate(site.hosts):
-        for family in ("ipv4", "ipv6"):
-            value = getattr(host, family)
-            if value not in (None, "allocate"):
-                if (kind := unreachable(value)) is not None:
-                    add(f"{hosts}[{i}].{family}", value, f"a {kind} address, which no other MX or sender can reach; give the host's own address")
-                elif str(value) in addresses:
-                    add(f"{hosts}[{i}].{family}", value, f"already the address of {addresses[str(value)]}; give each host its own")
-                addresses.setdefault(str(value), host.name)
-        if host.ipv4 is None:
-            # spamd greylists and syncs over IPv4 only (spamd(8) -y/-Y take IPv4 addresses).
-            add(f"{hosts}[{i}].ipv4", "(absent)", "every MX needs IPv4 for spamd greylisting and sync; set an address or allocate")
-
-    if primaries:
-        primary = site.hosts[primaries[0]]
-        for i, host in enumerate(site.hosts):
-            if not host.is_primary and host.preference <= primary.preference:
-                add(
-                    f"{hosts}[{i}].preference",
-                    host.preference,
-                    f"a backup's preference must be worse (higher) than the primary's {primary.preference}; "
-                    f"set it above {primary.preference}",
-                )
-
-    seen_domains: set[str] = set()
-    for i, domain in enumerate(site.domains):
-        if domain in seen_domains:
-            add(f"mailsite:domains[{i}]", domain, "listed twice; remove the copy")
-        seen_domains.add(domain)
-
-    for i, cidr in enumerate(site.admin_cidrs):
-        if cidr.prefixlen == 0:
-            add(f"mailsite:adminCidrs[{i}]", cidr, "opens ssh to the whole internet; list only your admin networks")
-    for version, widest in ADMIN_NETWORKS_AT_MOST.items():
-        networks = [cidr for cidr in site.admin_cidrs if cidr.version == version]
-        covered = sum(network.num_addresses for network in ipaddress.collapse_addresses(networks))
-        if networks and covered > 2 ** (networks[0].max_prefixlen - widest) and all(cidr.prefixlen > 0 for cidr in networks):
-            add("mailsite:adminCidrs", [str(cidr) for cidr in networks],
-                f"together open ssh to more than a /{widest} of IPv{version}; list only your admin networks")
-
-    recipients = site.recipients
-    if "postmaster" not in recipients.local_parts():
-        add("mailsite:recipients", "(no postmaster)", "RFC 5321 requires postmaster; add postmaster to recipients.aliases")
-    for part, target in recipients.aliases.items():
-        if part in recipients.users:
-            # Two virtuals lines for part@domain: the mailbox or the alias, whichever smtpd reads.
-            add(f"mailsite:recipients.aliases.{part}", target, f"{part} is already a user of recipients.users; "
-                "remove the alias, or remove the user to forward their mail")
-        elif "@" not in target and target not in recipients.users:
-            add(f"mailsite:recipients.aliases.{part}", target, "not a user; name one of recipients.users or a full address")
-
-    if site.tls.key == site.tls.certificate:
-        add("mailsite:tls.key", site.tls.key, "the same file as tls.certificate; give the key its own file, like /etc/ssl/private/{fqdn}.key")
-
-    bgp = site.bgp_spamd
-    if bgp.local_as == bgp.route_server_as:
-        add("mailsite:bgpSpamd.localAs", bgp.local_as, "equals routeServerAs; the bgp-spamd sessions are eBGP, pick another private AS")
-    servers: dict[str, int] = {}
-    for i, server in enumerate(bgp.route_servers):
-        setting = f"mailsite:bgpSpamd.routeServers[{i}].address"
-        if str(server.address) in addresses:
-            add(setting, server.address, f"is {addresses[str(server.address)]}'s address; a route server is outside the site")
-        elif (kind := unreachable(server.address)) is not None:
-            add(setting, server.address, f"a {kind} address, which no MX reaches over the internet; give the route server's own address")
-        elif str(server.address) in servers:
-            add(setting, server.address, f"same route server as routeServers[{servers[str(server.address)]}]; list each once")
-        servers.setdefault(str(server.address), i)
-    for i, prefix in enumerate(site.vultr.bgp.prefixes):
-        longest = ANNOUNCED_PREFIX_AT_MOST[prefix.version]
-        if prefix.prefixlen < longest:
-            add(f"mailsite:vultr.bgp.prefixes[{i}]", prefix, f"wider than a /{longest}, which no network routes from a customer "
-                f"(0.0.0.0/0 would claim the whole internet); announce the prefix your provider assigned you")
-    if bgp.blacklist_community == bgp.bypass_community:
-        add("mailsite:bgpSpamd.bypassCommunity", bgp.bypass_community, "same as blacklistCommunity; they mark opposite lists")
-    tables = bgp.pf_tables
-    for field in ("blacklist", "bypass"):
-        if getattr(tables, field) in SPAMD_TABLES:
-            add(f"mailsite:bgpSpamd.pfTables.{field}", getattr(tables, field), "spamd owns this table name; choose another")
-        elif getattr(tables, field) in PF_CONF_TABLES:
-            add(f"mailsite:bgpSpamd.pfTables.{field}", getattr(tables, field), "pf.conf's own table (<nospamd> skips spamd, "
-                "<bruteforce> holds rate-limit offenders); choose another, like bgp_spamd")
-    if tables.blacklist == tables.bypass:
-        add("mailsite:bgpSpamd.pfTables.bypass", tables.bypass, "same as pfTables.blacklist; give each list its own table")
-
-    if site.network.addressing == "static" and site.target == "libvirt":
-        for i, host in enumerate(site.hosts):
-            for family in ("ipv4", "ipv6"):
-                if getattr(host, family) == "allocate":
-                    add(f"{hosts}[{i}].{family}", "allocate", "network.addressing is static; give a fixed address")
-
-    problems.extend(target_problems(site))
-    problems.extend(secret_problems(site))
-    return problems
-
-
-# Wider than this, a list of admin networks is most of the internet, not an office or a VPN.
-ADMIN_NETWORKS_AT_MOST = {4: 8, 6: 32}
-# The most-specific prefixes the internet's routers accept from anyone (BGP operations practice).
-ANNOUNCED_PREFIX_AT_MOST = {4: 24, 6: 48}
-
-
-def target_problems(site: Site) -> list[Problem]:
-    """What each target needs of the hosts' settings."""
-    problems: list[Problem] = []
-    hosts = "mailsite:hosts"
-    if site.target == "libvirt":
-        if site.vultr.bgp.enabled:
-            problems.append(Problem("mailsite:vultr.bgp.enabled", "true", "Vultr's BGP session exists on the vultr target only; set false"))
-        if site.network.addressing != "static":
-            problems.append(Problem("mailsite:network.addressing", site.network.addressing,
-                                    "the libvirt target uses fixed addresses on its own network; set static"))
-            return problems
-        if sum(h.is_primary for h in site.hosts) != 1 or any(h.ipv4 is None or isinstance(h.ipv4, str) for h in site.hosts):
-            return problems  # reported above
-        if unreachable(site.primary.ipv4) is not None:
-            return problems  # reported above; the site network is the primary's, so nothing else is outside it
-        network4, network6 = site.ipv4_network(), site.ipv6_network()
-        if network6 and unreachable(network6.network_address) is not None:
-            network6 = None  # the primary's own address is reported above
-        gateway = site.network.ipv4_gateway
-        for i, host in enumerate(site.hosts):
-            if host.ipv4 not in network4:
-                problems.append(Problem(f"{hosts}[{i}].ipv4", str(host.ipv4), f"outside the site network {network4}; use an address in it"))
-            elif (taken := _not_a_host_address(host.ipv4, network4, gateway, "ipv4Gateway")) is not None:
-                problems.append(Problem(f"{hosts}[{i}].ipv4", str(host.ipv4), f"{taken}; give the host an address of its own in {network4}"))
-            elif network6 and host.ipv6 not in (None, "allocate") and (
-                    taken := _not_a_host_address(host.ipv6, network6, site.network.ipv6_gateway, "ipv6Gateway")) is not None:
-                problems.append(Problem(f"{hosts}[{i}].ipv6", str(host.ipv6), f"{taken}; give the host an address of its own in {network6}"))
-            if network6 and host.ipv6 is not None and host.ipv6 not in network6:
-                problems.append(Problem(f"{hosts}[{i}].ipv6", str(host.ipv6), f"outside the site network {network6}; use an address in it"))
-        if not site.network.nameservers:
-            problems.append(Problem("mailsite:network.nameservers", "[]", "static hosts need a resolver for MX lookups; list one (libvirt's network answers DNS on its own address)"))
-        if gateway is None or gateway not in network4:
-            problems.append(Problem("mailsite:network.ipv4Gateway", show(gateway), f"the libvirt network's own address must be in {network4}; set it, like {next(network4.hosts())}"))
-    else:
-        if site.network.addressing != "autoconf":
-            problems.append(Problem("mailsite:network.addressing", site.network.addressing,
-                                    "Vultr hands out the reserved addresses by DHCP and router advertisements; set autoconf"))
-        bgp = site.vultr.bgp
-        if bgp.enabled and (bgp.local_as is None or not bgp.prefixes):
-            problems.append(Problem("mailsite:vultr.bgp", "enabled", "a Vultr BGP session needs localAs (from Vultr) and the prefixes to announce; set both"))
-        for i, host in enumerate(site.hosts):
-            # Vultr cannot take an address of our choosing: IPv4 is a reserved IP made by the stack,
-            # IPv6 the instance's own (spamd and the images need only IPv4 before the VM exists).
-            for family in ("ipv4", "ipv6"):
-                value = getattr(host, family)
-                if value is not None and value != "allocate":
-                    problems.append(Problem(f"{hosts}[{i}].{family}", str(value), "on Vultr the provider assigns addresses; set allocate"))
-            if host.egress_interface != "vio0":
-                problems.append(Problem(f"{hosts}[{i}].egressInterface", host.egress_interface,
-                                        "Vultr's NIC is virtio, which OpenBSD names vio0; set vio0"))
-    return problems
-
-
-def _not_a_host_address(address, network, gateway, gateway_setting: str) -> str | None:
-    """Why an address in the site network cannot be a host's, if it cannot."""
-    if address == gateway:
-        return f"the gateway's address (network.{gateway_setting})"
-    if network.num_addresses > 2 and address == network.network_address:
-        # IPv4's all-zeros host is the network itself; IPv6's is the subnet routers' anycast address.
-        return "the network's own address"
-    if network.version == 4 and network.num_addresses > 2 and address == network.broadcast_address:
-        return "the network's broadcast address"
-    return None
-
-
-def secret_problems(site: Site) -> list[Problem]:
-    secrets = site.secrets
-    problems: list[Problem] = []
-    if secrets.backend != "inline":
-        for field in ("queueKeys", "spamdSyncKey"):
-            if getattr(secrets, "queue_keys" if field == "queueKeys" else "spamd_sync_key"):
-                problems.append(Problem(f"mailsite:secrets.{field}", "<secret hidden>", f"values belong in the {secrets.backend} backend, not the stack file; remove it"))
-        return problems
-    for host in site.hosts:
-        key = secrets.queue_keys.get(host.name)
-        setting = f"mailsite:secrets.queueKeys.{host.name}"
-        if key is None:
-            problems.append(Problem(setting, "(absent)", "inline backend needs a queue key per host; add one (openssl rand -hex 16)"))
-        elif (message := key_problem(key.get_secret_value())) is not None:
-            problems.append(Problem(setting, show(key), message))
-    for name in set(secrets.queue_keys) - {host.name for host in site.hosts}:
-        problems.append(Problem(f"mailsite:secrets.queueKeys.{name}", "<secret hidden>", "no host has this name; remove it"))
-    sync = secrets.spamd_sync_key
-    if sync is None:
-        problems.append(Problem("mailsite:secrets.spamdSyncKey", "(absent)", "inline backend needs a spamd sync key; add one (openssl rand -hex 16)"))
-    elif (message := key_problem(sync.get_secret_value())) is not None:
-        problems.append(Problem("mailsite:secrets.spamdSyncKey", show(sync), message))
-    return problems

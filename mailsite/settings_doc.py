@@ -51,8 +51,8 @@ def section_of(prop: Schema) -> str | None:
 def description(prop: Schema) -> str:
     """A setting's own description, or its section's: said once, in the model."""
     text = prop.get("description")
-    if text is None and "$ref" in prop:
-        text = _definition(section_of(prop)).get("description")
+    if text is None and "$ref" in prop and (section := section_of(prop)) is not None:
+        text = _definition(section).get("description")
     return " ".join((text or "").split())
 
 
@@ -92,9 +92,8 @@ def takes(prop: Schema) -> str:
     if "anyOf" in prop:
         kinds = []
         for branch in prop["anyOf"]:
-            kind = takes(branch)
-            if kind not in kinds:
-                kinds.append(kind)
+            if (words := takes(branch)) not in kinds:
+                kinds.append(words)
         return " or ".join(kinds)
     kind = prop.get("type")
     if kind == "null":
@@ -108,7 +107,8 @@ def takes(prop: Schema) -> str:
     if kind == "array":
         return "list of " + ("entries" if section_of(prop) else takes(prop.get("items", {})))
     if kind == "object":
-        return "map of name to " + takes(prop.get("additionalProperties", {}))
+        values: Schema = prop.get("additionalProperties") or next(iter(prop.get("patternProperties", {}).values()), {})
+        return "map of name to " + takes(values)
     if kind == "string":
         return _FORMATS.get(prop.get("format", ""), "text")
     return "value"

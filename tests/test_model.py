@@ -379,3 +379,13 @@ def test_bad_settings_are_a_user_error_exiting_2(settings):
     with pytest.raises(UserError) as raised:
         load_site(settings)
     assert isinstance(raised.value, SiteConfigError) and raised.value.exit_code == 2
+
+
+def test_allocated_ipv6_on_a_static_site_is_one_line_not_a_traceback(settings):
+    """A backup's ipv6: allocate beside the primary's fixed IPv6 used to be compared with the site
+    network as if it were an address, and crashed the tool."""
+    settings["hosts"][1]["ipv6"] = "allocate"
+    with pytest.raises(SiteConfigError) as raised:
+        load_site(settings)
+    assert [str(p) for p in raised.value.problems] == [
+        "mailsite:hosts[1].ipv6 = allocate: network.addressing is static; give a fixed address"]
