@@ -310,6 +310,12 @@ class Host(Settings):
         return self.fqdn
 
     @property
+    def mx_preference(self) -> int:
+        """The preference in the MX records, once Site has filled in the default."""
+        assert self.preference is not None, "Site fills in preference"
+        return self.preference
+
+    @property
     def is_primary(self) -> bool:
         return self.role == "primary"
 
@@ -810,7 +816,7 @@ class Site(Settings):
         """Backups first, worst preference first, the primary last: the order hosts are taken down
         in (a rotation, a destroy), so that while one is out mail has a better MX to go to. The
         VMs are created the other way round, the primary first."""
-        return sorted(self.backups, key=lambda host: -host.preference) + [self.primary]
+        return sorted(self.backups, key=lambda host: -host.mx_preference) + [self.primary]
 
     def host(self, name: str) -> Host:
         return next(host for host in self.hosts if host.name == name)
@@ -827,8 +833,8 @@ class Site(Settings):
 
     def mx_records(self) -> list[tuple[str, int, str]]:
         """(domain, preference, target) for every site domain and MX, best preference first."""
-        ordered = sorted(self.hosts, key=lambda host: (host.preference, host.name))
-        return [(domain, host.preference, host.mx_name) for domain in self.domains for host in ordered]
+        ordered = sorted(self.hosts, key=lambda host: (host.mx_preference, host.name))
+        return [(domain, host.mx_preference, host.mx_name) for domain in self.domains for host in ordered]
 
     @property
     def provider_bgp(self) -> VultrBgp | None:
@@ -845,12 +851,12 @@ class Site(Settings):
 
     def ipv4_network(self) -> ipaddress.IPv4Network:
         """The one network every host sits in, when addressing is static."""
-        return ipaddress.ip_network(f"{self.primary.ipv4}/{self.network.ipv4_prefix_length}", strict=False)
+        return ipaddress.IPv4Network(f"{self.primary.ipv4}/{self.network.ipv4_prefix_length}", strict=False)
 
     def ipv6_network(self) -> ipaddress.IPv6Network | None:
         if not isinstance(self.primary.ipv6, ipaddress.IPv6Address):
             return None
-        return ipaddress.ip_network(f"{self.primary.ipv6}/{self.network.ipv6_prefix_length}", strict=False)
+        return ipaddress.IPv6Network(f"{self.primary.ipv6}/{self.network.ipv6_prefix_length}", strict=False)
 
     def valid_recipients(self) -> list[str]:
         return [f"{part}@{domain}" for domain in self.domains for part in self.recipients.local_parts()]

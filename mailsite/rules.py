@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .dns import zone_of
 from .keys import key_problem
-from .model import PF_CONF_TABLES, SPAMD_TABLES, Host, Site, size_bytes, size_text
+from .model import PF_CONF_TABLES, SPAMD_TABLES, Site, size_bytes, size_text
 from .problems import Problem, few, show
 
 Rule = Callable[[Site], list[Problem]]
@@ -125,20 +125,15 @@ def every_mx_has_ipv4(site: Site) -> list[Problem]:
             for i, host in enumerate(site.hosts) if host.ipv4 is None]
 
 
-def _preference(host: Host) -> int:
-    assert host.preference is not None, "Site fills in every preference"
-    return host.preference
-
-
 @rule
 def backups_after_the_primary(site: Site) -> list[Problem]:
     primaries = _primaries(site)
     if not primaries:
         return []  # one_primary's problem: there is no preference to be worse than
-    best = _preference(site.hosts[primaries[0]])
+    best = site.hosts[primaries[0]].mx_preference
     return [_problem(f"{HOSTS}[{i}].preference", host.preference,
                      f"a backup's preference must be worse (higher) than the primary's {best}; set it above {best}")
-            for i, host in enumerate(site.hosts) if not host.is_primary and _preference(host) <= best]
+            for i, host in enumerate(site.hosts) if not host.is_primary and host.mx_preference <= best]
 
 
 # -- mailsite:domains, adminCidrs -------------------------------------------------------------
