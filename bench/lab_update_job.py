@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mailsite.config import load_site_file  # noqa: E402
-from mailsite.render import render_bgp_spamd_update  # noqa: E402
+from mailsite.daemons.bgp_spamd_update import render_bgp_spamd_update  # noqa: E402
 
 PREFIXES = 200_000
 BYPASS = 1_000

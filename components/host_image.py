@@ -30,7 +30,7 @@ from mailsite.images.bake import TEMPLATE, BakeRequest, bake, identity_of
 from mailsite.images.packer import BakeError
 from mailsite.images.publish import delete_image, object_key, object_store, presigned_url, upload_image
 from mailsite.model import Host, HostSecrets, Images, ObjectStorage
-from mailsite.render import HostTree, RenderedFile
+from mailsite.templates import HostTree, RenderedFile
 
 from .target import BakedImage, Target
 

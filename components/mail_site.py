@@ -17,7 +17,8 @@ import pulumi
 from mailsite.dns import DnsRecord, ReverseRecord, dns_records, reverse_records
 from mailsite.firewall import cloud_rules, inbound_services
 from mailsite.model import Host, HostAddresses, HostSecrets, Site
-from mailsite.render import HostTree, render_host
+from mailsite.render import render_host
+from mailsite.templates import HostTree
 from mailsite.replacement import host_resource, image_resource
 
 from .host_image import HostImage, HostImageArgs, ImageSettings

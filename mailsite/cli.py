@@ -9,7 +9,7 @@ from .commands import COMMANDS
 from .commands.options import parents
 from .errors import MailsiteError
 from .problems import SiteConfigError, printable
-from .render import UnsafeValue
+from .templates import UnsafeValue
 
 _INTERRUPTED = "interrupted; nothing half-written was kept"
 

@@ -11,7 +11,8 @@ from pydantic import SecretStr
 from .config import load_site_file, stack_name
 from .model import HostAddresses, HostSecrets, Site
 from .problems import Problem, SiteConfigError
-from .render import HostTree, render_host
+from .render import render_host
+from .templates import HostTree
 from .secrets import site_secrets
 
 REDACTED = "<redacted>"

@@ -22,7 +22,7 @@ from typing import Iterator, Mapping
 
 from .dirs import private_directories
 from .problems import Problem, SiteConfigError
-from .render import HostTree
+from .templates import HostTree
 
 MARKER = ".mailsite-render"
 _MARKER_AT_MOST = 16 << 20  # a site of thousands of files lists a few hundred kilobytes

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mailsite.check import check_host, host_trees, linux_bgpd_conf
+from mailsite.configtest import check_host, host_trees
+from mailsite.daemons.bgpd import linux_bgpd_conf
 from mailsite.trees import write_trees
 from tests.sites import ROOT, example_settings, site_of, sized_settings
 from tests.test_render import render_site

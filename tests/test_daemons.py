@@ -1,16 +1,35 @@
-"""The daemon registry is the one source: what the lab starts, what the firewall opens and which
-files a host carries all come from mailsite.daemons."""
+"""The daemon registry is the one source: what the lab starts, what pf and the cloud firewall
+open, which files a host carries and which parsers check them all come from mailsite.daemons."""
 
 from __future__ import annotations
 
-from mailsite.daemons import DAEMONS, LabRun, daemons_on
+import ipaddress
+import re
+from pathlib import Path
+
+import pytest
+
+import mailsite.daemons
+from mailsite.configtest import host_configtests
+from mailsite.daemons import DAEMONS, Daemon, LabRun, daemons_on
+from mailsite.firewall import cloud_rules, inbound_services
 from mailsite.render import render_host
-from tests.sites import addresses, fake_secrets
+from mailsite.service import ANYWHERE, Service
+from mailsite.templates import TEMPLATES, RenderedFile
+from mailsite.trees import write_trees
+from tests.sites import addresses, fake_secrets, site_of, sized_settings
+from tests.test_render import render_site
 
 
 def test_daemon_names_are_unique():
     names = [daemon.name for daemon in DAEMONS]
     assert len(names) == len(set(names)), names
+
+
+def test_each_daemon_has_its_templates_folder_and_no_folder_is_nobodys():
+    """configs/<daemon>/ holds every file body a daemon renders; configs/lab/ is the lab's own."""
+    folders = {path.name for path in TEMPLATES.iterdir() if path.is_dir()} - {"lab"}
+    assert folders == {daemon.name for daemon in DAEMONS}
 
 
 def test_lab_starts_each_daemon_in_the_foreground_on_the_file_the_host_carries(example_site):
@@ -25,3 +44,80 @@ def test_lab_starts_each_daemon_in_the_foreground_on_the_file_the_host_carries(e
             assert isinstance(run, LabRun) and run.argv[0] == name and "-d" in run.argv
             config = run.argv[run.argv.index("-f") + 1]
             assert config.lstrip("/") in tree, f"{host.name}: the lab starts {name} on {config}, which the host does not carry"
+
+
+def _pf_ports(pf: str) -> set[tuple[str, str, str]]:
+    """(protocol, sources, port name) of every pass-in rule to a port: sources "any" or a macro."""
+    rules = set()
+    for protocol, sources, port in re.findall(r"^pass in on \$ext_if (?:inet6? )?proto (\w+) (?:from (\S+|\{[^}]*\}) )?to \(\$ext_if\) port (\S+)", pf, re.M):
+        rules.add((protocol, sources or "any", port))
+    return rules
+
+
+@pytest.mark.parametrize("count", [2, 3, 5])
+def test_pf_and_the_cloud_firewall_open_what_the_daemons_declare_and_nothing_else(count):
+    site = site_of(sized_settings(count))
+    for host, tree in render_site(site).items():
+        declared = [s for d in daemons_on(site, site.host(host)) for s in d.services(site, site.host(host), addresses(site))]
+        assert inbound_services(site, site.host(host), addresses(site)) == sorted(declared, key=lambda s: not s.from_anywhere)
+        pf = tree["etc/pf.conf"].text
+        assert {port for _, _, port in _pf_ports(pf)} == {s.name for s in declared}, host
+        for service in declared:
+            if service.greylisted:
+                continue
+            sources = "any" if service.from_anywhere else f"${service.sources_name}"
+            assert (service.protocol, sources, service.name) in _pf_ports(pf), (host, service)
+            if not service.from_anywhere:
+                assert f'{service.sources_name} = "{{ {" ".join(service.sources)} }}"' in pf
+        opened = {(r.protocol, r.port, f"{r.subnet}/{r.subnet_size}") for r in cloud_rules(declared) if r.protocol != "icmp"}
+        assert opened == {(s.protocol, str(s.port), str(ipaddress.ip_network(source))) for s in declared for source in s.sources}
+
+
+def _mailbox(site, host, addresses):
+    return [Service("imaps", "tcp", 993, ANYWHERE, "mailbox access (IMAP over TLS)", rate_limited=True)]
+
+
+MAILBOX = Daemon(
+    "mailbox-test",
+    runs_on=lambda site, host: host.is_primary,
+    files=lambda context: {"etc/mailbox-test.conf": RenderedFile(f"# {context.host.mx_name}\n")},
+    services=_mailbox,
+    rc_conf_local=lambda context: 'mailbox_test_flags=""\n',
+    crontab=lambda context: "@daily\t-n /usr/local/sbin/mailbox-test-expire\n",
+)
+
+
+def test_a_daemon_in_the_registry_is_rendered_opened_and_listed_only_on_the_hosts_it_runs_on(monkeypatch, example_site):
+    """Adding a daemon is its module and its place in DAEMONS: its files, its firewall rules (pf's,
+    rate limits included, and the cloud's) and its lines in rc.conf.local and root's crontab
+    follow on the hosts it runs on, and a host it does not run on carries none of it."""
+    monkeypatch.setattr(mailsite.daemons, "DAEMONS", (*DAEMONS, MAILBOX))
+    site = example_site
+    for host, tree in render_site(site).items():
+        runs = site.host(host).is_primary
+        assert ("etc/mailbox-test.conf" in tree) == runs, host
+        pf = tree["etc/pf.conf"].text
+        assert ("pass in on $ext_if proto tcp from any to ($ext_if) port imaps \\\n\tkeep state" in pf) == runs, host
+        blocked = re.search(r"^block in quick .* from <bruteforce> .* port \{[^}]*\bimaps\b", pf, re.M)
+        assert bool(blocked) == runs and ("imaps" in pf) == runs, host
+        rules = cloud_rules(inbound_services(site, site.host(host), addresses(site)))
+        assert any(rule.port == "993" for rule in rules) == runs, host
+        assert tree["etc/rc.conf.local"].text.endswith('mailbox_test_flags=""\n') == runs, host
+        assert ("mailbox-test-expire" in tree["etc/mailsite/crontab"].text) == runs, host
+
+
+def test_without_the_daemon_its_port_is_closed(example_site):
+    """imaps is nobody's until a daemon serves it: no host opens 993."""
+    for host in example_site.hosts:
+        ports = {s.port for s in inbound_services(example_site, host, addresses(example_site))}
+        assert 993 not in ports and ports >= {25}, host.name
+    assert all("imaps" not in tree["etc/pf.conf"].text for tree in render_site(example_site).values())
+
+
+def test_configtest_runs_the_checks_of_the_daemons_whose_files_a_host_carries(tmp_path: Path, example_site):
+    write_trees(tmp_path, render_site(example_site))
+    tests = [(test.parser, test.path) for test in host_configtests(tmp_path / "mx2")]
+    assert sorted(tests) == [("bgpd -n", "etc/bgpd.conf"), ("sh -n", "etc/rc.conf.local"),
+                             ("sh -n", "usr/local/sbin/bgp-spamd-update"), ("smtpd -n", "etc/mail/smtpd.conf")]
+    (tmp_path / "mx2/etc/bgpd.conf").unlink()
+    assert "bgpd -n" not in [test.parser for test in host_configtests(tmp_path / "mx2")]

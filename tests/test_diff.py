@@ -85,7 +85,7 @@ def test_diff_shows_changed_lines_of_changed_hosts_and_replacements(tmp_path):
 
 def test_template_change_at_head_shows_on_every_host(tmp_path):
     repo = _repository(tmp_path, file_secrets(example_settings()))
-    bgpd = repo / "configs/bgpd.conf.j2"
+    bgpd = repo / "configs/bgpd/bgpd.conf.j2"
     bgpd.write_text(bgpd.read_text().replace("fib-update no\n", "fib-update no\nlog updates\n"))
     out = _diff(repo).stdout
     assert sorted(line.split(":", 1)[1] for line in out.splitlines() if line.startswith("+++ ")) == [f"mx{n}/etc/bgpd.conf" for n in (1, 2, 3)]

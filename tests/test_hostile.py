@@ -22,11 +22,12 @@ from typing import Any, Iterator
 import pytest
 from hypothesis import HealthCheck, example as hypothesis_example, given, settings as hypothesis_settings, strategies as st
 
-from mailsite.check import check_host
 from mailsite.config import load_site
+from mailsite.configtest import check_host
 from mailsite.model import Site
 from mailsite.problems import SiteConfigError, setting_name
-from mailsite.render import HostTree, UnsafeValue, render_host
+from mailsite.render import render_host
+from mailsite.templates import HostTree, UnsafeValue
 from mailsite.trees import write_trees
 from tests.sites import addresses, example_settings as read_example_settings, fake_secrets
 

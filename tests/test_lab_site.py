@@ -11,7 +11,8 @@ from mailsite.lab.site import (
     BLACKLIST, BYPASS, LAB_IPV4, LINUX, host_environment, lab_plan, mailbox_owners, render_dnsmasq_conf,
     render_lab_host, render_route_server_conf,
 )
-from mailsite.render import LinuxDifferences, render_host
+from mailsite.render import render_host
+from mailsite.templates import LinuxDifferences
 from tests.sites import fake_secrets, site_of, sized_settings
 
 SECRETS = Path("/nonexistent/lab-secrets")

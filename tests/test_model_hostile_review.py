@@ -16,7 +16,8 @@ import yaml
 from mailsite import cli, local
 from mailsite.config import load_site
 from mailsite.problems import SiteConfigError
-from mailsite.render import UnsafeValue, render_host
+from mailsite.render import render_host
+from mailsite.templates import UnsafeValue
 from tests.sites import ROOT, addresses, example_settings, fake_secrets, site_of
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mailsite.firewall import ANYWHERE, inbound_services
+from mailsite.firewall import inbound_services
 from mailsite.model import HostAddresses
 from mailsite.render import render_host
+from mailsite.service import ANYWHERE
 from tests.sites import addresses, example_settings, fake_key, fake_secrets, site_of, sized_settings
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsite.render import render_bgp_spamd_update
+from mailsite.daemons.bgp_spamd_update import render_bgp_spamd_update
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE = FIXTURES / "bgpctl-show-rib-community.json"

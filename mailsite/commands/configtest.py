@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..check import check_host, host_trees
+from ..configtest import check_host, host_trees
 from ..errors import UserError
 from ..problems import printable
 from .options import Parents

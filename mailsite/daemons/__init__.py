@@ -1,17 +1,25 @@
 """The daemons of a site, one module each: the one registry that render_host, the firewall's rule
 set, configtest and the lab go through. A new daemon is a module here, its templates in
-configs/<daemon>/, and one line in DAEMONS.
+configs/<daemon>/, and its place in DAEMONS.
 """
 
 from __future__ import annotations
 
 from ..model import Host, Site
-from .base import Daemon, LabRun
+from .base import ConfigTest, Daemon, HostContext, LabRun
+from .basics import basics
+from .bgp_spamd_update import bgp_spamd_update
 from .bgpd import bgpd
+from .pf import pf
 from .smtpd import smtpd
+from .spamd import spamd
+from .spamlogd import spamlogd
+from .sshd import sshd
 
-# In the order the lab starts them.
-DAEMONS: tuple[Daemon, ...] = (bgpd, smtpd)
+# In start order (the lab starts those with a LabRun in this order). The same order puts together
+# the files several daemons add to (rc.conf.local, root's crontab) and, after the services open
+# to the whole internet, pf.conf's rules: pf comes last, as its rule set is everyone else's.
+DAEMONS: tuple[Daemon, ...] = (basics, spamd, spamlogd, bgpd, bgp_spamd_update, smtpd, sshd, pf)
 
 
 def daemons_on(site: Site, host: Host) -> tuple[Daemon, ...]:
@@ -19,4 +27,4 @@ def daemons_on(site: Site, host: Host) -> tuple[Daemon, ...]:
     return tuple(daemon for daemon in DAEMONS if daemon.runs_on(site, host))
 
 
-__all__ = ["DAEMONS", "Daemon", "LabRun", "daemons_on"]
+__all__ = ["DAEMONS", "ConfigTest", "Daemon", "HostContext", "LabRun", "daemons_on"]

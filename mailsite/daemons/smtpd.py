@@ -1,8 +1,92 @@
-"""smtpd(8): the MTA on every MX; the MSA on the primary."""
+"""smtpd(8): the MTA on every MX (a backup relays to better MXes only, for the site's recipients
+only); on the primary also the MSA and the delivery into mailboxes."""
 
 from __future__ import annotations
 
-from .base import Daemon, LabRun
+from typing import Mapping
 
-# OpenBSD's path; Debian's smtpd would look for /etc/smtpd.conf.
-smtpd = Daemon("smtpd", lab=LabRun(("smtpd", "-d", "-f", "/etc/mail/smtpd.conf"), (25, "tcp")))
+from ..model import Host, HostAddresses, Site
+from ..service import ANYWHERE, Service
+from ..templates import RenderedFile, render_template
+from .base import ConfigTest, Daemon, HostContext, LabRun
+
+
+def render_smtpd_conf(context: HostContext) -> str:
+    site, host = context.site, context.host
+    tls = None if context.linux.plain_smtp else {"certificate": site.tls.certificate_for(host), "key": site.tls.key_for(host)}
+    return render_template(
+        "smtpd/smtpd.conf.j2",
+        mx_name=host.mx_name,
+        role=host.role,
+        preference=host.preference,
+        primary=host.is_primary,
+        relay_backup_mx=None if host.is_primary else site.relay_backup_mx(host),
+        egress_interface=host.egress_interface,
+        queue_ttl=site.queue.ttl,
+        max_message_size=site.max_message_size,
+        delivery=site.delivery,
+        tls=tls,
+    )
+
+
+def render_queue_key_conf(context: HostContext) -> str:
+    return render_template(
+        "smtpd/queue-key.conf.j2",
+        mx_name=context.host.mx_name,
+        version=context.secrets.queue_key_version,
+        queue_key=context.secrets.queue_key.get_secret_value(),
+    )
+
+
+def render_tables(site: Site, host: Host) -> dict[str, str]:
+    """smtpd's tables: domains, aliases, and recipients (backup) or virtuals (primary)."""
+    tables = {
+        "etc/mail/domains": render_template("smtpd/domains.j2", domains=site.domains),
+        "etc/mail/aliases": render_template("smtpd/aliases.j2", postmaster=f"postmaster@{site.domains[0]}"),
+    }
+    if host.is_primary:
+        recipients = site.recipients
+        tables["etc/mail/virtuals"] = render_template(
+            "smtpd/virtuals.j2", domains=site.domains, users=recipients.users, aliases=recipients.aliases
+        )
+    else:
+        tables["etc/mail/recipients"] = render_template("smtpd/recipients.j2", recipients=site.valid_recipients())
+    return tables
+
+
+def files(context: HostContext) -> dict[str, RenderedFile]:
+    tree = {
+        "etc/mail/smtpd.conf": RenderedFile(render_smtpd_conf(context)),
+        "etc/mail/queue-key.conf": RenderedFile(render_queue_key_conf(context), 0o600, secret=True),
+    }
+    for path, text in render_tables(context.site, context.host).items():
+        tree[path] = RenderedFile(text)
+    return tree
+
+
+def services(site: Site, host: Host, addresses: Mapping[str, HostAddresses]) -> list[Service]:
+    opened = [Service("smtp", "tcp", 25, ANYWHERE, "inbound mail (MTA)", greylisted=True)]
+    if host.is_primary:
+        # Only the primary is an MSA; a backup MX is an MTA and nothing else.
+        opened += [
+            Service("submission", "tcp", 587, ANYWHERE, "mail submission (MSA, STARTTLS + auth)", rate_limited=True),
+            Service("smtps", "tcp", 465, ANYWHERE, "mail submission (MSA, TLS + auth)", rate_limited=True),
+        ]
+    return opened
+
+
+def rc_conf_local(context: HostContext) -> str:
+    return render_template("smtpd/rc.conf.local.j2")
+
+
+smtpd = Daemon(
+    "smtpd",
+    files=files,
+    services=services,
+    rc_conf_local=rc_conf_local,
+    # smtpd -n opens every table, include and pki file the config names, and resolves its
+    # `listen on` interfaces: it is checked in a namespace shaped like the host (configtest).
+    configtests=(ConfigTest("smtpd -n", "etc/mail/smtpd.conf"),),
+    # OpenBSD's path; Debian's smtpd would look for /etc/smtpd.conf.
+    lab=LabRun(("smtpd", "-d", "-f", "/etc/mail/smtpd.conf"), (25, "tcp")),
+)

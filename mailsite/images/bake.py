@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import jinja2
 
 from ..model import NIC_DRIVERS, Host, HostSecrets, Images
-from ..render import HostTree
+from ..templates import HostTree
 from .disklabel import render_disklabel_template
 from .identity import PACKER_DIR, TEMPLATE_FILES, image_identity, template_digest
 from .packer import BakeError, packer_version, redact, run_packer

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..render import HostTree
+from ..templates import HostTree
 
 PACKER_DIR = Path(__file__).resolve().parents[2] / "images" / "packer"
 # Every file of the template that shapes an image; plugins.pkr.hcl only tells Packer where the

@@ -7,7 +7,7 @@ import gzip
 import io
 import tarfile
 
-from ..render import HostTree
+from ..templates import HostTree
 from .identity import PACKER_DIR
 
 # The OpenBSD installer's own sets carry a time; 2000-01-01 says "not a real date" and keeps

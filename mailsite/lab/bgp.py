@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..render import BLACK_LIST_FILE, BYPASS_LIST_FILE, UPDATE_JOB
+from ..daemons.bgp_spamd_update import BLACK_LIST_FILE, BYPASS_LIST_FILE, UPDATE_JOB
 from .procs import LabError
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import Collection, Sequence
 from ..config import load_site_file, stack_name
 from ..daemons import LabRun, daemons_on
 from ..errors import UserError
-from ..render import HostTree
+from ..templates import HostTree
 from ..secrets import init_secrets, site_secrets
 from ..trees import write_tree
 from . import net

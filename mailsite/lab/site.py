@@ -14,7 +14,8 @@ from typing import Literal, Sequence
 from ..dns import dns_records, reverse_records
 from ..model import Host, HostAddresses, HostSecrets, Site
 from ..problems import Problem, SiteConfigError
-from ..render import HostTree, LinuxDifferences, RenderedFile, render_template, render_host
+from ..render import render_host
+from ..templates import HostTree, LinuxDifferences, RenderedFile, render_template
 
 # Private ranges nothing on this machine routes to: the lab lives on its own bridge.
 LAB_IPV4 = ipaddress.IPv4Network("10.77.0.0/24")

@@ -1,10 +1,15 @@
-"""Check rendered host trees with the real daemons' own parsers (an I/O edge).
+"""configtest: rendered host trees checked by the real daemons' own parsers (an I/O edge).
+
+Each daemon declares its checks (mailsite.daemons: ConfigTest, a parser and a file); this runs
+them. A tree is checked by every check whose file it holds: a host that does not run a daemon
+carries none of its files.
 
 smtpd -n resolves `listen on vmx0` against the running host and opens every table, include and
 pki file by its absolute path, so each host is checked in a throwaway network namespace whose
 links carry the OpenBSD names, and a private mount namespace where the host's /etc/mail (and a
-test certificate at each pki path) are laid over this machine's directories where smtpd looks. bgpd -n runs on the file as rendered,
-except that Linux has no pf: its `set pftable` lines are blanked, keeping line numbers.
+test certificate at each pki path) are laid over this machine's directories where smtpd looks.
+bgpd -n runs on the file as rendered, except that Linux has no pf: its `set pftable` lines are
+blanked, keeping line numbers.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from .render import linux_bgpd_conf
+from .daemons import DAEMONS, ConfigTest
+from .daemons.bgpd import linux_bgpd_conf
 
 _WHERE = re.compile(r"^(?P<file>[^:\s]+):\s?(?P<line>\d+):\s*(?P<message>.*)$")
 _PKI = re.compile(r'^\s*pki \S+ (?:cert|key) "([^"]+)"', re.M)
@@ -67,9 +74,8 @@ def _test_certificate(path: Path, key: Path) -> None:
     key.chmod(0o600)
 
 
-def check_smtpd(host: str, tree: Path) -> list[CheckProblem]:
-    conf_path = tree / "etc/mail/smtpd.conf"
-    conf = conf_path.read_text()
+def check_smtpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
+    conf = (tree / path).read_text()
     namespace = f"mscheck-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="mailsite-check-") as scratch:
         root = Path(scratch)
@@ -96,20 +102,20 @@ def check_smtpd(host: str, tree: Path) -> list[CheckProblem]:
                 if result.returncode != 0:
                     return [CheckProblem(host, "smtpd.conf", None, f"cannot set up the check namespace ({command}): {result.stderr.strip()}")]
             result = _run(["ip", "netns", "exec", namespace, "unshare", "--mount", "--propagation", "private",
-                           "sh", "-c", f"{overlays} && exec smtpd -n -f /etc/mail/smtpd.conf"])
+                           "sh", "-c", f"{overlays} && exec smtpd -n -f /{path}"])
         finally:
             _run(["ip", "netns", "del", namespace])
-    output = (result.stdout + result.stderr).replace("/etc/mail/smtpd.conf", "smtpd.conf")
+    output = (result.stdout + result.stderr).replace(f"/{path}", "smtpd.conf")
     problems = _problems(host, "smtpd.conf", output)
     if result.returncode != 0 and not problems:
         problems.append(CheckProblem(host, "smtpd.conf", None, f"smtpd -n failed with status {result.returncode}"))
     return problems
 
 
-def check_bgpd(host: str, tree: Path) -> list[CheckProblem]:
+def check_bgpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
     with tempfile.TemporaryDirectory(prefix="mailsite-check-") as scratch:
         copy = Path(scratch) / "bgpd.conf"
-        copy.write_text(linux_bgpd_conf((tree / "etc/bgpd.conf").read_text()))
+        copy.write_text(linux_bgpd_conf((tree / path).read_text()))
         copy.chmod(0o600)  # bgpd refuses a config others can read
         result = _run(["bgpd", "-n", "-f", str(copy)])
     problems = _problems(host, "bgpd.conf", (result.stdout + result.stderr).replace(str(copy), "bgpd.conf"))
@@ -123,13 +129,21 @@ def check_shell(host: str, tree: Path, path: str) -> list[CheckProblem]:
     return _problems(host, path, result.stderr.replace(str(tree / path), path))
 
 
+# How each parser a daemon names is run on a tree.
+_PARSERS: dict[str, Callable[[str, Path, str], list[CheckProblem]]] = {
+    "smtpd -n": check_smtpd,
+    "bgpd -n": check_bgpd,
+    "sh -n": check_shell,
+}
+
+
+def host_configtests(tree: Path) -> list[ConfigTest]:
+    """The checks of every daemon whose file the tree holds, in registry order."""
+    return [test for daemon in DAEMONS for test in daemon.configtests if (tree / test.path).is_file()]
+
+
 def check_host(host: str, tree: Path) -> list[CheckProblem]:
-    return (
-        check_smtpd(host, tree)
-        + check_bgpd(host, tree)
-        + check_shell(host, tree, "usr/local/sbin/bgp-spamd-update")
-        + check_shell(host, tree, "etc/rc.conf.local")
-    )
+    return [problem for test in host_configtests(tree) for problem in _PARSERS[test.parser](host, tree, test.path)]
 
 
 def host_trees(directory: Path) -> dict[str, Path]:
