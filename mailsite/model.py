@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from .targets import TARGETS
 
 
 def _written(kind: str) -> BeforeValidator:
@@ -847,7 +848,7 @@ class Site(Settings):
     @property
     def image_format(self) -> str:
         """Vultr makes snapshots from raw disk images; libvirt volumes are qcow2."""
-        return "raw" if self.target == "vultr" else "qcow2"
+        return TARGETS[self.target].image_format
 
     def ipv4_network(self) -> ipaddress.IPv4Network:
         """The one network every host sits in, when addressing is static."""
