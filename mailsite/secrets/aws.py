@@ -33,7 +33,7 @@ class AwsStore:
                 return None
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 403 or code in ("AccessDeniedException", "AccessDenied", "UnrecognizedClientException"):
-                raise secret_error(secret_id, f"access denied ({code or status}); grant {_NEEDED.get(operation, operation)} on it (README: IAM policy)") from None
+                raise secret_error(secret_id, f"access denied ({code or status}); grant {_NEEDED.get(operation, operation)} on it (docs/operating.md: Secrets backends)") from None
             raise secret_error(secret_id, f"Secrets Manager refused {operation} ({code})") from None
         except NoCredentialsError:
             raise secret_error(secret_id, "no AWS credentials; set a profile in mailsite:secrets.profile or AWS_* variables") from None
