@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import runpy
 from dataclasses import dataclass, field
 
@@ -131,15 +132,21 @@ def vultr_site() -> Recorded:
     return evaluate(vultr_settings(inline_secrets(example_settings())))
 
 
+def _without_the_stack(graph: dict) -> dict:
+    # The stack resource is the engine's, and the SDK registers it once per test process under
+    # whichever stack name ran first: the stack is left out, and a parent that is it is named so.
+    root = re.compile(r"urn:pulumi:[^:]+::mailsite::pulumi:pulumi:Stack::[^:]+")
+    return {urn: {**r, "parent": "(the stack)" if root.fullmatch(r["parent"]) else r["parent"]}
+            for urn, r in graph.items() if not root.fullmatch(urn)}
+
+
 @pytest.mark.parametrize("target", ["libvirt", "vultr"])
 def test_every_resource_keeps_its_name_parent_and_provider(target, libvirt_site, vultr_site):
     """The engine knows a resource by its URN (its name and its parents' types): a renamed or
     re-parented one is deleted and made anew on the next `up`, a VM with it (an MX down, its
     queue drained or lost); one moved to another provider is made anew too."""
-    # The stack itself is the engine's (the SDK registers it once per process, whatever ran first).
-    stack = "urn:pulumi:test::mailsite::pulumi:pulumi:Stack::mailsite-test"
-    before = {urn: r for urn, r in json.loads(URNS.read_text())[target].items() if urn != stack}
-    now = {urn: r for urn, r in (libvirt_site if target == "libvirt" else vultr_site).graph.items() if urn != stack}
+    before = _without_the_stack(json.loads(URNS.read_text())[target])
+    now = _without_the_stack((libvirt_site if target == "libvirt" else vultr_site).graph)
     assert len(before) > 20
     assert sorted(set(before) - set(now)) == [], "gone (or renamed)"
     assert sorted(set(now) - set(before)) == [], "new (or renamed)"
