@@ -9,7 +9,6 @@ from .commands import COMMANDS
 from .commands.options import parents
 from .errors import MailsiteError
 from .problems import SiteConfigError, printable
-from .templates import UnsafeValue
 
 _INTERRUPTED = "interrupted; nothing half-written was kept"
 
@@ -35,10 +34,6 @@ def main(argv: list[str] | None = None, prog: str = "mailsite") -> int:
         for problem in error.problems if isinstance(error, SiteConfigError) else [error]:
             print(f"error: {printable(str(problem))}", file=sys.stderr)
         return error.exit_code
-    except UnsafeValue as error:  # until re-parented onto MailsiteError (issue 13.4)
-        print(f"error: {printable(str(error))}, which no setting may hold; nothing was written: correct the stack "
-              "file's value that holds it", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(getattr(args, "interrupted", _INTERRUPTED), file=sys.stderr)
         return 130

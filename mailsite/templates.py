@@ -52,6 +52,10 @@ class UnsafeValue(UserError):
     """A value the model should have refused reached a template: the stack file's value must change
     (and the model's types let it through: a bug there too)."""
 
+    def __str__(self) -> str:
+        # The value is not named (it may be a key), so the line says where to look instead.
+        return f"{super().__str__()}, which no setting may hold; nothing was written: correct the stack file's value that holds it"
+
 
 def _one_line(value: object) -> object:
     text = str(value)

@@ -755,3 +755,25 @@ def test_the_mailsite_command_says_a_setting_to_fix_in_one_line_exit_2(tmp_path)
                             capture_output=True, text=True, cwd="/")
     _one_line(result, "error: mailsite:queue.ttl = forever: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_value_past_the_model_says_to_correct_the_stack_file(tmp_path, monkeypatch, capsys):
+    """A renderer's second line of defence names no value (it may be a key): the line says what to do."""
+    import ipaddress
+
+    import mailsite.cli as cli
+    import mailsite.local as local
+
+    stack = _keyed(tmp_path)
+    loaded = local.load_site_file
+
+    def slipped_past(path):
+        site = loaded(path)
+        nameservers = [ipaddress.IPv6Address("2001:db8::1%x\nnameserver 203.0.113.66")]
+        return site.model_copy(update={"network": site.network.model_copy(update={"nameservers": nameservers})})
+
+    monkeypatch.setattr(local, "load_site_file", slipped_past)
+    assert cli.main(["render", "--config", str(stack), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: a value holds a line break or control character ('\\n'), which no setting may hold; nothing was written: "
+        "correct the stack file's value that holds it"]
