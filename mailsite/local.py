@@ -31,7 +31,8 @@ def fixed_addresses(site: Site, stand_ins: bool = False) -> dict[str, HostAddres
             if value == "allocate" and not (stand_ins and family == "ipv6"):
                 problems.append(Problem(f"mailsite:hosts[{i}].{family}", "allocate",
                                         "rendering here needs a fixed address; set one, or render through pulumi up"))
-        addresses[host.name] = HostAddresses(ipv4, None if ipv6 == "allocate" else ipv6)
+        if isinstance(ipv4, ipaddress.IPv4Address):  # "allocate" is a problem above; the model refuses none
+            addresses[host.name] = HostAddresses(ipv4, None if ipv6 == "allocate" else ipv6)
     if problems:
         raise SiteConfigError(problems)
     return addresses
