@@ -112,14 +112,15 @@ def test_lab_host_is_read_as_a_real_one_through_the_same_control(lab):
     image carries), read from a lab host through nsenter as ssh reads it on a real one."""
     stack, site = STACK, lab.plan.site
     secrets = site_secrets(site, stack, lab.dir)
+    for host in site.hosts:
+        reached = control(lab, host.name)
+        assert isinstance(reached, HostControl) and reached.reachable()
+        assert answers_smtp(reached), f"{host.name}: {lab.run_in(host.name, ['smtpctl', 'show', 'status'])}"
+        assert "SMTP running" in smtp_status(reached)
+        assert key_versions(reached) == {"queue-key": secrets[host.name].queue_key_version,
+                                         "spamd-sync-key": secrets[host.name].spamd_sync_key_version}
     marker = _queued_for_the_primary(lab, "mx3")
     try:
-        for host in site.hosts:
-            reached = control(lab, host.name)
-            assert isinstance(reached, HostControl) and reached.reachable()
-            assert answers_smtp(reached) and "SMTP running" in smtp_status(reached)
-            assert key_versions(reached) == {"queue-key": secrets[host.name].queue_key_version,
-                                             "spamd-sync-key": secrets[host.name].spamd_sync_key_version}
         held = queue(control(lab, "mx3"))
         assert len(held) == 1 and USER in held[0] and held == queued_envelopes("\n".join(mail.queue(lab, "mx3")))
     finally:
