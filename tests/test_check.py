@@ -86,7 +86,7 @@ def test_bgpd_problem_keeps_its_line_number(tmp_path):
     conf = out / "mx1/etc/bgpd.conf"
     text = conf.read_text().replace("export none", "announce none")
     conf.write_text(text)
-    (line,) = [n for n, l in enumerate(text.splitlines(), 1) if "announce none" in l]
+    (line,) = [n for n, text_line in enumerate(text.splitlines(), 1) if "announce none" in text_line]
     problems = check_host("mx1", out / "mx1")
     assert [(p.file, p.line) for p in problems] == [("bgpd.conf", line)], problems
 
