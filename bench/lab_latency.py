@@ -31,7 +31,7 @@ def main() -> None:
             sent = mail.send(lab, backup, to, marker)
             sessions.append(time.monotonic() - started)
             assert sent.accepted, sent.transcript
-            assert wait_until(lambda: mail.delivered(lab, marker), 30, 0.005), "not delivered in 30 s"
+            assert wait_until(lambda marker=marker: mail.delivered(lab, marker), 30, 0.005), "not delivered in 30 s"
             latencies.append(time.monotonic() - started)
     finally:
         lab.down()

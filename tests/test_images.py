@@ -308,7 +308,7 @@ def test_install_site_leaves_the_rendered_rc_conf_local_as_it_is(example_site, t
     # It still does its other jobs.
     assert (tmp_path / "calls.log.crontab").read_text() == (root / "etc/mailsite/crontab").read_text()
     assert (root / "etc/mail/bgp-spamd.black").exists() and (root / "etc/ssl/mx2.example.org.crt").exists()
-    assert f"chown -R root:wheel /etc/mail /etc/mailsite /usr/local/sbin/bgp-spamd-update" in calls
+    assert "chown -R root:wheel /etc/mail /etc/mailsite /usr/local/sbin/bgp-spamd-update" in calls
 
 
 def test_site_set_is_byte_identical_and_holds_tree_without_keys(example_site):
