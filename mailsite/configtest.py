@@ -2,7 +2,8 @@
 
 Each daemon declares its checks (mailsite.daemons: ConfigTest, a parser and a file); this runs
 them. A tree is checked by every check whose file it holds: a host that does not run a daemon
-carries none of its files.
+carries none of its files. A daemon every host runs has its files on every host, so one missing
+from a tree is a problem (a tree cut short, or hand-edited), never a check quietly skipped.
 
 smtpd -n resolves `listen on vmx0` against the running host and opens every table, include and
 pki file by its absolute path, so each host is checked in a throwaway network namespace whose
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from .daemons import DAEMONS, ConfigTest
+from .daemons.base import every_host
 from .daemons.bgpd import linux_bgpd_conf
 
 _WHERE = re.compile(r"^(?P<file>[^:\s]+):\s?(?P<line>\d+):\s*(?P<message>.*)$")
@@ -142,8 +144,25 @@ def host_configtests(tree: Path) -> list[ConfigTest]:
     return [test for daemon in DAEMONS for test in daemon.configtests if (tree / test.path).is_file()]
 
 
+def parsers_run(tree: Path) -> list[str]:
+    """The parsers that check this tree, in a fixed order for the report."""
+    used = {test.parser for test in host_configtests(tree)}
+    return [parser for parser in _PARSERS if parser in used]
+
+
+def missing_files(host: str, tree: Path) -> list[CheckProblem]:
+    """The files of the daemons every host runs that the tree lacks: their checks cannot run."""
+    return [
+        CheckProblem(host, test.path, None, f"missing, so {test.parser} could not check it; render the site again")
+        for daemon in DAEMONS if daemon.runs_on is every_host
+        for test in daemon.configtests if not (tree / test.path).is_file()
+    ]
+
+
 def check_host(host: str, tree: Path) -> list[CheckProblem]:
-    return [problem for test in host_configtests(tree) for problem in _PARSERS[test.parser](host, tree, test.path)]
+    return missing_files(host, tree) + [
+        problem for test in host_configtests(tree) for problem in _PARSERS[test.parser](host, tree, test.path)
+    ]
 
 
 def host_trees(directory: Path) -> dict[str, Path]:

@@ -117,6 +117,16 @@ def test_cli_render_then_check_example(tmp_path):
     assert broken.stderr.splitlines() == ["mx2: smtpd.conf: invalid virtual ip or interface: em0"]
 
 
+@pytest.mark.parametrize("path", ["etc/bgpd.conf", "etc/rc.conf.local", "usr/local/sbin/bgp-spamd-update"])
+def test_a_tree_missing_a_file_every_host_carries_fails_instead_of_skipping_its_check(tmp_path, path):
+    out = _write(tmp_path, example_settings())
+    (out / "mx2" / path).unlink()
+    checked = subprocess.run([sys.executable, "-m", "mailsite", "configtest", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert checked.returncode == 1
+    assert f"mx2: {path}: missing" in checked.stderr
+    assert "mx2: FAILED" in checked.stdout and "mx1: ok (smtpd -n, bgpd -n, sh -n)" in checked.stdout
+
+
 def test_vultr_site_with_its_own_bgp_session_passes(tmp_path):
     import ipaddress
 

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..configtest import check_host, host_trees
+from ..configtest import check_host, host_trees, parsers_run
 from ..errors import UserError
 from ..problems import printable
 from .options import Parents
@@ -31,5 +31,7 @@ def run(args: argparse.Namespace) -> int:
         for problem in problems:
             print(printable(str(problem)), file=sys.stderr)
         failed = failed or bool(problems)
-        print(f"{printable(host)}: {'FAILED' if problems else 'ok'} (smtpd -n, bgpd -n, sh -n)")
+        # The parsers that really ran on this tree, never a fixed list.
+        ran = ", ".join(parsers_run(tree)) or "nothing to check"
+        print(f"{printable(host)}: {'FAILED' if problems else 'ok'} ({ran})")
     return 1 if failed else 0
