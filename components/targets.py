@@ -11,7 +11,7 @@ from .target import Target
 from .vultr import Vultr
 
 # Each gets its own section of the settings (site.vultr, site.libvirt) and the few site facts it needs.
-TARGETS: dict[str, Callable[[Site], Target]] = {
+PACKAGES: dict[str, Callable[[Site], Target]] = {
     # The routed network holds the static addresses the model checked (libvirt requires them).
     "libvirt": lambda site: Libvirt(site.libvirt, site.ipv4_network(), site.ipv6_network()),
     "vultr": lambda site: Vultr(site.vultr),
@@ -19,4 +19,4 @@ TARGETS: dict[str, Callable[[Site], Target]] = {
 
 
 def target_for(site: Site) -> Target:
-    return TARGETS[site.target](site)
+    return PACKAGES[site.target](site)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import runpy
 from dataclasses import dataclass, field
@@ -79,7 +80,15 @@ class GraphMonitor(HookMonitor):
 
     def RegisterResource(self, request):
         response = super().RegisterResource(request)
-        self.graph[response.urn] = {"parent": request.parent, "provider": request.provider}
+        # The options the engine acts on, as state records them: a flipped `protect` or a lost
+        # `ignoreChanges` is a deleted reserved IP or a replaced network on the next `up`.
+        self.graph[response.urn] = {
+            "parent": request.parent, "provider": request.provider, "protect": request.protect,
+            "replaceOnChanges": sorted(request.replaceOnChanges), "ignoreChanges": sorted(request.ignoreChanges),
+            "deleteBeforeReplace": request.deleteBeforeReplace,
+            "additionalSecretOutputs": sorted(request.additionalSecretOutputs),
+            "beforeDelete": list(request.hooks.before_delete), "dependencies": sorted(set(request.dependencies)),
+        }
         return response
 
 
@@ -122,36 +131,75 @@ def evaluate(settings: dict, first_preview: bool = False) -> Recorded:
     return recorded
 
 
+# How each target's program is evaluated: a target in components.targets without its settings
+# here fails test_every_resource_keeps_its_name_options_parent_and_provider.
+SETTINGS = {
+    "libvirt": lambda hosts: inline_secrets(sized_settings(hosts) if hosts != 3 else example_settings()),
+    "vultr": lambda hosts: vultr_settings(inline_secrets(sized_settings(hosts) if hosts != 3 else example_settings())),
+}
+_EVALUATED: dict[tuple[str, int], Recorded] = {}
+
+
+def site_on(target: str, hosts: int = 3) -> Recorded:
+    """The program evaluated once per test process for each target and host count."""
+    if (target, hosts) not in _EVALUATED:
+        _EVALUATED[target, hosts] = evaluate(SETTINGS[target](hosts))
+    return _EVALUATED[target, hosts]
+
+
 @pytest.fixture(scope="module")
 def libvirt_site() -> Recorded:
-    return evaluate(inline_secrets(example_settings()))
+    return site_on("libvirt")
 
 
 @pytest.fixture(scope="module")
 def vultr_site() -> Recorded:
-    return evaluate(vultr_settings(inline_secrets(example_settings())))
+    return site_on("vultr")
 
 
 def _without_the_stack(graph: dict) -> dict:
     # The stack resource is the engine's, and the SDK registers it once per test process under
     # whichever stack name ran first: the stack is left out, and a parent that is it is named so.
     root = re.compile(r"urn:pulumi:[^:]+::mailsite::pulumi:pulumi:Stack::[^:]+")
-    return {urn: {**r, "parent": "(the stack)" if root.fullmatch(r["parent"]) else r["parent"]}
+    stack = lambda urn: "(the stack)" if root.fullmatch(urn) else urn
+    return {urn: {**r, "parent": stack(r["parent"]), "dependencies": [stack(d) for d in r["dependencies"]]}
             for urn, r in graph.items() if not root.fullmatch(urn)}
 
 
-@pytest.mark.parametrize("target", ["libvirt", "vultr"])
-def test_every_resource_keeps_its_name_parent_and_provider(target, libvirt_site, vultr_site):
+def _fixture_key(target: str, hosts: int) -> str:
+    return target if hosts == 3 else f"{target}-{hosts}hosts"
+
+
+def _every_target() -> list[str]:
+    from components.targets import PACKAGES
+
+    return sorted(PACKAGES)
+
+
+@pytest.mark.parametrize("hosts", [3, 5])
+@pytest.mark.parametrize("target", _every_target())
+def test_every_resource_keeps_its_name_options_parent_and_provider(target, hosts):
     """The engine knows a resource by its URN (its name and its parents' types): a renamed or
     re-parented one is deleted and made anew on the next `up`, a VM with it (an MX down, its
-    queue drained or lost); one moved to another provider is made anew too."""
-    before = _without_the_stack(json.loads(URNS.read_text())[target])
-    now = _without_the_stack((libvirt_site if target == "libvirt" else vultr_site).graph)
-    assert len(before) > 20
+    queue drained or lost); one moved to another provider is made anew too; a changed option
+    (protect, replaceOnChanges, ignoreChanges, deleteBeforeReplace, the drain hook, the VM
+    chain's dependencies) changes what the next `up` does to resources users already hold.
+    A resource added on purpose: UPDATE_URNS=1 rewrites the fixture (review its diff); a gone
+    or changed one is never rewritten."""
+    key = _fixture_key(target, hosts)
+    fixture = json.loads(URNS.read_text())
+    now = _without_the_stack(site_on(target, hosts).graph)
+    before = _without_the_stack(fixture.get(key, {}))
     assert sorted(set(before) - set(now)) == [], "gone (or renamed)"
-    assert sorted(set(now) - set(before)) == [], "new (or renamed)"
-    moved = {urn: (before[urn], now[urn]) for urn in set(before) & set(now) if before[urn] != now[urn]}
-    assert moved == {}, "another parent or provider"
+    changed = {urn: (before[urn], now[urn]) for urn in set(before) & set(now) if before[urn] != now[urn]}
+    assert changed == {}, "another parent, provider or option"
+    new = sorted(set(now) - set(before))
+    if new and os.environ.get("UPDATE_URNS") == "1":
+        fixture[key] = {**fixture.get(key, {}), **{urn: site_on(target, hosts).graph[urn] for urn in new}}
+        URNS.write_text(json.dumps(fixture, indent=1, sort_keys=True) + "\n")
+        return
+    assert new == [], f"{key}: new (or renamed); if added on purpose, UPDATE_URNS=1 pytest tests/test_program.py records them in {URNS.relative_to(ROOT)}"
+    assert len(before) > 20
 
 
 def test_every_target_the_settings_accept_has_its_package_and_its_facts():
@@ -159,12 +207,12 @@ def test_every_target_the_settings_accept_has_its_package_and_its_facts():
     with a KeyError; one without its facts (image format, VM name) would fail the drain hook."""
     from typing import get_args
 
-    from components.targets import TARGETS as PACKAGES
+    from components.targets import PACKAGES
     from mailsite.model import Site
     from mailsite.targets import TARGETS as FACTS
 
     accepted = set(get_args(Site.model_fields["target"].annotation))
-    assert accepted == set(PACKAGES) == set(FACTS) == {"libvirt", "vultr"}
+    assert accepted == set(PACKAGES) == set(FACTS) == set(SETTINGS)
 
 
 def test_libvirt_site_has_three_vms_on_vmxnet3_on_the_routed_network(libvirt_site):
