@@ -205,6 +205,49 @@ def test_the_checker_sees_a_missing_path_and_spares_a_new_one(tmp_path: Path):
     assert "mailsite.daemons.base.Daemon" in _imports(ROOT / "mailsite" / "daemons" / "__init__.py")  # from .base
 
 
+# Files outside the docs that send a reader into them, in a comment or a message: "see README.md",
+# "(docs/operating.md: Secrets backends)". A section named after the file must be one of its headings
+# or list items' labels ("- Installer answers: ..."), or the reader lands nowhere.
+_POINTER = re.compile(r"\b(README(?:\.md)?|docs/[\w-]+\.md)(?:[,:] ([A-Z][\w ]*\w))?")
+_POINTING = ("mailsite", "components", "policy", "images", "bench", "tests/fixtures", ".ci", ".github")
+
+
+def _sections(doc: Path) -> set[str]:
+    prose = _prose(doc)
+    labels = re.findall(r"^\s*[-*]\s+(?:\*\*)?([^:*\n]+?)(?:\*\*)?:", prose, re.M)
+    return {name.strip().lower() for name in re.findall(r"^#+\s+(.+?)\s*$", prose, re.M) + labels}
+
+
+def _wrong_pointers(text: str) -> list[str]:
+    wrong = []
+    for match in _POINTER.finditer(text):
+        doc = ROOT / (match[1] if match[1].startswith("docs/") else "README.md")
+        if not doc.exists() or (match[2] and match[2].lower() not in _sections(doc)):
+            wrong.append(match[0])
+    return wrong
+
+
+def test_pointers_into_the_docs_from_code_and_fixtures_reach_a_section():
+    files = [path for top in _POINTING for path in sorted((ROOT / top).rglob("*"))
+             if path.is_file() and "__pycache__" not in path.parts]
+    files += [ROOT / name for name in ("Makefile", "Pulumi.example.yaml", "requirements.txt", "requirements.in", "pyproject.toml")]
+    wrong = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, FileNotFoundError):
+            continue
+        wrong += [f"{path.relative_to(ROOT)}: {pointer}" for pointer in _wrong_pointers(text)]
+    assert not wrong, f"pointers into the docs that reach no file or section: {wrong}"
+
+
+def test_a_pointer_to_a_section_the_docs_lack_is_caught():
+    assert _wrong_pointers("check it (see README, Images).") == ["README, Images"]
+    assert _wrong_pointers("(see docs/images.md: Installer answers)") == []
+    assert _wrong_pointers("grant it (docs/operating.md: Secrets backends)") == []
+    assert _wrong_pointers("(docs/nowhere.md)") == ["docs/nowhere.md"]
+
+
 # The import direction docs/architecture.md states ("One direction"), checked on the sources: for
 # each group of modules, the project modules it must never import.
 _BELOW_RENDERING = ("mailsite.render", "mailsite.firewall", "mailsite.configtest", "mailsite.images", "mailsite.lab",
