@@ -27,15 +27,18 @@ class CloudRule:
     subnet: str
     subnet_size: int
     port: str | None
-    notes: str
+    notes: str  # what the provider's console shows beside the rule: free to reword
+    # What it lets in, the start of the rule's resource name: state holds that name, so it never
+    # changes (a renamed rule is deleted and made anew), whatever `notes` says.
+    name: str
 
 
 def cloud_rules(services: list[Service]) -> list[CloudRule]:
     """The provider firewall in front of a host: the same services pf lets in, and nothing wider."""
     rules = [
         # Path MTU discovery dies without ICMP "fragmentation needed" / "packet too big".
-        CloudRule("v4", "icmp", "0.0.0.0", 0, None, "icmp: path MTU discovery, echo"),
-        CloudRule("v6", "icmp", "::", 0, None, "icmp6: path MTU discovery, neighbour discovery"),
+        CloudRule("v4", "icmp", "0.0.0.0", 0, None, "icmp: path MTU discovery, echo", "icmp"),
+        CloudRule("v6", "icmp", "::", 0, None, "icmp6: path MTU discovery, neighbour discovery", "icmp6"),
     ]
     for service in services:
         for source in service.sources:
@@ -48,6 +51,7 @@ def cloud_rules(services: list[Service]) -> list[CloudRule]:
                     network.prefixlen,
                     str(service.port),
                     f"{service.name}: {service.purpose}",
+                    service.name,
                 )
             )
     return rules

@@ -336,6 +336,22 @@ def test_first_preview_shows_every_firewall_port_and_source_but_the_peers_addres
     assert ("mx1", "tcp", "587") in ports and ("mx2", "tcp", "587") not in ports
 
 
+def test_rewording_a_firewall_rules_description_keeps_the_rule(vultr_site, monkeypatch):
+    """A rule's notes are what Vultr's console shows; its resource name is what state knows it by.
+    Rewording the notes must not rename (delete and make anew) every rule of every MX."""
+    import dataclasses
+
+    import components.mail_site
+    from mailsite.firewall import cloud_rules
+
+    monkeypatch.setattr(components.mail_site, "cloud_rules",
+                        lambda services: [dataclasses.replace(r, notes=f"reworded {r.notes}") for r in cloud_rules(services)])
+    reworded = evaluate(vultr_settings(inline_secrets(example_settings())))
+    rules = reworded.of("vultr:index/firewallRule:FirewallRule")
+    assert rules and all(r.inputs["notes"].startswith("reworded ") for r in rules)
+    assert sorted(r.name for r in rules) == sorted(r.name for r in vultr_site.of("vultr:index/firewallRule:FirewallRule"))
+
+
 VMS = ("vultr:index/instance:Instance", "libvirt:index/domain:Domain")
 
 

@@ -71,7 +71,7 @@ def _rule_name(rule: CloudRule, stand_ins: dict[str, HostAddresses]) -> str:
     other rules alone. Peers are named by host (their addresses are not known yet)."""
     peers = {str(a.ipv4): name for name, a in stand_ins.items()}
     source = peers.get(rule.subnet) or f"{rule.subnet}_{rule.subnet_size}".replace(":", "x")
-    return f"{rule.notes.split(':')[0]}-{rule.ip_type}-{source}"
+    return f"{rule.name}-{rule.ip_type}-{source}"
 
 
 def _stand_in(hosts: list[Host]) -> dict[str, HostAddresses]:
