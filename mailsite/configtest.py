@@ -6,11 +6,12 @@ carries none of its files. A daemon every host runs has its files on every host,
 from a tree is a problem (a tree cut short, or hand-edited), never a check quietly skipped.
 
 smtpd -n resolves `listen on vmx0` against the running host and opens every table, include and
-pki file by its absolute path, so each host is checked in a throwaway network namespace whose
-links carry the OpenBSD names, and a private mount namespace where the host's /etc/mail (and a
-test certificate at each pki path) are laid over this machine's directories where smtpd looks.
-bgpd -n runs on the file as rendered, except that Linux has no pf: its `set pftable` lines are
-blanked, keeping line numbers.
+pki file by its absolute path, so it runs through `run_shaped_like_host`: a throwaway network
+namespace whose links carry the OpenBSD names, and a private mount namespace where the host's
+/etc/mail (and a test certificate at each pki path) are laid over this machine's directories. A
+parser that must see the host's files where OpenBSD keeps them runs the same way, with its own
+directories. bgpd -n runs on the file as rendered, except that Linux has no pf: its `set pftable`
+lines are blanked, keeping line numbers.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import Callable
 
 from .daemons import DAEMONS, ConfigTest
 from .daemons.base import every_host
+from .daemons.basics import MYNAME
 from .daemons.bgpd import linux_bgpd_conf
+from .errors import UserError
 
 _WHERE = re.compile(r"^(?P<file>[^:\s]+):\s?(?P<line>\d+):\s*(?P<message>.*)$")
 _PKI = re.compile(r'^\s*pki \S+ (?:cert|key) "([^"]+)"', re.M)
@@ -44,10 +47,11 @@ class CheckProblem:
         return f"{self.host}: {where}: {self.message}"
 
 
-def _problems(host: str, file: str, output: str) -> list[CheckProblem]:
+def _problems(host: str, file: str, output: str, program: str) -> list[CheckProblem]:
+    """One problem per line the parser `program` printed, its own name ("smtpd: ") cut off."""
     problems = []
     for raw in output.splitlines():
-        text = re.sub(r"^(smtpd|bgpd): ", "", raw.strip())
+        text = raw.strip().removeprefix(f"{program}: ")
         if not text or text == "configuration OK":
             continue
         match = _WHERE.fullmatch(text)
@@ -76,20 +80,26 @@ def _test_certificate(path: Path, key: Path) -> None:
     key.chmod(0o600)
 
 
-def check_smtpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
-    conf = (tree / path).read_text()
+class NamespaceSetupFailed(Exception):
+    """The check's namespace could not be made: the message says which command and why."""
+
+
+def run_shaped_like_host(tree: Path, dirs: tuple[str, ...], argv: list[str],
+                         certificates: list[tuple[str, str]] | None = None) -> subprocess.CompletedProcess[str]:
+    """`argv` run in a throwaway network namespace whose links carry the host's interface names,
+    and a private mount namespace where the tree's `dirs` (below its root: "etc/mail") and a test
+    certificate at each (certificate, key) path are laid over this machine's own directories (an
+    overlay: Debian has no /etc/mail to bind onto). Needs root."""
     namespace = f"mscheck-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="mailsite-check-") as scratch:
         root = Path(scratch)
-        # The host's /etc/mail and a test certificate at each pki path, laid over this machine's
-        # own directories (Debian has no /etc/mail to bind onto).
-        shutil.copytree(tree / "etc/mail", root / "etc/mail", symlinks=True)
-        pki = _PKI.findall(conf)
-        for certificate, key in zip(pki[0::2], pki[1::2]):
+        for directory in dirs:
+            shutil.copytree(tree / directory, root / directory, symlinks=True)
+        for certificate, key in certificates or []:
             _test_certificate(root / certificate.lstrip("/"), root / key.lstrip("/"))
         overlays = " && ".join(
             f"mount -t overlay overlay -o lowerdir={top}:/{top.name} /{top.name}" for top in sorted(root.iterdir())
-        )
+        ) or "true"
         setup = [f"ip netns add {namespace}", f"ip -n {namespace} link set lo up"]
         for index, name in enumerate(_interfaces(tree)):
             setup += [
@@ -102,13 +112,21 @@ def check_smtpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
             for command in setup:
                 result = _run(command.split())
                 if result.returncode != 0:
-                    return [CheckProblem(host, "smtpd.conf", None, f"cannot set up the check namespace ({command}): {result.stderr.strip()}")]
-            result = _run(["ip", "netns", "exec", namespace, "unshare", "--mount", "--propagation", "private",
-                           "sh", "-c", f"{overlays} && exec smtpd -n -f /{path}"])
+                    raise NamespaceSetupFailed(f"cannot set up the check namespace ({command}): {result.stderr.strip()}")
+            return _run(["ip", "netns", "exec", namespace, "unshare", "--mount", "--propagation", "private",
+                         "sh", "-c", f'{overlays} && exec "$@"', "sh", *argv])
         finally:
             _run(["ip", "netns", "del", namespace])
+
+
+def check_smtpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
+    pki = _PKI.findall((tree / path).read_text())
+    try:
+        result = run_shaped_like_host(tree, ("etc/mail",), ["smtpd", "-n", "-f", f"/{path}"], list(zip(pki[0::2], pki[1::2])))
+    except NamespaceSetupFailed as failed:
+        return [CheckProblem(host, "smtpd.conf", None, str(failed))]
     output = (result.stdout + result.stderr).replace(f"/{path}", "smtpd.conf")
-    problems = _problems(host, "smtpd.conf", output)
+    problems = _problems(host, "smtpd.conf", output, "smtpd")
     if result.returncode != 0 and not problems:
         problems.append(CheckProblem(host, "smtpd.conf", None, f"smtpd -n failed with status {result.returncode}"))
     return problems
@@ -120,7 +138,7 @@ def check_bgpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
         copy.write_text(linux_bgpd_conf((tree / path).read_text()))
         copy.chmod(0o600)  # bgpd refuses a config others can read
         result = _run(["bgpd", "-n", "-f", str(copy)])
-    problems = _problems(host, "bgpd.conf", (result.stdout + result.stderr).replace(str(copy), "bgpd.conf"))
+    problems = _problems(host, "bgpd.conf", (result.stdout + result.stderr).replace(str(copy), "bgpd.conf"), "bgpd")
     if result.returncode != 0 and not problems:
         problems.append(CheckProblem(host, "bgpd.conf", None, f"bgpd -n failed with status {result.returncode}"))
     return problems
@@ -128,14 +146,21 @@ def check_bgpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
 
 def check_shell(host: str, tree: Path, path: str) -> list[CheckProblem]:
     result = _run(["sh", "-n", str(tree / path)])
-    return _problems(host, path, result.stderr.replace(str(tree / path), path))
+    return _problems(host, path, result.stderr.replace(str(tree / path), path), "sh")
+
+
+@dataclass(frozen=True)
+class Parser:
+    program: str  # the binary it runs
+    package: str  # the Debian package that installs it (the Makefile's DEBS: make deps)
+    check: Callable[[str, Path, str], list[CheckProblem]]  # (host, tree, path) -> its problems
 
 
 # How each parser a daemon names is run on a tree.
-_PARSERS: dict[str, Callable[[str, Path, str], list[CheckProblem]]] = {
-    "smtpd -n": check_smtpd,
-    "bgpd -n": check_bgpd,
-    "sh -n": check_shell,
+_PARSERS: dict[str, Parser] = {
+    "smtpd -n": Parser("smtpd", "opensmtpd", check_smtpd),
+    "bgpd -n": Parser("bgpd", "openbgpd", check_bgpd),
+    "sh -n": Parser("sh", "dash", check_shell),
 }
 
 
@@ -159,15 +184,23 @@ def missing_files(host: str, tree: Path) -> list[CheckProblem]:
     ]
 
 
+def require_parsers(tests: list[ConfigTest]) -> None:
+    """Every parser the checks need is installed: one line naming the package, not an OSError."""
+    for parser in dict.fromkeys(_PARSERS[test.parser] for test in tests):
+        if shutil.which(parser.program) is None:
+            raise UserError(f"configtest needs {parser.program}, which is not installed here: "
+                            f"install the Debian package {parser.package} (make deps)")
+
+
 def check_host(host: str, tree: Path) -> list[CheckProblem]:
+    tests = host_configtests(tree)
+    require_parsers(tests)
     return missing_files(host, tree) + [
-        problem for test in host_configtests(tree) for problem in _PARSERS[test.parser](host, tree, test.path)
+        problem for test in tests for problem in _PARSERS[test.parser].check(host, tree, test.path)
     ]
 
 
 def host_trees(directory: Path) -> dict[str, Path]:
-    return {
-        tree.name: tree
-        for tree in sorted(directory.iterdir())
-        if (tree / "etc/mail/smtpd.conf").is_file()
-    }
+    """The rendered hosts below `directory`: each carries the basics' etc/myname, whatever else
+    it lacks (a tree missing a daemon's file is a problem check_host reports, not a non-host)."""
+    return {tree.name: tree for tree in sorted(directory.iterdir()) if (tree / MYNAME).is_file()}

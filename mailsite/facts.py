@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 
+from .daemons.basics import KEY_VERSIONS as KEY_VERSIONS_FILE
 from .hosts import ControlError, HostControl
 
 # Written into every image with the host's basics: which key versions it carries, never the keys.
-KEY_VERSIONS = "/etc/mailsite/key-versions"
+KEY_VERSIONS = f"/{KEY_VERSIONS_FILE}"
 
 _ENVELOPE = re.compile(r"^([0-9a-f]{16})\|")
 

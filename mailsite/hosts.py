@@ -86,7 +86,12 @@ def ssh_control(host: Host) -> CommandControl:
     return ssh_to(host.mx_name)
 
 
+def into_lab_host(holder_pid: int) -> list[str]:
+    """The command prefix that runs what follows as on a lab host: its network, its mounts
+    (/etc, /var/spool, /run) and its name, those of the process holding its namespaces."""
+    return ["nsenter", "-t", str(holder_pid), "-m", "-n", "-u", "--"]
+
+
 def lab_control(holder_pid: int, timeout: float = 30, forget: list[str] | None = None) -> CommandControl:
-    """A lab host, reached as ssh reaches a real one: its network, its mounts (/etc, /var/spool,
-    /run) and its name, those of the process holding its namespaces (the lab's `holder`)."""
-    return CommandControl(["nsenter", "-t", str(holder_pid), "-m", "-n", "-u", "--"], timeout=timeout, forget=forget)
+    """A lab host, reached as ssh reaches a real one (the lab's `holder` holds its namespaces)."""
+    return CommandControl(into_lab_host(holder_pid), timeout=timeout, forget=forget)

@@ -149,3 +149,21 @@ def test_vultr_site_with_its_own_bgp_session_passes(tmp_path):
     pf = (out / "mx1/etc/pf.conf").read_text()
     assert 'vultr_bgp_sources = "{ 169.254.169.254/32 }"' in pf and 'bgp_sources = "{ 198.51.100.100/32 203.0.113.100/32 }"' in pf
     assert check_host("mx1", out / "mx1") == []
+
+
+def test_a_parser_runs_where_the_host_keeps_its_files_with_the_hosts_links(tmp_path):
+    """The namespace smtpd -n runs in is there for the next daemon's parser too: the tree's own
+    directories laid where OpenBSD keeps them, the host's interface names, nothing of this machine's."""
+    from mailsite.configtest import run_shaped_like_host
+
+    tree = _write(tmp_path, example_settings()) / "mx1"
+    (tree / "etc/mailbox-test").mkdir()
+    (tree / "etc/mailbox-test/mailbox-test.conf").write_text("mail_location = maildir:~/Maildir\n")
+    result = run_shaped_like_host(tree, ("etc/mailbox-test",),
+                                  ["sh", "-c", "cat /etc/mailbox-test/mailbox-test.conf && ip -o link show"])
+    assert result.returncode == 0, result.stderr
+    assert "mail_location = maildir:~/Maildir" in result.stdout
+    links = {line.split(": ")[1].split("@")[0] for line in result.stdout.splitlines() if ": " in line and line[0].isdigit()}
+    assert {"vmx0", "lo0"} <= links, result.stdout  # the host's, not this machine's (veth peers aside)
+    assert all(link in {"lo", "vmx0", "lo0"} or link.startswith("mscheck") for link in links), result.stdout
+    assert not Path("/etc/mailbox-test").exists()

@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -430,8 +431,10 @@ def test_modes_do_not_depend_on_the_umask(tmp_path, umask):
     tree = render_stack(stack)[1]["mx1"]
     modes = {path: oct(p.stat().st_mode & 0o777) for path, p in ((str(p.relative_to(out / "mx1")), p) for p in (out / "mx1").rglob("*"))}
     expected = {path: oct(rendered.mode) for path, rendered in tree.items()}
-    expected |= {"etc": "0o755", "etc/mail": "0o755", "etc/mailsite": "0o755", "root": "0o700", "root/.ssh": "0o700",
-                 "usr": "0o755", "usr/local": "0o755", "usr/local/sbin": "0o755"}
+    # Every directory the host's files sit in: root's home private, as OpenBSD ships it, the rest 0755.
+    directories = {str(parent) for path in tree for parent in Path(path).parents if parent != Path(".")}
+    expected |= {d: "0o700" if d.split("/")[0] == "root" else "0o755" for d in directories}
+    assert {"etc", "root/.ssh"} <= directories
     assert modes == expected
     assert oct((out / "mx1").stat().st_mode & 0o777) == "0o755"
 
@@ -572,6 +575,51 @@ def test_configtest_shows_a_directory_name_escaped(tmp_path):
     odd.mkdir()
     line = _one_line(_tool("configtest", str(odd)), "\\x1b]0;owned\\x07 holds no rendered host")
     assert line.isprintable()
+
+
+def _rendered_example(tmp_path: Path) -> Path:
+    stack = _keyed(tmp_path)
+    out = tmp_path / "out"
+    assert _tool("render", "--config", str(stack), "--out", str(out)).returncode == 0
+    return out
+
+
+def test_configtest_without_a_parser_installed_names_its_package(tmp_path):
+    """A parser missing here is the user's to install: one line naming the package and make deps,
+    exit 2, before any check runs (not an OSError about a file)."""
+    out = _rendered_example(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for program in ("sh", "bgpd", "ip", "unshare", "openssl", "mount"):  # everything but smtpd
+        if found := shutil.which(program):
+            (bin_dir / program).symlink_to(found)
+    result = subprocess.run([sys.executable, "-m", "mailsite", "configtest", str(out)], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "PATH": str(bin_dir)}, timeout=60)
+    line = _one_line(result, "smtpd", "opensmtpd", "make deps")
+    assert "No such file" not in line
+
+
+def test_configtest_knows_a_host_by_its_name_file_and_reports_what_its_tree_lacks(tmp_path):
+    """A host whose smtpd.conf is gone is still a host: configtest says the file is missing
+    rather than leaving the host out; a directory of no host is still refused."""
+    from mailsite.configtest import host_trees, missing_files
+
+    out = _rendered_example(tmp_path)
+    (out / "mx2/etc/mail/smtpd.conf").unlink()
+    assert set(host_trees(out)) == {"mx1", "mx2", "mx3"}
+    assert [str(p) for p in missing_files("mx2", out / "mx2")] == [
+        "mx2: etc/mail/smtpd.conf: missing, so smtpd -n could not check it; render the site again"]
+    (tmp_path / "empty").mkdir()
+    _one_line(_tool("configtest", str(tmp_path / "empty")), "holds no rendered host", "run render first")
+
+
+def test_parser_output_loses_the_running_parsers_own_name():
+    from mailsite.configtest import _problems
+
+    [problem] = _problems("mx1", "dovecot.conf", "doveconf: Fatal: unknown setting: imap_frobnicate\n", "doveconf")
+    assert str(problem) == "mx1: dovecot.conf: Fatal: unknown setting: imap_frobnicate"
+    [problem] = _problems("mx1", "smtpd.conf", "smtpd.conf:3: syntax error\n", "smtpd")
+    assert (problem.line, problem.message) == (3, "syntax error")
 
 
 def test_check_is_no_longer_a_command(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,18 +33,18 @@ def test_each_daemon_has_its_templates_folder_and_no_folder_is_nobodys():
     assert folders == {daemon.name for daemon in DAEMONS}
 
 
-def test_lab_starts_each_daemon_in_the_foreground_on_the_file_the_host_carries(example_site):
-    """The lab holds each daemon's pid and log, so it runs it in the foreground (-d), and on the
-    path its rendered tree puts the config at: OpenBSD's, not Debian's."""
+def test_lab_starts_each_daemon_on_the_config_file_the_host_carries(example_site):
+    """The lab starts each daemon on the file its LabRun says it reads, named in its argv, at the
+    path the rendered tree puts it: OpenBSD's, not Debian's. Each daemon spells its own flags."""
     secrets = fake_secrets(example_site)
     for host in example_site.hosts:
         tree = render_host(example_site, host, addresses(example_site), secrets[host.name])
         runs = {daemon.name: daemon.lab for daemon in daemons_on(example_site, host) if daemon.lab}
         assert {"smtpd", "bgpd"} <= set(runs), host.name
         for name, run in runs.items():
-            assert isinstance(run, LabRun) and run.argv[0] == name and "-d" in run.argv
-            config = run.argv[run.argv.index("-f") + 1]
-            assert config.lstrip("/") in tree, f"{host.name}: the lab starts {name} on {config}, which the host does not carry"
+            assert isinstance(run, LabRun) and run.argv[0] == name and run.config, (host.name, name)
+            assert run.config in run.argv, f"{name}'s argv does not name {run.config}"
+            assert run.config.lstrip("/") in tree, f"{host.name}: the lab starts {name} on {run.config}, which the host does not carry"
 
 
 def _pf_ports(pf: str) -> set[tuple[str, str, str]]:
@@ -121,3 +122,31 @@ def test_configtest_runs_the_checks_of_the_daemons_whose_files_a_host_carries(tm
                              ("sh -n", "usr/local/sbin/bgp-spamd-update"), ("smtpd -n", "etc/mail/smtpd.conf")]
     (tmp_path / "mx2/etc/bgpd.conf").unlink()
     assert "bgpd -n" not in [test.parser for test in host_configtests(tmp_path / "mx2")]
+
+
+def _package_daemon(name: str, package: str) -> Daemon:
+    return Daemon(name, runs_on=lambda site, host: host.is_primary, package=package,
+                  rc_conf_local=lambda context: f'{name}_flags=""\n')
+
+
+def _pkg_scripts(rc_conf_local: str) -> list[list[str]]:
+    return [line.split("=", 1)[1].strip('"').split() for line in rc_conf_local.splitlines() if line.startswith("pkg_scripts=")]
+
+
+def test_package_daemons_start_from_one_pkg_scripts_line_in_start_order(monkeypatch, example_site):
+    """rc(8) starts a package's daemon only when pkg_scripts names it, and every package daemon
+    shares that one variable: one line, in registry order, on the hosts that run them; none on
+    a host whose daemons all come with the base system."""
+    first, second = _package_daemon("mailbox-test", "mailbox-test"), _package_daemon("filter-test", "filter-test")
+    monkeypatch.setattr(mailsite.daemons, "DAEMONS", (*DAEMONS[:-1], first, second, DAEMONS[-1]))
+    for host, tree in render_site(example_site).items():
+        rc = tree["etc/rc.conf.local"].text
+        expected = [["mailbox-test", "filter-test"]] if example_site.host(host).is_primary else []
+        assert _pkg_scripts(rc) == expected, (host, rc)
+        result = subprocess.run(["sh", "-c", f"{rc}\necho \"$pkg_scripts\""], capture_output=True, text=True, check=True)
+        assert result.stdout.split() == (expected[0] if expected else []), host
+
+
+def test_a_site_of_base_system_daemons_has_no_pkg_scripts(example_site):
+    assert not any(daemon.package for daemon in DAEMONS)
+    assert all(not _pkg_scripts(tree["etc/rc.conf.local"].text) for tree in render_site(example_site).values())

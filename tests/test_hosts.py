@@ -145,3 +145,24 @@ def test_queue_lines_are_envelopes_and_their_recipients():
 def test_key_versions_are_read_by_name():
     text = "queue-key 3f2a9c\nspamd-sync-key 77b1\n\nstray\n"
     assert parse_key_versions(text) == {"queue-key": "3f2a9c", "spamd-sync-key": "77b1"}
+
+
+def test_key_versions_are_read_where_the_basics_write_them(example_site):
+    """Rotation reads the key versions from the one path the host's basics render them at."""
+    from mailsite import facts
+    from mailsite.daemons.basics import KEY_VERSIONS
+    from tests.test_render import render_site
+
+    assert facts.KEY_VERSIONS == f"/{KEY_VERSIONS}"
+    for host, tree in render_site(example_site).items():
+        assert KEY_VERSIONS in tree, host
+        assert parse_key_versions(tree[KEY_VERSIONS].text), host
+
+
+def test_the_lab_starts_daemons_in_the_namespaces_lab_control_reaches():
+    """A lab daemon and a command through lab_control run in the same host namespaces (one prefix)."""
+    from mailsite.hosts import into_lab_host
+    from mailsite.lab.procs import ProcessRecord, in_host
+
+    assert lab_control(4242).prefix == into_lab_host(4242)
+    assert in_host(ProcessRecord(4242, 0), ["smtpctl", "show", "status"]) == [*into_lab_host(4242), "smtpctl", "show", "status"]

@@ -23,7 +23,7 @@ def register(commands: argparse._SubParsersAction, parents: Parents) -> None:
 def run(args: argparse.Namespace) -> int:
     trees = host_trees(args.dir)
     if not trees:
-        raise UserError(f"{args.dir} holds no rendered host (no */etc/mail/smtpd.conf); run render first")
+        raise UserError(f"{args.dir} holds no rendered host (no */etc/myname); run render first")
     failed = False
     # Any directory can be checked, hand-edited ones too: what the daemons quote from it is escaped.
     for host, tree in trees.items():

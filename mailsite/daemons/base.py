@@ -24,6 +24,8 @@ class LabRun:
 
     argv: tuple[str, ...]  # in the foreground, so the lab holds its pid and its log
     listens: tuple[int, Literal["tcp", "udp"]] | None  # (port, protocol) it listens on once ready
+    # The configuration argv makes it read, absolute as on the host: the host's tree carries it.
+    config: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,10 @@ def no_lines(context: HostContext) -> str:
 @dataclass(frozen=True)
 class Daemon:
     name: str  # as rc.d(8) names it: smtpd, bgpd, spamd
+    # The OpenBSD package it comes from (dovecot, rspamd), None for the base system's. rc(8) starts
+    # a package's rc.d script only when it is listed in pkg_scripts, the one variable every
+    # package daemon shares: the host basics write it, in registry order, from this field.
+    package: str | None = None
     runs_on: Callable[[Site, Host], bool] = every_host
     files: Callable[[HostContext], dict[str, RenderedFile]] = no_files  # path below / -> file
     services: Callable[[Site, Host, Mapping[str, HostAddresses]], list[Service]] = no_services

@@ -7,6 +7,11 @@ from __future__ import annotations
 from ..templates import RenderedFile, render_template
 from .base import ConfigTest, Daemon, HostContext
 
+# Every host has its name: configtest knows a rendered host's tree by it.
+MYNAME = "etc/myname"
+# Which key versions the image carries (rotation and doctor read it on the host: mailsite.facts).
+KEY_VERSIONS = "etc/mailsite/key-versions"
+
 
 def render_hostname_egress(context: HostContext) -> str:
     network = context.site.network
@@ -21,7 +26,9 @@ def render_hostname_egress(context: HostContext) -> str:
 
 
 def render_rc_conf_local(context: HostContext) -> str:
-    header = render_template("basics/rc.conf.local.j2", mx_name=context.host.mx_name)
+    # One pkg_scripts line for every package daemon on the host: two would overwrite each other.
+    packaged = [daemon.name for daemon in context.daemons if daemon.package]
+    header = render_template("basics/rc.conf.local.j2", mx_name=context.host.mx_name, pkg_scripts=packaged)
     return header + "".join(daemon.rc_conf_local(context) for daemon in context.daemons)
 
 
@@ -32,13 +39,13 @@ def render_crontab(context: HostContext) -> str:
 def files(context: HostContext) -> dict[str, RenderedFile]:
     site, host, secrets = context.site, context.host, context.secrets
     tree = {
-        "etc/myname": RenderedFile(render_template("basics/myname.j2", mx_name=host.mx_name)),
+        MYNAME: RenderedFile(render_template("basics/myname.j2", mx_name=host.mx_name)),
         f"etc/hostname.{host.egress_interface}": RenderedFile(render_hostname_egress(context), 0o640),
         "etc/rc.conf.local": RenderedFile(render_rc_conf_local(context)),
         # Installed by the image's install.site.
         "etc/mailsite/crontab": RenderedFile(render_crontab(context)),
         # Which keys the image carries, by version, never by value: rotation checks it on the host.
-        "etc/mailsite/key-versions": RenderedFile(render_template(
+        KEY_VERSIONS: RenderedFile(render_template(
             "basics/key-versions.j2",
             queue_key_version=secrets.queue_key_version,
             spamd_sync_key_version=secrets.spamd_sync_key_version,

@@ -71,5 +71,5 @@ bgpd = Daemon(
     services=services,
     rc_conf_local=rc_conf_local,
     configtests=(ConfigTest("bgpd -n", "etc/bgpd.conf"),),
-    lab=LabRun(("bgpd", "-d", "-f", "/etc/bgpd.conf"), (179, "tcp")),
+    lab=LabRun(("bgpd", "-d", "-f", "/etc/bgpd.conf"), (179, "tcp"), config="/etc/bgpd.conf"),
 )

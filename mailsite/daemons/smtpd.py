@@ -88,5 +88,5 @@ smtpd = Daemon(
     # `listen on` interfaces: it is checked in a namespace shaped like the host (configtest).
     configtests=(ConfigTest("smtpd -n", "etc/mail/smtpd.conf"),),
     # OpenBSD's path; Debian's smtpd would look for /etc/smtpd.conf.
-    lab=LabRun(("smtpd", "-d", "-f", "/etc/mail/smtpd.conf"), (25, "tcp")),
+    lab=LabRun(("smtpd", "-d", "-f", "/etc/mail/smtpd.conf"), (25, "tcp"), config="/etc/mail/smtpd.conf"),
 )

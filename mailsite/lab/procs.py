@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import MailsiteError
+from ..hosts import into_lab_host
 
 NETNS_DIR = Path("/run/netns")
 
@@ -88,7 +89,7 @@ def in_network(namespace: str, argv: Sequence[str]) -> list[str]:
 
 def in_host(holder: ProcessRecord, argv: Sequence[str]) -> list[str]:
     """argv run as on a lab host: its network, its mounts (/etc, /var/spool, /run) and its name."""
-    return ["nsenter", "-t", str(holder.pid), "-m", "-n", "-u", "--", *argv]
+    return [*into_lab_host(holder.pid), *argv]
 
 
 def spawn(argv: Sequence[str], log: Path) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
