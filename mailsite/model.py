@@ -837,11 +837,18 @@ class Site(Settings):
         ordered = sorted(self.hosts, key=lambda host: (host.mx_preference, host.name))
         return [(domain, host.mx_preference, host.mx_name) for domain in self.domains for host in ordered]
 
+    def runs_on(self, target: str) -> bool:
+        """Whether the site runs on `target`: the one place a site's target is compared to a name.
+        A name missing from mailsite.targets is a bug (a rule about it would never apply)."""
+        if target not in TARGETS:
+            raise KeyError(f"no target {target!r} in mailsite.targets.TARGETS")
+        return self.target == target
+
     @property
     def provider_bgp(self) -> VultrBgp | None:
         """The target's own BGP session, announcing the site's prefixes from its MXes (bgpd.conf's
         provider neighbor, pf's and the cloud firewall's tcp/179 from it), or None: no session."""
-        if self.target == "vultr" and self.vultr.bgp.enabled:
+        if self.runs_on("vultr") and self.vultr.bgp.enabled:
             return self.vultr.bgp
         return None
 

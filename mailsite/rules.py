@@ -258,22 +258,15 @@ def pf_tables_of_their_own(site: Site) -> list[Problem]:
 
 @rule
 def static_addresses_fixed(site: Site) -> list[Problem]:
-    if not (site.network.addressing == "static" and site.target == "libvirt"):
+    if not (site.network.addressing == "static" and site.runs_on("libvirt")):
         return []
     return [_problem(f"{HOSTS}[{i}].{family}", "allocate", "network.addressing is static; give a fixed address")
             for i, host in enumerate(site.hosts) for family in ("ipv4", "ipv6") if getattr(host, family) == "allocate"]
 
 
 @rule
-def libvirt_has_no_vultr_bgp(site: Site) -> list[Problem]:
-    if site.target != "libvirt" or not site.vultr.bgp.enabled:
-        return []
-    return [Problem("mailsite:vultr.bgp.enabled", "true", "Vultr's BGP session exists on the vultr target only; set false")]
-
-
-@rule
 def libvirt_addressing_static(site: Site) -> list[Problem]:
-    if site.target != "libvirt" or site.network.addressing == "static":
+    if not site.runs_on("libvirt") or site.network.addressing == "static":
         return []
     return [Problem("mailsite:network.addressing", site.network.addressing,
                     "the libvirt target uses fixed addresses on its own network; set static")]
@@ -286,7 +279,7 @@ def libvirt_site_network(site: Site) -> tuple[ipaddress.IPv4Network, ipaddress.I
     static_addresses_fixed) or a primary whose IPv4 no one reaches
     (host_addresses_reachable_and_their_own). Those rules report it; the rules that read the site
     network have nothing to say until it is fixed."""
-    if site.target != "libvirt" or site.network.addressing != "static":
+    if not site.runs_on("libvirt") or site.network.addressing != "static":
         return None
     if len(_primaries(site)) != 1 or any(not _fixed(host.ipv4) for host in site.hosts):
         return None
@@ -348,19 +341,28 @@ def libvirt_gateway_in_the_site_network(site: Site) -> list[Problem]:
 
 
 # -- mailsite:target with network, vultr and hosts: the vultr target ---------------------------
+# A target's rules ask site.runs_on(its name); a rule about its own settings section refuses them
+# on every other target ("only on vultr"), so a new target is covered without a rule of its own.
 
 @rule
 def vultr_addressing_autoconf(site: Site) -> list[Problem]:
-    if site.target != "vultr" or site.network.addressing == "autoconf":
+    if not site.runs_on("vultr") or site.network.addressing == "autoconf":
         return []
     return [Problem("mailsite:network.addressing", site.network.addressing,
                     "Vultr hands out the reserved addresses by DHCP and router advertisements; set autoconf")]
 
 
 @rule
+def vultr_bgp_only_on_vultr(site: Site) -> list[Problem]:
+    if site.runs_on("vultr") or not site.vultr.bgp.enabled:
+        return []
+    return [Problem("mailsite:vultr.bgp.enabled", "true", "Vultr's BGP session exists on the vultr target only; set false")]
+
+
+@rule
 def vultr_bgp_has_its_as_and_prefixes(site: Site) -> list[Problem]:
     bgp = site.vultr.bgp
-    if site.target != "vultr" or not bgp.enabled or (bgp.local_as is not None and bgp.prefixes):
+    if not site.runs_on("vultr") or not bgp.enabled or (bgp.local_as is not None and bgp.prefixes):
         return []
     return [Problem("mailsite:vultr.bgp", "enabled", "a Vultr BGP session needs localAs (from Vultr) and the prefixes to announce; set both")]
 
@@ -369,7 +371,7 @@ def vultr_bgp_has_its_as_and_prefixes(site: Site) -> list[Problem]:
 def vultr_assigns_addresses(site: Site) -> list[Problem]:
     # Vultr cannot take an address of our choosing: IPv4 is a reserved IP made by the stack, IPv6
     # the instance's own (spamd and the images need only IPv4 before the VM exists).
-    if site.target != "vultr":
+    if not site.runs_on("vultr"):
         return []
     return [Problem(f"{HOSTS}[{i}].{family}", str(value), "on Vultr the provider assigns addresses; set allocate")
             for i, host in enumerate(site.hosts) for family in ("ipv4", "ipv6")
@@ -378,7 +380,7 @@ def vultr_assigns_addresses(site: Site) -> list[Problem]:
 
 @rule
 def vultr_egress_is_virtio(site: Site) -> list[Problem]:
-    if site.target != "vultr":
+    if not site.runs_on("vultr"):
         return []
     return [Problem(f"{HOSTS}[{i}].egressInterface", host.egress_interface, "Vultr's NIC is virtio, which OpenBSD names vio0; set vio0")
             for i, host in enumerate(site.hosts) if host.egress_interface != "vio0"]

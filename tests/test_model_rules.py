@@ -49,8 +49,8 @@ CASES = {
     "communities_differ": (lambda s: s["bgpSpamd"].update(bypassCommunity="65066:666"), "mailsite:bgpSpamd.bypassCommunity"),
     "pf_tables_of_their_own": (lambda s: s["bgpSpamd"]["pfTables"].update(bypass="nospamd"), "mailsite:bgpSpamd.pfTables.bypass"),
     "static_addresses_fixed": (lambda s: _host(s, 2).update(ipv6="allocate"), "mailsite:hosts[2].ipv6"),
-    "libvirt_has_no_vultr_bgp": (lambda s: s["vultr"]["bgp"].update(enabled=True, localAs=4200000001, prefixes=["198.51.100.0/24"]),
-                                 "mailsite:vultr.bgp.enabled"),
+    "vultr_bgp_only_on_vultr": (lambda s: s["vultr"]["bgp"].update(enabled=True, localAs=4200000001, prefixes=["198.51.100.0/24"]),
+                                "mailsite:vultr.bgp.enabled"),
     "libvirt_addressing_static": (lambda s: s["network"].update(addressing="autoconf"), "mailsite:network.addressing"),
     "libvirt_hosts_in_the_site_network": (lambda s: _host(s, 2).update(ipv4="192.0.3.30"), "mailsite:hosts[2].ipv4"),
     "libvirt_hosts_have_a_resolver": (lambda s: s["network"].update(nameservers=[]), "mailsite:network.nameservers"),
@@ -134,3 +134,19 @@ def test_disk_too_small_is_reported_with_the_other_rules():
     lines = [str(p) for p in raised.value.problems]
     assert [line.split(" = ")[0] for line in lines] == ["mailsite:bgpSpamd.bypassCommunity", "mailsite:images.diskSize"]
     assert "the queue's queueSpace 3G included" in lines[1]
+
+
+def test_a_targets_own_settings_are_refused_on_every_other_target(monkeypatch):
+    """Vultr's BGP session exists on Vultr only: a site on any other target (a third one too, not
+    only libvirt) that enables it is told so, rather than silently announcing nothing."""
+    from mailsite.targets import TARGETS, TargetFacts
+
+    monkeypatch.setitem(TARGETS, "elsewhere", TargetFacts(image_format="raw", vm_suffix="server"))
+    site = _site(CASES["vultr_bgp_only_on_vultr"][0]).model_copy(update={"target": "elsewhere"})
+    assert site.provider_bgp is None
+    assert "mailsite:vultr.bgp.enabled" in [p.setting for p in rules.site_problems(site)]
+
+
+def test_a_rule_naming_a_target_that_does_not_exist_is_a_bug_not_a_rule_that_never_applies():
+    with pytest.raises(KeyError, match="vultrr"):
+        _site(lambda s: None).runs_on("vultrr")
