@@ -53,6 +53,9 @@ _ORIGIN = re.compile(r"^\$ORIGIN (\S+)\.$", re.M)
 _KEY_IN_TEXT = re.compile(r'queue(?:\s|\\[tn])+encryption(?:\s|\\[tn])+(?:\\?")?[0-9a-f]{32}')
 # The bake's inputs that carry keys; the program marks them secret.
 KEY_PROPERTIES = ("queueKey", "spamdSyncKey", "tree")
+# The ports only the primary opens (smtpd's MSA today): a backup MX is an MTA only. The daemons
+# (mailsite.daemons) decide who opens what; tests/test_policy.py fails when this list drifts.
+PRIMARY_ONLY_PORTS = (465, 587)
 # Of those, the ones that are a key itself: its value must appear nowhere else in clear.
 KEY_VALUES = ("queueKey", "spamdSyncKey")
 
@@ -369,7 +372,7 @@ def check_backups_no_msa(args: StackValidationArgs, report: ReportViolation, uns
     for rule in _of(args.resources, FIREWALL_RULE):
         if not _group_of(rule) & backup_groups:
             continue
-        exposed = [str(p) for p in (465, 587) if _lets_through(rule, p, unseen, f"{rule.name}: ")]
+        exposed = [str(p) for p in PRIMARY_ONLY_PORTS if _lets_through(rule, p, unseen, f"{rule.name}: ")]
         if exposed:
             port = _get(rule.props, "port")
             shown = exposed[0] if str(port) == exposed[0] else f"{' and '.join(exposed)} (port {port or 'all'})"
@@ -481,7 +484,7 @@ POLICIES = [
     _stack("primary-mx-preference", "The primary's MX preference is strictly better than every backup's.", check_primary_preference),
     _stack("mx-forward-confirmed", "Every MX target has A/AAAA and a PTR answering its name.", check_forward_confirmed),
     _resource("no-world-spamd-sync-or-bgp", "No firewall rule opens udp/8025 or tcp/179 to the world.", check_no_world_sync_or_bgp),
-    _stack("backups-mta-only", "Backups do not expose 465/587.", check_backups_no_msa),
+    _stack("backups-mta-only", f"Backups do not expose {'/'.join(map(str, PRIMARY_ONLY_PORTS))}.", check_backups_no_msa),
     _resource("baked-images-only", "Every instance boots from a baked image of this project.", check_baked_image),
     _stack("baked-images-from-this-project", "Every VM's snapshot or disk is made by this project's bake.", check_images_from_bakes),
     _resource("queue-keys-secret", "Queue keys reach resources only as secrets.", check_keys_secret),

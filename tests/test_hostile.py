@@ -23,6 +23,8 @@ from hypothesis import HealthCheck, example as hypothesis_example, given, settin
 
 from mailsite.config import load_site
 from mailsite.configtest import check_host
+from mailsite.daemons import daemons_on
+from mailsite.daemons.base import no_lines
 from mailsite.model import Site
 from mailsite.problems import SiteConfigError, setting_name
 from mailsite.render import render_host
@@ -223,7 +225,13 @@ def assert_structure_the_model_implies(setting: StringSetting, site: Site, trees
         # sh reads each assignment as one literal word: a double-quoted value with no $, ` or \.
         assignments = [_RC_ASSIGNMENT.fullmatch(line) for line in _entries(tree["etc/rc.conf.local"].text)]
         assert all(assignments), tree["etc/rc.conf.local"].text
-        assert Counter(match[1] for match in assignments) == Counter(["spamd_flags", "spamlogd_flags", "bgpd_flags", "smtpd_flags"])
+        # One <name>_flags line per daemon on the host that says how rc.d starts it (rc.conf(8)),
+        # and pkg_scripts once when one comes from a package: a value never adds a variable.
+        daemons = daemons_on(site, host)
+        expected = [f"{daemon.name}_flags" for daemon in daemons if daemon.rc_conf_local is not no_lines]
+        expected += ["pkg_scripts"] if any(daemon.package for daemon in daemons) else []
+        assert {"smtpd_flags", "bgpd_flags"} <= set(expected), expected
+        assert Counter(match[1] for match in assignments) == Counter(expected)
 
 
 def outcome(setting: StringSetting, value: str) -> tuple[Site | None, list]:

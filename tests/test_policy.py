@@ -153,6 +153,21 @@ def test_backup_exposing_submission_is_caught(pack, vultr_stack):
     assert list(violations(pack, broken)) == ["backups-mta-only"]
 
 
+def test_backups_mta_only_guards_exactly_the_ports_the_daemons_open_on_the_primary_alone(example_site):
+    """The pack cannot import the site, so it keeps its own list: it must be what the daemons say
+    only the primary opens (a daemon that opens 993 on the primary alone fails this until the
+    list says 993 too), and the policy's description names the same ports."""
+    from mailsite.firewall import inbound_services
+    from tests.sites import addresses
+
+    ports = {host.name: {s.port for s in inbound_services(example_site, host, addresses(example_site))} for host in example_site.hosts}
+    primary = next(host.name for host in example_site.hosts if host.is_primary)
+    backups = set().union(*(opened for name, opened in ports.items() if name != primary))
+    assert set(mailsite_policies.PRIMARY_ONLY_PORTS) == ports[primary] - backups
+    [policy] = [p for p in mailsite_policies.POLICIES if p.name == "backups-mta-only"]
+    assert policy.description == f"Backups do not expose {'/'.join(map(str, sorted(ports[primary] - backups)))}."
+
+
 def test_instance_not_from_a_baked_image_is_caught(pack, vultr_stack):
     broken = copy.deepcopy(vultr_stack)
     instance = _find(broken, mailsite_policies.INSTANCE)
