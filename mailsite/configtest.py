@@ -17,6 +17,7 @@ lines are blanked, keeping line numbers.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +34,12 @@ from .errors import UserError
 
 _WHERE = re.compile(r"^(?P<file>[^:\s]+):\s?(?P<line>\d+):\s*(?P<message>.*)$")
 _PKI = re.compile(r'^\s*pki \S+ (?:cert|key) "([^"]+)"', re.M)
+# A tree may be hand-edited, and configtest runs as root: a name taken from it reaches a command
+# line or a path below the scratch root only if it is plainly a name. The model's own rule for a
+# host path (letters, digits and . _ + - between slashes), and an interface as OpenBSD names them.
+_PATH_COMPONENT = re.compile(r"[A-Za-z0-9._+-]+")
+_INTERFACE = re.compile(r"[a-z]+[0-9]+")
+TIMEOUT_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -63,12 +70,32 @@ def _problems(host: str, file: str, output: str, program: str) -> list[CheckProb
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+    try:
+        return subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        # A config that includes a fifo, or a parser that hangs: a problem of that file, not a traceback.
+        return subprocess.CompletedProcess(command, 124, "", f"did not finish within {TIMEOUT_SECONDS} s")
+
+
+def _read(tree: Path, path: str) -> str:
+    # Bytes that are not UTF-8 reach the parser as they are, which names the line it cannot read.
+    return (tree / path).read_text(errors="surrogateescape")
+
+
+def unsafe_pki_path(path: str) -> str | None:
+    """Why a pki path taken from a tree cannot be laid over the check's scratch root, or None."""
+    parts = path.split("/")
+    if parts[0] != "" or not all(_PATH_COMPONENT.fullmatch(part) and part not in (".", "..") for part in parts[1:]):
+        return (f"pki path {path!r} is not an absolute path of letters, digits and . _ + - (no ..); "
+                "render the site again rather than editing the tree")
+    return None
 
 
 def _interfaces(tree: Path) -> list[str]:
     """The links the host will have: its hostname.if files (pflog aside) and OpenBSD's lo0."""
     names = [path.name.removeprefix("hostname.") for path in sorted((tree / "etc").glob("hostname.*"))]
+    if unnamed := [name for name in names if not _INTERFACE.fullmatch(name)]:
+        raise NamespaceSetupFailed(f"etc/hostname.{unnamed[0]!r} does not name an interface (like vmx0)")
     return [name for name in names if not name.startswith("pflog")] + ["lo0"]
 
 
@@ -97,8 +124,10 @@ def run_shaped_like_host(tree: Path, dirs: tuple[str, ...], argv: list[str],
             shutil.copytree(tree / directory, root / directory, symlinks=True)
         for certificate, key in certificates or []:
             _test_certificate(root / certificate.lstrip("/"), root / key.lstrip("/"))
+        # Each top-level name came through unsafe_pki_path or a daemon's own dirs; quoted all the same.
         overlays = " && ".join(
-            f"mount -t overlay overlay -o lowerdir={top}:/{top.name} /{top.name}" for top in sorted(root.iterdir())
+            f"mount -t overlay overlay -o {shlex.quote(f'lowerdir={top}:/{top.name}')} {shlex.quote('/' + top.name)}"
+            for top in sorted(root.iterdir())
         ) or "true"
         setup = [f"ip netns add {namespace}", f"ip -n {namespace} link set lo up"]
         for index, name in enumerate(_interfaces(tree)):
@@ -120,7 +149,9 @@ def run_shaped_like_host(tree: Path, dirs: tuple[str, ...], argv: list[str],
 
 
 def check_smtpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
-    pki = _PKI.findall((tree / path).read_text())
+    pki = _PKI.findall(_read(tree, path))
+    if unsafe := [reason for reason in map(unsafe_pki_path, pki) if reason]:
+        return [CheckProblem(host, "smtpd.conf", None, unsafe[0])]
     try:
         result = run_shaped_like_host(tree, ("etc/mail",), ["smtpd", "-n", "-f", f"/{path}"], list(zip(pki[0::2], pki[1::2])))
     except NamespaceSetupFailed as failed:
@@ -135,7 +166,7 @@ def check_smtpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
 def check_bgpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
     with tempfile.TemporaryDirectory(prefix="mailsite-check-") as scratch:
         copy = Path(scratch) / "bgpd.conf"
-        copy.write_text(linux_bgpd_conf((tree / path).read_text()))
+        copy.write_text(linux_bgpd_conf(_read(tree, path)), errors="surrogateescape")
         copy.chmod(0o600)  # bgpd refuses a config others can read
         result = _run(["bgpd", "-n", "-f", str(copy)])
     problems = _problems(host, "bgpd.conf", (result.stdout + result.stderr).replace(str(copy), "bgpd.conf"), "bgpd")

@@ -7,6 +7,7 @@ CI runs as root and never skips them.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,55 @@ def test_a_parser_runs_where_the_host_keeps_its_files_with_the_hosts_links(tmp_p
     assert {"vmx0", "lo0"} <= links, result.stdout  # the host's, not this machine's (veth peers aside)
     assert all(link in {"lo", "vmx0", "lo0"} or link.startswith("mscheck") for link in links), result.stdout
     assert not Path("/etc/mailbox-test").exists()
+
+
+def _configtest(out: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mailsite", "configtest", str(out)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_a_hand_edited_pki_path_never_reaches_a_shell_or_leaves_the_scratch_root(tmp_path):
+    # configtest runs as root on any directory: a pki path is a name, never a command or a way out.
+    out = _write(tmp_path, example_settings())
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    conf = out / "mx1/etc/mail/smtpd.conf"
+    text = conf.read_text()
+    certificate, key = re.findall(r'pki \S+ (?:cert|key) "([^"]+)"', text)[:2]
+    for hostile_certificate, hostile_key in [
+        ("/x;touch PWNED;y/c.crt", key),
+        ("/../.." + str(tmp_path) + "/trav.crt", "/../.." + str(precious)),
+    ]:
+        conf.write_text(text.replace(certificate, hostile_certificate).replace(key, hostile_key))
+        checked = _configtest(out, tmp_path)
+        assert checked.returncode == 1, checked.stderr
+        assert "mx1: smtpd.conf: pki path" in checked.stderr and "Traceback" not in checked.stderr
+    assert not (tmp_path / "PWNED").exists()
+    assert precious.read_text() == "keep me\n" and not (tmp_path / "trav.crt").exists()
+
+
+def test_a_tree_that_is_not_utf8_or_names_no_interface_is_a_problem_not_a_traceback(tmp_path):
+    out = _write(tmp_path, example_settings())
+    bgpd = out / "mx2/etc/bgpd.conf"
+    bgpd.write_bytes(bgpd.read_bytes() + b"# caf\xe9\n")
+    (out / "mx3/etc/hostname.vmx0").rename(out / "mx3/etc/hostname.vmx0 type dummy")
+    checked = _configtest(out, tmp_path)
+    assert "Traceback" not in checked.stderr, checked.stderr
+    assert "mx2: ok" in checked.stdout
+    assert "mx3: smtpd.conf: etc/hostname.'vmx0 type dummy' does not name an interface" in checked.stderr
+    assert checked.returncode == 1
+
+
+def test_configtest_without_root_says_so_instead_of_failing_every_host(tmp_path):
+    out = _write(tmp_path, example_settings())
+    tmp_path.chmod(0o755)
+    as_nobody = subprocess.run(
+        # Imported as root (this machine's Python may sit where nobody cannot read), then run as nobody.
+        [sys.executable, "-c", "import os, sys, mailsite.cli, mailsite.commands.configtest; os.setgid(65534); "
+         "os.setuid(65534); sys.exit(mailsite.cli.main(['configtest', sys.argv[1]]))", str(out)],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert as_nobody.returncode == 2, as_nobody.stderr
+    assert as_nobody.stderr.splitlines() == [
+        "error: configtest makes network and mount namespaces for the daemons' parsers: run it as root"
+    ]

@@ -5,6 +5,7 @@ Named for what it runs (as apachectl configtest): the site's state is the coming
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,9 @@ def register(commands: argparse._SubParsersAction, parents: Parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        # Without root every host would "fail" on its namespace, blaming a config that is fine.
+        raise UserError("configtest makes network and mount namespaces for the daemons' parsers: run it as root")
     trees = host_trees(args.dir)
     if not trees:
         raise UserError(f"{args.dir} holds no rendered host (no */etc/myname); run render first")
