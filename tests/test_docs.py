@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README_MAX_LINES = 130
 
-_FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+# A fence may be indented (a code block inside a list item, as in a walkthrough's step).
+_FENCE = re.compile(r"^[ \t]*```.*?^[ \t]*```", re.M | re.S)
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 _SPAN = re.compile(r"(?<!`)`([^`\n]+)`(?!`)(\s*\(new\))?")
 # A path is checked when it starts at a top-level entry of the repository, or names a source file.
@@ -199,6 +200,8 @@ def test_the_checker_sees_a_missing_path_and_spares_a_new_one(tmp_path: Path):
     assert _resolves("mailsite.templates.LinuxDifferences")
     assert _refused(["lab", "nosuch"]) and _refused(["render", "--nosuch"]) and _refused(["check", "OUT"])
     assert _refused(["lab", "up", "--config", "Pulumi.<stack>.yaml"]) is None
+    doc.write_text("1. A step:\n\n   ```sh\n   mailsite lab nosuch\n   ```\n")  # a fence inside a list item
+    assert _fenced_commands(doc) == ["mailsite lab nosuch"]
     doc.write_text("# Pull requests: previews, the `diff`\n")
     assert _anchors(doc) == {"pull-requests-previews-the-diff"}
     assert "mailsite.cli.parser" in _imports(ROOT / "tests" / "test_docs.py")
