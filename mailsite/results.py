@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import enum
 import json as json_module
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
+
+from .problems import printable
 
 
 class Status(enum.Enum):
@@ -29,6 +32,11 @@ class Result:
     seen: str  # what the check saw: the evidence behind a PASS, what was wrong behind a FAIL
     fix: str = ""  # what to do about a WARN or FAIL; empty when there is nothing to do
     seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        # JSON has no NaN or infinity: a monitor's parser would reject the whole line.
+        if isinstance(self.seconds, bool) or not isinstance(self.seconds, (int, float)) or not math.isfinite(self.seconds):
+            raise ValueError(f"a result's seconds must be a finite number, not {self.seconds!r}")
 
     @property
     def ok(self) -> bool:
@@ -62,8 +70,9 @@ def result_lines(result: Result, width: int = 0) -> list[str]:
 
 
 def _one_line(text: str) -> str:
-    """A daemon's message may span lines; in the text form each result keeps to its own."""
-    return " ".join(text.split())
+    """A daemon's message may span lines; in the text form each result keeps to its own, and
+    what it holds (an escape sequence from a hostile banner) is shown, never obeyed."""
+    return printable(" ".join(text.split()))
 
 
 def summary_line(results: Sequence[Result]) -> str:
@@ -80,7 +89,8 @@ def summary_line(results: Sequence[Result]) -> str:
 
 
 def json_line(result: Result) -> str:
-    return json_module.dumps(result.to_json(), ensure_ascii=False)
+    # ASCII: U+2028, U+2029 and U+0085 are line breaks to many readers, and one object keeps to one line.
+    return json_module.dumps(result.to_json(), ensure_ascii=True, allow_nan=False)
 
 
 def print_result(result: Result, json: bool = False, file: TextIO | None = None, width: int = 0) -> None:
@@ -96,7 +106,7 @@ def print_results(results: Sequence[Result], json: bool = False, file: TextIO | 
         for result in results:
             print(json_line(result), file=out)
         return
-    width = max((len(r.name) for r in results), default=0)
+    width = max((len(_one_line(r.name)) for r in results), default=0)
     for result in results:
         print("\n".join(result_lines(result, width)), file=out)
     print(summary_line(results), file=out)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
+
 from mailsite.results import Result, Status, exit_status, print_result, print_results, summary_line
 
 RESULTS = [
@@ -65,3 +67,33 @@ def test_a_warning_does_not_fail_a_run_a_failure_does():
     assert exit_status(RESULTS[:2]) == 0
     assert exit_status(RESULTS) == 1
     assert [r.ok for r in RESULTS] == [True, True, False]
+
+
+HOSTILE = Result("banner of mx2: \x1b]0;owned\x07 says \x1b[2J", Status.FAIL, "mx2 said \x1b[31mred\x1b[0m\r\nand more",
+                 "reply \x9b1m too", 0.5)
+
+
+def test_text_shows_a_terminal_escape_never_obeys_it():
+    out = text([HOSTILE, RESULTS[0]])
+    assert not any(char in out for char in "\x1b\x07\x9b\r"), out
+    first, fix, second, _ = out.splitlines()
+    assert first.startswith("FAIL  banner of mx2: \\x1b]0;owned\\x07 says \\x1b[2J  ") and "mx2 said \\x1b[31mred" in first
+    assert fix == "      fix: reply \\x9b1m too"
+    # Names are aligned as printed: the escaped name sets the width, not the raw one.
+    assert first.index(" 0.5 s") == second.index(" 0.2 s")
+
+
+def test_json_keeps_each_object_on_one_line_whatever_its_text_holds():
+    breaking = Result("unicode line breaks", Status.WARN, "a\u2028b\u2029c\x85d\ne", "f\u2028g")
+    out = text([breaking, HOSTILE], json=True)
+    assert out.count("\n") == 2 and len(out.splitlines()) == 2, out  # str.splitlines breaks at U+2028 too
+    assert out.isascii()
+    assert [Result.from_json(json.loads(line)) for line in out.splitlines()] == [breaking, HOSTILE]
+
+
+def test_seconds_that_json_cannot_hold_are_refused_where_the_result_is_made():
+    for seconds in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            Result("dns", Status.PASS, "ok", seconds=seconds)
+    with pytest.raises(ValueError):
+        Result.from_json({"name": "dns", "status": "PASS", "seen": "ok", "seconds": "NaN"})
