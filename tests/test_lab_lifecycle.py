@@ -11,13 +11,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
 import mailsite.daemons
+import mailsite.lab.lab
 from mailsite.daemons import Daemon, LabRun
 from mailsite.lab.lab import STATE_DIR, Lab, is_up, leftovers, teardown
-from mailsite.lab.procs import ProcessRecord, alive, wait_until
+from mailsite.lab.procs import NETNS_DIR, LabError, ProcessRecord, alive, record_of, wait_until
 from tests.sites import EXAMPLE, ROOT
 
 pytestmark = pytest.mark.skipif(
@@ -59,7 +61,7 @@ def test_up_status_send_and_down_from_the_command_line():
     assert len(keys) == 4 and not any(key in up.stdout + up.stderr for key in keys), "a key was printed"
 
     again = lab("up", "--config", str(EXAMPLE))
-    assert (again.returncode, again.stderr) == (2, "error: lab already up; run lab down\n")
+    assert (again.returncode, again.stderr) == (2, "error: a lab is already up or coming up; run lab down\n")
 
     sent = lab("send", "--via", "mx2", "--to", "alice@example.org")
     assert sent.returncode == 0 and "mx2: accepted" in sent.stdout, sent.stdout + sent.stderr
@@ -103,6 +105,9 @@ def test_up_after_a_killed_demo_cleans_it_and_works():
     demo.communicate(timeout=10)
     left = [ProcessRecord.from_json(data) for data in state()["processes"].values()]
     assert any(alive(record) for record in left)
+    status = lab("status")  # its daemons still answer, but nobody runs it any more
+    assert (status.returncode, status.stdout) == (2, "")
+    assert status.stderr == f"error: the lab of stack example was left by a killed run (pid {killed}); run lab down\n"
 
     up = lab("up", "--config", str(EXAMPLE))
     assert up.returncode == 0, up.stderr
@@ -149,5 +154,87 @@ def test_lab_starts_each_daemon_the_registry_gives_a_host_and_waits_for_it(monke
         assert daemons.get("mx1/listener") is True and "mx2/listener" not in daemons, daemons
         assert running.listening("mx1", "listener")  # up() returned only once it listened
         assert {"mx1/smtpd", "mx1/bgpd", "mx2/smtpd", "mx2/bgpd"} <= set(daemons)
+    finally:
+        assert running.down() == []
+
+
+def test_down_leaves_alone_a_namespace_state_json_names_that_the_lab_does_not_make():
+    """state.json naming another program's namespace is not the lab's record: down cleans by the
+    lab's own names and neither stops what runs there nor deletes it."""
+    other = "revE-test"
+    subprocess.run(["ip", "netns", "add", other], check=True)
+    sleeper = subprocess.Popen(["ip", "netns", "exec", other, "sleep", "600"])
+    try:
+        assert lab("up", "--config", str(EXAMPLE)).returncode == 0
+        records = [ProcessRecord.from_json(data) for data in state()["processes"].values()]
+        record = state()
+        record["namespaces"].append(other)
+        (STATE_DIR / "state.json").write_text(json.dumps(record))
+        status = lab("status")
+        assert status.returncode == 2 and "revE-test among the namespaces, not a lab's; run lab down" in status.stderr
+        down = lab("down")
+        assert down.returncode == 0 and "no namespace, process, mount or state left" in down.stdout, down.stdout
+        assert leftovers() == [] and not any(alive(record) for record in records)
+        assert sleeper.poll() is None and (NETNS_DIR / other).exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        subprocess.run(["ip", "netns", "del", other])
+
+
+def test_a_recorded_process_outside_the_lab_is_neither_stopped_nor_entered():
+    """A pid state.json records that lives in this machine's own namespaces (a record not the
+    lab's, a pid reused) is not the lab's: down leaves it running, and no command runs through it."""
+    outsider = subprocess.Popen(["sleep", "600"])
+    try:
+        running = Lab.up(EXAMPLE)
+        try:
+            record = record_of(outsider.pid)
+            assert record is not None
+            running.state.processes["mx2/host"] = record  # what nsenter would join
+            running.state.processes["mx1/stray"] = record
+            running._save()
+            with pytest.raises(LabError, match="mx2 is not running"):
+                running.run_in("mx2", ["hostname"])
+        finally:
+            assert running.down() == []
+        assert outsider.poll() is None, "down stopped a process outside the lab"
+    finally:
+        outsider.kill()
+        outsider.wait()
+
+
+def test_two_ups_at_once_one_refuses_and_leaves_the_other_up(monkeypatch):
+    """The second `up` arrives while the first is between its claim and its first record: it says
+    so and touches nothing, and the first comes up whole."""
+    reached, release = threading.Event(), threading.Event()
+    plan = mailsite.lab.lab.lab_plan
+
+    def slow_plan(*args):
+        reached.set()
+        release.wait(60)
+        return plan(*args)
+    monkeypatch.setattr(mailsite.lab.lab, "lab_plan", slow_plan)
+    outcome: dict = {}
+
+    def first() -> None:
+        try:
+            outcome["lab"] = Lab.up(EXAMPLE)
+        except BaseException as error:
+            outcome["error"] = error
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert reached.wait(30)
+        second = lab("up", "--config", str(EXAMPLE))  # another process, as a second user's would be
+    finally:
+        release.set()
+        thread.join(90)
+    running = outcome.get("lab")
+    assert running is not None, f"the first up failed: {outcome.get('error')!r}; the second said {second.stdout + second.stderr}"
+    try:
+        assert (second.returncode, second.stdout, second.stderr) == (
+            2, "", "error: a lab is already up or coming up; run lab down\n")
+        assert all(running.daemons().values()) and running.smtpd_listening("mx1")
     finally:
         assert running.down() == []

@@ -13,7 +13,8 @@ from ..lab.lab import Lab, teardown
 from ..lab.mail import send
 from ..lab.scenarios import DEMONSTRATION
 from ..lab.summary import NOT_IN_THE_LAB, node_lines, up_lines
-from ..results import exit_status, print_result, print_results, summary_line
+from ..problems import printable
+from ..results import Result, Status, exit_status, print_result, print_results, summary_line
 from .options import Parents
 
 _TAKEN_DOWN = "interrupted; the lab was taken down"
@@ -67,7 +68,12 @@ def _up(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     lab = Lab.attach()
-    print(f"lab of stack {lab.state.stack}, up in {lab.state.up_seconds} s:")
+    killed = lab.state.killed_owner()
+    if killed is not None:
+        # Its daemons may still answer, but nobody runs it: the next `up` cleans it away.
+        raise UserError(f"the lab of stack {printable(lab.state.stack)} was left by a killed run (pid {killed.pid});"
+                        " run lab down")
+    print(f"lab of stack {printable(lab.state.stack)}, up in {lab.state.up_seconds} s:")
     print("\n".join(node_lines(lab, with_queues=True)))
     return 0 if all(lab.daemons().values()) else 1
 
@@ -105,6 +111,17 @@ def _demo(args: argparse.Namespace) -> int:
         started = time.monotonic()
         found = lab.down()
         down = _clean_line(found, time.monotonic() - started)
+    # Every reason to exit 1 is a FAIL a reader of the results sees, in JSON too.
+    failures = []
+    if not results:
+        failures.append(Result("demonstration: every scenario ran", Status.FAIL, "no scenario ran",
+                               "declare the scenarios in mailsite/lab/scenarios.py with @scenario"))
+    if found:
+        failures.append(Result("lab down: nothing of the lab left on this machine", Status.FAIL, "; ".join(found),
+                               "run python -m mailsite lab down; what it still names, remove by hand"))
+    for failure in failures:
+        results.append(failure)
+        print_result(failure, json=args.json)
     if args.json:
         print(summary_line(results), file=said)
     else:
@@ -112,7 +129,7 @@ def _demo(args: argparse.Namespace) -> int:
         print_results(results)
     print(down, file=said)
     print("\n".join(NOT_IN_THE_LAB), file=said)
-    return 0 if results and exit_status(results) == 0 and not found else 1
+    return exit_status(results)
 
 
 _VERBS = {"up": _up, "status": _status, "send": _send, "down": _down, "demo": _demo}

@@ -38,7 +38,7 @@ from .site import (
     BLACKLIST, BYPASS, MAILBOX_HOMES, WIRE, LabPlan, Node, host_environment, lab_plan, mailbox_owners,
     render_dnsmasq_conf, render_lab_host, render_route_server_conf,
 )
-from .state import STATE_FILE, LabState, UnreadableState, read_state
+from .state import ALREADY_UP, STATE_FILE, LabState, UnreadableState, lab_lock, read_state
 
 STATE_DIR = Path("/var/lib/mailsite-lab")
 TOOLS = {
@@ -47,6 +47,7 @@ TOOLS = {
     "dig": "bind9-dnsutils",
 }
 READY_TIMEOUT = 30  # seconds for every daemon to answer; the lab is up in about one
+UP_LOCK_WAIT = 3 * READY_TIMEOUT  # seconds `down` waits for another process's `up` to end
 
 
 def _listening(pid: int, port: int, protocol: str = "tcp") -> bool:
@@ -96,7 +97,9 @@ class Lab:
 
     def holder(self, node: str) -> ProcessRecord:
         record = self.record(f"{node}/host")
-        if record is None or not alive(record):
+        # nsenter joins whatever the pid is in: a recorded pid in this machine's own namespaces
+        # (a state.json not the lab's own) would run the lab's commands on this machine.
+        if record is None or not alive(record) or not net.in_a_lab_network(record.pid):
             raise LabError(f"{node} is not running (its mount namespace is gone); run lab down")
         return record
 
@@ -112,25 +115,27 @@ class Lab:
         preflight()
         site = load_site_file(config)
         stack = stack_name(config)
-        cleaned = _claim(state_dir)
-        plan = lab_plan(site, state_dir / "secrets")
-        state = LabState(str(config.resolve()), stack, owner=record_of(os.getpid()), blacklist=list(BLACKLIST),
-                         bypass=list(BYPASS), cleaned_before=cleaned)
-        lab = cls(plan, state_dir, state)
-        started = time.monotonic()
-        try:
-            lab._save()
-            lab._write_files(stack)
-            lab._build_network()
-            lab._start_daemons()
-            lab.wait_ready()
-            state.up_seconds = round(time.monotonic() - started, 2)
-            if stay:
-                state.owner = None
-            lab._save()
-        except BaseException:
-            lab.down()
-            raise
+        # Held until the lab answers or is down again: a second `up` meanwhile refuses and touches nothing.
+        with lab_lock(state_dir):
+            cleaned = _claim(state_dir)
+            plan = lab_plan(site, state_dir / "secrets")
+            state = LabState(str(config.resolve()), stack, owner=record_of(os.getpid()), blacklist=list(BLACKLIST),
+                             bypass=list(BYPASS), cleaned_before=cleaned)
+            lab = cls(plan, state_dir, state)
+            started = time.monotonic()
+            try:
+                lab._save()
+                lab._write_files(stack)
+                lab._build_network()
+                lab._start_daemons()
+                lab.wait_ready()
+                state.up_seconds = round(time.monotonic() - started, 2)
+                if stay:
+                    state.owner = None
+                lab._save()
+            except BaseException:
+                lab.down()
+                raise
         return lab
 
     def _write_files(self, stack: str) -> None:
@@ -358,7 +363,7 @@ def _claim(state_dir: Path) -> int | None:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return None
     if is_up(state_dir):
-        raise UserError("lab already up; run lab down")
+        raise UserError(ALREADY_UP)
     state = _readable_state(state_dir)
     left = teardown(state_dir)
     if left:
@@ -368,12 +373,19 @@ def _claim(state_dir: Path) -> int | None:
 
 
 def teardown(state_dir: Path = STATE_DIR) -> list[str]:
-    """Stop every lab process, delete every lab namespace and the state; what is left, if any."""
+    """Stop every lab process, delete every lab namespace and the state; what is left, if any.
+    An `up` under way in another process is waited for, never torn down half-built."""
+    with lab_lock(state_dir, wait=UP_LOCK_WAIT):
+        return _teardown(state_dir)
+
+
+def _teardown(state_dir: Path) -> list[str]:
     state = _readable_state(state_dir)
     recorded = state.namespaces if state else []
     namespaces = sorted(set(recorded) | set(net.lab_namespaces()))
     existing = [name for name in namespaces if (net.NETNS_DIR / name).exists()]
-    records = list(state.processes.values()) if state else []
+    # A recorded pid in this machine's own network namespace is not a lab process, whatever the record says.
+    records = [record for record in state.processes.values() if net.in_a_lab_network(record.pid)] if state else []
     # Whatever runs in a lab namespace is the lab's, recorded or not (a daemon's children, swaks).
     inodes = {net.namespace_inode(name) for name in existing}
     for inode in inodes:

@@ -7,16 +7,37 @@ The bridge lives in a namespace of its own, so the lab adds nothing to this mach
 from __future__ import annotations
 
 import os
+import re
 
 from .procs import NETNS_DIR, LabError, must, run
 from .site import BRIDGE, NAMESPACE_PREFIX, WIRE, Node
+
+
+# The names the lab gives: the wire, and a node's (a host name or the lab's own: dns, rs1).
+_LAB_NAMESPACE = re.compile(re.escape(WIRE) + "|" + re.escape(NAMESPACE_PREFIX) + r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def is_lab_namespace(name: str) -> bool:
+    """Whether the lab would have made a namespace of this name: `down` deletes it and stops what
+    runs in it, so no other name (another program's namespace, a path out of /run/netns) may pass."""
+    return _LAB_NAMESPACE.fullmatch(name) is not None
 
 
 def lab_namespaces() -> list[str]:
     """The lab's namespaces that exist now, whoever made them (a killed run leaves some)."""
     listing = run(["ip", "netns", "list"], timeout=10).stdout
     names = [line.split()[0] for line in listing.splitlines() if line.strip()]
-    return [name for name in names if name == WIRE or name.startswith(NAMESPACE_PREFIX)]
+    return [name for name in names if is_lab_namespace(name)]
+
+
+def in_a_lab_network(pid: int) -> bool:
+    """Whether a process lives in a network namespace other than this machine's, as every lab
+    process does (started by nsenter into one): a recorded pid outside is not the lab's to stop."""
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/ns/net"), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
 
 
 def namespace_inode(name: str) -> int:

@@ -51,6 +51,8 @@ class Scenario:
                 return Status.WARN, f"not tried: {reason}", "run it on a site that has what it needs"
             except LabError as error:
                 held, seen = False, str(error)
+            except Exception as error:  # a bug or a surprise in one scenario: the others still run and print
+                held, seen = False, f"{type(error).__name__}: {error}"
             if held:
                 return Status.PASS, seen, ""
             return Status.FAIL, seen, (f"reproduce with `python -m mailsite lab up --config {lab.state.config}`;"

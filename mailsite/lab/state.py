@@ -7,14 +7,23 @@ version) is UnreadableState: `down` then cleans by the namespace names it finds 
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .procs import LabError, ProcessRecord
+from ..errors import UserError
+from ..problems import printable
+from .net import is_lab_namespace
+from .procs import LabError, ProcessRecord, alive
 
 STATE_FILE = "state.json"
+ALREADY_UP = "a lab is already up or coming up; run lab down"
 
 
 class UnreadableState(LabError):
@@ -34,6 +43,11 @@ class LabState:
     processes: dict[str, ProcessRecord] = field(default_factory=dict)  # "node/daemon"; "node/host": its holder
     cleaned_before: int | None = None  # the killed run whose lab `up` cleaned first (its pid; 0 unknown)
     up_seconds: float | None = None  # None until every daemon answered
+
+    def killed_owner(self) -> ProcessRecord | None:
+        """The run that brought the lab up and is gone without taking it down: nobody wants the
+        lab, anyone may clean it. None while its owner runs, or when `lab up` left it up."""
+        return self.owner if self.owner is not None and not alive(self.owner) else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,12 +80,17 @@ class LabState:
                 raise UnreadableState(f"state.json holds no process record at {name}")
             return ProcessRecord.from_json(value)
 
+        namespaces = strings("namespaces")
+        # `down` deletes these and stops every process in them: only a name the lab gives passes.
+        foreign = [name for name in namespaces if not is_lab_namespace(name)]
+        if foreign:
+            raise UnreadableState(f"state.json names {printable(foreign[0])} among the namespaces, not a lab's")
         owner = get("owner", (dict, type(None)))
         up_seconds = get("up_seconds", (int, float, type(None)))
         return cls(
             config=get("config", str), stack=get("stack", str),
             owner=record("owner", owner) if owner is not None else None,
-            blacklist=strings("blacklist"), bypass=strings("bypass"), namespaces=strings("namespaces"),
+            blacklist=strings("blacklist"), bypass=strings("bypass"), namespaces=namespaces,
             processes={str(key): record(f"processes/{key}", value) for key, value in get("processes", dict).items()},
             cleaned_before=get("cleaned_before", (int, type(None))),
             up_seconds=float(up_seconds) if up_seconds is not None else None,
@@ -95,3 +114,46 @@ def read_state(state_dir: Path) -> LabState | None:
     except ValueError:
         raise UnreadableState("state.json is not JSON (a run killed while writing it?)") from None
     return LabState.from_json(data)
+
+
+# The lock files this process holds, by path: `up` holds its lab's through a teardown of its own.
+_held: set[Path] = set()
+
+
+def lock_file(state_dir: Path) -> Path:
+    """Beside the state directory, not in it: `down` removes the directory while holding it."""
+    return state_dir.with_name(state_dir.name + ".lock")
+
+
+@contextmanager
+def lab_lock(state_dir: Path, wait: float = 0) -> Iterator[None]:
+    """The lab to oneself: `up` holds it from its claim until the lab answers (or is down again),
+    `down` while it tears down, so two runs never build, or tear down, the same namespaces at once.
+    `wait`: seconds to wait for another process's `up` to end; 0 refuses at once (UserError).
+    The kernel drops the lock with its holder: a killed run leaves none."""
+    path = lock_file(state_dir)
+    if path in _held:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    if wait:
+                        raise LabError(f"another process has been bringing a lab up for {wait:g} s"
+                                       f" (it holds {path}); run lab down again") from None
+                    raise UserError(ALREADY_UP) from None
+                time.sleep(0.1)
+        _held.add(path)
+        try:
+            yield
+        finally:
+            _held.discard(path)
+    finally:
+        os.close(descriptor)  # closing drops the lock

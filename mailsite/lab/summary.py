@@ -3,6 +3,7 @@ is printed by mailsite.results, as doctor's checks are."""
 
 from __future__ import annotations
 
+from ..problems import printable
 from . import mail
 from .lab import Lab
 
@@ -41,5 +42,5 @@ def up_lines(lab: Lab) -> list[str]:
     lines = []
     if lab.state.cleaned_before is not None:
         lines.append(f"cleaned up a lab left by a killed run (pid {lab.state.cleaned_before})")
-    lines.append(f"lab up in {lab.state.up_seconds or 0:.1f} s (stack {lab.state.stack}):")
+    lines.append(f"lab up in {lab.state.up_seconds or 0:.1f} s (stack {printable(lab.state.stack)}):")
     return lines + node_lines(lab)
