@@ -34,8 +34,11 @@ from mailsite.templates import HostTree, RenderedFile
 
 from .target import BakedImage, Target
 
-# Stacks made before issue 13 hold these two providers pickled under this module's name (a
-# delete or a refresh unpickles the one in state): they moved, the names here must stay.
+# NEVER remove this import, not even once every stack has run an `up` since issue 13. State holds
+# each dynamic resource's provider pickled under this module's name (components.host_image), and
+# the engine rewrites that pickle only when the resource's inputs change: a snapshot's release
+# and ready-wait never change theirs, so their state keeps naming this path for as long as the
+# resource exists, and a delete or a refresh unpickles it from here (tests/test_providers.py).
 from .vultr.snapshots import _ReleaseProvider, _SnapshotReadyProvider  # noqa: F401
 
 # Tests bake with the null-builder template (no VM, no install media); the program never sets it.

@@ -25,4 +25,5 @@ class SiteAddresses(pulumi.ComponentResource):
         super().__init__("mailsite:index:SiteAddresses", name, None, opts)
         made = args.target.addresses(name, args.hosts, pulumi.ResourceOptions(parent=self))
         self.addresses, self.attach = made.by_host, made.attach
-        self.register_outputs(made.outputs)
+        # A null output is left out of state: Vultr's stacks hold no networkId, libvirt's an empty reservedIpIds.
+        self.register_outputs({"reservedIpIds": made.reserved_ip_ids, "networkId": made.network_id})

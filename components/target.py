@@ -10,7 +10,7 @@ holds it (a renamed resource is deleted and made anew on the next `up`, a VM wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
 import pulumi
@@ -26,7 +26,10 @@ class Addresses:
 
     by_host: dict[str, pulumi.Output[HostAddresses]]  # by host name
     attach: dict[str, pulumi.Input[str]]  # by host name: what its VM takes its address from (Vultr: the reserved IP; libvirt: the routed network)
-    outputs: dict[str, Any]  # what SiteAddresses records in state as its outputs
+    # SiteAddresses records these in state as its outputs (reservedIpIds, networkId), as the stacks
+    # made before the targets were packages hold them; a target leaves out what it does not make.
+    reserved_ip_ids: dict[str, pulumi.Input[str]] = field(default_factory=dict)  # by host name
+    network_id: pulumi.Input[str] | None = None  # the network every host sits on
 
 
 # A host's inbound rules for the provider firewall, given every host's addresses (mailsite.firewall).
@@ -75,7 +78,7 @@ class DnsArgs:
 
 
 class Target(Protocol):
-    name: str  # the `target` setting's value
+    name: str  # the `target` setting's value: its row in mailsite.targets (image format, the VM's resource name)
     uploads_images: bool  # the bake uploads each image to images.objectStorage for the target to fetch
 
     def providers(self, name: str, opts: pulumi.ResourceOptions) -> dict[str, pulumi.ProviderResource]:

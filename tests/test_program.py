@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pulumi
 import pytest
+from google.protobuf import json_format
 from pulumi.output import Unknown
 
 from mailsite.config import load_site
@@ -33,7 +34,7 @@ class Recorded:
     resources: list = field(default_factory=list)
     outputs: dict = field(default_factory=dict)
     registered: Registered = field(default_factory=Registered)  # hooks, and what state records of each resource
-    graph: dict = field(default_factory=dict)  # URN -> {"parent": its parent's URN, "provider": an explicit provider's reference}
+    graph: dict = field(default_factory=dict)  # URN -> {"parent": its parent's URN, "provider": an explicit provider's reference, options, a component's outputs}
 
     def of(self, typ: str) -> list:
         return [r for r in self.resources if r.typ == typ]
@@ -90,6 +91,11 @@ class GraphMonitor(HookMonitor):
             "beforeDelete": list(request.hooks.before_delete), "dependencies": sorted(set(request.dependencies)),
         }
         return response
+
+    def RegisterResourceOutputs(self, request):
+        # A component's outputs, by name, as state records them.
+        self.graph[request.urn]["outputs"] = sorted(json_format.MessageToDict(request.outputs))
+        return super().RegisterResourceOutputs(request)
 
 
 def inline_secrets(settings: dict, version: str = "v1", rotated: str | None = None) -> dict:

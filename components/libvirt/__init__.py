@@ -12,6 +12,8 @@ import pulumi_libvirt as libvirt
 
 from mailsite.model import Host, HostAddresses
 from mailsite.model import Libvirt as LibvirtSettings
+from mailsite.replacement import vm_of
+from mailsite.targets import TARGETS
 
 from ..target import Addresses, BakedImage, DnsArgs, RulesFor, Vm, VmArgs
 from .domain import domain
@@ -42,7 +44,7 @@ class Libvirt:
         return baked.path
 
     def vm(self, name: str, args: VmArgs, parent: pulumi.Resource, vm_options: pulumi.ResourceOptions) -> Vm:
-        return domain(name, args, self.settings, parent, vm_options)
+        return domain(name, vm_of(name, self.name), TARGETS[self.name].image_format, args, self.settings, parent, vm_options)
 
     def dns(self, name: str, args: DnsArgs, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output[str]]:
         return zone_files(name, args, Path(self.settings.zone_dir), self.networks, opts)

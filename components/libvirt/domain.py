@@ -6,7 +6,6 @@ import pulumi
 import pulumi_libvirt as libvirt
 
 from mailsite.model import Libvirt as LibvirtSettings
-from mailsite.replacement import vm_of
 
 from ..target import Vm, VmArgs
 
@@ -23,18 +22,20 @@ _VMXNET3 = """<?xml version="1.0"?>
 """
 
 
-def domain(name: str, args: VmArgs, settings: LibvirtSettings, parent: pulumi.Resource,
-           vm_options: pulumi.ResourceOptions) -> Vm:
+def domain(name: str, vm_name: str, image_format: str, args: VmArgs, settings: LibvirtSettings,
+           parent: pulumi.Resource, vm_options: pulumi.ResourceOptions) -> Vm:
+    """`vm_name`: the Domain's resource name (mailsite.replacement.vm_of), `name` its MxHost's;
+    `image_format`: the disk format the bake wrote (mailsite.targets)."""
     host = args.host
     volume = libvirt.Volume(
         f"{name}-disk",
         pool=settings.pool,
         source=args.image,
-        format="qcow2",
+        format=image_format,
         opts=pulumi.ResourceOptions(parent=parent, replace_on_changes=["source"]),
     )
     made = libvirt.Domain(
-        vm_of(name, "libvirt"),
+        vm_name,
         name=host.mx_name,
         description=f"mailsite {host.role} MX, preference {host.preference}",
         memory=settings.memory_mib,

@@ -36,11 +36,11 @@ def routed_network(name: str, hosts: list[Host], settings: LibvirtSettings,
     return Addresses(
         by_host={host.name: pulumi.Output.from_input(_fixed(host)) for host in hosts},
         attach={host.name: network.id for host in hosts},
-        outputs={"reservedIpIds": {}, "networkId": network.id},
+        network_id=network.id,
     )
 
 
 def _fixed(host: Host) -> HostAddresses:
-    # The model refuses `allocate` on libvirt (mailsite.problems): every host has fixed addresses.
+    # The model refuses `allocate` on libvirt (mailsite.rules.static_addresses_fixed): every host has fixed addresses.
     assert isinstance(host.ipv4, ipaddress.IPv4Address) and not isinstance(host.ipv6, str), host.name
     return HostAddresses(host.ipv4, host.ipv6)

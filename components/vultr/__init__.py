@@ -8,6 +8,7 @@ import pulumi
 
 from mailsite.model import Host, HostAddresses
 from mailsite.model import Vultr as VultrSettings
+from mailsite.replacement import vm_of
 
 from ..target import Addresses, BakedImage, DnsArgs, RulesFor, Vm, VmArgs
 from .addresses import reserved_ips
@@ -39,7 +40,7 @@ class Vultr:
         return snapshot_of(name, baked, opts)
 
     def vm(self, name: str, args: VmArgs, parent: pulumi.Resource, vm_options: pulumi.ResourceOptions) -> Vm:
-        return instance(name, args, self.settings, vm_options)
+        return instance(name, vm_of(name, self.name), args, self.settings, vm_options)
 
     def dns(self, name: str, args: DnsArgs, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output[str]]:
         if self.settings.dns:

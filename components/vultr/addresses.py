@@ -27,4 +27,4 @@ def reserved_ips(name: str, hosts: list[Host], region: str, opts: pulumi.Resourc
         ids[host.name] = reserved.id
         # On Vultr IPv6 is the instance's own; nothing baked into an image needs it.
         by_host[host.name] = reserved.subnet.apply(lambda ip: HostAddresses(ipaddress.IPv4Address(ip)))
-    return Addresses(by_host, attach=ids, outputs={"reservedIpIds": ids, "networkId": None})
+    return Addresses(by_host, attach=ids, reserved_ip_ids=ids)

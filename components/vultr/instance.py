@@ -6,15 +6,15 @@ import ediri_vultr as vultr
 import pulumi
 
 from mailsite.model import Vultr as VultrSettings
-from mailsite.replacement import vm_of
 
 from ..target import Vm, VmArgs
 
 
-def instance(name: str, args: VmArgs, settings: VultrSettings, vm_options: pulumi.ResourceOptions) -> Vm:
+def instance(name: str, vm_name: str, args: VmArgs, settings: VultrSettings, vm_options: pulumi.ResourceOptions) -> Vm:
+    """`vm_name`: the Instance's resource name (mailsite.replacement.vm_of), `name` its MxHost's."""
     host = args.host
     instance = vultr.Instance(
-        vm_of(name, "vultr"),
+        vm_name,
         region=settings.region,
         plan=settings.plan,
         snapshot_id=args.image,
