@@ -32,6 +32,17 @@ from pydantic_core import PydanticCustomError
 from .targets import TARGETS
 
 
+def _not_true_or_false(value: object) -> object:
+    # pydantic would take YAML's true as 1: `updateMinutes: true` is a mistake, not a minute.
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "written as true or false")
+    return value
+
+
+# Every whole-number setting is one: digits, never true/false.
+_WHOLE = BeforeValidator(_not_true_or_false)
+
+
 def _written(kind: str) -> BeforeValidator:
     """Addresses and networks only as text: pydantic would take YAML's `true` as 0.0.0.1/32 and a
     bare number as an address, neither of which anyone means."""
@@ -66,9 +77,24 @@ PF_CONF_TABLES = ("nospamd", BRUTEFORCE_TABLE)
 # carries no mail from the internet.
 NIC_DRIVERS = {"vio": "virtio-net", "vmx": "vmxnet3", "em": "e1000", "re": "rtl8139"}
 
+# How large a site may grow. Every MX syncs spamd with every other and pf lists them all, so the
+# render grows with the square of the hosts (2,000 took minutes and gigabytes): 50, the most
+# bench/program.py measures, is ten times the MXes a domain's senders ever try. A small
+# organisation has hundreds of users and a few dozen domains.
+MAX_HOSTS = 50
+MAX_DOMAINS = 1000
+MAX_USERS = 10000
+MAX_ALIASES = 10000
+# Every MX's recipient tables hold each user and alias in each domain: 100,000 addresses is 2 MB
+# and a tenth of a second per host (ten domains of ten thousand names).
+MAX_ADDRESSES = 100_000
+
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_SIZE = re.compile(r"^([1-9][0-9]*)([KMG]?)$")
-_DURATION = re.compile(r"^[1-9][0-9]*[smhd]$")
+# At most 20 digits: Python refuses to read a number of thousands (its "4300 digits" traceback),
+# while one too large but of 20 digits still hears the setting's range (2G is 10 digits in bytes).
+_SIZE = re.compile(r"^([1-9][0-9]{0,19})([KMG]?)$")
+_DURATION = re.compile(r"^[1-9][0-9]{0,19}[smhd]$")
+_DISK_SIZE = r"^[1-9][0-9]{0,19}[MG]$"
 _COMMUNITY = re.compile(r"^([0-9]{1,5}):([0-9]{1,5})$")
 _PF_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,31}$")
 _INTERFACE = re.compile(rf"^({'|'.join(NIC_DRIVERS)})(0|[1-9][0-9]{{0,2}})$")
@@ -287,7 +313,7 @@ class Host(Settings):
         "primary takes the site's mail into mailboxes; a backup accepts only the site's "
         "recipients, keeps their mail in its encrypted queue and relays it to the primary. "
         "Exactly one host is the primary."))
-    preference: Annotated[int, Field(ge=0, le=65535)] | None = Field(None, description=(
+    preference: Annotated[int, Field(ge=0, le=65535), _WHOLE] | None = Field(None, description=(
         "The host's MX preference in every domain's MX records, lower tried first; by default 10, "
         "20, 30... by the host's place in the list. A backup's must be higher than the primary's."))
     fqdn: Domain | None = Field(None, description=(
@@ -328,10 +354,12 @@ class Recipients(Settings):
     time instead of accepting and bouncing later (backscatter).
     """
 
-    users: list[LocalPart] = Field(min_length=1, description=(
+    # Bounds far above a small organisation's, below what would make a render take minutes
+    # (every MX's tables list every recipient in every domain).
+    users: list[LocalPart] = Field(min_length=1, max_length=MAX_USERS, description=(
         "Local parts with a mailbox on the primary, in every site domain (alice receives alice@ "
         "each domain): lower-case letters, digits and . _ -; at least one."))
-    aliases: dict[LocalPart, AliasTarget] = Field({}, description=(
+    aliases: dict[LocalPart, AliasTarget] = Field({}, max_length=MAX_ALIASES, description=(
         "Local parts that forward to a user of users or to one address outside the site, like "
         "abuse: alice. The site must receive postmaster (RFC 5321), usually as an alias."))
 
@@ -348,13 +376,13 @@ class Greylist(Settings):
     """spamd's greylisting (spamd -G passtime:greyexp:whiteexp): how long an unknown sender waits,
     and how long spamd remembers senders."""
 
-    pass_minutes: Annotated[int, Field(ge=1, le=1440)] = Field(2, description=(
+    pass_minutes: Annotated[int, Field(ge=1, le=1440), _WHOLE] = Field(2, description=(
         "Minutes an unknown sender must wait before its retry is let through to smtpd (spamd -G "
         "passtime)."))
-    grey_expiry_hours: Annotated[int, Field(ge=1, le=8760)] = Field(4, description=(
+    grey_expiry_hours: Annotated[int, Field(ge=1, le=8760), _WHOLE] = Field(4, description=(
         "Hours spamd remembers a greylisted sender that has not retried yet (greyexp); one that "
         "retries later starts over."))
-    white_expiry_hours: Annotated[int, Field(ge=1, le=8760)] = Field(864, description=(
+    white_expiry_hours: Annotated[int, Field(ge=1, le=8760), _WHOLE] = Field(864, description=(
         "Hours a sender that passed greylisting stays whitelisted without mailing again "
         "(whiteexp); 864, 36 days, is spamd's own default and outlasts a monthly newsletter."))
 
@@ -398,16 +426,16 @@ Community = Annotated[str, AfterValidator(_community)]
 class BgpSpamd(Settings):
     """The bgp-spamd feed: eBGP multihop sessions that carry black and bypass lists as /32s."""
 
-    local_as: Annotated[int, Field(ge=1, le=4294967295)] = Field(description=(
+    local_as: Annotated[int, Field(ge=1, le=4294967295), _WHOLE] = Field(description=(
         "Your own AS number toward the route servers, a private one (64512-65534 or "
         "4200000000-4294967294): the sessions are eBGP, other than routeServerAs, and announce "
         "nothing."))
-    route_server_as: Annotated[int, Field(ge=1, le=4294967295)] = Field(65066, description=(
+    route_server_as: Annotated[int, Field(ge=1, le=4294967295), _WHOLE] = Field(65066, description=(
         "The route servers' AS number; 65066 is the bgp-spamd project's."))
     route_servers: list[RouteServer] = Field(min_length=1, description=(
         "The route servers every MX takes the lists from (the bgp-spamd project's are listed at "
         "bgp-spamd.net); at least one. Each sends the same lists, so one may fail."))
-    multihop: Annotated[int, Field(ge=2, le=255)] = Field(64, description=(
+    multihop: Annotated[int, Field(ge=2, le=255), _WHOLE] = Field(64, description=(
         "How many router hops away the route servers may be (bgpd multihop): they are across the "
         "internet, not on the MXes' network."))
     blacklist_community: Community = Field("65066:666", description=(
@@ -417,11 +445,11 @@ class BgpSpamd(Settings):
         "The BGP community (AS:N) that marks a sender that skips greylisting; 65066:42 on "
         "bgp-spamd. It must differ from blacklistCommunity."))
     pf_tables: PfTables = PfTables()
-    table_entries: Annotated[int, Field(le=10000000)] = Field(400000, description=(
+    table_entries: Annotated[int, Field(le=10000000), _WHOLE] = Field(400000, description=(
         "pf's limit on table entries: room for every listed prefix and spamd's own tables. A "
         "route server that sends more than half of it is cut off (bgpd max-prefix) and tried "
         "again after 30 minutes; the lists hold about 200,000 prefixes, so at least 400000."))
-    update_minutes: Annotated[int, Field(ge=1, le=59)] = Field(20, description=(
+    update_minutes: Annotated[int, Field(ge=1, le=59), _WHOLE] = Field(20, description=(
         "Minutes between runs of the list update job, which loads the routes bgpd holds into "
         "spamd's lists (spamd-setup)."))
 
@@ -493,7 +521,7 @@ class Queue(Settings):
         "How long smtpd keeps trying a message before it bounces it, a number with s, m, h or d "
         "of at most 30d: a backup holds mail this long while the primary is away (smtpd's own "
         "default is 4d)."))
-    drain_minutes: Annotated[int, Field(ge=1, le=1440)] = Field(30, description=(
+    drain_minutes: Annotated[int, Field(ge=1, le=1440), _WHOLE] = Field(30, description=(
         "Minutes a host that is to be replaced or re-keyed gets to deliver its queue before it "
         "goes (pulumi up, secrets rotate)."))
 
@@ -517,13 +545,13 @@ class Network(Settings):
     addressing: Literal["static", "autoconf"] = Field("autoconf", description=(
         "static writes the hosts' addresses into each host's interface file (libvirt); autoconf "
         "takes them by DHCP and router advertisements (Vultr)."))
-    ipv4_prefix_length: Annotated[int, Field(ge=8, le=32)] = Field(24, description=(
+    ipv4_prefix_length: Annotated[int, Field(ge=8, le=32), _WHOLE] = Field(24, description=(
         "The length of the IPv4 network every host sits in (the primary's), when addressing is "
         "static."))
     ipv4_gateway: IPv4Address | None = Field(None, description=(
         "The IPv4 default route, an address in the site network, when addressing is static; on "
         "libvirt the network's own address."))
-    ipv6_prefix_length: Annotated[int, Field(ge=16, le=128)] = Field(64, description=(
+    ipv6_prefix_length: Annotated[int, Field(ge=16, le=128), _WHOLE] = Field(64, description=(
         "The length of the IPv6 network every host sits in (the primary's), when addressing is "
         "static."))
     ipv6_gateway: IPv6Address | None = Field(None, description=(
@@ -566,7 +594,7 @@ class VultrBgp(Settings):
     enabled: bool = Field(False, description=(
         "Open Vultr's BGP session from every MX to announce the prefixes below; the vultr target "
         "only."))
-    local_as: Annotated[int, Field(ge=1, le=4294967295)] | None = Field(None, description=(
+    local_as: Annotated[int, Field(ge=1, le=4294967295), _WHOLE] | None = Field(None, description=(
         "The AS number Vultr set up for your account's BGP session; needed when enabled."))
     prefixes: list[IPNetwork] = Field([], description=(
         "Your own prefixes to announce, as assigned to you (at most a /24 of IPv4 or a /48 of "
@@ -607,9 +635,9 @@ class Libvirt(Settings):
         "The Linux bridge of that network on the KVM host, at most 15 characters."))
     pool: Name = Field("default", description=(
         "The libvirt storage pool that holds the hosts' volumes."))
-    memory_mib: Annotated[int, Field(ge=256, le=65536)] = Field(1024, description=(
+    memory_mib: Annotated[int, Field(ge=256, le=65536), _WHOLE] = Field(1024, description=(
         "Memory of each VM, in MiB."))
-    vcpus: Annotated[int, Field(ge=1, le=64)] = Field(1, description=(
+    vcpus: Annotated[int, Field(ge=1, le=64), _WHOLE] = Field(1, description=(
         "Virtual CPUs of each VM."))
     zone_dir: LocalPath = Field("zones", description=(
         "Directory on this machine where the stack writes nsd zone files (forward and reverse, "
@@ -628,7 +656,7 @@ class ObjectStorage(Settings):
     profile: Name | None = Field(None, description=(
         "The credentials profile for the storage; null for the usual search (AWS_* variables and "
         "the like)."))
-    presign_seconds: Annotated[int, Field(ge=60, le=43200)] = Field(3600, description=(
+    presign_seconds: Annotated[int, Field(ge=60, le=43200), _WHOLE] = Field(3600, description=(
         "Seconds the image's URL handed to Vultr stays valid; Vultr fetches the image once, right "
         "after the URL is made."))
 
@@ -677,22 +705,22 @@ class Images(Settings):
     cache_dir: LocalPath = Field("~/.cache/mailsite/images", description=(
         "Directory on this machine for downloaded ISOs and baked images by identity, mode 0700: "
         "images hold keys."))
-    disk_size: Annotated[str, Field(pattern=r"^[1-9][0-9]*[MG]$")] = Field("8G", description=(
+    disk_size: Annotated[str, Field(pattern=_DISK_SIZE)] = Field("8G", description=(
         "Each VM's disk, a number with M or G: /, swap, /tmp, /usr, /usr/local and /var with the "
         "mail queue. Too small a disk is refused with the size it needs."))
-    queue_messages: Annotated[int, Field(ge=1, le=100000)] = Field(40, description=(
+    queue_messages: Annotated[int, Field(ge=1, le=100000), _WHOLE] = Field(40, description=(
         "How many messages of maxMessageSize the queue on /var has room for: a backup holds mail "
         "while the primary is away and answers 4xx once /var is full."))
     queue_space: str | None = Field(None, description=(
         "The queue's room on /var outright, like 3G; null for maxMessageSize times queueMessages."))
-    timeout_minutes: Annotated[int, Field(ge=5, le=600)] = Field(90, description=(
+    timeout_minutes: Annotated[int, Field(ge=5, le=600), _WHOLE] = Field(90, description=(
         "Minutes a bake may take before it is stopped; a bake without KVM takes far longer."))
     object_storage: ObjectStorage = ObjectStorage()
 
     @field_validator("queue_space")
     @classmethod
     def _queue_space(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[1-9][0-9]*[MG]", value):
+        if value is not None and not re.fullmatch(_DISK_SIZE, value):
             raise ValueError("not a size; write a whole number with M or G, like 3G, or null for the default")
         return value
 
@@ -730,10 +758,10 @@ class Site(Settings):
     vultr: Vultr = Vultr()
     libvirt: Libvirt = Libvirt()
 
-    domains: list[Domain] = Field(min_length=1, description=(
+    domains: list[Domain] = Field(min_length=1, max_length=MAX_DOMAINS, description=(
         "The mail domains the site receives for; the first also names the hosts "
         "(mx1.example.org)."))
-    hosts: list[Host] = Field(min_length=1, description=(
+    hosts: list[Host] = Field(min_length=1, max_length=MAX_HOSTS, description=(
         "The MXes, best first: exactly one primary and any number of backups. Two hosts or five: "
         "add or remove entries."))
     admin_cidrs: list[IPNetwork] = Field([], description=(

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .dns import zone_of
 from .keys import key_problem
-from .model import PF_CONF_TABLES, SPAMD_TABLES, Site, size_bytes, size_text
+from .model import MAX_ADDRESSES, PF_CONF_TABLES, SPAMD_TABLES, Site, size_bytes, size_text
 from .problems import Problem, few, show
 
 Rule = Callable[[Site], list[Problem]]
@@ -184,6 +184,16 @@ def aliases_reach_a_user(site: Site) -> list[Problem]:
     return problems
 
 
+@rule
+def recipients_fit_the_tables(site: Site) -> list[Problem]:
+    names, domains = len(site.recipients.local_parts()), len(site.domains)
+    if names * domains <= MAX_ADDRESSES:
+        return []
+    return [_problem("mailsite:recipients", f"{names} names in {domains} domains",
+                     f"every MX's tables list each name in each domain, {names * domains} addresses; "
+                     f"keep names times domains to {MAX_ADDRESSES} or less")]
+
+
 # -- mailsite:tls -----------------------------------------------------------------------------
 
 @rule
@@ -337,7 +347,17 @@ def libvirt_gateway_in_the_site_network(site: Site) -> list[Problem]:
     network4, gateway = networks[0], site.network.ipv4_gateway
     if gateway is not None and gateway in network4:
         return []
-    return [Problem("mailsite:network.ipv4Gateway", show(gateway), f"the libvirt network's own address must be in {network4}; set it, like {next(network4.hosts())}")]
+    # iter(): a /31's or /32's hosts() is a list (libvirt_site_network_has_room reports those).
+    return [Problem("mailsite:network.ipv4Gateway", show(gateway), f"the libvirt network's own address must be in {network4}; set it, like {next(iter(network4.hosts()))}")]
+
+
+@rule
+def libvirt_site_network_has_room(site: Site) -> list[Problem]:
+    # A /31 or /32 holds no gateway beside the hosts: no host could route mail out.
+    if (networks := libvirt_site_network(site)) is None or networks[0].prefixlen <= 30:
+        return []
+    return [Problem("mailsite:network.ipv4PrefixLength", str(networks[0].prefixlen),
+                    "no room for the hosts and the libvirt network's own address; use 30 or less, the libvirt network's length, like 24")]
 
 
 # -- mailsite:target with network, vultr and hosts: the vultr target ---------------------------
