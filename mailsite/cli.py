@@ -1,19 +1,24 @@
-"""mailsite: render, check and manage a mail site outside `pulumi up`."""
+"""mailsite: render a mail site's files, test them with the daemons' own parsers (configtest),
+bake its images and manage its keys, outside `pulumi up`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
-from .commands import COMMANDS
-from .commands.options import parents
-from .errors import MailsiteError
-from .problems import SiteConfigError, printable
+from .errors import MailsiteError  # no imports of its own: caught however early a command fails
 
 _INTERRUPTED = "interrupted; nothing half-written was kept"
+# sysexits.h's EX_SOFTWARE: the tool itself is wrong, neither the operation nor the settings.
+EX_SOFTWARE = 70
+_BUG = "error: a bug in mailsite, not your settings; report it with the traceback above"
 
 
 def parser(prog: str = "mailsite") -> argparse.ArgumentParser:
+    from .commands import COMMANDS
+    from .commands.options import parents
+
     top = argparse.ArgumentParser(prog=prog, description=__doc__)
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     shared = parents()
@@ -24,21 +29,33 @@ def parser(prog: str = "mailsite") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "mailsite") -> int:
     """The one place an error becomes what the user sees: one line per problem, and the exit
-    status (1 an operation failed, 2 the user must fix something, 130 interrupted)."""
-    args = parser(prog).parse_args(argv)
+    status (1 an operation failed, 2 the user must fix something, 70 a bug, 130 interrupted)."""
+    args = None
     try:
+        # Parsed in here (the commands are imported by parser()): a Ctrl-C while they load is an
+        # interruption too.
+        args = parser(prog).parse_args(argv)
         return args.run(args)
+    except KeyboardInterrupt:
+        print(getattr(args, "interrupted", _INTERRUPTED), file=sys.stderr)
+        return 130
     except MailsiteError as error:
+        from .problems import SiteConfigError, printable
+
         # A site's settings can hold several problems, each its own line; printable() so that a
         # value's line break or escape sequence is shown, never obeyed by the terminal.
         for problem in error.problems if isinstance(error, SiteConfigError) else [error]:
             print(f"error: {printable(str(problem))}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print(getattr(args, "interrupted", _INTERRUPTED), file=sys.stderr)
-        return 130
     except OSError as error:
+        from .problems import printable
+
         # A path given to the tool that cannot be read or written: the path and why, not a traceback.
         where = error.filename or "a file"
         print(f"error: {printable(str(where))}: {error.strerror or type(error).__name__}; check the path and its permissions", file=sys.stderr)
         return 2
+    except Exception:
+        # Not an error the tool reports (those are MailsiteError): a bug, whose traceback is how it gets fixed.
+        traceback.print_exc()
+        print(_BUG, file=sys.stderr)
+        return EX_SOFTWARE

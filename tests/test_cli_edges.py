@@ -702,12 +702,12 @@ def test_an_error_line_stays_a_line_however_many_domains_the_site_has():
     from mailsite.problems import SiteConfigError
 
     settings = example_settings()
-    settings["domains"] = [f"d{n}.example" for n in range(5000)]
+    settings["domains"] = [f"d{n}.example" for n in range(1000)]  # the most a site may have
     settings["hosts"][2]["fqdn"] = "mx3.elsewhere.example"
     with pytest.raises(SiteConfigError) as raised:
         load_site(settings)
     (line,) = [str(p) for p in raised.value.problems if p.setting == "mailsite:hosts[2].fqdn"]
-    assert "d0.example, d1.example, d2.example, d3.example, d4.example and 4995 more" in line and len(line) < 300, line[:300]
+    assert "d0.example, d1.example, d2.example, d3.example, d4.example and 995 more" in line and len(line) < 300, line[:300]
 
 
 def test_secrets_init_refuses_a_store_git_would_commit(tmp_path):
@@ -780,9 +780,32 @@ def test_main_says_every_error_once_with_its_exit_status(monkeypatch, capsys, er
         "settings": SiteConfigError([Problem("mailsite:queue.ttl", "7x", "like 7d"), Problem("mailsite:hosts", "mx1", "two primaries; keep one")]),
         "interrupted": KeyboardInterrupt(),
     }[error]
-    monkeypatch.setattr(cli, "COMMANDS", (_command_raising(raised),))
+    monkeypatch.setattr("mailsite.commands.COMMANDS", (_command_raising(raised),))
     assert cli.main(["fails", "--config", "Pulumi.x.yaml"]) == status
     assert capsys.readouterr().err.splitlines() == lines
+
+
+def test_a_bug_shows_its_traceback_and_exits_70_not_as_a_failed_operation(monkeypatch, capsys):
+    import mailsite.cli as cli
+
+    monkeypatch.setattr("mailsite.commands.COMMANDS", (_command_raising(KeyError("mx9")),))
+    assert cli.main(["fails", "--config", "Pulumi.x.yaml"]) == 70
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "Traceback (most recent call last):" and "KeyError: 'mx9'" in err
+    assert err[-1] == "error: a bug in mailsite, not your settings; report it with the traceback above"
+
+
+def test_ctrl_c_while_the_command_line_is_read_is_one_line_130(monkeypatch, capsys):
+    """The commands load and the arguments are parsed in the first half second of every run."""
+    import argparse
+
+    import mailsite.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", interrupted)
+    assert cli.main(["render", "--config", "Pulumi.x.yaml", "--out", "out"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["interrupted; nothing half-written was kept"]
 
 
 # The venv's `mailsite` (make venv installs the package editable), run outside the project: the
