@@ -17,20 +17,23 @@ from pathlib import Path
 from .images.bake import BakeRequest, identity_of
 from .local import render_stack
 from .problems import Problem, SiteConfigError
+from .trees import _file, write_tree
 
 
 def redacted_snapshot(config: Path, out: Path, secrets_base: Path | None = None) -> None:
     """Render `config` with every key replaced by <redacted> into out/<host>/..., plus each host's
-    image identity in out/identities.json. Key versions come from the backend when it answers."""
+    image identity in out/identities.json. Key versions come from the backend when it answers.
+    `out` is new or empty, and written as render writes (no file replaced, no link followed): a
+    link planted in it would otherwise send the files anywhere."""
+    if out.is_symlink() or out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SiteConfigError([Problem("--out", str(out), "exists and is not an empty directory; give a new one")])
     site, trees, secrets = render_stack(config, redacted=True, secrets_base=secrets_base)
+    out.mkdir(parents=True, exist_ok=True)
     identities = {}
     for name, tree in trees.items():
         identities[name] = identity_of(BakeRequest(site.host(name), tree, secrets[name], site.images, site.image_format))
-        for path, rendered in tree.items():
-            target = out / name / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(rendered.text)
-    (out / "identities.json").write_text(json.dumps(identities, indent=1, sort_keys=True) + "\n")
+        write_tree(out / name, tree)
+    _file(out / "identities.json", json.dumps(identities, indent=1, sort_keys=True) + "\n", 0o644)
 
 
 def _snapshot_at(repo: Path, ref: str, config: Path, out: Path) -> None:

@@ -848,3 +848,20 @@ def test_a_value_past_the_model_says_to_correct_the_stack_file(tmp_path, monkeyp
     assert capsys.readouterr().err.splitlines() == [
         "error: a value holds a line break or control character ('\\n'), which no setting may hold; nothing was written: "
         "correct the stack file's value that holds it"]
+
+
+@pytest.mark.parametrize("planted", ["link", "file"])
+def test_snapshot_never_writes_through_a_link_or_into_a_directory_in_use(tmp_path, planted):
+    stack = _keyed(tmp_path)
+    out, elsewhere = tmp_path / "snap", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    if planted == "link":
+        (out / "mx1").symlink_to(elsewhere)
+    else:
+        (out / "notes.txt").write_text("mine\n")
+    _one_line(_tool("snapshot", "--config", str(stack), "--out", str(out)), "--out", "not an empty directory")
+    assert list(elsewhere.iterdir()) == []
+    fresh = tmp_path / "fresh"
+    assert _tool("snapshot", "--config", str(stack), "--out", str(fresh)).returncode == 0
+    assert (fresh / "identities.json").is_file() and (fresh / "mx1" / "etc" / "myname").is_file()
