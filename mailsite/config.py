@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from .model import Site
-from .problems import HIDDEN, NAMESPACE, Problem, SiteConfigError, from_validation_error, setting_name
+from .problems import HIDDEN, NAMESPACE, Problem, SiteConfigError, from_validation_error, setting_name, show
 from .rules import site_problems
 
 _SECRET_SETTINGS = {"mailsite:secrets.queueKeys", "mailsite:secrets.spamdSyncKey"}
@@ -184,7 +184,10 @@ def read_stack_settings(path: Path) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     problems = []
     for key, value in config.items():
-        namespace, _, name = str(key).partition(":")
+        namespace, colon, name = str(key).partition(":")
+        if (problem := _unnamespaced(str(key), namespace, colon, name)) is not None:
+            problems.append(problem)
+            continue
         if namespace != NAMESPACE:
             continue  # other providers' settings (vultr:, aws:, ...) are theirs to check
         problems += [encrypted_problem((name, *loc)) for loc in encrypted(value, ())]
@@ -192,6 +195,17 @@ def read_stack_settings(path: Path) -> dict[str, Any]:
     if problems:
         raise SiteConfigError(problems)
     return settings
+
+
+def _unnamespaced(key: str, namespace: str, colon: str, name: str) -> Problem | None:
+    """A key pulumi would not read as one of ours, written as if it were: said, not skipped (a
+    skipped one shows only as the "required; add it" of the setting it was meant to be)."""
+    nested = f"write each setting on its own line of config:, as {NAMESPACE}:<name> (see Pulumi.example.yaml)"
+    if key == NAMESPACE or (namespace == NAMESPACE and colon and not name):
+        return Problem(show(key), HIDDEN, f"settings do not go in a section of their own; {nested}")
+    if not colon:
+        return Problem(show(key), HIDDEN, f"a key of config: without its namespace, which pulumi refuses; write it {NAMESPACE}:{show(key)}")
+    return None
 
 
 def _tool_problems(settings: Mapping[str, Any]) -> list[Problem]:

@@ -865,3 +865,18 @@ def test_snapshot_never_writes_through_a_link_or_into_a_directory_in_use(tmp_pat
     fresh = tmp_path / "fresh"
     assert _tool("snapshot", "--config", str(stack), "--out", str(fresh)).returncode == 0
     assert (fresh / "identities.json").is_file() and (fresh / "mx1" / "etc" / "myname").is_file()
+
+
+@pytest.mark.parametrize("text,line", [
+    ("config:\n  hosts: []\n", "error: hosts = <not shown>: a key of config: without its namespace, which pulumi refuses; "
+                               "write it mailsite:hosts"),
+    ("config:\n  mailsite:\n    domains: [example.org]\n", "error: mailsite = <not shown>: settings do not go in a section of "
+                                                            "their own; write each setting on its own line of config:, as mailsite:<name>"),
+    ("config:\n  'mailsite:':\n    domains: [example.org]\n", "error: mailsite: = <not shown>: settings do not go in a section"),
+], ids=["bare", "nested", "empty-name"])
+def test_a_setting_written_without_its_namespace_says_how_to_write_it(tmp_path, text, line):
+    stack = tmp_path / "Pulumi.bare.yaml"
+    stack.write_text(text)
+    result = _tool("render", "--config", str(stack), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0].startswith(line), result.stderr
