@@ -322,7 +322,8 @@ class Host(Settings):
         "must lie in one of the site's domains."))
     ipv4: IPv4Address | Literal["allocate"] | None = Field(None, description=(
         "The host's IPv4 address, or allocate for an address the provider reserves (on Vultr). "
-        "Every MX needs one: spamd greylists and syncs over IPv4 only."))
+        "Required on every host, though null is shown as its default: spamd greylists and syncs "
+        "over IPv4 only."))
     ipv6: IPv6Address | Literal["allocate"] | None = Field(None, description=(
         "The host's IPv6 address, allocate for the provider's, or left out (null) for no IPv6."))
     egress_interface: Annotated[str, Field(pattern=_INTERFACE.pattern)] = Field("vmx0", description=(
@@ -523,7 +524,7 @@ class Queue(Settings):
         "default is 4d)."))
     drain_minutes: Annotated[int, Field(ge=1, le=1440), _WHOLE] = Field(30, description=(
         "Minutes a host that is to be replaced or re-keyed gets to deliver its queue before it "
-        "goes (pulumi up, secrets rotate)."))
+        "goes (pulumi up, rotate-queue-key, rotate-spamd-key)."))
 
     # smtpd reads a ttl into an int of seconds and refuses more ("invalid ttl delay"); a month is
     # already longer than any sender waits to hear that its mail was not delivered.
@@ -573,7 +574,8 @@ class Secrets(Settings):
         "out); aws-secretsmanager in AWS Secrets Manager; inline in the stack file, for the "
         "program's tests only (the command-line tool refuses it)."))
     path: LocalPath = Field(".mailsite/secrets", description=(
-        "The file backend's directory on this machine; secrets init creates it with mode 0700."))
+        "The file backend's directory on this machine, a relative one from the stack file's "
+        "directory; secrets init creates it with mode 0700."))
     region: Name | None = Field(None, description=(
         "The AWS region of the aws-secretsmanager backend, like eu-central-1."))
     profile: Name | None = Field(None, description=(
@@ -774,8 +776,8 @@ class Site(Settings):
     greylist: Greylist = Greylist()
     bgp_spamd: BgpSpamd
     max_message_size: str = Field("50M", description=(
-        "The largest message every MX accepts (smtpd max-message-size), a number with K, M or G "
-        "between 64K and 2G."))
+        "The largest message every MX accepts (smtpd max-message-size), a whole number of bytes or "
+        "one with K, M or G, between 64K and 2G."))
     queue: Queue = Queue()
     tls: Tls = Tls()
     delivery: Delivery = Delivery()

@@ -145,7 +145,7 @@ def reference() -> str:
         "     edit the descriptions there. A test fails when this file drifts from the model. -->",
         "",
         f"Every setting lives under the `{NAMESPACE}:` namespace of a stack file's `config:`, written in",
-        "camelCase as below, a section's settings nested under it. `Pulumi.example.yaml` sets every one;",
+        "camelCase as below, a section's settings nested under it. `Pulumi.example.yaml` is one to copy;",
         f"`pulumi config set --path '{NAMESPACE}:bgpSpamd.localAs' 65500` sets one from the command line.",
         "A setting without a default is required; a bad value is refused in one line naming the setting",
         "and the fix.",
@@ -174,7 +174,8 @@ def _wrapped(text: str, prefix: str, width: int = WIDTH) -> list[str]:
 # -- Pulumi.example.yaml ----------------------------------------------------------------------
 
 HEADER = """\
-# A complete example stack: every mailsite setting is present, with its default where it has one.
+# An example stack of three hosts on libvirt, with the Vultr settings a move would need; settings
+# left out take their defaults, which docs/settings.md lists with every setting.
 # Addresses are documentation ranges (RFC 5737, RFC 3849); replace them with your own.
 # Copy this file to Pulumi.<your-stack>.yaml, or set each key with `pulumi config set --path`.
 # The comments are the settings' descriptions in mailsite/model.py, written here by `make docs`

@@ -92,3 +92,16 @@ def test_a_site_whose_recipient_tables_would_take_minutes_to_render_is_one_line(
     settings["domains"] = [f"d{n}.example" for n in range(1000)]
     settings["recipients"]["users"] = [f"u{n}" for n in range(1000)]
     _refused(settings, "mailsite:recipients", "in 1000 domains", "100000 or less")
+
+
+def test_descriptions_say_what_the_tool_does():
+    from mailsite.commands import COMMANDS  # noqa: F401  (the commands a description may name)
+    from mailsite.model import Host, Queue, Secrets, Site
+
+    drain = Queue.model_fields["drain_minutes"].description or ""
+    assert "rotate-queue-key" in drain and "secrets rotate" not in drain
+    settings = example_settings()
+    settings["maxMessageSize"] = "1048576"  # a plain byte count, as the description says
+    assert site_of(settings).max_message_size == "1048576" and "bytes" in (Site.model_fields["max_message_size"].description or "")
+    assert "Required" in (Host.model_fields["ipv4"].description or "")
+    assert "stack file's directory" in (Secrets.model_fields["path"].description or "")
