@@ -2,7 +2,8 @@
 down, the next up) knows it again: a typed record, read back strictly.
 
 A state.json that is not a whole record (a run killed while writing it, a lab from an older
-version) is UnreadableState: `down` then cleans by the namespace names it finds instead.
+version), or that names a namespace the lab never makes, is UnreadableState: `down` then cleans by
+the lab's namespace names it finds instead.
 """
 
 from __future__ import annotations
