@@ -1,5 +1,6 @@
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +11,11 @@ from pathlib import Path
 import pytest
 
 from tests.sites import EXAMPLE, example_settings, site_of
+
+# A suite started in the background by a shell without job control inherits SIGINT ignored, and so
+# would every tool it starts: the tests that press Ctrl-C on the tool would see it ignored. Python
+# resets a handler (never an ignore) on exec, so this gives each child the default Ctrl-C again.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")
