@@ -49,10 +49,11 @@ def test_status_and_up_show_a_stack_name_s_escape_never_obey_it(lab_is, example_
     lab_is(lab)
     assert main(["lab", "status"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("lab of stack evil\\x1b]0;owned\\x07\\x1b[2J, up in 1.2 s:\n") and "\x1b" not in out
+    assert out.startswith("lab of stack evil\\x1b]0;owned\\x07\\x1b[2J, up in 1.2 s, daemons from the Debian trixie root: opensmtpd 7.")
+    assert "\x1b" not in out
     assert main(["lab", "demo", "--config", str(EXAMPLE)]) == 1  # no scenario
     out = capsys.readouterr().out
-    assert "(stack evil\\x1b]0;owned\\x07\\x1b[2J):" in out and "\x1b" not in out and "\x07" not in out
+    assert "(stack evil\\x1b]0;owned\\x07\\x1b[2J), daemons from" in out and "\x1b" not in out and "\x07" not in out
 
 
 def test_status_of_a_lab_left_by_a_killed_run_says_so_and_to_run_down(lab_is, example_site, capsys):
@@ -101,3 +102,11 @@ def test_demo_goes_on_after_a_scenario_that_raises_and_reports_it_failed(lab_is,
         ("dns", "PASS"), ("mx9: a host the site lacks", "FAIL"), ("bgp", "PASS")]
     assert results[1]["seen"] == "KeyError: 'mx9'" and "lab up --config" in results[1]["fix"]
     assert Status(results[1]["status"]) is Status.FAIL
+
+
+def test_status_of_a_lab_still_coming_up_says_so(lab_is, example_site, capsys):
+    lab = stood_in(example_site)
+    lab.state.up_seconds = None  # `up` runs in another process and has not finished
+    lab_is(lab)
+    assert main(["lab", "status"]) == 0
+    assert capsys.readouterr().out.startswith("lab of stack example, still coming up, daemons from the Debian trixie root")

@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..lab.lab import Lab, teardown
 from ..lab.mail import send
 from ..lab.scenarios import DEMONSTRATION
-from ..lab.summary import NOT_IN_THE_LAB, node_lines, up_lines
+from ..lab.summary import NOT_IN_THE_LAB, node_lines, up_lines, versions_line
 from ..problems import printable
 from ..results import Result, Status, exit_status, print_result, print_results, summary_line
 from .options import Parents
@@ -73,7 +73,8 @@ def _status(args: argparse.Namespace) -> int:
         # Its daemons may still answer, but nobody runs it: the next `up` cleans it away.
         raise UserError(f"the lab of stack {printable(lab.state.stack)} was left by a killed run (pid {killed.pid});"
                         " run lab down")
-    print(f"lab of stack {printable(lab.state.stack)}, up in {lab.state.up_seconds} s:")
+    up = f"up in {lab.state.up_seconds} s" if lab.state.up_seconds is not None else "still coming up"
+    print(f"lab of stack {printable(lab.state.stack)}, {up}, {versions_line()}:")
     print("\n".join(node_lines(lab, with_queues=True)))
     return 0 if all(lab.daemons().values()) else 1
 

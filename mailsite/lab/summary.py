@@ -3,15 +3,22 @@ is printed by mailsite.results, as doctor's checks are."""
 
 from __future__ import annotations
 
+from ..daemonroot import SUITE, daemon_root
 from ..problems import printable
 from . import mail
 from .lab import Lab
 
 NOT_IN_THE_LAB = (
-    "not in the lab: pf and spamd (OpenBSD only: pf.conf is checked by pfctl -nf in the image bake),",
-    "TLS (Debian's smtpd 6.8 cannot finish a handshake with OpenSSL 3: the lab listens in plain SMTP;",
-    "the TLS configuration is checked by smtpd -n), spamd-setup (the job's lists are checked instead).",
+    "not in the lab: pf and spamd, OpenBSD only (pf.conf is checked by pfctl -nf in the image bake;",
+    "the update job's lists are checked, its spamd-setup is not run).",
 )
+# What the lab runs from the daemon root, for the line that names their versions.
+LAB_PACKAGES = ("opensmtpd", "openbgpd", "dnsmasq-base", "swaks")
+
+
+def versions_line() -> str:
+    """Which daemons, in which versions, the lab runs: those of the machine's daemon root."""
+    return f"daemons from the Debian {SUITE} root: {daemon_root().describe(LAB_PACKAGES)}"
 
 
 def _role(lab: Lab, name: str) -> str:
@@ -42,5 +49,5 @@ def up_lines(lab: Lab) -> list[str]:
     lines = []
     if lab.state.cleaned_before is not None:
         lines.append(f"cleaned up a lab left by a killed run (pid {lab.state.cleaned_before})")
-    lines.append(f"lab up in {lab.state.up_seconds or 0:.1f} s (stack {printable(lab.state.stack)}):")
+    lines.append(f"lab up in {lab.state.up_seconds or 0:.1f} s (stack {printable(lab.state.stack)}), {versions_line()}:")
     return lines + node_lines(lab)
