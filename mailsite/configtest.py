@@ -5,17 +5,21 @@ them. A tree is checked by every check whose file it holds: a host that does not
 carries none of its files. A daemon every host runs has its files on every host, so one missing
 from a tree is a problem (a tree cut short, or hand-edited), never a check quietly skipped.
 
-smtpd -n resolves `listen on vmx0` against the running host and opens every table, include and
-pki file by its absolute path, so it runs through `run_shaped_like_host`: a throwaway network
-namespace whose links carry the OpenBSD names, and a private mount namespace where the host's
-/etc/mail (and a test certificate at each pki path) are laid over this machine's directories. A
-parser that must see the host's files where OpenBSD keeps them runs the same way, with its own
-directories. bgpd -n runs on the file as rendered, except that Linux has no pf: its `set pftable`
-lines are blanked, keeping line numbers.
+The daemons' parsers are those of the daemon root (mailsite.daemonroot: Debian trixie's smtpd 7
+and bgpd 8, the majors OpenBSD 7.8 ships), never this machine's own, which may be two majors
+behind and accept what the images' daemons refuse. smtpd -n resolves `listen on vmx0` against the
+running host and opens every table, include and pki file by its absolute path, so each parser runs
+through `run_shaped_like_host`: a throwaway network namespace whose links carry the OpenBSD names,
+and a private mount namespace where the host's files (its /etc/mail, a test certificate at each
+pki path) are laid over the daemon root with overlayfs, the parser chrooted into the merged tree.
+The root is the overlay's lowest, read-only layer: what a parser writes lands in a scratch
+directory, never in the root. bgpd -n runs on the file as rendered, except that Linux has no pf:
+its `set pftable` lines are blanked, keeping line numbers. sh -n is this machine's sh (no daemon).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -24,8 +28,9 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
+from .daemonroot import SUITE, DaemonRoot, daemon_root
 from .daemons import DAEMONS, ConfigTest
 from .daemons.base import every_host
 from .daemons.basics import MYNAME
@@ -40,6 +45,13 @@ _PKI = re.compile(r'^\s*pki \S+ (?:cert|key) "([^"]+)"', re.M)
 _PATH_COMPONENT = re.compile(r"[A-Za-z0-9._+-]+")
 _INTERFACE = re.compile(r"[a-z]+[0-9]+")
 TIMEOUT_SECONDS = 60
+# What a parser run from the root needs on this machine, and the Debian package of each.
+_HOST_TOOLS = {"ip": "iproute2", "unshare": "util-linux", "mount": "mount", "chroot": "coreutils",
+               "openssl": "openssl"}
+# Inside the root the caller's PATH means nothing (it may name a virtualenv): Debian's own.
+_ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# overlayfs takes its layers as one option string: these characters would split it.
+_OVERLAY_UNSAFE = re.compile(r"[,:\\\s]")
 
 
 @dataclass(frozen=True)
@@ -102,8 +114,10 @@ def _interfaces(tree: Path) -> list[str]:
 def _test_certificate(path: Path, key: Path) -> None:
     key.parent.mkdir(parents=True, exist_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mailsite-check",
-          "-keyout", str(key), "-out", str(path)]).check_returncode()
+    made = _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mailsite-check",
+                 "-keyout", str(key), "-out", str(path)])
+    if made.returncode != 0:
+        raise NamespaceSetupFailed(f"cannot make a test certificate with openssl: {made.stderr.strip()[-200:]}")
     key.chmod(0o600)
 
 
@@ -111,24 +125,59 @@ class NamespaceSetupFailed(Exception):
     """The check's namespace could not be made: the message says which command and why."""
 
 
+def _lay_out(files: Path, tree: Path, dirs: tuple[str, ...], certificates: list[tuple[str, str]],
+             written: dict[str, str]) -> None:
+    """The host's layer of the overlay: its `dirs` as they are (each hiding the root's own, as on
+    the host, where only the host's files are there), a test certificate at each pki path, and
+    each `written` file (path below the root -> text) as the parser must read it."""
+    for directory in dirs:
+        shutil.copytree(tree / directory, files / directory, symlinks=True)
+        try:
+            # opaque: the root's directory of that name (Debian's /etc/dovecot, say) does not show through.
+            os.setxattr(files / directory, "trusted.overlay.opaque", b"y")
+        except OSError as error:
+            raise NamespaceSetupFailed(f"cannot mark {directory} opaque for the overlay ({error.strerror}); "
+                                       "the temporary directory must be on a file system with xattrs (ext4, tmpfs)") from None
+    for certificate, key in certificates:
+        _test_certificate(files / certificate.lstrip("/"), files / key.lstrip("/"))
+    for path, text in written.items():
+        target = files / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, errors="surrogateescape")
+        target.chmod(0o600)  # bgpd refuses a config others can read
+
+
+def _overlay_and_chroot(scratch: Path, root: DaemonRoot) -> str:
+    """The shell line, run in the private mount namespace, that merges the host's layer over the
+    root and chroots into it: the root is read-only below, writes go to the scratch upper layer."""
+    merged = scratch / "merged"
+    for layer in ("upper", "work", "merged"):
+        (scratch / layer).mkdir()
+    options = f"lowerdir={scratch / 'files'}:{root.path},upperdir={scratch / 'upper'},workdir={scratch / 'work'}"
+    if _OVERLAY_UNSAFE.search(f"{scratch}{root.path}"):
+        raise NamespaceSetupFailed(f"the overlay cannot take {scratch} or {root.path} as a layer (a comma, colon, "
+                                   "backslash or space in it); set TMPDIR to a plain path")
+    # /proc and /sys as the network namespace sees them: a parser may read its links there.
+    return (f"mount -t overlay overlay -o {shlex.quote(options)} {shlex.quote(str(merged))}"
+            f" && mount -t proc proc {shlex.quote(str(merged / 'proc'))}"
+            f" && mount -t sysfs sysfs {shlex.quote(str(merged / 'sys'))}"
+            f' && exec chroot {shlex.quote(str(merged))} /usr/bin/env -i PATH={_ROOT_PATH} "$@"')
+
+
 def run_shaped_like_host(tree: Path, dirs: tuple[str, ...], argv: list[str],
-                         certificates: list[tuple[str, str]] | None = None) -> subprocess.CompletedProcess[str]:
-    """`argv` run in a throwaway network namespace whose links carry the host's interface names,
-    and a private mount namespace where the tree's `dirs` (below its root: "etc/mail") and a test
-    certificate at each (certificate, key) path are laid over this machine's own directories (an
-    overlay: Debian has no /etc/mail to bind onto). Needs root."""
+                         certificates: list[tuple[str, str]] | None = None,
+                         written: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`argv`, a program of the daemon root, run as on the host: in a throwaway network namespace
+    whose links carry the host's interface names, chrooted into the daemon root with the tree's
+    `dirs` (below its root: "etc/mail"), a test certificate at each (certificate, key) path and
+    each `written` file (path -> text) laid over it, in a private mount namespace. Needs root."""
+    root = daemon_root()
     namespace = f"mscheck-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="mailsite-check-") as scratch:
-        root = Path(scratch)
-        for directory in dirs:
-            shutil.copytree(tree / directory, root / directory, symlinks=True)
-        for certificate, key in certificates or []:
-            _test_certificate(root / certificate.lstrip("/"), root / key.lstrip("/"))
-        # Each top-level name came through unsafe_pki_path or a daemon's own dirs; quoted all the same.
-        overlays = " && ".join(
-            f"mount -t overlay overlay -o {shlex.quote(f'lowerdir={top}:/{top.name}')} {shlex.quote('/' + top.name)}"
-            for top in sorted(root.iterdir())
-        ) or "true"
+        files = Path(scratch) / "files"
+        files.mkdir()
+        _lay_out(files, tree, dirs, certificates or [], written or {})
+        enter = _overlay_and_chroot(Path(scratch), root)
         setup = [f"ip netns add {namespace}", f"ip -n {namespace} link set lo up"]
         for index, name in enumerate(_interfaces(tree)):
             setup += [
@@ -143,9 +192,19 @@ def run_shaped_like_host(tree: Path, dirs: tuple[str, ...], argv: list[str],
                 if result.returncode != 0:
                     raise NamespaceSetupFailed(f"cannot set up the check namespace ({command}): {result.stderr.strip()}")
             return _run(["ip", "netns", "exec", namespace, "unshare", "--mount", "--propagation", "private",
-                         "sh", "-c", f'{overlays} && exec "$@"', "sh", *argv])
+                         "sh", "-c", enter, "sh", *argv])
         finally:
             _run(["ip", "netns", "del", namespace])
+
+
+def _parser_problems(host: str, file: str, result: subprocess.CompletedProcess[str], path: str,
+                     program: str) -> list[CheckProblem]:
+    """The parser's complaints about the file it read at `path`, named `file` as the admin knows it."""
+    output = (result.stdout + result.stderr).replace(path, file)
+    problems = _problems(host, file, output, program)
+    if result.returncode != 0 and not problems:
+        problems.append(CheckProblem(host, file, None, f"{program} -n failed with status {result.returncode}"))
+    return problems
 
 
 def check_smtpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
@@ -156,23 +215,16 @@ def check_smtpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
         result = run_shaped_like_host(tree, ("etc/mail",), ["smtpd", "-n", "-f", f"/{path}"], list(zip(pki[0::2], pki[1::2])))
     except NamespaceSetupFailed as failed:
         return [CheckProblem(host, "smtpd.conf", None, str(failed))]
-    output = (result.stdout + result.stderr).replace(f"/{path}", "smtpd.conf")
-    problems = _problems(host, "smtpd.conf", output, "smtpd")
-    if result.returncode != 0 and not problems:
-        problems.append(CheckProblem(host, "smtpd.conf", None, f"smtpd -n failed with status {result.returncode}"))
-    return problems
+    return _parser_problems(host, "smtpd.conf", result, f"/{path}", "smtpd")
 
 
 def check_bgpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
-    with tempfile.TemporaryDirectory(prefix="mailsite-check-") as scratch:
-        copy = Path(scratch) / "bgpd.conf"
-        copy.write_text(linux_bgpd_conf(_read(tree, path)), errors="surrogateescape")
-        copy.chmod(0o600)  # bgpd refuses a config others can read
-        result = _run(["bgpd", "-n", "-f", str(copy)])
-    problems = _problems(host, "bgpd.conf", (result.stdout + result.stderr).replace(str(copy), "bgpd.conf"), "bgpd")
-    if result.returncode != 0 and not problems:
-        problems.append(CheckProblem(host, "bgpd.conf", None, f"bgpd -n failed with status {result.returncode}"))
-    return problems
+    try:
+        result = run_shaped_like_host(tree, (), ["bgpd", "-n", "-f", f"/{path}"],
+                                      written={path: linux_bgpd_conf(_read(tree, path))})
+    except NamespaceSetupFailed as failed:
+        return [CheckProblem(host, "bgpd.conf", None, str(failed))]
+    return _parser_problems(host, "bgpd.conf", result, f"/{path}", "bgpd")
 
 
 def check_shell(host: str, tree: Path, path: str) -> list[CheckProblem]:
@@ -183,15 +235,17 @@ def check_shell(host: str, tree: Path, path: str) -> list[CheckProblem]:
 @dataclass(frozen=True)
 class Parser:
     program: str  # the binary it runs
-    package: str  # the Debian package that installs it (the Makefile's DEBS: make deps)
+    package: str  # the Debian package that installs it (in the daemon root, or this machine's: make deps)
     check: Callable[[str, Path, str], list[CheckProblem]]  # (host, tree, path) -> its problems
+    from_root: bool = True  # a daemon's parser: the daemon root's, in the version the images run
 
 
 # How each parser a daemon names is run on a tree.
 _PARSERS: dict[str, Parser] = {
     "smtpd -n": Parser("smtpd", "opensmtpd", check_smtpd),
     "bgpd -n": Parser("bgpd", "openbgpd", check_bgpd),
-    "sh -n": Parser("sh", "dash", check_shell),
+    # A shell script's syntax, no daemon's grammar: this machine's sh will do.
+    "sh -n": Parser("sh", "dash", check_shell, from_root=False),
 }
 
 
@@ -216,11 +270,44 @@ def missing_files(host: str, tree: Path) -> list[CheckProblem]:
 
 
 def require_parsers(tests: list[ConfigTest]) -> None:
-    """Every parser the checks need is installed: one line naming the package, not an OSError."""
-    for parser in dict.fromkeys(_PARSERS[test.parser] for test in tests):
-        if shutil.which(parser.program) is None:
-            raise UserError(f"configtest needs {parser.program}, which is not installed here: "
-                            f"install the Debian package {parser.package} (make deps)")
+    """Everything the checks need is here: one line naming what to install, not an OSError. A
+    parser from the daemon root needs the root (built here when missing) and the tools that lay
+    the host's files over it; the others, their own program on this machine."""
+    parsers = dict.fromkeys(_PARSERS[test.parser] for test in tests)
+    for parser in parsers:
+        for program, package in (_HOST_TOOLS if parser.from_root else {parser.program: parser.package}).items():
+            if shutil.which(program) is None:
+                raise UserError(f"configtest needs {program}, which is not installed here: "
+                                f"install the Debian package {package} (make deps)")
+    if in_root := [parser for parser in parsers if parser.from_root]:
+        root = daemon_root()
+        for parser in in_root:
+            if parser.package not in root.versions:
+                raise UserError(f"the daemon root has no {parser.package}, so {parser.program} cannot run: "
+                                "add it to PACKAGES in mailsite/daemonroot.py")
+
+
+def _host_version(package: str) -> str | None:
+    try:
+        result = _run(["dpkg-query", "-W", "-f", "${Version}", package])
+    except OSError:  # no dpkg here: the report says "this machine's sh" without a version
+        return None
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
+
+
+def parser_versions(parsers: Iterable[str]) -> list[str]:
+    """Which program, in which version, ran each of `parsers` ("smtpd -n"), in the report's fixed
+    order: what a pass is worth depends on it, since each major of a daemon has its own grammar."""
+    lines, ran = [], set(parsers)
+    for name in [name for name in _PARSERS if name in ran]:
+        parser = _PARSERS[name]
+        if parser.from_root:
+            lines.append(f"{name}: {daemon_root().describe([parser.package])} (Debian {SUITE} daemon root)")
+        elif version := _host_version(parser.package):
+            lines.append(f"{name}: {parser.package} {version} (this machine)")
+        else:
+            lines.append(f"{name}: this machine's {parser.program}")
+    return lines
 
 
 def check_host(host: str, tree: Path) -> list[CheckProblem]:

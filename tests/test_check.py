@@ -1,13 +1,15 @@
-"""The real parsers on rendered trees: smtpd -n in a network namespace, bgpd -n, sh -n.
+"""The real parsers on rendered trees: smtpd -n and bgpd -n of the daemon root (Debian trixie's,
+the majors OpenBSD ships) in a network namespace shaped like the host, sh -n.
 
-These need root (network namespaces, mounts) and the Debian opensmtpd and openbgpd packages;
-CI runs as root and never skips them.
+These need root (network namespaces, mounts) and build the daemon root when this machine has
+none; CI runs as root and never skips them.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mailsite.configtest import check_host, host_trees
+from mailsite.daemonroot import daemon_root
 from mailsite.daemons.bgpd import linux_bgpd_conf
 from mailsite.trees import write_trees
 from tests.sites import ROOT, example_settings, site_of, sized_settings
@@ -23,6 +26,10 @@ from tests.test_render import render_site
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root for network namespaces (CI runs it as root)"
 )
+
+
+def _dash_version() -> str:
+    return subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "dash"], capture_output=True, text=True).stdout
 
 
 def _write(tmp_path: Path, settings: dict) -> Path:
@@ -108,7 +115,14 @@ def test_cli_render_then_check_example(tmp_path):
     assert rendered.returncode == 0, rendered.stderr
     checked = run("configtest", str(tmp_path / "out"))
     assert checked.returncode == 0, checked.stderr
-    assert checked.stdout.splitlines() == [f"mx{n}: ok (smtpd -n, bgpd -n, sh -n)" for n in (1, 2, 3)]
+    root = daemon_root()
+    assert checked.stdout.splitlines() == [f"mx{n}: ok (smtpd -n, bgpd -n, sh -n)" for n in (1, 2, 3)] + [
+        # Which grammar passed the site: the daemon root's, in the majors OpenBSD 7.8 ships.
+        f"smtpd -n: opensmtpd {root.version('opensmtpd')} (Debian trixie daemon root)",
+        f"bgpd -n: openbgpd {root.version('openbgpd')} (Debian trixie daemon root)",
+        f"sh -n: dash {_dash_version()} (this machine)",
+    ]
+    assert root.version("opensmtpd").startswith("7.") and root.version("openbgpd").startswith("8.")
     key_file = tmp_path / "out/mx1/etc/mail/queue-key.conf"
     assert key_file.stat().st_mode & 0o777 == 0o600
     smtpd_conf = tmp_path / "out/mx2/etc/mail/smtpd.conf"
@@ -153,18 +167,21 @@ def test_vultr_site_with_its_own_bgp_session_passes(tmp_path):
 
 
 def test_a_parser_runs_where_the_host_keeps_its_files_with_the_hosts_links(tmp_path):
-    """The namespace smtpd -n runs in is there for the next daemon's parser too: the tree's own
-    directories laid where OpenBSD keeps them, the host's interface names, nothing of this machine's."""
+    """The namespace smtpd -n runs in is there for the next daemon's parser too: the daemon root
+    with the tree's own directories laid where OpenBSD keeps them, the host's interface names,
+    nothing of this machine's."""
     from mailsite.configtest import run_shaped_like_host
 
     tree = _write(tmp_path, example_settings()) / "mx1"
     (tree / "etc/mailbox-test").mkdir()
     (tree / "etc/mailbox-test/mailbox-test.conf").write_text("mail_location = maildir:~/Maildir\n")
     result = run_shaped_like_host(tree, ("etc/mailbox-test",),
-                                  ["sh", "-c", "cat /etc/mailbox-test/mailbox-test.conf && ip -o link show"])
+                                  ["sh", "-c", "cat /etc/mailbox-test/mailbox-test.conf /etc/debian_version && ls /sys/class/net"])
     assert result.returncode == 0, result.stderr
-    assert "mail_location = maildir:~/Maildir" in result.stdout
-    links = {line.split(": ")[1].split("@")[0] for line in result.stdout.splitlines() if ": " in line and line[0].isdigit()}
+    lines = result.stdout.splitlines()
+    assert lines[0] == "mail_location = maildir:~/Maildir"
+    assert lines[1].startswith("13."), lines  # the daemon root's Debian (trixie), whatever this machine runs
+    links = set(lines[2:])
     assert {"vmx0", "lo0"} <= links, result.stdout  # the host's, not this machine's (veth peers aside)
     assert all(link in {"lo", "vmx0", "lo0"} or link.startswith("mscheck") for link in links), result.stdout
     assert not Path("/etc/mailbox-test").exists()
@@ -220,3 +237,96 @@ def test_configtest_without_root_says_so_instead_of_failing_every_host(tmp_path)
     assert as_nobody.stderr.splitlines() == [
         "error: configtest makes network and mount namespaces for the daemons' parsers: run it as root"
     ]
+
+
+# --- the daemon root's parsers, not this machine's ------------------------------------------------
+
+def test_a_bgpd_option_openbgpd_7_took_but_8_refuses_is_caught_on_its_line(tmp_path):
+    """`announce capabilities yes` in a group: Debian 12's openbgpd 7.7 (this machine's bgpd, which
+    configtest ran before issue 14) accepts it; OpenBGPD 8 dropped the option (8.8's bgpd.conf(5)
+    no longer has it), so the images' bgpd would refuse to start on this file."""
+    out = _write(tmp_path, example_settings())
+    conf = out / "mx2/etc/bgpd.conf"
+    lines = conf.read_text().splitlines()
+    after = next(n for n, line in enumerate(lines, 1) if line.strip().startswith("multihop "))
+    lines.insert(after, "\tannounce capabilities yes")
+    conf.write_text("\n".join(lines) + "\n")
+    problems = check_host("mx2", out / "mx2")
+    assert [(p.host, p.file, p.line, p.message) for p in problems] == [("mx2", "bgpd.conf", after + 1, "syntax error")]
+
+
+def test_an_smtps_listener_without_its_pki_that_smtpd_6_8_took_is_caught(tmp_path):
+    """`listen on vmx0 smtps` naming no pki: Debian 12's smtpd 6.8 accepts it with -n; smtpd 7
+    requires a pki for every TLS listener, so the images' smtpd would refuse the file."""
+    out = _write(tmp_path, example_settings())
+    conf = out / "mx1/etc/mail/smtpd.conf"
+    text, cut = re.subn(r"^(listen on vmx0 smtps) pki \S+", r"\1", conf.read_text(), flags=re.M)
+    assert cut == 1
+    conf.write_text(text)
+    problems = check_host("mx1", out / "mx1")
+    assert [(p.file, p.message) for p in problems] == [("smtpd.conf", "invalid listen option: pki required for tls/smtps")]
+
+
+def _tools_only(tmp_path: Path, programs: tuple[str, ...]) -> dict[str, str]:
+    """An environment whose PATH holds just these programs of this machine."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for program in programs:
+        if found := shutil.which(program):
+            (bin_dir / program).symlink_to(found)
+    return {**os.environ, "PATH": str(bin_dir)}
+
+
+_HOST_TOOLS = ("sh", "ip", "unshare", "mount", "chroot", "openssl", "dpkg-query")
+
+
+def test_configtest_runs_no_daemon_of_this_machine(tmp_path):
+    """No smtpd or bgpd on this machine's PATH (Debian 12's are two majors behind the images'):
+    configtest passes the site all the same, with the daemon root's."""
+    out = _write(tmp_path, example_settings())
+    checked = subprocess.run([sys.executable, "-m", "mailsite", "configtest", str(out)], capture_output=True, text=True,
+                             cwd=ROOT, env=_tools_only(tmp_path, _HOST_TOOLS), timeout=120)
+    assert checked.returncode == 0, checked.stderr
+    assert "mx1: ok (smtpd -n, bgpd -n, sh -n)" in checked.stdout
+    assert "smtpd -n: opensmtpd 7." in checked.stdout and "bgpd -n: openbgpd 8." in checked.stdout
+
+
+def test_configtest_without_a_tool_it_lays_the_root_out_with_names_its_package(tmp_path):
+    out = _write(tmp_path, example_settings())
+    checked = subprocess.run([sys.executable, "-m", "mailsite", "configtest", str(out)], capture_output=True, text=True,
+                             cwd=ROOT, env=_tools_only(tmp_path, tuple(t for t in _HOST_TOOLS if t != "unshare")),
+                             timeout=120)
+    assert checked.returncode == 2
+    assert checked.stderr.splitlines() == [
+        "error: configtest needs unshare, which is not installed here: install the Debian package util-linux (make deps)"
+    ]
+
+
+def test_a_parser_never_writes_into_the_daemon_root_or_the_tree(tmp_path):
+    """The root is shared by every check and lab on this machine: what a parser writes (a
+    daemon's pid file, a cache) lands in the check's scratch layer and goes with it."""
+    from mailsite.configtest import run_shaped_like_host
+
+    tree = _write(tmp_path, example_settings()) / "mx1"
+    rendered = (tree / "etc/mail/smtpd.conf").read_text()
+    root = daemon_root().path
+    smtpd = (root / "usr/sbin/smtpd").stat()
+    result = run_shaped_like_host(tree, ("etc/mail",), ["sh", "-c", "echo written > /etc/written-by-a-parser"
+                                                        " && echo changed > /etc/mail/smtpd.conf && touch /usr/sbin/smtpd"])
+    assert result.returncode == 0, result.stderr
+    assert not (root / "etc/written-by-a-parser").exists()
+    assert (root / "usr/sbin/smtpd").stat() == smtpd
+    assert (tree / "etc/mail/smtpd.conf").read_text() == rendered
+
+
+def test_a_directory_laid_over_the_root_holds_the_hosts_files_alone(tmp_path):
+    """As on the host, the tree's directory is all there is at its path: the root's own files of
+    that name (Debian's /etc/ssl here) do not show through and change what a parser reads."""
+    from mailsite.configtest import run_shaped_like_host
+
+    tree = _write(tmp_path, example_settings()) / "mx1"
+    (tree / "etc/ssl").mkdir()
+    (tree / "etc/ssl/site.pem").write_text("not a certificate\n")
+    assert (daemon_root().path / "etc/ssl/openssl.cnf").exists()
+    result = run_shaped_like_host(tree, ("etc/ssl",), ["ls", "-A", "/etc/ssl"])
+    assert result.stdout.split() == ["site.pem"], result.stderr

@@ -1,6 +1,8 @@
 """configtest: rendered trees checked by the daemons' own parsers (smtpd -n, bgpd -n, sh -n).
 
-Named for what it runs (as apachectl configtest): the site's state is the coming `doctor`'s."""
+Named for what it runs (as apachectl configtest): the site's state is the coming `doctor`'s.
+One line per host, then one per parser that ran, naming the program and version that ran it:
+a pass says what it says only of that grammar."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..configtest import check_host, host_trees, parsers_run
+from ..configtest import check_host, host_trees, parser_versions, parsers_run
 from ..errors import UserError
 from ..problems import printable
 from .options import Parents
@@ -29,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if not trees:
         raise UserError(f"{args.dir} holds no rendered host (no */etc/myname); run render first")
     failed = False
+    ran_anywhere: set[str] = set()
     # Any directory can be checked, hand-edited ones too: what the daemons quote from it is escaped.
     for host, tree in trees.items():
         problems = check_host(host, tree)
@@ -36,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
             print(printable(str(problem)), file=sys.stderr)
         failed = failed or bool(problems)
         # The parsers that really ran on this tree, never a fixed list.
-        ran = ", ".join(parsers_run(tree)) or "nothing to check"
-        print(f"{printable(host)}: {'FAILED' if problems else 'ok'} ({ran})")
+        ran = parsers_run(tree)
+        ran_anywhere.update(ran)
+        print(f"{printable(host)}: {'FAILED' if problems else 'ok'} ({', '.join(ran) or 'nothing to check'})")
+    for line in parser_versions(ran_anywhere):
+        print(line)
     return 1 if failed else 0
