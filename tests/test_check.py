@@ -312,9 +312,13 @@ def test_a_parser_never_writes_into_the_daemon_root_or_the_tree(tmp_path):
     root = daemon_root().path
     smtpd = (root / "usr/sbin/smtpd").stat()
     result = run_shaped_like_host(tree, ("etc/mail",), ["sh", "-c", "echo written > /etc/written-by-a-parser"
-                                                        " && echo changed > /etc/mail/smtpd.conf && touch /usr/sbin/smtpd"])
-    assert result.returncode == 0, result.stderr
-    assert not (root / "etc/written-by-a-parser").exists()
+                                                        " && echo changed > /etc/mail/smtpd.conf && touch /usr/sbin/smtpd"
+                                                        " && cat /etc/written-by-a-parser"])
+    leaked = Path("/etc/written-by-a-parser")
+    on_this_machine = leaked.exists()
+    leaked.unlink(missing_ok=True)
+    assert (result.returncode, result.stdout) == (0, "written\n"), result.stderr  # the parser saw its write
+    assert not on_this_machine and not (root / "etc/written-by-a-parser").exists()
     assert (root / "usr/sbin/smtpd").stat() == smtpd
     assert (tree / "etc/mail/smtpd.conf").read_text() == rendered
 
