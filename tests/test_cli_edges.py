@@ -584,21 +584,6 @@ def _rendered_example(tmp_path: Path) -> Path:
     return out
 
 
-def test_configtest_without_a_parser_installed_names_its_package(tmp_path):
-    """A parser missing here is the user's to install: one line naming the package and make deps,
-    exit 2, before any check runs (not an OSError about a file)."""
-    out = _rendered_example(tmp_path)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for program in ("sh", "bgpd", "ip", "unshare", "openssl", "mount"):  # everything but smtpd
-        if found := shutil.which(program):
-            (bin_dir / program).symlink_to(found)
-    result = subprocess.run([sys.executable, "-m", "mailsite", "configtest", str(out)], capture_output=True, text=True,
-                            cwd=ROOT, env={**os.environ, "PATH": str(bin_dir)}, timeout=60)
-    line = _one_line(result, "smtpd", "opensmtpd", "make deps")
-    assert "No such file" not in line
-
-
 def test_configtest_knows_a_host_by_its_name_file_and_reports_what_its_tree_lacks(tmp_path):
     """A host whose smtpd.conf is gone is still a host: configtest says the file is missing
     rather than leaving the host out; a directory of no host is still refused."""
