@@ -9,7 +9,6 @@ import copy
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 from pathlib import Path
