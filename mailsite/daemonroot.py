@@ -10,10 +10,12 @@ records the exact versions it was built with (reports show them), and refuses to
 major version the checks rely on (MAJORS) has moved, since the grammar they check may have too.
 
 A root is cached below CACHE under a key made of everything it is built from (suite, mirror,
-package list): a new list builds a new root and removes the old one. It is built in a scratch
-directory and renamed into place whole, its manifest (versions and a checksum of every file of
-PACKAGES) written last; each use checks the manifest and the checksums, so a root cut short or
-altered since is built again, never used.
+package list): a new list builds a new root beside the old one, which a lab may still run from
+(`--prune` removes the roots of other lists). It is built in a scratch directory and renamed into
+place whole, its manifest written last: every file's type, owner, mode, size and modification time
+(a link's target), and a checksum of every file of PACKAGES. Each use checks the whole manifest,
+so a root cut short or altered since (a file changed, added or removed) is built again, never
+used; the versions reported are read from the root's own dpkg database at each use.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -44,8 +48,8 @@ PACKAGES = ("opensmtpd", "openbgpd", "dnsmasq-base", "swaks", "openssl", "ca-cer
 MAJORS = {"opensmtpd": 7, "openbgpd": 8}
 CACHE = Path("/var/cache/mailsite/daemon-root")
 MANIFEST = "manifest.json"
-_FORMAT = 1  # of the manifest and the build: a change builds every root again
-_BUILD_TIMEOUT = 900
+_FORMAT = 2  # of the manifest and the build: a change builds every root again
+_BUILD_TIMEOUT = 600
 
 
 class DaemonRootError(MailsiteError):
@@ -78,14 +82,9 @@ def daemon_root(cache_dir: Path = CACHE) -> DaemonRoot:
 @cache
 def _daemon_root(cache_dir: Path, packages: tuple[str, ...]) -> DaemonRoot:
     # Checked once per process: a lab up or a configtest run calls this many times.
-    home = cache_dir / cache_key(packages)
-    root = _verified(home, packages)
+    root = _verified(cache_dir / cache_key(packages), packages)
     if root is None:
-        _require_builder()
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with open(cache_dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # two first uses at once build it once
-            root = _verified(home, packages) or build(cache_dir, packages)
+        root = build(cache_dir, packages, again=False)
     _check_majors(root)
     return root
 
@@ -121,11 +120,35 @@ def _checksums(root: Path, packages: Iterable[str]) -> dict[str, str]:
 
 
 def _installed_versions(root: Path) -> dict[str, str]:
-    result = subprocess.run(["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W", "-f", "${Package}\t${Version}\n"],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise DaemonRootError(f"cannot read the daemon root's package versions: {result.stderr.strip()}")
-    return dict(line.split("\t", 1) for line in result.stdout.splitlines() if "\t" in line)
+    """package -> version, from the root's own dpkg database (never from the manifest's word)."""
+    versions = {}
+    for stanza in (root / "var/lib/dpkg/status").read_text(errors="replace").split("\n\n"):
+        fields = dict(re.findall(r"^(Package|Version|Status): (.*)$", stanza, re.M))
+        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+            versions[fields["Package"]] = fields.get("Version", "")
+    return versions
+
+
+def _inventory(root: Path) -> dict[str, list[int | str]]:
+    """Every entry below the root (on its file system): type and mode, owner, size and
+    modification time; a link's target. What a build left, to compare each use against."""
+    device = root.stat().st_dev
+    entries: dict[str, list[int | str]] = {}
+
+    def walk(directory: Path, prefix: str) -> None:
+        with os.scandir(directory) as found:
+            for entry in found:
+                info = entry.stat(follow_symlinks=False)
+                name = prefix + entry.name
+                if stat.S_ISLNK(info.st_mode):
+                    entries[name] = [info.st_mode, info.st_uid, info.st_gid, os.readlink(entry.path)]
+                else:
+                    entries[name] = [info.st_mode, info.st_uid, info.st_gid, info.st_size, info.st_mtime_ns]
+                if stat.S_ISDIR(info.st_mode) and info.st_dev == device:
+                    walk(Path(entry.path), name + "/")
+
+    walk(root, "")
+    return entries
 
 
 def _verified(home: Path, packages: tuple[str, ...]) -> DaemonRoot | None:
@@ -135,47 +158,101 @@ def _verified(home: Path, packages: tuple[str, ...]) -> DaemonRoot | None:
         if manifest["format"] != _FORMAT or manifest["packages"] != list(packages):
             return None
         root = home / "root"
-        if _checksums(root, packages) != manifest["checksums"]:
+        if _inventory(root) != manifest["inventory"] or _checksums(root, packages) != manifest["checksums"]:
             return None
-        return DaemonRoot(root, dict(manifest["versions"]))
+        return DaemonRoot(root, _installed_versions(root))
     except (OSError, ValueError, KeyError, TypeError, DaemonRootError):
         return None
 
 
-def build(cache_dir: Path = CACHE, packages: tuple[str, ...] = PACKAGES) -> DaemonRoot:
-    """Build the root for `packages` from the registry, record it, and put it in place whole."""
+def _unmount_below(directory: Path) -> None:
+    """Unmount what a killed build left mounted in its scratch root (mmdebstrap mounts /proc,
+    /sys and /dev there), deepest first, so that removing it never walks into this machine's."""
+    prefix = str(directory.resolve()) + "/"
+    mounted = [line.split()[1].replace("\\040", " ") for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for point in sorted((m for m in mounted if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], capture_output=True)
+
+
+def _remove(directory: Path) -> None:
+    _unmount_below(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _failure(log: Path) -> str:
+    """The line of mmdebstrap's log that says why, not its closing "mmdebstrap failed to run"."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("E:", "W:")) and "mmdebstrap failed to run" not in line]
+    return (errors or lines[-1:] or ["no output"])[0]
+
+
+def build(cache_dir: Path = CACHE, packages: tuple[str, ...] = PACKAGES, again: bool = True) -> DaemonRoot:
+    """Build the root for `packages` from the registry, record it, and put it in place whole;
+    `again`: even if the cached one is whole (--rebuild). One build at a time per cache."""
     _require_builder()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two first uses at once build it once
+        home = cache_dir / cache_key(packages)
+        if not again and (root := _verified(home, packages)) is not None:
+            return root
+        for left in cache_dir.glob("*.building"):  # what a killed build left (under this lock: none runs)
+            _remove(left)
+        return _build(cache_dir, packages)
+
+
+def _build(cache_dir: Path, packages: tuple[str, ...]) -> DaemonRoot:
     key = cache_key(packages)
     scratch = cache_dir / f"{key}.building"
-    shutil.rmtree(scratch, ignore_errors=True)  # what a killed build left
-    scratch.mkdir(parents=True)
+    scratch.mkdir()
     print(f"building the daemon root (Debian {SUITE}: {', '.join(packages)}) in {cache_dir / key}; "
-          "once per machine, about a minute", file=sys.stderr)
+          "once per machine, about 30 s", file=sys.stderr)
     log = cache_dir / f"{key}.log"
     command = ["mmdebstrap", "--variant=apt", "--mode=root", f"--include={','.join(packages)}", SUITE,
                str(scratch / "root"), MIRROR]
-    try:
-        with open(log, "w") as out:
-            result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=_BUILD_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise DaemonRootError(f"building the daemon root took over {_BUILD_TIMEOUT} s; see {log}") from None
-    if result.returncode != 0:
-        shutil.rmtree(scratch, ignore_errors=True)
-        last = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise DaemonRootError(f"building the daemon root failed ({last[0]}); see {log}, then run make root")
+    with open(log, "w") as out:
+        # Its own session: a timeout or an interrupt stops every process of the build, not only the first.
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            status = process.wait(timeout=_BUILD_TIMEOUT)
+        except BaseException as stopped:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            _remove(scratch)
+            if isinstance(stopped, subprocess.TimeoutExpired):
+                raise DaemonRootError(f"building the daemon root took over {_BUILD_TIMEOUT} s; see {log}") from None
+            raise
+    if status != 0:
+        _remove(scratch)
+        raise DaemonRootError(f"building the daemon root failed: {_failure(log)}; the Debian mirror {MIRROR} must be "
+                              f"reachable; see {log}, then run make root")
     root = scratch / "root"
-    versions = _installed_versions(root)
     manifest = {"format": _FORMAT, "suite": SUITE, "mirror": MIRROR, "packages": list(packages),
-                "versions": versions, "checksums": _checksums(root, packages)}
-    (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+                "inventory": _inventory(root), "checksums": _checksums(root, packages)}
+    (scratch / MANIFEST).write_text(json.dumps(manifest, sort_keys=True) + "\n")
     home = cache_dir / key
-    shutil.rmtree(home, ignore_errors=True)  # a damaged root of the same list
+    _remove(home)  # a damaged root of the same list, or --rebuild
     scratch.rename(home)
-    for stale in cache_dir.iterdir():  # roots of other package lists: this machine's list changed
-        if stale.is_dir() and stale.name != key:
-            shutil.rmtree(stale, ignore_errors=True)
-    return DaemonRoot(home / "root", versions)
+    return DaemonRoot(home / "root", _installed_versions(home / "root"))
+
+
+def prune(cache_dir: Path = CACHE, packages: tuple[str, ...] = PACKAGES) -> list[Path]:
+    """Remove the roots of other package lists (a lab still up may run from one: take it down
+    first); returns what was removed."""
+    keep = cache_key(packages)
+    removed = []
+    with open(cache_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for entry in sorted(cache_dir.iterdir()):
+            if entry.name.split(".")[0] == keep or entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                _remove(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
 
 
 def _check_majors(root: DaemonRoot) -> None:
@@ -193,16 +270,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mailsite.daemonroot",
                                      description="Build (if needed) and check the daemon root; print its versions.")
     parser.add_argument("--rebuild", action="store_true", help="build it again even if the cached one is whole")
+    parser.add_argument("--prune", action="store_true",
+                        help="remove the roots of other package lists (take a lab running from one down first)")
     options = parser.parse_args(argv)
     try:
         root = build() if options.rebuild else daemon_root()
         _check_majors(root)
+        pruned = prune() if options.prune else []
     except MailsiteError as error:
-        print(f"mailsite: {error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing half-built is kept: run it again", file=sys.stderr)
+        return 130
+    except OSError as error:
+        print(f"error: {error.filename or 'the daemon root'}: {error.strerror}; check the path and its permissions",
+              file=sys.stderr)
+        return 2
     print(root.path)
     for package in PACKAGES:
         print(f"{package}\t{root.version(package)}")
+    for path in pruned:
+        print(f"removed {path}", file=sys.stderr)
     return 0
 
 

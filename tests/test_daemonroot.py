@@ -15,39 +15,69 @@ from mailsite.errors import UserError
 
 
 def _fake_home(tmp_path: Path, packages=("opensmtpd",)) -> Path:
-    """A cached root as build() leaves it, small: one package with two files and its manifest."""
+    """A cached root as build() leaves it, small: one package with two files, its dpkg status,
+    and the manifest."""
     home = tmp_path / "cache" / cache_key(packages)
     root = home / "root"
     (root / "usr/sbin").mkdir(parents=True)
+    (root / "etc").mkdir()
     (root / "var/lib/dpkg/info").mkdir(parents=True)
     (root / "usr/sbin/smtpd").write_bytes(b"smtpd 7.6")
     (root / "usr/sbin/smtpctl").write_bytes(b"smtpctl 7.6")
+    (root / "usr/sbin/sendmail").symlink_to("smtpctl")
     (root / "var/lib/dpkg/info/opensmtpd.list").write_text("/.\n/usr\n/usr/sbin\n/usr/sbin/smtpd\n/usr/sbin/smtpctl\n")
-    manifest = {"format": daemonroot._FORMAT, "packages": list(packages), "versions": {"opensmtpd": "7.6.0p1-1"},
+    (root / "var/lib/dpkg/status").write_text(
+        "Package: opensmtpd\nStatus: install ok installed\nVersion: 7.6.0p1-1\n\n"
+        "Package: gone\nStatus: deinstall ok config-files\nVersion: 1.0\n")
+    manifest = {"format": daemonroot._FORMAT, "packages": list(packages), "inventory": daemonroot._inventory(root),
                 "checksums": daemonroot._checksums(root, packages)}
     (home / MANIFEST).write_text(json.dumps(manifest))
     return home
 
 
-def test_a_whole_cached_root_is_used_as_recorded(tmp_path):
+def _verified(home):
+    return daemonroot._verified(home, ("opensmtpd",))
+
+
+def test_a_whole_cached_root_is_used_with_the_versions_its_dpkg_holds(tmp_path):
     home = _fake_home(tmp_path)
-    root = daemonroot._verified(home, ("opensmtpd",))
-    assert root == DaemonRoot(home / "root", {"opensmtpd": "7.6.0p1-1"})
+    assert _verified(home) == DaemonRoot(home / "root", {"opensmtpd": "7.6.0p1-1"})
+
+
+def test_the_versions_reported_are_the_roots_not_the_manifests_word(tmp_path):
+    home = _fake_home(tmp_path)
+    manifest = json.loads((home / MANIFEST).read_text())
+    manifest["versions"] = {"opensmtpd": "7.9.9-1"}
+    (home / MANIFEST).write_text(json.dumps(manifest))
+    assert _verified(home).version("opensmtpd") == "7.6.0p1-1"
 
 
 def test_an_altered_daemon_binary_makes_the_root_be_built_again(tmp_path):
     home = _fake_home(tmp_path)
     (home / "root/usr/sbin/smtpd").write_bytes(b"smtpd 6.8")
-    assert daemonroot._verified(home, ("opensmtpd",)) is None
+    assert _verified(home) is None
+
+
+@pytest.mark.parametrize("alter", [
+    lambda root: (root / "etc/ld.so.preload").write_text("/tmp/evil.so\n"),  # a file added anywhere
+    lambda root: (root / "usr/sbin/smtpd").chmod(0o4777),  # a mode
+    lambda root: ((root / "usr/sbin/sendmail").unlink(), (root / "usr/sbin/sendmail").symlink_to("/bin/true")),
+    lambda root: (root / "var/lib/dpkg/status").write_text("Package: opensmtpd\n"),  # a file of no listed package
+    lambda root: (root / "etc").rmdir(),  # an entry removed
+], ids=["file added", "mode", "link target", "other file", "removed"])
+def test_any_change_to_the_root_makes_it_be_built_again(tmp_path, alter):
+    home = _fake_home(tmp_path)
+    alter(home / "root")
+    assert _verified(home) is None
 
 
 def test_a_root_cut_short_is_built_again(tmp_path):
     home = _fake_home(tmp_path)
     (home / "root/usr/sbin/smtpctl").unlink()
-    assert daemonroot._verified(home, ("opensmtpd",)) is None
-    (home / MANIFEST).unlink()  # a build killed before its manifest: never used
-    assert daemonroot._verified(_fake_home(tmp_path / "again"), ("opensmtpd",)) is not None
-    assert daemonroot._verified(home, ("opensmtpd",)) is None
+    assert _verified(home) is None
+    other = _fake_home(tmp_path / "again")
+    (other / MANIFEST).unlink()  # a build killed before its manifest: never used
+    assert _verified(other) is None
 
 
 def test_a_changed_package_list_is_another_root():
@@ -60,6 +90,16 @@ def test_a_root_recorded_for_another_list_is_not_used(tmp_path):
     assert daemonroot._verified(home, ("opensmtpd", "openbgpd")) is None
 
 
+def test_pruning_keeps_this_lists_root_and_removes_the_others(tmp_path):
+    cache = tmp_path / "cache"
+    current = _fake_home(tmp_path)
+    old = cache / "0123456789abcdef"
+    (old / "root/etc").mkdir(parents=True)
+    (cache / "0123456789abcdef.log").write_text("old build\n")
+    assert daemonroot.prune(cache, ("opensmtpd",)) == [old, cache / "0123456789abcdef.log"]
+    assert sorted(path.name for path in cache.iterdir()) == [".lock", current.name]
+
+
 @pytest.mark.parametrize("package, version", [("opensmtpd", "8.0.0p1-1"), ("openbgpd", "1:9.0-1"), ("opensmtpd", "")])
 def test_a_moved_major_is_refused_in_one_line(package, version):
     versions = {"opensmtpd": "7.6.0p1-1", "openbgpd": "8.8-1", package: version}
@@ -70,18 +110,46 @@ def test_a_moved_major_is_refused_in_one_line(package, version):
     assert package in message and (version or "missing") in message and "MAJORS in mailsite/daemonroot.py" in message
 
 
-def test_a_failed_build_leaves_nothing_half_built(tmp_path, monkeypatch):
+def _failing_mmdebstrap(tmp_path, monkeypatch):
+    """An mmdebstrap that fails as the real one does without the mirror: the cause first, then
+    its closing line."""
     tools = tmp_path / "bin"
     tools.mkdir()
     fake = tools / "mmdebstrap"
-    fake.write_text("#!/bin/sh\necho 'E: cannot reach the mirror' >&2\nexit 1\n")
+    fake.write_text("#!/bin/sh\necho \"W: Failed to fetch trixie/InRelease: Temporary failure resolving 'deb.debian.org'\"\n"
+                    "echo 'E: apt-get update -oAPT::Status-Fd=<$fd> failed' >&2\n"
+                    "echo 'E: mmdebstrap failed to run' >&2\nexit 1\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+
+
+def test_a_failed_build_says_why_and_leaves_nothing_half_built(tmp_path, monkeypatch):
+    _failing_mmdebstrap(tmp_path, monkeypatch)
     cache = tmp_path / "cache"
     with pytest.raises(DaemonRootError) as raised:
         daemonroot._daemon_root.__wrapped__(cache, ("opensmtpd",))
-    assert "E: cannot reach the mirror" in str(raised.value) and "make root" in str(raised.value)
+    message = str(raised.value)
+    assert "Temporary failure resolving 'deb.debian.org'" in message and "make root" in message
+    assert "mmdebstrap failed to run" not in message and "\n" not in message
     assert sorted(path.name for path in cache.iterdir()) == [".lock", f"{cache_key(('opensmtpd',))}.log"]
+
+
+def test_what_a_killed_build_left_mounted_is_unmounted_before_it_is_removed(tmp_path, monkeypatch):
+    """mmdebstrap mounts /proc and the like in the root it builds; a build killed with its whole
+    process group leaves them mounted. The next build unmounts them rather than walk into them."""
+    _failing_mmdebstrap(tmp_path, monkeypatch)
+    cache = tmp_path / "cache"
+    left = cache / f"{cache_key(('opensmtpd',))}.building" / "root" / "proc"
+    left.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "mailsite-test", str(left)], check=True)
+    try:
+        (left / "precious").write_text("a file of the mounted file system\n")
+        with pytest.raises(DaemonRootError):
+            daemonroot._daemon_root.__wrapped__(cache, ("opensmtpd",))
+        assert str(left) not in Path("/proc/self/mounts").read_text()
+        assert not left.exists()
+    finally:
+        subprocess.run(["umount", str(left)], capture_output=True)
 
 
 def test_without_mmdebstrap_the_fix_is_named(tmp_path, monkeypatch):
