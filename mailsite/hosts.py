@@ -86,10 +86,18 @@ def ssh_control(host: Host) -> CommandControl:
     return ssh_to(host.mx_name)
 
 
+# A root login's environment on the lab host, nothing of this machine's: its programs are found
+# in the daemon root's directories, whatever PATH the caller had.
+LAB_LOGIN = ("/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
+             "LANG=C.UTF-8")
+
+
 def into_lab_host(holder_pid: int) -> list[str]:
-    """The command prefix that runs what follows as on a lab host: its network, its mounts
-    (/etc, /var/spool, /run) and its name, those of the process holding its namespaces."""
-    return ["nsenter", "-t", str(holder_pid), "-m", "-n", "-u", "--"]
+    """The command prefix that runs what follows as on a lab host: the network, mounts and name
+    of the process holding its namespaces, and its root and working directory (it is chrooted
+    into the host's tree over the daemon root), so every program is the root's, never this
+    machine's."""
+    return ["nsenter", "-t", str(holder_pid), "-m", "-n", "-u", "-r", "-w", "--", *LAB_LOGIN]
 
 
 def lab_control(holder_pid: int, timeout: float = 30, forget: list[str] | None = None) -> CommandControl:

@@ -38,7 +38,6 @@ class LinuxDifferences:
     (Interface names are not one: the lab names its links vmx0 and lo0, as on OpenBSD.)
     """
 
-    plain_smtp: bool = False  # Debian's smtpd 6.8 cannot finish a TLS handshake with OpenSSL 3
     bgpd_socket: str | None = None  # two bgpd on one machine need their own control sockets
     # Linux has no pf: bgpd there refuses `set pftable` ("pftable not supported"). The lines are
     # blanked, not dropped, so that line numbers in bgpd's messages still match the OpenBSD file.

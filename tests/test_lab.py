@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from mailsite.daemonroot import daemon_root
 from mailsite.daemons import daemons_on
 from mailsite.lab import bgp, mail, scenarios
 from mailsite.results import Status
@@ -56,4 +59,79 @@ def test_queue_key_is_private_and_lab_secrets_stay_in_the_lab(lab):
     key = lab.root("mx2") / "etc/mail/queue-key.conf"
     assert key.stat().st_mode & 0o777 == 0o600
     assert Path(lab.plan.site.secrets.path).is_relative_to(lab.dir)
+    for private in (lab.dir / "passwords.json", lab.dir / "ca" / "ca.key", lab.root("mx1") / "etc/ssl/private/mx1.example.org.key"):
+        assert private.stat().st_mode & 0o777 == 0o600, private
+
+
+# What each lab process runs: the holders sleep, the daemons are the root's own builds.
+PROGRAMS = {"host": "usr/bin/sleep", "smtpd": "usr/sbin/smtpd", "bgpd": "usr/sbin/bgpd", "dnsmasq": "usr/sbin/dnsmasq"}
+
+
+def test_every_node_and_daemon_runs_from_the_daemon_root(lab):
+    """No lab process runs a program of this machine nor sees its /: each is chrooted into its
+    node's tree over the daemon root, and its program is the root's file (smtpd 7, bgpd 8)."""
+    root, ours = daemon_root().path, os.stat("/")
+    assert {key.split("/")[1] for key in lab.state.processes} == set(PROGRAMS)
+    for key, record in lab.state.processes.items():
+        seen = os.stat(f"/proc/{record.pid}/root")
+        assert (seen.st_dev, seen.st_ino) != (ours.st_dev, ours.st_ino), f"{key} sees this machine's /"
+        program = Path(f"/proc/{record.pid}/exe").read_bytes()
+        assert program == (root / PROGRAMS[key.split("/")[1]]).read_bytes(), f"{key} runs another program than the root's"
+    for node in lab.plan.nodes:
+        assert lab.run_in(node.name, ["cat", "/etc/debian_version"]).stdout == (root / "etc/debian_version").read_text()
+
+
+def test_commands_on_any_node_are_the_roots_whatever_the_callers_path(lab, monkeypatch):
+    """smtpctl, bgpctl and swaks run as on the node, from the root, even for a caller whose PATH
+    lacks /usr/sbin (where this machine keeps its own smtpctl and bgpctl)."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert "MTA running" in lab.run_in("mx1", ["smtpctl", "show", "status"]).stdout
+    assert lab.run_in("rs1", ["bgpctl", "show", "summary"]).returncode == 0
+    swaks = lab.run_in("internet", ["swaks", "--version"])
+    assert swaks.returncode == 0 and "20240103" in swaks.stdout + swaks.stderr
+    assert lab.run_in("dns", ["hostname"]).stdout == "dns\n" and lab.run_in("mx2", ["hostname"]).stdout == "mx2.example.org\n"
+
+
+# A client of the primary's submission port (Python's, in the internet node's network): the
+# password comes on stdin, never in an argv.
+_LOGIN = """
+import smtplib, ssl, sys
+address, cafile, user = sys.argv[1:]
+context = ssl.create_default_context(cafile=cafile)
+context.check_hostname = False  # by address here; the TLS scenarios verify each MX by name
+session = smtplib.SMTP(address, 587, timeout=10)
+session.starttls(context=context)
+try:
+    session.login(user, sys.stdin.readline().rstrip("\\n"))
+    print("accepted")
+except smtplib.SMTPAuthenticationError as error:
+    print("refused", error.smtp_code)
+session.quit()
+"""
+
+
+def test_mailbox_users_log_in_with_this_ups_password_and_no_other(lab):
+    """Each mailbox user of the primary has a password of this up, checked by smtpd's `auth`
+    (PAM, the primary's /etc/shadow); another user's password, or none of its, is refused."""
+    primary = lab.plan.site.primary.name
+
+    def login(user: str, password: str) -> str:
+        argv = ["nsenter", f"--net=/run/netns/{lab.plan.internet.namespace}", "--", sys.executable, "-c", _LOGIN,
+                str(lab.plan.node(primary).ipv4), str(lab.ca_certificate), user]
+        result = subprocess.run(argv, input=password + "\n", capture_output=True, text=True, timeout=30)
+        return result.stdout.strip() or result.stderr.strip()[-300:]
+
+    alice, bob = lab.password("alice"), lab.password("bob")
+    assert alice != bob and len(alice) >= 20
+    assert login("alice", alice) == "accepted" and login("bob", bob) == "accepted"
+    assert login("alice", bob) == "refused 535" and login("bob", "") == "refused 535"
+
+
+def test_lab_ca_is_in_every_nodes_trust_store(lab):
+    ca = lab.ca_certificate.read_text()
+    bundle = (daemon_root().path / "etc/ssl/certs/ca-certificates.crt").read_text()
+    for node in lab.plan.nodes:
+        assert lab.run_in(node.name, ["cat", "/etc/ssl/mailsite-lab-ca.pem"]).stdout == ca
+        trusted = lab.run_in(node.name, ["cat", "/etc/ssl/certs/ca-certificates.crt"]).stdout
+        assert trusted.startswith(bundle.rstrip("\n")) and trusted.endswith(ca), node.name
 

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 import mailsite.daemons
 import mailsite.lab.lab
 from mailsite.daemons import Daemon, LabRun
-from mailsite.lab.lab import STATE_DIR, Lab, is_up, leftovers, teardown
+from mailsite.lab.lab import STATE_DIR, TOOLS, Lab, is_up, leftovers, teardown
 from mailsite.lab.procs import NETNS_DIR, LabError, ProcessRecord, alive, record_of, wait_until
 from tests.sites import EXAMPLE, ROOT
 
@@ -59,6 +61,8 @@ def test_up_status_send_and_down_from_the_command_line():
     assert "mx2" in up.stdout and "lab up in" in up.stdout
     keys = [path.read_text().strip() for path in (STATE_DIR / "secrets").rglob("versions/*")]
     assert len(keys) == 4 and not any(key in up.stdout + up.stderr for key in keys), "a key was printed"
+    passwords = json.loads((STATE_DIR / "passwords.json").read_text())
+    assert passwords and not any(password in up.stdout + up.stderr for password in passwords.values()), "a password was printed"
 
     again = lab("up", "--config", str(EXAMPLE))
     assert (again.returncode, again.stderr) == (2, "error: a lab is already up or coming up; run lab down\n")
@@ -145,8 +149,10 @@ def test_down_cleans_by_namespace_names_when_the_state_is_not_a_record():
 def test_lab_starts_each_daemon_the_registry_gives_a_host_and_waits_for_it(monkeypatch):
     """A daemon module added to mailsite.daemons runs in the lab on the hosts it names, started
     by its LabRun and waited for on its port: the lab names no site daemon itself."""
+    # Perl, as the daemon root has it (swaks's): a daemon runs from the root, not this machine.
+    serve = "my $s = IO::Socket::INET->new(LocalAddr => '0.0.0.0:8025', Listen => 5, ReuseAddr => 1) or die $!; sleep 600"
     listener = Daemon("listener", runs_on=lambda site, host: host.is_primary,
-                      lab=LabRun(("python3", "-m", "http.server", "--bind", "0.0.0.0", "8025"), (8025, "tcp")))
+                      lab=LabRun(("perl", "-MIO::Socket::INET", "-e", serve), (8025, "tcp")))
     monkeypatch.setattr(mailsite.daemons, "DAEMONS", (*mailsite.daemons.DAEMONS, listener))
     running = Lab.up(EXAMPLE)
     try:
@@ -238,3 +244,57 @@ def test_two_ups_at_once_one_refuses_and_leaves_the_other_up(monkeypatch):
         assert all(running.daemons().values()) and running.smtpd_listening("mx1")
     finally:
         assert running.down() == []
+
+
+def test_each_up_has_a_ca_and_passwords_of_its_own():
+    """Nothing of an earlier lab's TLS or logins holds in the next: a new CA (in every node's trust
+    store) and new passwords."""
+    first = Lab.up(EXAMPLE)
+    try:
+        ca, password = first.ca_certificate.read_text(), first.password("alice")
+    finally:
+        assert first.down() == []
+    second = Lab.up(EXAMPLE)
+    try:
+        assert second.ca_certificate.read_text() != ca and second.password("alice") != password
+        assert second.run_in("internet", ["cat", "/etc/ssl/mailsite-lab-ca.pem"]).stdout == second.ca_certificate.read_text()
+        with pytest.raises(LabError, match="mallory is not a mailbox user"):
+            second.password("mallory")
+    finally:
+        assert second.down() == []
+
+
+def test_lab_needs_of_this_machine_only_its_namespace_and_mount_tools(tmp_path, monkeypatch):
+    """With nothing on PATH but the tools TOOLS names (and sh), the lab comes up whole: no daemon
+    nor client of this machine's (smtpd, bgpd, dnsmasq, swaks, sysctl) is used."""
+    assert set(TOOLS) == {"ip", "nsenter", "unshare", "mount", "chroot"}
+    for tool in (*TOOLS, "sh"):
+        (tmp_path / tool).symlink_to(shutil.which(tool))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    running = Lab.up(EXAMPLE)
+    try:
+        assert all(running.daemons().values()) and running.smtpd_listening("mx1")
+    finally:
+        assert running.down() == []
+
+
+def test_leftovers_sees_each_nodes_mounts_and_down_leaves_none_even_where_a_process_joined_a_node():
+    """Each node's tree (its overlay over the daemon root, /proc, /run...) is mounted in its own
+    mount namespace only, which leftovers() looks into; down removes them all, even from a
+    process that joined a node's mount namespace and outlives the lab (its mount points go with
+    the state directory)."""
+    running = Lab.up(EXAMPLE)
+    stray = None
+    try:
+        held = [line for line in leftovers() if line.startswith("a lab node's mounts (over the daemon root)")]
+        assert len(held) == len(running.plan.nodes), held
+        stray = subprocess.Popen(["nsenter", "-t", str(running.holder("mx2").pid), "-m", "--", "sleep", "600"])
+        assert wait_until(lambda: "mailsite-lab" in Path(f"/proc/{stray.pid}/mounts").read_text(), 10)
+    finally:
+        assert running.down() == []
+    try:
+        assert stray.poll() is None and "mailsite-lab" not in Path(f"/proc/{stray.pid}/mounts").read_text()
+    finally:
+        stray.kill()
+        stray.wait()
+    assert leftovers() == []

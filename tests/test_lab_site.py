@@ -7,9 +7,10 @@ import re
 from pathlib import Path
 
 from mailsite.dns import dns_records
+from mailsite.lab.ca import LabCA
 from mailsite.lab.site import (
-    BLACKLIST, BYPASS, LAB_IPV4, LINUX, host_environment, lab_plan, mailbox_owners, render_dnsmasq_conf,
-    render_lab_host, render_route_server_conf,
+    BLACKLIST, BYPASS, CA_BUNDLE, LAB_CA, LAB_IPV4, LINUX, host_environment, lab_plan, mailbox_owners, pki_files,
+    render_dnsmasq_conf, render_lab_host, render_route_server_conf, shadow, trust_store,
 )
 from mailsite.render import render_host
 from mailsite.templates import LinuxDifferences
@@ -39,26 +40,21 @@ def test_lab_links_are_named_as_on_openbsd():
     assert [(n.link, n.loopback) for n in plan.of_kind("mx")] == [("vmx0", "lo0"), ("vio0", "lo0")]
 
 
-def test_each_linux_difference_changes_only_its_own_lines(example_site):
-    """The lab's files are the images' files but for LINUX: plain_smtp drops TLS and nothing else,
-    pftable blanks `set pftable` lines and nothing else."""
+def test_lab_files_are_the_images_files_but_for_the_pftable_lines(example_site):
+    """The lab runs the images' own files, TLS listeners and `relay ... tls` included; LINUX only
+    blanks `set pftable` lines (Linux has no pf), keeping every other line where it was."""
     plan = lab_plan(example_site, SECRETS)
     secrets = fake_secrets(plan.site)
     for host in plan.site.hosts:
         openbsd = render_host(plan.site, host, plan.addresses(), secrets[host.name])
         lab = render_lab_host(plan, host, secrets[host.name])
-        plain = render_host(plan.site, host, plan.addresses(), secrets[host.name], LinuxDifferences(plain_smtp=True))
-        assert {path for path in openbsd if openbsd[path].text != lab[path].text} == {
-            "etc/mail/smtpd.conf", "etc/rc.conf.local", "etc/bgpd.conf"}
-        for path in ("etc/mail/smtpd.conf", "etc/rc.conf.local"):
-            assert lab[path].text == plain[path].text
-            before, after = openbsd[path].text.splitlines(), plain[path].text.splitlines()
-            without_tls = [re.sub(r' tls pki \S+| -C [^\s"]+ -K [^\s"]+', "", line) for line in before
-                           if not re.search(r"^pki |port submission|smtps|TLS and auth", line) and line.strip()]
-            assert without_tls == [line for line in after if line.strip()], f"{host.name}:{path}"
+        assert {path for path in openbsd if openbsd[path].text != lab[path].text} == {"etc/bgpd.conf"}
         bgpd = zip(openbsd["etc/bgpd.conf"].text.splitlines(), lab["etc/bgpd.conf"].text.splitlines(), strict=True)
         assert [(a, b) for a, b in bgpd if a != b] == [(a, "#") for a in openbsd["etc/bgpd.conf"].text.splitlines() if "set pftable" in a]
-    assert LINUX == LinuxDifferences(plain_smtp=True, pftable=False)
+        smtpd = lab["etc/mail/smtpd.conf"].text
+        assert f"listen on {host.egress_interface} tls pki {host.mx_name}" in smtpd
+        assert (f"pki {host.mx_name} cert \"{plan.site.tls.certificate_for(host)}\"") in smtpd
+    assert LINUX == LinuxDifferences(pftable=False)
 
 
 def test_dnsmasq_serves_every_dns_record(example_site):
@@ -93,3 +89,32 @@ def test_primary_gets_mailbox_users_replacing_same_named_accounts(example_site):
     backup = host_environment(plan, plan.site.backups[0], passwd, group)
     assert "etc/passwd" not in backup and mailbox_owners(backup) == {}
     assert backup["etc/resolv.conf"].text.startswith(f"nameserver {plan.dns.ipv4}\n")
+
+
+def test_every_node_trusts_debian_and_the_lab_ca():
+    debian = "-----BEGIN CERTIFICATE-----\nDEBIAN\n-----END CERTIFICATE-----\n"
+    lab_ca = LabCA.new("example").pem.decode()
+    files = trust_store(debian, lab_ca)
+    assert files[CA_BUNDLE].text == debian + lab_ca and files[LAB_CA].text == lab_ca
+    assert CA_BUNDLE == "etc/ssl/certs/ca-certificates.crt"  # Debian's smtpd's compiled-in CA file
+
+
+def test_each_mx_gets_its_certificate_and_private_key_where_smtpd_conf_names_them(example_site):
+    plan = lab_plan(example_site, SECRETS)
+    host = plan.site.backups[0]
+    issued = LabCA.new("example").issue([host.mx_name])
+    files = pki_files(plan, host, issued)
+    certificate, key = files[plan.site.tls.certificate_for(host).lstrip("/")], files[plan.site.tls.key_for(host).lstrip("/")]
+    smtpd = render_lab_host(plan, host, fake_secrets(plan.site)[host.name])["etc/mail/smtpd.conf"].text
+    assert f'pki {host.mx_name} cert "/{plan.site.tls.certificate_for(host).lstrip("/")}"' in smtpd
+    assert certificate.text == issued.certificate.decode() and certificate.mode == 0o644 and not certificate.secret
+    assert key.text == issued.key.decode() and key.mode == 0o600 and key.secret
+
+
+def test_mailbox_users_get_a_shadow_entry_each_replacing_same_named_ones():
+    root = "root:*:20000:0:99999:7:::\nalice:!:19000::::::\n"
+    hashes = {"alice": "$6$salt$hashA", "bob": "$6$salt$hashB"}
+    entry = shadow(root, hashes, 20418)
+    assert entry.text.splitlines() == ["root:*:20000:0:99999:7:::", "alice:$6$salt$hashA:20418:0:99999:7:::",
+                                       "bob:$6$salt$hashB:20418:0:99999:7:::"]
+    assert entry.secret and entry.mode == 0o640

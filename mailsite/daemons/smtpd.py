@@ -13,7 +13,7 @@ from .base import ConfigTest, Daemon, HostContext, LabRun
 
 def render_smtpd_conf(context: HostContext) -> str:
     site, host = context.site, context.host
-    tls = None if context.linux.plain_smtp else {"certificate": site.tls.certificate_for(host), "key": site.tls.key_for(host)}
+    tls = {"certificate": site.tls.certificate_for(host), "key": site.tls.key_for(host)}
     return render_template(
         "smtpd/smtpd.conf.j2",
         mx_name=host.mx_name,

@@ -40,7 +40,7 @@ def rc_conf_local(context: HostContext) -> str:
         greylist=site.greylist.spamd_g,
         sync_listen=context.own.ipv4,
         sync_peers=[context.addresses[peer.name].ipv4 for peer in site.spamd_sync_peers(host)],
-        tls=None if context.linux.plain_smtp else {"certificate": site.tls.certificate_for(host), "key": site.tls.key_for(host)},
+        tls={"certificate": site.tls.certificate_for(host), "key": site.tls.key_for(host)},
     )
 
 

@@ -2,19 +2,28 @@
 clean up after any run, finished, interrupted or killed.
 
 State lives in STATE_DIR: state.json (a LabState) names every namespace before it is made and
-every process (pid and start time) as it starts; each node's files sit in nodes/<name>/. An MX
-runs the daemons mailsite.daemons says run on its host, each as its LabRun says; the DNS server
-and the route servers are the lab's own, not the site's. Each host runs in a
-mount namespace of its own, held by a `sleep` (its "holder") that every daemon of the host joins:
-its rendered /etc and /usr laid over this machine's (overlay: the update job writes
-/etc/mail), its own /var/spool (smtpd's queue path is compiled in), its own /run (the control
-sockets are compiled in too) and its own hostname (OpenBSD's /etc/myname). All of it vanishes
-with the host's processes; nothing is mounted in this machine's own namespace.
+every process (pid and start time) as it starts; each node's files sit in nodes/<name>/, the lab
+CA in ca/, the mailbox users' passwords in passwords.json (0600). An MX runs the daemons
+mailsite.daemons says run on its host, each as its LabRun says; the DNS server, the route servers
+and the internet sender are the lab's own, not the site's.
+
+Every node runs from the daemon root (mailsite.daemonroot), never from this machine's programs:
+each has network, mount and uts namespaces of its own, held by a `sleep` (its "holder") chrooted
+into the node's tree, which every daemon and command of the node joins (hosts.into_lab_host). That
+tree is an overlay: the root below, read-only and never written; above it nodes/<name>/root, the
+node's rendered files and environment, where what the node writes lands too (the update job's
+lists in /etc/mail); then its own /proc, /dev, /tmp, /run (control sockets are compiled in), on
+an MX its /var/spool (smtpd's queue path is compiled in too) and mailbox homes, and its hostname
+(OpenBSD's /etc/myname). All of it vanishes with the node's processes; nothing is mounted in this
+machine's own namespace.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import secrets as random
 import shlex
 import shutil
 import subprocess
@@ -23,29 +32,30 @@ from pathlib import Path
 from typing import Collection, Sequence
 
 from ..config import load_site_file, stack_name
+from ..daemonroot import daemon_root
 from ..daemons import LabRun, daemons_on
 from ..errors import UserError
-from ..templates import HostTree
+from ..templates import HostTree, RenderedFile
 from ..secrets import init_secrets, site_secrets
 from ..trees import write_tree
 from . import net
-from .bgp import routes_received
+from .bgp import routes_received, sessions
+from .ca import LabCA
 from .procs import (
     LabError, ProcessRecord, alive, in_host, in_network, network_namespace_pids, record_of, run, spawn, stop,
     wait_until,
 )
 from .site import (
-    BLACKLIST, BYPASS, MAILBOX_HOMES, WIRE, LabPlan, Node, host_environment, lab_plan, mailbox_owners,
-    render_dnsmasq_conf, render_lab_host, render_route_server_conf,
+    BLACKLIST, BYPASS, CA_BUNDLE, MAILBOX_HOMES, WIRE, LabPlan, Node, host_environment, lab_plan, mailbox_owners,
+    node_environment, pki_files, render_dnsmasq_conf, render_lab_host, render_route_server_conf, shadow, trust_store,
 )
 from .state import ALREADY_UP, STATE_FILE, LabState, UnreadableState, lab_lock, read_state
 
 STATE_DIR = Path("/var/lib/mailsite-lab")
-TOOLS = {
-    "ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux", "smtpd": "opensmtpd",
-    "smtpctl": "opensmtpd", "bgpd": "openbgpd", "bgpctl": "openbgpd", "dnsmasq": "dnsmasq-base", "swaks": "swaks",
-    "dig": "bind9-dnsutils",
-}
+# What the lab runs of this machine's own: only what builds namespaces and mounts. Every daemon
+# and client (smtpd, smtpctl, bgpd, bgpctl, dnsmasq, swaks, openssl) is the daemon root's.
+TOOLS = {"ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux", "mount": "mount", "chroot": "coreutils"}
+PASSWORDS = "passwords.json"  # in the state directory, 0600: user -> password, for this up only
 READY_TIMEOUT = 30  # seconds for every daemon to answer; the lab is up in about one
 UP_LOCK_WAIT = 3 * READY_TIMEOUT  # seconds `down` waits for another process's `up` to end
 
@@ -78,10 +88,15 @@ class Lab:
     def node_dir(self, name: str) -> Path:
         return self.dir / "nodes" / name
 
-    def root(self, host: str) -> Path:
-        """The host's rendered tree, the upper layer of its /etc and /usr: what the host writes
-        there (the update job's lists) lands here too."""
-        return self.node_dir(host) / "root"
+    def root(self, node: str) -> Path:
+        """The node's own files, the upper layer of its tree over the daemon root: its rendered
+        files and environment, and what the node writes anywhere but /tmp, /run, /var/spool and
+        the homes (the update job's lists in /etc/mail land here)."""
+        return self.node_dir(node) / "root"
+
+    def merged(self, node: str) -> Path:
+        """Where the node's holder mounts its tree (in the node's mount namespace only)."""
+        return self.node_dir(node) / "merged"
 
     def spool(self, host: str) -> Path:
         return self.node_dir(host) / "spool"
@@ -91,6 +106,30 @@ class Lab:
 
     def log(self, node: str, daemon: str) -> Path:
         return self.node_dir(node) / f"{daemon}.log"
+
+    @property
+    def ca_certificate(self) -> Path:
+        """The PEM of this up's lab CA (on this machine), which signed each MX's certificate (at
+        the site's pki paths, for its MX name) and which every node trusts: it ends each node's
+        CA bundle (/etc/ssl/certs/ca-certificates.crt) and is alone in /etc/ssl/mailsite-lab-ca.pem
+        there. A new CA every up: no certificate of an earlier lab verifies."""
+        return self.dir / "ca" / "ca.pem"
+
+    def password(self, user: str) -> str:
+        """The password of the primary's mailbox user `user` (a user of site.recipients) for this
+        up: random, made afresh by every up, held 0600 in the state directory and never printed.
+        smtpd's `auth` listeners check it through PAM against the primary's /etc/shadow."""
+        try:
+            return json.loads((self.dir / PASSWORDS).read_text())[user]
+        except KeyError:
+            raise LabError(f"{user} is not a mailbox user of the primary (recipients.users)") from None
+        except OSError as error:
+            raise LabError(f"no lab passwords ({error.strerror}); run lab up") from None
+
+    def path_on(self, node: str, path: str) -> Path:
+        """`path` as the node sees it (through its holder's root), for reading or writing what
+        the node's daemons read: a file replaced here is replaced on the node."""
+        return Path(f"/proc/{self.holder(node).pid}/root") / path.lstrip("/")
 
     def record(self, key: str) -> ProcessRecord | None:
         return self.state.processes.get(key)
@@ -112,7 +151,7 @@ class Lab:
     def up(cls, config: Path, state_dir: Path = STATE_DIR, *, stay: bool = False) -> Lab:
         """Bring the stack's site up in the lab; `stay`: the lab outlives this process (lab up),
         otherwise a later `up` treats it as left by a killed run once this process is gone."""
-        preflight()
+        root = preflight()
         site = load_site_file(config)
         stack = stack_name(config)
         # Held until the lab answers or is down again: a second `up` meanwhile refuses and touches nothing.
@@ -125,9 +164,9 @@ class Lab:
             started = time.monotonic()
             try:
                 lab._save()
-                lab._write_files(stack)
+                lab._write_files(stack, root)
                 lab._build_network()
-                lab._start_daemons()
+                lab._start_daemons(root)
                 lab.wait_ready()
                 state.up_seconds = round(time.monotonic() - started, 2)
                 if stay:
@@ -138,34 +177,69 @@ class Lab:
                 raise
         return lab
 
-    def _write_files(self, stack: str) -> None:
+    def _write_files(self, stack: str, root: Path) -> None:
         init_secrets(self.plan.site, stack, self.dir)  # fresh keys in the lab's own file backend
         secrets = site_secrets(self.plan.site, stack, self.dir)
-        passwd, group = Path("/etc/passwd").read_text(), Path("/etc/group").read_text()
-        for host in self.plan.site.hosts:
-            environment = host_environment(self.plan, host, passwd, group)
-            tree: HostTree = {**render_lab_host(self.plan, host, secrets[host.name]), **environment}
-            self.node_dir(host.name).mkdir(parents=True)
-            write_tree(self.root(host.name), tree)
-            self.spool(host.name).mkdir(parents=True)
-            for user, uid in mailbox_owners(environment).items():
-                home = self.homes(host.name) / user
-                home.mkdir(parents=True, mode=0o700)
-                os.chown(home, uid, uid)
-        dns = self.node_dir("dns")
-        dns.mkdir(parents=True)
-        (dns / "dnsmasq.conf").write_text(render_dnsmasq_conf(self.plan))
-        for server in self.plan.of_kind("route-server"):
-            self.node_dir(server.name).mkdir(parents=True)
-            self._write_route_server_conf(server)
+        ca = LabCA.new(stack)
+        ca.save(self.dir / "ca")
+        common = {**node_environment(self.plan), **trust_store((root / CA_BUNDLE).read_text(), ca.pem.decode())}
+        for node in self.plan.nodes:
+            if node.kind == "mx":
+                host = self.plan.site.host(node.name)
+                self._write_mx(node, root, {**render_lab_host(self.plan, host, secrets[host.name]), **common,
+                                            **pki_files(self.plan, host, ca.issue([host.mx_name]))})
+            elif node.kind == "dns":
+                self._write_node(node, {**common, "etc/dnsmasq.conf": RenderedFile(render_dnsmasq_conf(self.plan))})
+            elif node.kind == "route-server":
+                self._write_node(node, {**common, "etc/bgpd.conf": self._route_server_conf(node)})
+            else:
+                self._write_node(node, common)
 
-    def _write_route_server_conf(self, server: Node) -> None:
-        conf = self.node_dir(server.name) / "bgpd.conf"
-        text = render_route_server_conf(self.plan, server, self.state.blacklist, self.state.bypass)
-        descriptor = os.open(conf.with_suffix(".new"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:  # bgpd refuses a config others can read
-            handle.write(text)
-        conf.with_suffix(".new").replace(conf)
+    def _write_mx(self, node: Node, root: Path, tree: HostTree) -> None:
+        """An MX's files, its spool, and on the primary its mailbox users: accounts added to the
+        root's (whose packages' users own the root's files), a password each, their homes."""
+        host = self.plan.site.host(node.name)
+        environment = host_environment(self.plan, host, (root / "etc/passwd").read_text(), (root / "etc/group").read_text())
+        owners = mailbox_owners(environment)
+        if owners:
+            environment["etc/shadow"] = shadow((root / "etc/shadow").read_text(), self._new_passwords(root, owners), _today())
+        self._write_node(node, {**tree, **environment})
+        # A key's directory private, as on the host (the upper layer's mode is the one seen).
+        self.root(node.name).joinpath(self.plan.site.tls.key_for(host).lstrip("/")).parent.chmod(0o700)
+        self.spool(node.name).mkdir()
+        for user, uid in owners.items():
+            home = self.homes(node.name) / user
+            home.mkdir(parents=True, mode=0o700)
+            os.chown(home, uid, uid)
+
+    def _write_node(self, node: Node, tree: HostTree) -> None:
+        upper = self.root(node.name)
+        self.node_dir(node.name).mkdir(parents=True)
+        write_tree(upper, tree)
+        # The upper layer's directories are the ones seen: "/" must stay searchable by the
+        # daemons' unprivileged users (write_tree makes its root 0700).
+        upper.chmod(0o755)
+        self.merged(node.name).mkdir()
+        (self.node_dir(node.name) / "work").mkdir()
+
+    def _new_passwords(self, root: Path, users: Collection[str]) -> dict[str, str]:
+        """A random password for each of `users`, kept 0600 in the state directory; returns their
+        crypt(3) hashes (SHA-512), made by the root's openssl with the passwords on its stdin
+        (never in an argv, which anyone on this machine may read)."""
+        passwords = {user: random.token_urlsafe(18) for user in users}
+        descriptor = os.open(self.dir / PASSWORDS, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(passwords, handle)
+        result = run(["chroot", str(root), "/usr/bin/openssl", "passwd", "-6", "-stdin"],
+                     input="".join(f"{password}\n" for password in passwords.values()))
+        hashes = result.stdout.split()
+        if result.returncode != 0 or len(hashes) != len(passwords) or not all(h.startswith("$6$") for h in hashes):
+            raise LabError(f"the daemon root's openssl passwd -6 failed: {result.stderr.strip()[-200:]}")
+        return dict(zip(passwords, hashes))
+
+    def _route_server_conf(self, server: Node) -> RenderedFile:
+        # 0600: bgpd refuses a config others can read.
+        return RenderedFile(render_route_server_conf(self.plan, server, self.state.blacklist, self.state.bypass), 0o600)
 
     def _build_network(self) -> None:
         self.state.namespaces = [WIRE] + [node.namespace for node in self.plan.nodes]
@@ -174,22 +248,30 @@ class Lab:
         for index, node in enumerate(self.plan.nodes):
             net.add_node(node, f"veth{index}")
 
-    def _holder_script(self, node: Node) -> str:
-        lines = ["set -e"]
+    def _holder_script(self, node: Node, root: Path) -> str:
+        """The node's mounts, made in its own mount namespace, then a chroot into its tree."""
+        merged = shlex.quote(str(self.merged(node.name)))
+        layers = f"lowerdir={root},upperdir={self.root(node.name)},workdir={self.node_dir(node.name) / 'work'}"
+        lines = [
+            "set -e",
+            f"mount -t overlay mailsite-lab -o {shlex.quote(layers)} {merged}",
+            f"mount -t proc mailsite-lab {merged}/proc",
+            f"mount --rbind /dev {merged}/dev",
+            f"mount -t tmpfs -o mode=1777 mailsite-lab {merged}/tmp",
+            f"mount -t tmpfs -o mode=0755 mailsite-lab {merged}/run",
+        ]
+        name = node.name
         if node.kind == "mx":
-            root, work = self.root(node.name), self.node_dir(node.name) / "work"
-            for top in sorted(path.name for path in root.iterdir()):
-                (work / top).mkdir(parents=True)
-                lines.append(f"mount -t overlay mailsite-lab -o lowerdir=/{top},upperdir={root / top},workdir={work / top} /{top}")
-            lines.append(f"mount --bind {shlex.quote(str(self.spool(node.name)))} /var/spool")
+            lines.append(f"mount --bind {shlex.quote(str(self.spool(node.name)))} {merged}/var/spool")
             if self.homes(node.name).exists():
-                lines.append(f"mount --bind {shlex.quote(str(self.homes(node.name)))} {MAILBOX_HOMES}")
-            lines.append(f"hostname {shlex.quote(self.plan.site.host(node.name).mx_name)}")
+                lines.append(f"mount --bind {shlex.quote(str(self.homes(node.name)))} {merged}{MAILBOX_HOMES}")
+            name = self.plan.site.host(node.name).mx_name
         lines += [
-            "mount -t tmpfs -o mode=0755 mailsite-lab /run",
-            # bgpd chroots into its user's home, /run/openbgpd, and keeps its socket there.
-            "mkdir -m 0755 /run/openbgpd",
-            "exec sleep infinity",
+            # The uts namespace's own name (no hostname(1) needed from this machine).
+            f"echo {shlex.quote(name)} > /proc/sys/kernel/hostname",
+            # bgpd chroots into its user's home, /run/openbgpd, and keeps its socket there (the
+            # root's mkdir: this machine lends only the mount and namespace tools).
+            f"exec chroot {merged} /bin/sh -c '/bin/mkdir -m 0755 /run/openbgpd && exec /bin/sleep infinity'",
         ]
         return "\n".join(lines)
 
@@ -200,13 +282,23 @@ class Lab:
         self._save()
         return record
 
-    def _start_holder(self, node: Node) -> None:
-        argv = in_network(node.namespace, ["unshare", "--mount", "--uts", "--propagation", "private",
-                                            "sh", "-c", self._holder_script(node)])
-        record = self._start(node.name, "host", argv)
-        exec_done = lambda: not alive(record) or Path(f"/proc/{record.pid}/comm").read_text().strip() == "sleep"
-        if not wait_until(exec_done, 10) or not alive(record):
-            raise LabError(f"{node.name}: cannot set up its mounts: {self.log(node.name, 'host').read_text().strip()[-300:]}")
+    def _start_holders(self, root: Path) -> None:
+        """Every node's holder at once, then a wait until each is chrooted (its mounts made)."""
+        records = {}
+        for node in self.plan.nodes:
+            argv = in_network(node.namespace, ["unshare", "--mount", "--uts", "--propagation", "private",
+                                                "sh", "-c", self._holder_script(node, root)])
+            records[node.name] = self._start(node.name, "host", argv)
+
+        def settled(record: ProcessRecord) -> bool:
+            try:
+                return not alive(record) or Path(f"/proc/{record.pid}/comm").read_text().strip() == "sleep"
+            except OSError:
+                return True
+        wait_until(lambda: all(settled(record) for record in records.values()), 10)
+        for name, record in records.items():
+            if not alive(record) or not settled(record):
+                raise LabError(f"{name}: cannot set up its mounts: {self.log(name, 'host').read_text().strip()[-300:]}")
 
     def site_daemons(self, host: str) -> dict[str, LabRun]:
         """The site's daemons the lab runs on an MX, by name, in start order."""
@@ -216,31 +308,30 @@ class Lab:
     def daemon_argv(self, node: str, daemon: str) -> list[str]:
         kind = self.plan.node(node).kind
         if kind == "dns" and daemon == "dnsmasq":
-            conf, log = self.node_dir(node) / "dnsmasq.conf", self.log(node, "queries")
-            return in_network(self.plan.node(node).namespace, [
-                "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--pid-file=", f"--log-facility={log}",
-            ])
-        if kind == "route-server" and daemon == "bgpd":
-            return in_host(self.holder(node), ["bgpd", "-d", "-f", str(self.node_dir(node) / "bgpd.conf")])
-        run = self.site_daemons(node).get(daemon) if kind == "mx" else None
-        if run is None:
-            raise LabError(f"{node} runs no {daemon} in the lab")
-        return in_host(self.holder(node), run.argv)
+            # Its log (queries included) to stderr, which the lab keeps in dnsmasq.log.
+            argv: Sequence[str] = ["dnsmasq", "--keep-in-foreground", "--conf-file=/etc/dnsmasq.conf", "--pid-file=",
+                                   "--log-facility=-"]
+        elif kind == "route-server" and daemon == "bgpd":
+            argv = ["bgpd", "-d", "-f", "/etc/bgpd.conf"]
+        else:
+            run = self.site_daemons(node).get(daemon) if kind == "mx" else None
+            if run is None:
+                raise LabError(f"{node} runs no {daemon} in the lab")
+            argv = run.argv
+        return in_host(self.holder(node), argv)
 
     def start_daemon(self, node: str, daemon: str) -> ProcessRecord:
         return self._start(node, daemon, self.daemon_argv(node, daemon))
 
-    def _start_daemons(self) -> None:
-        dns = self.plan.dns.name
-        self.start_daemon(dns, "dnsmasq")
+    def _start_daemons(self, root: Path) -> None:
+        self._start_holders(root)
+        self.start_daemon(self.plan.dns.name, "dnsmasq")
         servers, mxes = self.plan.of_kind("route-server"), self.plan.of_kind("mx")
-        for node in servers + mxes:
-            self._start_holder(node)
         # Route servers first: an MX whose first connection is refused waits bgpd's ConnectRetry.
         for server in servers:
             self.start_daemon(server.name, "bgpd")
         self._wait("the route servers' bgpd to listen on port 179",
-                   lambda: all(_listening(self.holder(s.name).pid, 179) for s in servers))
+                   lambda: all(_listening(self.holder(s.name).pid, 179) and self.start_sessions(s.name) for s in servers))
         for mx in mxes:
             for daemon in self.site_daemons(mx.name):
                 self.start_daemon(mx.name, daemon)
@@ -274,7 +365,21 @@ class Lab:
         what = sorted({f"{daemon} on {port}/{protocol}" for _, daemon, (port, protocol) in listeners})
         self._wait(f"every MX's daemons to listen ({', '.join(what)})",
                    lambda: all(_listening(self.holder(mx).pid, *listens) for mx, _, listens in listeners))
+        speakers = [mx for mx in mxes if "bgpd" in self.site_daemons(mx)]
+        self._wait("every MX's bgpd to answer", lambda: all(self.start_sessions(mx) for mx in speakers))
         self._wait("every MX's bgpd to hold the route servers' routes", lambda: all(routes_received(self, mx) for mx in mxes))
+
+    def start_sessions(self, node: str) -> bool:
+        """Start the node's bgp sessions now, as `bgpctl neighbor ADDRESS up` does; False while
+        its bgpd does not answer yet. bgpd 8 holds every session Idle for 5 s after it starts
+        (SESSION_CLEAR_DELAY), which would be most of the lab's start-up; nothing else changes."""
+        try:
+            idle = [address for address, state in sessions(self, node).items() if state == "Idle"]
+        except LabError:
+            return False
+        for address in idle:
+            self.run_in(node, ["bgpctl", "neighbor", address, "up"], timeout=10)
+        return True
 
     # Running it.
 
@@ -292,9 +397,12 @@ class Lab:
             except subprocess.TimeoutExpired:
                 pass
 
-    def run_in(self, host: str, argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        """A command as on the host: its network, mounts and name."""
-        return run(in_host(self.holder(host), argv), timeout)
+    def run_in(self, node: str, argv: Sequence[str], timeout: float = 30,
+               input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """argv run as on the node, any kind (an MX, dns, internet, a route server): its network,
+        mounts and name, the daemon root's programs (smtpctl, bgpctl, swaks, openssl) and a
+        login's clean environment. `input`: its stdin (a password goes there, never in argv)."""
+        return run(in_host(self.holder(node), argv), timeout, input=input)
 
     def announce(self, blacklist: Sequence[str], bypass: Sequence[str]) -> None:
         """What the route servers announce from now on: their config is rewritten and reloaded,
@@ -302,7 +410,13 @@ class Lab:
         self.state.blacklist, self.state.bypass = list(blacklist), list(bypass)
         self._save()
         for server in self.plan.of_kind("route-server"):
-            self._write_route_server_conf(server)
+            # Through the node's own tree: a file replaced below a mounted overlay is not seen in it.
+            conf = self.path_on(server.name, "/etc/bgpd.conf")
+            rendered = self._route_server_conf(server)
+            descriptor = os.open(conf.with_suffix(".new"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, rendered.mode)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(rendered.text)
+            conf.with_suffix(".new").replace(conf)
             result = self.run_in(server.name, ["bgpctl", "reload"])
             if result.returncode != 0:
                 raise LabError(f"{server.name}: bgpctl reload failed: {result.stderr.strip()}")
@@ -332,12 +446,19 @@ class Lab:
         return cls(plan, state_dir, state)
 
 
-def preflight() -> None:
+def preflight() -> Path:
+    """What the lab needs of this machine, or one line saying what is missing; the daemon root's "/"."""
     if os.geteuid() != 0:
         raise UserError("lab needs root (network namespaces and mounts); run it as root")
     missing = sorted({package for tool, package in TOOLS.items() if shutil.which(tool) is None})
     if missing:
         raise UserError(f"lab needs the Debian packages {', '.join(missing)}; run make deps")
+    return daemon_root().path  # built first when missing or stale (make root builds it ahead)
+
+
+def _today() -> int:
+    """Days since 1970, as /etc/shadow counts a password's last change."""
+    return (datetime.date.today() - datetime.date(1970, 1, 1)).days
 
 
 def _readable_state(state_dir: Path) -> LabState | None:
@@ -404,9 +525,32 @@ def leftovers(state_dir: Path = STATE_DIR, inodes: Collection[int] = ()) -> list
         found += [f"process {pid} in a lab namespace" for pid in network_namespace_pids(inode)]
     mounts = Path("/proc/self/mounts").read_text()
     found += [f"mount {line.split()[1]}" for line in mounts.splitlines() if "mailsite-lab" in line or "/netns/mslab" in line]
+    found += [f"a lab node's mounts (over the daemon root), held by process {pid}" for pid in _lab_mount_holders()]
     etc_netns = Path("/etc/netns")
     if etc_netns.is_dir():
         found += [f"/etc/netns/{entry.name}" for entry in etc_netns.iterdir() if entry.name.startswith("mslab")]
     if state_dir.exists():
         found.append(f"state directory {state_dir}")
     return found
+
+
+def _lab_mount_holders() -> list[int]:
+    """A process of each mount namespace, other than this one, that holds a lab node's mounts
+    (its overlay over the daemon root, its /run): one is left while any process keeps it, even a
+    process outside the lab's network namespaces (an `nsenter -m` into a node)."""
+    ours = os.stat("/proc/self/ns/mnt").st_ino
+    seen, holders = {ours}, []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            namespace = os.stat(entry / "ns/mnt").st_ino
+            if namespace in seen:
+                continue
+            seen.add(namespace)
+            mounts = (entry / "mounts").read_text()
+        except OSError:
+            continue
+        if any(line.split(" ", 1)[0] == "mailsite-lab" for line in mounts.splitlines()):
+            holders.append(int(entry.name))
+    return holders

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 
 from .procs import NETNS_DIR, LabError, must, run
 from .site import BRIDGE, NAMESPACE_PREFIX, WIRE, Node
@@ -63,7 +64,9 @@ def add_node(node: Node, port: str) -> None:
     must(["ip", "-n", WIRE, "link", "set", port, "master", BRIDGE, "up"])
     # No duplicate address detection: while an address is tentative smtpd's `listen on vmx0`
     # cannot bind it (the link-local one included), and nothing else on the bridge can clash.
-    must(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{node.link}.accept_dad=0"])
+    # (/proc/sys/net is the namespace's of whoever opens it; sh, not this machine's sysctl.)
+    must(["nsenter", f"--net={NETNS_DIR / ns}", "--", "sh", "-c",
+          f"echo 0 > {shlex.quote(f'/proc/sys/net/ipv6/conf/{node.link}/accept_dad')}"])
     must(["ip", "-n", ns, "addr", "add", f"{node.ipv4}/24", "dev", node.link])
     must(["ip", "-n", ns, "addr", "add", f"{node.ipv6}/64", "dev", node.link, "nodad"])
     must(["ip", "-n", ns, "link", "set", node.link, "up"])

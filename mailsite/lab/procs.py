@@ -68,9 +68,9 @@ def wait_until(condition: Callable[[], object], timeout: float, interval: float 
         time.sleep(interval)
 
 
-def run(argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run(argv: Sequence[str], timeout: float = 30, input: str | None = None) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input)
     except subprocess.TimeoutExpired:
         raise LabError(f"{' '.join(argv[:6])} ... did not finish in {timeout:g} s") from None
 
@@ -88,7 +88,8 @@ def in_network(namespace: str, argv: Sequence[str]) -> list[str]:
 
 
 def in_host(holder: ProcessRecord, argv: Sequence[str]) -> list[str]:
-    """argv run as on a lab host: its network, its mounts (/etc, /var/spool, /run) and its name."""
+    """argv run as on a lab node: its network, its tree (the daemon root's programs, the node's
+    files) and its name."""
     return [*into_lab_host(holder.pid), *argv]
 
 

@@ -2,6 +2,8 @@
 
 Pure: plain data in, text out. Hosts are rendered by the same render_host() as the images, with
 LINUX as the only difference; the DNS server serves dns_records(), the values the cloud DNS gets.
+What each node adds to the daemon root besides (its resolver, accounts, CA bundle, pki files) is
+made here from the root's own files, passed in as text.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ..model import Host, HostAddresses, HostSecrets, Site
 from ..problems import Problem, SiteConfigError
 from ..render import render_host
 from ..templates import HostTree, LinuxDifferences, RenderedFile, render_template
+from .ca import Issued
 
 # Private ranges nothing on this machine routes to: the lab lives on its own bridge.
 LAB_IPV4 = ipaddress.IPv4Network("10.77.0.0/24")
@@ -26,7 +29,7 @@ BRIDGE = "mslab0"
 
 # What Linux forces on the rendered files; LinuxDifferences says why for each field. bgpd_socket
 # stays unset: each lab host has a /run of its own, so bgpd's default socket is already private.
-LINUX = LinuxDifferences(plain_smtp=True, pftable=False)
+LINUX = LinuxDifferences(pftable=False)
 
 # What the lab's route servers announce: documentation addresses, by community.
 BLACKLIST = ("198.51.100.5/32", "198.51.100.77/32")
@@ -155,14 +158,52 @@ def _accounts(existing: str, entries: list[str]) -> str:
     return "".join(f"{line}\n" for line in kept + entries)
 
 
-def host_environment(plan: LabPlan, host: Host, passwd: str, group: str) -> HostTree:
-    """What the lab lays over this machine's /etc for a host besides its rendered files: its
-    resolver (the lab's DNS), a plain /etc/hosts, and on the primary its mailbox users, since
-    smtpd delivers a virtual user's mail as that system user into the user's home."""
-    files = {
+def node_environment(plan: LabPlan) -> HostTree:
+    """What every lab node lays over the daemon root's /etc: its resolver (the lab's DNS) and a
+    plain /etc/hosts, so that names resolve as the site's DNS says and nowhere else."""
+    return {
         "etc/resolv.conf": RenderedFile(f"nameserver {plan.dns.ipv4}\noptions timeout:1 attempts:2\n"),
         "etc/hosts": RenderedFile("127.0.0.1\tlocalhost\n::1\tlocalhost\n"),
     }
+
+
+# Where Debian's OpenSSL, smtpd (its compiled-in CA file) and swaks (IO::Socket::SSL, through
+# /usr/lib/ssl/cert.pem) look for the CAs they trust.
+CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
+
+
+# The lab CA alone, on every node: a client told to trust only it (swaks --tls-ca-path) shows
+# that it is the lab's CA that verifies a certificate, not one of the public ones.
+LAB_CA = "etc/ssl/mailsite-lab-ca.pem"
+
+
+def trust_store(root_bundle: str, lab_ca: str) -> HostTree:
+    """The root's CA bundle with the lab's CA after it: a node trusts what Debian trusts and the
+    lab; and the lab CA in a file of its own."""
+    return {CA_BUNDLE: RenderedFile(root_bundle.rstrip("\n") + "\n" + lab_ca), LAB_CA: RenderedFile(lab_ca)}
+
+
+def pki_files(plan: LabPlan, host: Host, issued: Issued) -> HostTree:
+    """The host's certificate and key where the site's smtpd.conf names them (site.tls)."""
+    tls = plan.site.tls
+    return {
+        tls.certificate_for(host).lstrip("/"): RenderedFile(issued.certificate.decode()),
+        tls.key_for(host).lstrip("/"): RenderedFile(issued.key.decode(), 0o600, secret=True),
+    }
+
+
+def shadow(existing: str, hashes: dict[str, str], day: int) -> RenderedFile:
+    """The root's /etc/shadow with a crypt(3) hash for each mailbox user (set on `day`, days after
+    1970): smtpd's `auth` checks a user's password through PAM, which reads it here."""
+    return RenderedFile(_accounts(existing, [f"{user}:{hash_}:{day}:0:99999:7:::" for user, hash_ in hashes.items()]),
+                        0o640, secret=True)
+
+
+def host_environment(plan: LabPlan, host: Host, passwd: str, group: str) -> HostTree:
+    """What the lab lays over the daemon root's /etc for a host besides its rendered files: the
+    node's environment, and on the primary its mailbox users (added to the root's `passwd` and
+    `group`), since smtpd delivers a virtual user's mail as that system user into the user's home."""
+    files = node_environment(plan)
     if host.is_primary:
         used = {int(line.split(":")[2]) for line in passwd.splitlines() + group.splitlines() if line.count(":") >= 3}
         free = (uid for uid in range(_FIRST_MAILBOX_UID, 65534) if uid not in used)
