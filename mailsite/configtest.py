@@ -12,8 +12,11 @@ running host and opens every table, include and pki file by its absolute path, s
 through `run_shaped_like_host`: a throwaway network namespace whose links carry the OpenBSD names,
 and a private mount namespace where the host's files (its /etc/mail, a test certificate at each
 pki path) are laid over the daemon root with overlayfs, the parser chrooted into the merged tree.
-The root is the overlay's lowest, read-only layer: what a parser writes lands in a scratch
-directory, never in the root. bgpd -n runs on the file as rendered, except that Linux has no pf:
+The root is the overlay's lowest, read-only layer, and the tree's directories are read-only layers
+too, never copied: what a parser writes lands in a scratch directory, never in the root or the
+tree. configtest runs as root on any directory, so what it reads of a tree on this machine is
+never a link (that would hand the parser a file of this machine) nor a special file, and it
+writes only in its scratch directory, which it made. bgpd -n runs on the file as rendered, except that Linux has no pf:
 its `set pftable` lines are blanked, keeping line numbers. sh -n is this machine's sh (no daemon).
 """
 
@@ -23,6 +26,8 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import stat
 import subprocess
 import tempfile
 import uuid
@@ -38,7 +43,7 @@ from .daemons.bgpd import linux_bgpd_conf
 from .errors import UserError
 
 _WHERE = re.compile(r"^(?P<file>[^:\s]+):\s?(?P<line>\d+):\s*(?P<message>.*)$")
-_PKI = re.compile(r'^\s*pki \S+ (?:cert|key) "([^"]+)"', re.M)
+_PKI = re.compile(r'^\s*pki (?P<name>\S+) (?P<kind>cert|key) "(?P<path>[^"]+)"', re.M)
 # A tree may be hand-edited, and configtest runs as root: a name taken from it reaches a command
 # line or a path below the scratch root only if it is plainly a name. The model's own rule for a
 # host path (letters, digits and . _ + - between slashes), and an interface as OpenBSD names them.
@@ -52,6 +57,8 @@ _HOST_TOOLS = {"ip": "iproute2", "unshare": "util-linux", "mount": "mount", "chr
 _ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # overlayfs takes its layers as one option string: these characters would split it.
 _OVERLAY_UNSAFE = re.compile(r"[,:\\\s]")
+_SPECIAL_FILES = {stat.S_IFIFO: "a fifo", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+                  stat.S_IFBLK: "a block device"}
 
 
 @dataclass(frozen=True)
@@ -82,16 +89,84 @@ def _problems(host: str, file: str, output: str, program: str) -> list[CheckProb
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    # Its own session: a Ctrl-C at the terminal reaches configtest alone, which ends the whole
+    # group (what the parser started too) however it stops. No stdin: a config that includes
+    # /dev/stdin reads nothing, rather than waiting on the terminal.
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, errors="replace", start_new_session=True)
     try:
-        return subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=TIMEOUT_SECONDS)
+        stdout, stderr = process.communicate(timeout=TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
+        _end(process)
         # A config that includes a fifo, or a parser that hangs: a problem of that file, not a traceback.
         return subprocess.CompletedProcess(command, 124, "", f"did not finish within {TIMEOUT_SECONDS} s")
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): nothing of the check may outlive configtest
+        _end(process)
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _end(process: subprocess.Popen[str]) -> None:
+    try:
+        # Not reaped yet, so its process group cannot have been reused.
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+    for stream in (process.stdout, process.stderr):
+        if stream:
+            stream.close()
+
+
+class TreeFileRefused(Exception):
+    """A file of the tree configtest will not read: `file` names it below the tree."""
+
+    def __init__(self, file: str, message: str) -> None:
+        super().__init__(message)
+        self.file = file
+
+
+def _no_link_below(tree: Path, path: str) -> os.stat_result:
+    """The lstat of tree/path, none of whose components below the tree is a link: configtest
+    reads the tree on this machine, where a link would lead to this machine's own files."""
+    parts = Path(path).parts
+    for depth in range(1, len(parts) + 1):
+        below = "/".join(parts[:depth])
+        try:
+            found = os.lstat(tree / below)
+        except FileNotFoundError:
+            raise TreeFileRefused(path, "missing; render the site again") from None
+        if stat.S_ISLNK(found.st_mode):
+            raise TreeFileRefused(below, "a symbolic link, which configtest does not follow on this machine; "
+                                         "render the site again rather than linking files into the tree")
+    return found
+
+
+def _not_special(path: str, mode: int) -> None:
+    if kind := _SPECIAL_FILES.get(stat.S_IFMT(mode)):
+        raise TreeFileRefused(path, f"not a regular file ({kind}): a host's daemon files are regular files, "
+                                    "directories or links; remove it")
+
+
+def _regular_file(tree: Path, path: str) -> Path:
+    _not_special(path, _no_link_below(tree, path).st_mode)
+    return tree / path
 
 
 def _read(tree: Path, path: str) -> str:
     # Bytes that are not UTF-8 reach the parser as they are, which names the line it cannot read.
-    return (tree / path).read_text(errors="surrogateescape")
+    return _regular_file(tree, path).read_text(errors="surrogateescape")
+
+
+def _tree_directory(tree: Path, directory: str) -> Path:
+    """tree/directory, to be laid over the root as it is: no link on the way to it, nothing below
+    it that is not a regular file, a directory or a link (which resolves inside the chroot)."""
+    if not stat.S_ISDIR(_no_link_below(tree, directory).st_mode):
+        raise TreeFileRefused(directory, "not a directory; render the site again")
+    for parent, subdirectories, files in os.walk(tree / directory):
+        for name in subdirectories + files:
+            _not_special(str((Path(parent) / name).relative_to(tree)), os.lstat(Path(parent) / name).st_mode)
+    return tree / directory
 
 
 def unsafe_pki_path(path: str) -> str | None:
@@ -104,42 +179,52 @@ def unsafe_pki_path(path: str) -> str | None:
 
 
 def _interfaces(tree: Path) -> list[str]:
-    """The links the host will have: its hostname.if files (pflog aside) and OpenBSD's lo0."""
+    """The links the host will have: its hostname.if files (pflog aside) and OpenBSD's lo0, which
+    a host has whether or not it has a hostname.lo0."""
     names = [path.name.removeprefix("hostname.") for path in sorted((tree / "etc").glob("hostname.*"))]
     if unnamed := [name for name in names if not _INTERFACE.fullmatch(name)]:
         raise NamespaceSetupFailed(f"etc/hostname.{unnamed[0]!r} does not name an interface (like vmx0)")
-    return [name for name in names if not name.startswith("pflog")] + ["lo0"]
+    return list(dict.fromkeys([name for name in names if not name.startswith("pflog")] + ["lo0"]))
 
 
-def _test_certificate(path: Path, key: Path) -> None:
-    key.parent.mkdir(parents=True, exist_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def pki_pairs(text: str) -> list[tuple[str | None, str | None]]:
+    """The (certificate, key) paths of each pki an smtpd.conf names, paired by pki name, in the
+    order the names first appear: None where it names only one of them."""
+    pairs: dict[str, dict[str, str]] = {}
+    for match in _PKI.finditer(text):
+        pairs.setdefault(match["name"], {})[match["kind"]] = match["path"]
+    return [(pki.get("cert"), pki.get("key")) for pki in pairs.values()]
+
+
+def _test_certificate(files: Path, certificate: str | None, key: str | None) -> None:
+    """A test certificate and its key at their paths below `files`, the scratch layer this check
+    made (so no link of the tree is on the way); a half missing from the config goes elsewhere
+    in the scratch directory, and smtpd names what is missing."""
+    paths = []
+    for index, path in enumerate((certificate, key)):
+        target = files / path.lstrip("/") if path else files.parent / f"unused-{index}.pem"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        paths.append(target)
     made = _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mailsite-check",
-                 "-keyout", str(key), "-out", str(path)])
+                 "-keyout", str(paths[1]), "-out", str(paths[0])])
     if made.returncode != 0:
         raise NamespaceSetupFailed(f"cannot make a test certificate with openssl: {made.stderr.strip()[-200:]}")
-    key.chmod(0o600)
+    paths[1].chmod(0o600)
 
 
 class NamespaceSetupFailed(Exception):
     """The check's namespace could not be made: the message says which command and why."""
 
 
-def _lay_out(files: Path, tree: Path, dirs: tuple[str, ...], certificates: list[tuple[str, str]],
+def _lay_out(files: Path, dirs: tuple[str, ...], certificates: list[tuple[str | None, str | None]],
              written: dict[str, str]) -> None:
-    """The host's layer of the overlay: its `dirs` as they are (each hiding the root's own, as on
-    the host, where only the host's files are there), a test certificate at each pki path, and
-    each `written` file (path below the root -> text) as the parser must read it."""
+    """The check's own layer of the overlay, in the scratch directory: a directory for each of
+    `dirs` (where the tree's is mounted), a test certificate at each pki path, and each `written`
+    file (path below the root -> text) as the parser must read it."""
     for directory in dirs:
-        shutil.copytree(tree / directory, files / directory, symlinks=True)
-        try:
-            # opaque: the root's directory of that name (Debian's /etc/dovecot, say) does not show through.
-            os.setxattr(files / directory, "trusted.overlay.opaque", b"y")
-        except OSError as error:
-            raise NamespaceSetupFailed(f"cannot mark {directory} opaque for the overlay ({error.strerror}); "
-                                       "the temporary directory must be on a file system with xattrs (ext4, tmpfs)") from None
+        (files / directory).mkdir(parents=True, exist_ok=True)
     for certificate, key in certificates:
-        _test_certificate(files / certificate.lstrip("/"), files / key.lstrip("/"))
+        _test_certificate(files, certificate, key)
     for path, text in written.items():
         target = files / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -147,37 +232,62 @@ def _lay_out(files: Path, tree: Path, dirs: tuple[str, ...], certificates: list[
         target.chmod(0o600)  # bgpd refuses a config others can read
 
 
-def _overlay_and_chroot(scratch: Path, root: DaemonRoot) -> str:
-    """The shell line, run in the private mount namespace, that merges the host's layer over the
-    root and chroots into it: the root is read-only below, writes go to the scratch upper layer."""
+def _overlay_and_chroot(scratch: Path, root: DaemonRoot, tree_dirs: dict[str, Path]) -> str:
+    """The shell line, run in the private mount namespace, that merges the check's layer over the
+    root, mounts each of the tree's directories (below the root -> where it is) read-only at its
+    place with the check's files for it on top, and chroots into it: writes go to the scratch."""
     merged = scratch / "merged"
     for layer in ("upper", "work", "merged"):
         (scratch / layer).mkdir()
-    options = f"lowerdir={scratch / 'files'}:{root.path},upperdir={scratch / 'upper'},workdir={scratch / 'work'}"
-    if _OVERLAY_UNSAFE.search(f"{scratch}{root.path}"):
+    if _OVERLAY_UNSAFE.search(f"{scratch}{root.path}{''.join(tree_dirs)}"):
         raise NamespaceSetupFailed(f"the overlay cannot take {scratch} or {root.path} as a layer (a comma, colon, "
                                    "backslash or space in it); set TMPDIR to a plain path")
+    options = f"lowerdir={scratch / 'files'}:{root.path},upperdir={scratch / 'upper'},workdir={scratch / 'work'}"
+    lines = [f"mount -t overlay overlay -o {shlex.quote(options)} {shlex.quote(str(merged))}"]
+    for index, (directory, source) in enumerate(tree_dirs.items()):
+        # A mount of its own: the root's directory of that name (Debian's /etc/ssl) does not show
+        # through, as on the host. The tree's directory goes in by a bind mount, so that its path
+        # (any name the user gave) never has to fit overlayfs's option string; nodev: what the
+        # tree holds is never a way to this machine's devices.
+        lower, upper, work = (scratch / f"{layer}-{index}" for layer in ("lower", "upper", "work"))
+        for layer in (lower, upper, work):
+            layer.mkdir()
+        nested = f"nodev,nosuid,lowerdir={scratch / 'files' / directory}:{lower},upperdir={upper},workdir={work}"
+        lines += [f"mount --bind -- {shlex.quote(str(source))} {shlex.quote(str(lower))}",
+                  f"mount -t overlay overlay -o {shlex.quote(nested)} {shlex.quote(str(merged / directory))}"]
     # /proc and /sys as the network namespace sees them: a parser may read its links there.
-    return (f"mount -t overlay overlay -o {shlex.quote(options)} {shlex.quote(str(merged))}"
-            f" && mount -t proc proc {shlex.quote(str(merged / 'proc'))}"
-            f" && mount -t sysfs sysfs {shlex.quote(str(merged / 'sys'))}"
-            f' && exec chroot {shlex.quote(str(merged))} /usr/bin/env -i PATH={_ROOT_PATH} "$@"')
+    lines += [f"mount -t proc proc {shlex.quote(str(merged / 'proc'))}",
+              f"mount -t sysfs sysfs {shlex.quote(str(merged / 'sys'))}",
+              f'exec chroot {shlex.quote(str(merged))} /usr/bin/env -i PATH={_ROOT_PATH} "$@"']
+    return " && ".join(lines)
+
+
+def require_scratch_for_overlays() -> None:
+    """The temporary directory can hold overlay layers: overlayfs takes them as one option
+    string, which a comma, colon or space would split. A fact of this machine, not of any host."""
+    scratch = tempfile.gettempdir()
+    if _OVERLAY_UNSAFE.search(scratch):
+        raise UserError(f"TMPDIR {scratch!r}: overlayfs cannot take a path with a comma, colon, backslash or space "
+                        "as a layer; set TMPDIR to a plain directory (like /tmp)")
 
 
 def run_shaped_like_host(tree: Path, dirs: tuple[str, ...], argv: list[str],
-                         certificates: list[tuple[str, str]] | None = None,
+                         certificates: list[tuple[str | None, str | None]] | None = None,
                          written: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`argv`, a program of the daemon root, run as on the host: in a throwaway network namespace
     whose links carry the host's interface names, chrooted into the daemon root with the tree's
     `dirs` (below its root: "etc/mail"), a test certificate at each (certificate, key) path and
-    each `written` file (path -> text) laid over it, in a private mount namespace. Needs root."""
+    each `written` file (path -> text) laid over it, in a private mount namespace. Needs root.
+    Raises TreeFileRefused for a link on the way to one of `dirs` or a special file below one."""
     root = daemon_root()
+    require_scratch_for_overlays()
+    tree_dirs = {directory: _tree_directory(tree, directory) for directory in dirs}
     namespace = f"mscheck-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="mailsite-check-") as scratch:
         files = Path(scratch) / "files"
         files.mkdir()
-        _lay_out(files, tree, dirs, certificates or [], written or {})
-        enter = _overlay_and_chroot(Path(scratch), root)
+        _lay_out(files, dirs, certificates or [], written or {})
+        enter = _overlay_and_chroot(Path(scratch), root, tree_dirs)
         setup = [f"ip netns add {namespace}", f"ip -n {namespace} link set lo up"]
         for index, name in enumerate(_interfaces(tree)):
             setup += [
@@ -191,8 +301,9 @@ def run_shaped_like_host(tree: Path, dirs: tuple[str, ...], argv: list[str],
                 result = _run(command.split())
                 if result.returncode != 0:
                     raise NamespaceSetupFailed(f"cannot set up the check namespace ({command}): {result.stderr.strip()}")
+            # A pid namespace too, ended with unshare (--kill-child): nothing the parser starts outlives it.
             return _run(["ip", "netns", "exec", namespace, "unshare", "--mount", "--propagation", "private",
-                         "sh", "-c", enter, "sh", *argv])
+                         "--pid", "--fork", "--kill-child", "sh", "-c", enter, "sh", *argv])
         finally:
             _run(["ip", "netns", "del", namespace])
 
@@ -208,11 +319,13 @@ def _parser_problems(host: str, file: str, result: subprocess.CompletedProcess[s
 
 
 def check_smtpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
-    pki = _PKI.findall(_read(tree, path))
-    if unsafe := [reason for reason in map(unsafe_pki_path, pki) if reason]:
-        return [CheckProblem(host, "smtpd.conf", None, unsafe[0])]
     try:
-        result = run_shaped_like_host(tree, ("etc/mail",), ["smtpd", "-n", "-f", f"/{path}"], list(zip(pki[0::2], pki[1::2])))
+        pki = pki_pairs(_read(tree, path))
+        if unsafe := [reason for pair in pki for reason in map(unsafe_pki_path, filter(None, pair)) if reason]:
+            return [CheckProblem(host, "smtpd.conf", None, unsafe[0])]
+        result = run_shaped_like_host(tree, ("etc/mail",), ["smtpd", "-n", "-f", f"/{path}"], pki)
+    except TreeFileRefused as refused:
+        return [CheckProblem(host, refused.file, None, str(refused))]
     except NamespaceSetupFailed as failed:
         return [CheckProblem(host, "smtpd.conf", None, str(failed))]
     return _parser_problems(host, "smtpd.conf", result, f"/{path}", "smtpd")
@@ -222,14 +335,20 @@ def check_bgpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
     try:
         result = run_shaped_like_host(tree, (), ["bgpd", "-n", "-f", f"/{path}"],
                                       written={path: linux_bgpd_conf(_read(tree, path))})
+    except TreeFileRefused as refused:
+        return [CheckProblem(host, refused.file, None, str(refused))]
     except NamespaceSetupFailed as failed:
         return [CheckProblem(host, "bgpd.conf", None, str(failed))]
     return _parser_problems(host, "bgpd.conf", result, f"/{path}", "bgpd")
 
 
 def check_shell(host: str, tree: Path, path: str) -> list[CheckProblem]:
-    result = _run(["sh", "-n", str(tree / path)])
-    return _problems(host, path, result.stderr.replace(str(tree / path), path), "sh")
+    try:
+        script = _regular_file(tree, path)
+    except TreeFileRefused as refused:
+        return [CheckProblem(host, refused.file, None, str(refused))]
+    result = _run(["sh", "-n", str(script)])
+    return _problems(host, path, result.stderr.replace(str(script), path), "sh")
 
 
 @dataclass(frozen=True)
@@ -274,6 +393,8 @@ def require_parsers(tests: list[ConfigTest]) -> None:
     parser from the daemon root needs the root (built here when missing) and the tools that lay
     the host's files over it; the others, their own program on this machine."""
     parsers = dict.fromkeys(_PARSERS[test.parser] for test in tests)
+    if any(parser.from_root for parser in parsers):
+        require_scratch_for_overlays()
     for parser in parsers:
         for program, package in (_HOST_TOOLS if parser.from_root else {parser.program: parser.package}).items():
             if shutil.which(program) is None:

@@ -334,3 +334,198 @@ def test_a_directory_laid_over_the_root_holds_the_hosts_files_alone(tmp_path):
     assert (daemon_root().path / "etc/ssl/openssl.cnf").exists()
     result = run_shaped_like_host(tree, ("etc/ssl",), ["ls", "-A", "/etc/ssl"])
     assert result.stdout.split() == ["site.pem"], result.stderr
+
+
+# --- a hand-edited tree, and the machine configtest runs on (issue 14 review) --------------------
+
+def _pki_paths(conf: Path) -> tuple[str, str]:
+    certificate, key = re.findall(r'pki \S+ (?:cert|key) "([^"]+)"', conf.read_text())[:2]
+    return certificate, key
+
+
+def test_a_symlink_in_the_tree_never_lets_configtest_write_outside_its_scratch(tmp_path):
+    """A pki path at a link the tree holds (to a file, or through a linked directory) gets its
+    test certificate in the check's own layer: nothing of this machine is written through it."""
+    out = _write(tmp_path, example_settings())
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "x.conf").write_text("keep me\n")
+    mail = out / "mx1/etc/mail"
+    (mail / "site.crt").symlink_to(victim / "x.conf")
+    (mail / "certs").symlink_to(victim)
+    conf = mail / "smtpd.conf"
+    certificate, key = _pki_paths(conf)
+    conf.write_text(conf.read_text().replace(certificate, "/etc/mail/site.crt").replace(key, "/etc/mail/certs/new.key"))
+    checked = _configtest(out, tmp_path)
+    assert "Traceback" not in checked.stderr, checked.stderr
+    assert (victim / "x.conf").read_text() == "keep me\n"
+    assert sorted(path.name for path in victim.iterdir()) == ["x.conf"]
+    assert "mx1: ok" in checked.stdout, checked.stderr
+
+
+@pytest.mark.parametrize("linked", ["etc/mail", "etc/bgpd.conf", "etc/rc.conf.local"])
+def test_a_tree_linking_to_this_machines_files_is_refused_not_read(tmp_path, linked):
+    """configtest reads a tree on this machine, as root, before any chroot: a link there would
+    hand the parsers (and their error lines) a file of this machine, so it is a problem instead."""
+    out = _write(tmp_path, example_settings())
+    elsewhere = tmp_path / "elsewhere"
+    (out / "mx1" / linked).rename(elsewhere)
+    (out / "mx1" / linked).symlink_to(elsewhere)
+    checked = _configtest(out, tmp_path)
+    assert checked.returncode == 1, checked.stderr
+    assert f"mx1: {linked}: a symbolic link" in checked.stderr and "Traceback" not in checked.stderr
+    assert "mx2: ok" in checked.stdout
+
+
+def _processes_with(command: str) -> list[int]:
+    """The processes whose argv is exactly `command` (split on spaces)."""
+    found = []
+    argv = command.encode().replace(b" ", b"\0") + b"\0"
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes() == argv:
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def _check_namespaces() -> set[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in listed.splitlines() if line.startswith("mscheck-")}
+
+
+# A parser that never finishes and leaves a child behind: sleeps of a length nothing else uses.
+_HANGING_PARSER = ("import dataclasses, sys, mailsite.cli, mailsite.configtest as ct\n"
+                   "def hang(host, tree, path):\n"
+                   "    ct.run_shaped_like_host(tree, ('etc/mail',), ['sh', '-c', 'sleep 4321.5 & sleep 4321.5'])\n"
+                   "    return []\n"
+                   "ct._PARSERS['smtpd -n'] = dataclasses.replace(ct._PARSERS['smtpd -n'], check=hang)\n"
+                   "sys.exit(mailsite.cli.main(['configtest', sys.argv[1]]))\n")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_configtest_stopped_by_a_signal_leaves_no_namespace_scratch_or_parser(tmp_path, signal_name):
+    import signal
+    import time
+
+    out = _write(tmp_path, example_settings())
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    before = _check_namespaces()
+    env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": str(ROOT)}
+    # As `timeout` or a killed make sends it: to configtest alone, not its process group.
+    running = subprocess.Popen([sys.executable, "-c", _HANGING_PARSER, str(out)], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while len(_processes_with("sleep 4321.5")) < 2 and time.monotonic() < deadline and running.poll() is None:
+            time.sleep(0.1)
+        assert len(_processes_with("sleep 4321.5")) == 2, running.communicate(timeout=5)
+        running.send_signal(getattr(signal, signal_name))
+        stdout, stderr = running.communicate(timeout=30)
+        time.sleep(0.5)
+        assert running.returncode == 130, stderr
+        assert stderr.splitlines() == ["interrupted; nothing half-written was kept"]
+        assert _processes_with("sleep 4321.5") == []
+        assert _check_namespaces() == before
+        assert list(scratch.iterdir()) == []
+    finally:
+        running.kill()
+        running.wait()
+        for pid in _processes_with("sleep 4321.5"):
+            os.kill(pid, 9)
+        for namespace in _check_namespaces() - before:
+            subprocess.run(["ip", "netns", "del", namespace])
+
+
+def test_a_parser_that_times_out_is_ended_with_everything_it_started(tmp_path, monkeypatch):
+    import mailsite.configtest as configtest
+
+    tree = _write(tmp_path, example_settings()) / "mx1"
+    monkeypatch.setattr(configtest, "TIMEOUT_SECONDS", 3)
+    try:
+        result = configtest.run_shaped_like_host(tree, ("etc/mail",), ["sh", "-c", "sleep 4322.5 & sleep 4322.5"])
+        assert result.returncode == 124 and "did not finish within 3 s" in result.stderr
+        assert _processes_with("sleep 4322.5") == []
+    finally:
+        for pid in _processes_with("sleep 4322.5"):
+            os.kill(pid, 9)
+
+
+def test_a_parser_never_reads_configtests_stdin(tmp_path):
+    """`include "/dev/stdin"` in a tree: the parser reads nothing (not the terminal, where it would
+    wait for a person, nor what a pipe feeds configtest)."""
+    out = _write(tmp_path, example_settings())
+    conf = out / "mx1/etc/mail/smtpd.conf"
+    conf.write_text(conf.read_text() + 'include "/dev/stdin"\n')
+    checked = subprocess.run([sys.executable, "-m", "mailsite", "configtest", str(out)], capture_output=True, text=True,
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, input="queue encryptoin\n",
+                             timeout=120)
+    assert checked.returncode == 0, checked.stderr
+    assert "mx1: ok" in checked.stdout
+
+
+@pytest.mark.parametrize("name", ["a,b", "a b"])
+def test_a_temporary_directory_overlayfs_cannot_take_is_one_line_before_any_host(tmp_path, name):
+    out = _write(tmp_path, example_settings())
+    scratch = tmp_path / name
+    scratch.mkdir()
+    checked = subprocess.run([sys.executable, "-m", "mailsite", "configtest", str(out)], capture_output=True, text=True,
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)})
+    assert checked.returncode == 2, checked.stderr
+    assert checked.stderr.splitlines() == [
+        f"error: TMPDIR {str(scratch)!r}: overlayfs cannot take a path with a comma, colon, backslash or space "
+        "as a layer; set TMPDIR to a plain directory (like /tmp)"
+    ]
+    assert checked.stdout == ""
+
+
+def test_a_hostname_lo0_file_is_the_loopback_the_host_has_anyway(tmp_path):
+    out = _write(tmp_path, example_settings())
+    (out / "mx1/etc/hostname.lo0").write_text("inet 127.0.0.1/8\n")
+    assert check_host("mx1", out / "mx1") == []
+
+
+def test_a_fifo_in_the_tree_is_named_as_not_a_regular_file(tmp_path):
+    out = _write(tmp_path, example_settings())
+    os.mkfifo(out / "mx1/etc/mail/pipe")
+    checked = _configtest(out, tmp_path)
+    assert checked.returncode == 1, checked.stderr
+    assert checked.stderr.splitlines() == [
+        "mx1: etc/mail/pipe: not a regular file (a fifo): a host's daemon files are regular files, directories "
+        "or links; remove it"
+    ]
+    assert "mx2: ok" in checked.stdout
+
+
+def test_a_large_sparse_file_in_the_tree_is_not_copied_for_the_check(tmp_path):
+    """The tree's directories are laid over the root as they are, never copied: a 3 GB sparse file
+    costs the check nothing (a 16 MB scratch file system is enough)."""
+    import tempfile
+
+    tree = _write(tmp_path, example_settings()) / "mx1"
+    with open(tree / "etc/mail/huge", "wb") as huge:
+        huge.truncate(3 << 30)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], check=True)
+    saved, tempfile.tempdir = tempfile.tempdir, str(small)
+    try:
+        assert check_host("mx1", tree) == []
+    finally:
+        tempfile.tempdir = saved
+        subprocess.run(["umount", "-l", str(small)], check=True)
+
+
+def test_pki_certificate_and_key_are_paired_by_name_and_kind_not_by_line_order(tmp_path):
+    out = _write(tmp_path, example_settings())
+    conf = out / "mx1/etc/mail/smtpd.conf"
+    lines = conf.read_text().splitlines()
+    (cert_line,) = [n for n, line in enumerate(lines) if re.match(r"pki \S+ cert ", line)]
+    (key_line,) = [n for n, line in enumerate(lines) if re.match(r"pki \S+ key ", line)]
+    lines[cert_line], lines[key_line] = lines[key_line], lines[cert_line]
+    conf.write_text("\n".join(lines) + "\n")
+    assert check_host("mx1", out / "mx1") == []

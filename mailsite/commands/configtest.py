@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -23,7 +24,16 @@ def register(commands: argparse._SubParsersAction, parents: Parents) -> None:
     command.set_defaults(run=run)
 
 
+def _interruptible() -> None:
+    """SIGTERM (`timeout`, a killed make) stops configtest as Ctrl-C does: the check under way
+    ends its parser and removes its namespace and scratch directory on the way out."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run(args: argparse.Namespace) -> int:
+    _interruptible()
     if os.geteuid() != 0:
         # Without root every host would "fail" on its namespace, blaming a config that is fine.
         raise UserError("configtest makes network and mount namespaces for the daemons' parsers: run it as root")
