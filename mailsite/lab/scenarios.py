@@ -10,15 +10,18 @@ are declared. Every wait is bounded.
 
 from __future__ import annotations
 
+import os
 import textwrap
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..dns import dns_records, reverse_records
 from ..results import Result, Status, timed
 from . import bgp, mail
+from .ca import LabCA
 from .lab import Lab
 from .procs import LabError, in_network, run, wait_until
 
@@ -79,12 +82,6 @@ def _marker(label: str) -> str:
 def _delivered_once(lab: Lab, marker: str, timeout: float = DELIVERY_TIMEOUT) -> list:
     wait_until(lambda: mail.delivered(lab, marker), timeout, 0.1)
     return mail.delivered(lab, marker)
-
-
-def _received_chain(message: bytes) -> list[str]:
-    """The `Received:` headers, newest first, each folded onto one line."""
-    headers = message.split(b"\n\n", 1)[0].decode(errors="replace").replace("\n\t", " ").replace("\n ", " ")
-    return [line for line in headers.splitlines() if line.startswith("Received:")]
 
 
 def _smtpd_running(lab: Lab, host: str) -> bool:
@@ -314,7 +311,7 @@ def backups_relay_to_primary(lab: Lab) -> tuple[bool, str]:
         if len(found) != 1:
             problems.append(f"via {backup}: {len(found)} copies in the primary's mailboxes, want 1")
             continue
-        hops = _received_chain(found[0].read_bytes())
+        hops = mail.received_chain(found[0].read_bytes())
         by = [f"by {site.host(name).mx_name} " for name in (primary, backup)]
         if len(hops) != 2 or by[0] not in hops[0] or by[1] not in hops[1]:
             problems.append(f"via {backup}: hops were {hops}")
@@ -354,7 +351,7 @@ def worst_backup_relays_to_primary(lab: Lab) -> tuple[bool, str]:
         if len(found) != 1:
             problems.append(f"{len(found)} copies of one message")
             continue
-        first_hop = _received_chain(found[0].read_bytes())[0]
+        first_hop = mail.received_chain(found[0].read_bytes())[0]
         if f"from {site.host(worst).mx_name} " not in first_hop:
             problems.append(f"reached {primary} from elsewhere: {first_hop}")
     for name in middle:
@@ -432,6 +429,259 @@ def every_mx_takes_what_the_primary_takes(lab: Lab) -> tuple[bool, str]:
     return not problems, "; ".join(problems) or f"{len(probes)} addresses, {taken} taken, the same on {primary} and {', '.join(backups)}"
 
 
+# TLS, as the world meets it: STARTTLS on port 25, verified TLS between the MXes, the MSA on the
+# primary (587 and 465) for the site's users, certificates from the lab's own CA, made per up.
+
+@scenario("tls: mail from the internet comes in over STARTTLS on every MX", proves="""
+    A stranger's MTA on the internet node sends to a site user through each MX with STARTTLS
+    required (swaks --tls: no TLS, no mail). Each MX takes it, and the `Received:` header that MX
+    wrote says the session was TLS (`with ESMTPS`, protocol and cipher).""")
+def internet_mail_over_starttls(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    problems, ciphers = [], set()
+    for index, host in enumerate(site.hosts):
+        user = site.recipients.users[index % len(site.recipients.users)]
+        marker = _marker(f"starttls-{host.name}")
+        sent = mail.send(lab, host.name, f"{user}@{site.domains[0]}", marker)
+        if not sent.accepted or not sent.tls:
+            problems.append(f"{host.name} did not take mail over STARTTLS (swaks {sent.status}: {sent.refusal or 'no TLS'})")
+            continue
+        ciphers.add(sent.tls)
+        found = _delivered_once(lab, marker)
+        if len(found) != 1:
+            problems.append(f"via {host.name}: {len(found)} copies delivered, want 1")
+        elif not mail.over_tls(hop := mail.received_by(found[0].read_bytes(), host.mx_name)):
+            problems.append(f"{host.name}'s Received: does not say TLS: {hop or 'none'}")
+    return not problems, "; ".join(problems) or f"every MX took it over {', '.join(sorted(ciphers))}; each Received: says ESMTPS"
+
+
+def _unverified(session: list[str]) -> bool:
+    """Whether a relay session (mail.relay_sessions) went without required STARTTLS or without a
+    certificate that verified."""
+    return not (any(" mta connecting address=smtp+tls://" in line for line in session)
+                and any(' mta cert-check result="valid"' in line for line in session))
+
+
+@scenario("tls: each backup relays to the primary over verified TLS", proves="""
+    Mail through each backup reaches the primary over TLS with the primary's certificate verified:
+    the `Received:` header the primary wrote names the backup and says TLS (`with ESMTPS`,
+    protocol and cipher), and the backup's smtpd logged the session that relayed it as one that
+    requires STARTTLS (`smtp+tls://`, from `relay backup mx ... tls`) and the primary's
+    certificate as checked and valid.""")
+def backups_relay_over_verified_tls(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    primary, backups = _host_names(lab)
+    problems = []
+    for backup in backups:
+        marker = _marker(f"relay-tls-{backup}")
+        before = len(mail.smtpd_log(lab, backup).splitlines())
+        sent = mail.send(lab, backup, f"{site.recipients.users[0]}@{site.domains[0]}", marker)
+        if not sent.accepted:
+            problems.append(f"{backup} refused a site user's mail (swaks {sent.status})")
+            continue
+        found = _delivered_once(lab, marker)
+        if len(found) != 1:
+            problems.append(f"via {backup}: {len(found)} copies delivered, want 1")
+            continue
+        hop = mail.received_by(found[0].read_bytes(), site.primary.mx_name)
+        if f"from {site.host(backup).mx_name} " not in hop or not mail.over_tls(hop):
+            problems.append(f"{primary}'s Received: is not from {backup} over TLS: {hop or 'none'}")
+        sessions = mail.relay_sessions(lab, backup, before)
+        if not sessions or any(_unverified(session) for session in sessions):
+            problems.append(f"{backup} relayed without required STARTTLS or a valid certificate: {sessions or 'no relay logged'}")
+    return not problems, "; ".join(problems) or f"{', '.join(backups)} -> {primary}: Received: says TLS, certificate checked valid"
+
+
+def _refused(sent: mail.Sent, status: int, reply: str, saying: str) -> str:
+    """"" when swaks ended with `status` on a reply starting `reply` and `saying` what is missing,
+    else what happened."""
+    if sent.status == status and sent.refusal.startswith(reply) and saying in sent.refusal:
+        return ""
+    return f"swaks {sent.status}, {sent.refusal or 'no refusal'}"
+
+
+@scenario("submission: no mail without TLS, without AUTH, or with a wrong password", proves="""
+    The MSA on the primary (587, `tls-require` and `auth`) refuses a site user's mail client that
+    skips STARTTLS (530 at MAIL FROM; AUTH is not even offered in clear, so no password crosses
+    the wire unencrypted), that has TLS but
+    does not authenticate (530 at MAIL FROM), and that authenticates with a wrong password (535);
+    465 refuses the wrong password too. Nothing of theirs is delivered.""")
+def submission_refuses_the_unauthenticated(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    user, to = site.recipients.users[0], f"{site.recipients.users[-1]}@{site.domains[0]}"
+    marker = _marker("refused-submission")
+    wrong = "not-the-password"
+    # Refused at MAIL FROM (swaks 23) saying what is missing, or at AUTH (swaks 28).
+    attempts = {
+        "587 in clear": (mail.submit(lab, user, to, marker, password=None, protection="none"), 23, "530", "STARTTLS"),
+        "587 with TLS, no AUTH": (mail.submit(lab, user, to, marker, password=None), 23, "530", "AUTH"),
+        "587 with TLS, wrong password": (mail.submit(lab, user, to, marker, password=wrong), 28, "535", ""),
+        "465, wrong password": (mail.submit(lab, user, to, marker, password=wrong, protection="smtps"), 28, "535", ""),
+    }
+    problems = [f"{what}: {why}" for what, (sent, status, reply, saying) in attempts.items()
+                if (why := _refused(sent, status, reply, saying))]
+    if "AUTH" in attempts["587 in clear"][0].offered_in_clear:
+        problems.append("587 offers AUTH in clear")
+    time.sleep(1)  # a message taken after all would be in the maildir by now
+    if mail.delivered(lab, marker):
+        problems.append("a refused client's message was delivered")
+    said = sorted({attempt[0].refusal.split(" ", 1)[0] for attempt in attempts.values()})
+    return not problems, "; ".join(problems) or f"{', '.join(attempts)}: each refused ({', '.join(said)}), nothing delivered"
+
+
+@scenario("submission: a user with TLS and the password sends, to the site and out", proves="""
+    A site user's mail client on the internet node, over STARTTLS on 587 with the user's password
+    (AUTH PLAIN, checked by PAM against the primary's /etc/shadow), sends to another site user:
+    delivered once, its `Received:` says ESMTPSA (TLS and authenticated); and the primary takes a
+    recipient outside the site from it (relaying for an authenticated user), which it refuses
+    to a stranger on port 25.""")
+def user_submits_with_tls_and_password(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    user, to = site.recipients.users[0], f"{site.recipients.users[-1]}@{site.domains[0]}"
+    marker = _marker("submission")
+    sent = mail.submit(lab, user, to, marker, password=lab.password(user))
+    if not sent.accepted or not sent.tls:
+        return False, f"{user}'s mail was not taken over TLS (swaks {sent.status}: {sent.refusal or 'no TLS'})"
+    found = _delivered_once(lab, marker)
+    if len(found) != 1:
+        return False, f"{len(found)} copies delivered, want 1"
+    hop = mail.received_by(found[0].read_bytes(), site.primary.mx_name)
+    if " with ESMTPSA " not in hop or not mail.over_tls(hop):
+        return False, f"the Received: does not say TLS and AUTH: {hop or 'none'}"
+    outside = "someone@foreign.test"
+    relayed = mail.submit(lab, user, outside, marker, password=lab.password(user), quit_after="RCPT")
+    if not relayed.accepted:
+        return False, f"{user} may not send to {outside} (swaks {relayed.status}: {relayed.refusal})"
+    return True, f"{user} -> {to} over {sent.tls}, delivered once (ESMTPSA); {outside} taken at RCPT"
+
+
+@scenario("smtps: 465 speaks TLS at once, with the site's certificate, verified by the lab CA", proves="""
+    A mail client on the internet node that opens TLS at once on 465 (no STARTTLS) and verifies the
+    certificate for the primary's MX name against the lab CA alone (swaks --tls-verify
+    --tls-ca-path) gets the certificate at the site's pki path on the primary (`tls.certificate`),
+    which also verifies here, by another verifier, against this up's lab CA; the user then
+    authenticates and the message is delivered.""")
+def smtps_with_the_site_certificate(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    primary = site.primary
+    name, path = primary.mx_name, site.tls.certificate_for(primary)
+    probe = mail.verifying(lab, primary.name, name, smtps=True, lab_ca_only=True)
+    if not probe.accepted or not probe.certificate_check.startswith("passed CA verification, passed host verification"):
+        return False, f"465 did not verify for {name} (swaks {probe.status}): {probe.certificate_check or probe.refusal or 'no TLS'}"
+    on_disk = lab.run_in(primary.name, ["cat", path], timeout=10).stdout
+    if not on_disk or probe.peer_certificate != on_disk:
+        return False, f"465 presented a certificate other than {path}"
+    if why := mail.issued_by(lab.ca_certificate, probe.peer_certificate, name):
+        return False, f"{path} is not {name}'s under this lab's CA: {why}"
+    user, marker = site.recipients.users[0], _marker("smtps")
+    sent = mail.submit(lab, user, f"{user}@{site.domains[0]}", marker, password=lab.password(user), protection="smtps")
+    if not sent.accepted:
+        return False, f"{user} could not send on 465 (swaks {sent.status}: {sent.refusal})"
+    found = _delivered_once(lab, marker)
+    if len(found) != 1:
+        return False, f"{len(found)} copies delivered, want 1"
+    return True, f"{probe.tls} from the first byte, {path} verified for {name}; {user}'s mail delivered"
+
+
+@scenario("tls: a client that verifies names accepts each MX name, and refuses another", proves="""
+    For every MX name the DNS gives the site's domains, a client that verifies certificates (as
+    MTA-STS senders and mail clients do) looks up its address, says STARTTLS there and checks the
+    certificate against its trusted CAs and for that name: each passes, and each certificate
+    verifies here against this up's lab CA. The same client asking the primary for a backup's
+    name is refused before any mail command: the check is real, and no MX's certificate
+    stands in for another's.""")
+def verifying_client_accepts_each_mx_name(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    names = sorted({answer.split()[-1].rstrip(".") for domain in site.domains for answer in _dig(lab, "MX", domain)})
+    by_address = {str(node.ipv4): node.name for node in lab.plan.of_kind("mx")}
+    problems = []
+    for name in names:
+        addresses = _dig(lab, "A", name)
+        if len(addresses) != 1 or next(iter(addresses)) not in by_address:
+            problems.append(f"{name} resolves to {sorted(addresses)}, not one MX")
+            continue
+        via = by_address[next(iter(addresses))]
+        sent = mail.verifying(lab, via, name)
+        if not sent.accepted or not sent.certificate_check.startswith("passed CA verification, passed host verification"):
+            problems.append(f"{name}: swaks {sent.status}, {sent.certificate_check or 'no certificate seen'}")
+        elif why := mail.issued_by(lab.ca_certificate, sent.peer_certificate, name):
+            problems.append(f"{name}: not under this lab's CA: {why}")
+    if not names:
+        problems.append("the DNS gave no MX name")
+    _, backups = _host_names(lab)
+    wrong = site.host(backups[0]).mx_name if backups else f"wrong.{site.domains[0]}"
+    refused = mail.verifying(lab, site.primary.name, wrong)
+    if refused.status != 29 or "failed host verification" not in refused.certificate_check:
+        problems.append(f"{site.primary.name}'s certificate was not refused for {wrong} (swaks {refused.status}: {refused.certificate_check})")
+    return not problems, "; ".join(problems) or f"{', '.join(names)} each verified by name; {site.primary.name} refused as {wrong}"
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """`data` in place of `path`, with its mode (a key stays 0600: smtpd refuses one others read)."""
+    descriptor = os.open(path.with_name(path.name + ".new"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path.stat().st_mode & 0o777)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    path.with_name(path.name + ".new").replace(path)
+
+
+def _restart_smtpd(lab: Lab, host: str) -> None:
+    """Stop and start the host's smtpd (it reads its certificates when it starts; its queue stays)."""
+    if _smtpd_running(lab, host):
+        lab.stop_daemon(host, "smtpd")
+    lab.start_daemon(host, "smtpd")
+    if not wait_until(lambda: lab.smtpd_listening(host), 10):
+        raise LabError(f"{host}'s smtpd did not come back")
+
+
+@scenario("tls: a backup holds mail rather than relay to a primary it cannot verify", proves="""
+    With the primary presenting a certificate from a trusted CA but for another name (an
+    impostor, or a certificate mixed up), a backup takes mail for the site and keeps it queued:
+    its smtpd refuses the primary's certificate (`relay backup mx ... tls` verifies the name) and
+    hands it to no one. With the primary's own certificate back, the backup delivers it once.""")
+def backup_holds_mail_for_an_unverified_primary(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    primary, backups = _host_names(lab)
+    backup = backups[-1]
+    host = site.primary
+    impostor = LabCA.load(lab.ca_certificate.parent).issue([f"impostor.{site.domains[0]}"])
+    files = {lab.path_on(primary, site.tls.certificate_for(host)): impostor.certificate,
+             lab.path_on(primary, site.tls.key_for(host)): impostor.key}
+    own = {path: path.read_bytes() for path in files}
+    marker = _marker("impostor")
+    before = len(mail.smtpd_log(lab, backup).splitlines())
+    refused = lambda: [line for line in mail.smtpd_log(lab, backup).splitlines()[before:]
+                       if " mta error " in line and "certificate" in line]
+    try:
+        for path, data in files.items():
+            _replace_file(path, data)
+        _restart_smtpd(lab, primary)
+        # Afresh, the backup connects anew: a session it kept open to the primary's previous smtpd
+        # (an earlier scenario's), and the rest it gives a route after that session breaks, would
+        # delay its attempt by about 15 s.
+        _restart_smtpd(lab, backup)
+        sent = mail.send(lab, backup, f"{site.recipients.users[0]}@{site.domains[0]}", marker)
+        if not sent.accepted:
+            return False, f"{backup} refused a site user's mail (swaks {sent.status})"
+        if not wait_until(refused, 15, 0.1):
+            relaying = [line for line in mail.smtpd_log(lab, backup).splitlines()[before:] if " mta " in line]
+            return False, f"{backup} did not refuse the primary's wrong certificate: {relaying[-3:] or 'no relay attempt'}"
+        if mail.delivered(lab, marker) or not mail.queue(lab, backup):
+            return False, f"{backup} did not keep the message: delivered {len(mail.delivered(lab, marker))}, queue {mail.queue(lab, backup)}"
+        said = refused()[0].split("reason=", 1)[-1]
+    finally:
+        for path, data in own.items():
+            _replace_file(path, data)
+        _restart_smtpd(lab, primary)
+    # smtpd rests a route that failed (about 15 s) before its next attempt.
+    if not mail.flush(lab, backup, lambda: mail.delivered(lab, marker) and not mail.queue(lab, backup), REDELIVERY_TIMEOUT):
+        return False, f"not delivered {REDELIVERY_TIMEOUT} s after {primary}'s certificate was back; {backup}'s queue: {mail.queue(lab, backup)}"
+    time.sleep(1)  # a duplicate would come now, from a retry of an envelope already sent
+    found = mail.delivered(lab, marker)
+    if len(found) != 1:
+        return False, f"{len(found)} copies delivered once {primary}'s own certificate was back, want 1"
+    return True, f"{backup} kept it ({said}); delivered once with {primary}'s own certificate back"
+
+
 @scenario("primary down: a backup queues (encrypted), then delivers once", proves="""
     With the primary's smtpd down a backup accepts the mail and holds it in its encrypted queue:
     `smtpctl show queue` lists it, and its body cannot be read anywhere in the backup's spool,
@@ -496,7 +746,9 @@ def scenarios_markdown() -> str:
         "",
         "`make lab` (`python -m mailsite lab demo`) runs these scenarios in this order, on the real",
         "daemons, and prints one line each: PASS, WARN or FAIL, the name below, the seconds it took and",
-        "what it saw. Each is also a test: `tests/test_lab.py::test_scenario[<id>]`.",
+        "what it saw. Each is also a test: `tests/test_lab.py::test_scenario[<id>]`. The TLS scenarios'",
+        "steps (each reply, swaks status and header a client meets) are tests of their own too, in",
+        "`tests/test_lab_tls.py`.",
         "",
     ]
     for number, declared in enumerate(DEMONSTRATION, 1):
