@@ -526,7 +526,7 @@ def submission_refuses_the_unauthenticated(lab: Lab) -> tuple[bool, str]:
     if mail.delivered(lab, marker):
         problems.append("a refused client's message was delivered")
     said = sorted({attempt[0].refusal.split(" ", 1)[0] for attempt in attempts.values()})
-    return not problems, "; ".join(problems) or f"{', '.join(attempts)}: each refused ({', '.join(said)}), nothing delivered"
+    return not problems, "; ".join(problems) or f"{'; '.join(attempts)}: each refused ({', '.join(said)}), nothing delivered"
 
 
 @scenario("submission: a user with TLS and the password sends, to the site and out", proves="""
