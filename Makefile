@@ -6,8 +6,8 @@ OUT ?= out
 
 .PHONY: deps bake-deps venv root test example lab bench clean
 
-# The real daemons and tools the checks and the lab run. No service is started by installing them.
-DEBS := mmdebstrap opensmtpd openbgpd packer dnsmasq-base swaks iproute2 openssl python3-venv bind9-dnsutils shellcheck git jq mksh original-awk openssh-client
+# What the checks and the lab need on this machine; their daemons come from the daemon root (make root).
+DEBS := mmdebstrap packer iproute2 openssl python3-venv shellcheck git jq mksh original-awk openssh-client
 
 deps:
 	@dpkg -s $(DEBS) >/dev/null 2>&1 || { apt-get update -qq && \

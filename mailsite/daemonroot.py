@@ -42,8 +42,10 @@ SUITE = "trixie"
 MIRROR = "http://deb.debian.org/debian"
 # What the checks and the lab run, and what they need around it: netbase's /etc/services (smtpd
 # refuses `port submission` without it), the CA bundle the lab adds its CA to, openssl for test
-# certificates and TLS probes.
-PACKAGES = ("opensmtpd", "openbgpd", "dnsmasq-base", "swaks", "openssl", "ca-certificates", "netbase")
+# certificates and TLS probes, Net::SSLeay for swaks's TLS (only recommended, and mmdebstrap
+# installs no recommendations), dig for the lab's DNS queries.
+PACKAGES = ("opensmtpd", "openbgpd", "dnsmasq-base", "swaks", "libnet-ssleay-perl", "openssl", "bind9-dnsutils",
+            "ca-certificates", "netbase")
 # The majors the checks rely on: those of the daemons OpenBSD 7.8 ships.
 MAJORS = {"opensmtpd": 7, "openbgpd": 8}
 CACHE = Path("/var/cache/mailsite/daemon-root")

@@ -24,7 +24,7 @@ from mailsite.facts import answers_smtp, key_versions, queue, queued_envelopes, 
 from mailsite.hosts import CommandControl, HostControl, lab_control
 from mailsite.lab import mail
 from mailsite.lab.lab import Lab
-from mailsite.lab.procs import LabError, in_network, run, wait_until
+from mailsite.lab.procs import LabError, wait_until
 from mailsite.lab.site import host_environment, render_lab_host
 from mailsite.rotation import rollout_spamd_key, rotate_host, rotation_order
 from mailsite.secrets import CURRENT, PENDING, PREVIOUS, host_label, host_store, queue_key_id, site_secrets, spamd_sync_key_id
@@ -93,7 +93,7 @@ def _accepted_within(lab: Lab, via: str, marker: str, seconds: int) -> bool:
     argv = ["swaks", "--server", address, "--to", USER, "--from", mail.SENDER, "--header", f"Subject: {marker}",
             "--body", marker, "--timeout", str(seconds)]
     try:
-        return run(in_network(lab.plan.internet.namespace, argv), timeout=seconds * 4).returncode == 0
+        return lab.run_in(lab.plan.internet.name, argv, timeout=seconds * 4).returncode == 0
     except LabError:
         return False
 

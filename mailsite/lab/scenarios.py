@@ -23,7 +23,7 @@ from ..results import Result, Status, timed
 from . import bgp, mail
 from .ca import LabCA
 from .lab import Lab
-from .procs import LabError, in_network, run, wait_until
+from .procs import LabError, wait_until
 
 DELIVERY_TIMEOUT = 30  # seconds for a relayed message to reach a mailbox
 # After the primary returns, a backup's next attempt may wait out smtpd's penalty on the route
@@ -95,7 +95,7 @@ def _host_names(lab: Lab) -> tuple[str, list[str]]:
 
 def _dig(lab: Lab, *query: str) -> set[str]:
     argv = ["dig", "+short", "+time=2", "+tries=1", f"@{lab.plan.dns.ipv4}", *query]
-    return set(run(in_network(lab.plan.internet.namespace, argv), timeout=10).stdout.split("\n")) - {""}
+    return set(lab.run_in(lab.plan.internet.name, argv, timeout=10).stdout.split("\n")) - {""}
 
 
 @scenario("dns: the site's records, as dns_records() computes them", proves="""
