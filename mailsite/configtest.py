@@ -249,9 +249,9 @@ def _overlay_and_chroot(scratch: Path, root: DaemonRoot, tree_dirs: dict[str, Pa
         # through, as on the host. The tree's directory goes in by a bind mount, so that its path
         # (any name the user gave) never has to fit overlayfs's option string; nodev: what the
         # tree holds is never a way to this machine's devices.
-        lower, upper, work = (scratch / f"{layer}-{index}" for layer in ("lower", "upper", "work"))
-        for layer in (lower, upper, work):
-            layer.mkdir()
+        lower, upper, work = (scratch / f"{kind}-{index}" for kind in ("lower", "upper", "work"))
+        for made in (lower, upper, work):
+            made.mkdir()
         nested = f"nodev,nosuid,lowerdir={scratch / 'files' / directory}:{lower},upperdir={upper},workdir={work}"
         lines += [f"mount --bind -- {shlex.quote(str(source))} {shlex.quote(str(lower))}",
                   f"mount -t overlay overlay -o {shlex.quote(nested)} {shlex.quote(str(merged / directory))}"]
