@@ -31,7 +31,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 # The Debian trixie root the checks and the lab run their daemons from (mailsite/daemonroot.py):
-# built once per machine (about 30 s, 210 MB in /var/cache/mailsite), then checked and reused.
+# built once per machine (about 30 s, 225 MB in /var/cache/mailsite), then checked and reused.
 root: deps venv
 	$(PY) -m mailsite.daemonroot
 
