@@ -42,7 +42,8 @@ from . import net
 from .bgp import routes_received, sessions
 from .ca import LabCA
 from .procs import (
-    LabError, ProcessRecord, alive, in_host, in_network, network_namespace_pids, record_of, run, spawn, stop,
+    LabError, ProcessRecord, alive, in_host, in_network, mount_namespace_pids, network_namespace_pids, record_of, run,
+    spawn, stop,
     wait_until,
 )
 from .site import (
@@ -511,18 +512,28 @@ def _teardown(state_dir: Path) -> list[str]:
     inodes = {net.namespace_inode(name) for name in existing}
     for inode in inodes:
         records += [record for pid in network_namespace_pids(inode) if (record := record_of(pid))]
+    # And whatever joined a node's files only (`nsenter -m`, in this machine's network): found
+    # before anything is removed, since removing a node's mount point detaches its tree from
+    # every namespace's view (not from a process inside it, which still reads its keys).
+    mount_inodes = _node_mount_namespaces(state_dir)
+    for inode in mount_inodes:
+        records += [record for pid in mount_namespace_pids(inode) if (record := record_of(pid))]
     stuck = stop(records)
     for name in existing:
         net.delete_namespace(name)
     shutil.rmtree(state_dir, ignore_errors=True)
-    return [f"process {record.pid} still running" for record in stuck] + leftovers(state_dir, inodes)
+    return [f"process {record.pid} still running" for record in stuck] + leftovers(state_dir, inodes, mount_inodes)
 
 
-def leftovers(state_dir: Path = STATE_DIR, inodes: Collection[int] = ()) -> list[str]:
-    """Anything of a lab still on this machine: namespaces, processes, mounts, files."""
+def leftovers(state_dir: Path = STATE_DIR, inodes: Collection[int] = (), mount_inodes: Collection[int] = ()) -> list[str]:
+    """Anything of a lab still on this machine: namespaces, processes, mounts, files. `inodes`,
+    `mount_inodes`: the lab's network and mount namespaces a teardown found, which may outlive
+    their names and mounts while a process is in one."""
     found = [f"network namespace {name}" for name in net.lab_namespaces()]
     for inode in inodes:
         found += [f"process {pid} in a lab namespace" for pid in network_namespace_pids(inode)]
+    for inode in mount_inodes:
+        found += [f"process {pid} in a lab node's mount namespace" for pid in mount_namespace_pids(inode)]
     mounts = Path("/proc/self/mounts").read_text()
     found += [f"mount {line.split()[1]}" for line in mounts.splitlines() if "mailsite-lab" in line or "/netns/mslab" in line]
     found += [f"a lab node's mounts (over the daemon root), held by process {pid}" for pid in _lab_mount_holders()]
@@ -531,6 +542,25 @@ def leftovers(state_dir: Path = STATE_DIR, inodes: Collection[int] = ()) -> list
         found += [f"/etc/netns/{entry.name}" for entry in etc_netns.iterdir() if entry.name.startswith("mslab")]
     if state_dir.exists():
         found.append(f"state directory {state_dir}")
+    return found
+
+
+def _node_mount_namespaces(state_dir: Path) -> set[int]:
+    """The mount namespace of each lab node still held (mnt inodes): provably a node's, as it
+    holds the overlay only a holder mounts, the upper layer in this lab's nodes/ (never this
+    process's own namespace)."""
+    nodes = f"upperdir={state_dir / 'nodes'}/"
+    ours = {os.stat("/proc/self/ns/mnt").st_ino}
+    found = set()
+    for pid in _lab_mount_holders():
+        try:
+            namespace = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            mounts = Path(f"/proc/{pid}/mounts").read_text().splitlines()
+        except OSError:
+            continue
+        if namespace not in ours and any(line.startswith("mailsite-lab ") and " overlay " in line and nodes in line
+                                         for line in mounts):
+            found.add(namespace)
     return found
 
 

@@ -121,11 +121,21 @@ def stop(records: Sequence[ProcessRecord], timeout: float = 5) -> list[ProcessRe
 
 def network_namespace_pids(inode: int) -> list[int]:
     """Every process whose network namespace is the one with this inode (nsfs)."""
+    return _namespace_pids("net", inode)
+
+
+def mount_namespace_pids(inode: int) -> list[int]:
+    """Every process whose mount namespace is the one with this inode (nsfs), wherever its
+    network is: `nsenter -m` into a node joins its files and not its network."""
+    return _namespace_pids("mnt", inode)
+
+
+def _namespace_pids(kind: str, inode: int) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.stat(entry / "ns/net").st_ino == inode:
+                if os.stat(entry / "ns" / kind).st_ino == inode:
                     pids.append(int(entry.name))
             except OSError:
                 continue
