@@ -90,6 +90,18 @@ def test_up_status_send_and_down_from_the_command_line():
     assert lab("status").stderr == "error: no lab is up; run lab up\n"
 
 
+def test_up_refuses_a_mailbox_user_named_like_a_system_account_before_making_anything(tmp_path):
+    """`root` as a mailbox user would replace the primary's root account (and log in as it): up
+    says so in one line, exit 2, and makes no namespace, process, mount or state."""
+    stack = tmp_path / "Pulumi.sysaccount.yaml"
+    stack.write_text(EXAMPLE.read_text().replace("      - bob\n", "      - bob\n      - root\n", 1))
+    up = lab("up", "--config", str(stack))
+    assert (up.returncode, up.stdout) == (2, ""), up.stdout + up.stderr
+    assert up.stderr == ("error: mailsite:recipients.users = root: rename the user: the lab's primary has these"
+                         " system accounts\n")
+    assert leftovers() == []
+
+
 def test_down_cleans_a_run_killed_while_starting():
     starting = started("up", "--config", str(EXAMPLE))
     assert wait_until(lambda: "mx1/host" in state().get("processes", {}), 30), starting.stderr

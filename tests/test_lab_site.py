@@ -6,12 +6,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from mailsite.dns import dns_records
 from mailsite.lab.ca import LabCA
 from mailsite.lab.site import (
     BLACKLIST, BYPASS, CA_BUNDLE, LAB_CA, LAB_IPV4, LINUX, host_environment, lab_plan, mailbox_owners, pki_files,
-    render_dnsmasq_conf, render_lab_host, render_route_server_conf, shadow, trust_store,
+    refuse_system_account_users, render_dnsmasq_conf, render_lab_host, render_route_server_conf, shadow, trust_store,
 )
+from mailsite.problems import SiteConfigError
 from mailsite.render import render_host
 from mailsite.templates import LinuxDifferences
 from tests.sites import fake_secrets, site_of, sized_settings
@@ -78,17 +81,35 @@ def test_route_server_announces_each_list_with_its_community(example_site):
     assert "multihop 64" in conf and "allow to any" in conf and "deny from any" in conf
 
 
-def test_primary_gets_mailbox_users_replacing_same_named_accounts(example_site):
+def test_primary_gets_mailbox_users_beside_the_roots_accounts(example_site):
     plan = lab_plan(example_site, SECRETS)
-    passwd = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n"
-    group = "root:x:0:\nalice:x:1000:\n"
+    passwd = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/sh\n"
+    group = "root:x:0:\nuser:x:1000:\n"
     primary = host_environment(plan, plan.site.primary, passwd, group)
     owners = mailbox_owners(primary)
     assert sorted(owners) == ["alice", "bob"] and len(set(owners.values())) == 2 and 1000 not in owners.values()
-    assert re.findall(r"^alice:", primary["etc/passwd"].text, re.M) == ["alice:"] and primary["etc/passwd"].text.startswith("root:")
+    assert primary["etc/passwd"].text.startswith(passwd)
     backup = host_environment(plan, plan.site.backups[0], passwd, group)
     assert "etc/passwd" not in backup and mailbox_owners(backup) == {}
     assert backup["etc/resolv.conf"].text.startswith(f"nameserver {plan.dns.ipv4}\n")
+
+
+@pytest.mark.parametrize("account", ["root", "mail", "nobody", "opensmtpd"])
+def test_a_mailbox_user_named_like_a_system_account_is_refused_not_made_that_account(example_site, account):
+    """A mailbox user becomes an account of the lab's primary: one named like the root's root or
+    a daemon's user would replace it (and log in as it), so the lab refuses the site in one line."""
+    settings = sized_settings(2)
+    settings["recipients"]["users"] = ["alice", "bob", account]
+    plan = lab_plan(site_of(settings), SECRETS)
+    passwd = f"root:x:0:0:root:/root:/bin/bash\nmail:x:8:8:mail:/var/mail:/usr/sbin/nologin\n" \
+             f"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\nopensmtpd:x:101:102::/var/lib/opensmtpd:/usr/sbin/nologin\n"
+    with pytest.raises(SiteConfigError) as refused:
+        host_environment(plan, plan.site.primary, passwd, "")
+    assert str(refused.value) == (f"mailsite:recipients.users = {account}: rename the user: the lab's primary has"
+                                  " these system accounts")
+    with pytest.raises(SiteConfigError):
+        refuse_system_account_users(plan.site, passwd)
+    refuse_system_account_users(example_site, passwd)  # alice and bob are nobody's system account
 
 
 def test_every_node_trusts_debian_and_the_lab_ca():

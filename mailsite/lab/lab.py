@@ -48,7 +48,8 @@ from .procs import (
 )
 from .site import (
     BLACKLIST, BYPASS, CA_BUNDLE, MAILBOX_HOMES, WIRE, LabPlan, Node, host_environment, lab_plan, mailbox_owners,
-    node_environment, pki_files, render_dnsmasq_conf, render_lab_host, render_route_server_conf, shadow, trust_store,
+    node_environment, pki_files, refuse_system_account_users, render_dnsmasq_conf, render_lab_host, render_route_server_conf,
+    shadow, trust_store,
 )
 from .state import ALREADY_UP, STATE_FILE, LabState, UnreadableState, lab_lock, read_state
 
@@ -154,6 +155,7 @@ class Lab:
         otherwise a later `up` treats it as left by a killed run once this process is gone."""
         root = preflight()
         site = load_site_file(config)
+        refuse_system_account_users(site, (root / "etc/passwd").read_text())  # before anything is made
         stack = stack_name(config)
         # Held until the lab answers or is down again: a second `up` meanwhile refuses and touches nothing.
         with lab_lock(state_dir):

@@ -15,7 +15,7 @@ from typing import Literal, Sequence
 
 from ..dns import dns_records, reverse_records
 from ..model import Host, HostAddresses, HostSecrets, Site
-from ..problems import Problem, SiteConfigError
+from ..problems import Problem, SiteConfigError, few
 from ..render import render_host
 from ..templates import HostTree, LinuxDifferences, RenderedFile, render_template
 from .ca import Issued
@@ -199,12 +199,23 @@ def shadow(existing: str, hashes: dict[str, str], day: int) -> RenderedFile:
                         0o640, secret=True)
 
 
+def refuse_system_account_users(site: Site, passwd: str) -> None:
+    """A mailbox user becomes an account of the primary's: one named like an account of the daemon
+    root's `passwd` (root, mail, nobody, a daemon's) would replace it, and log in as it."""
+    accounts = {line.split(":", 1)[0] for line in passwd.splitlines() if ":" in line}
+    clashes = [user for user in site.recipients.users if user in accounts]
+    if clashes:
+        raise SiteConfigError([Problem("mailsite:recipients.users", few(clashes),
+                                       "rename the user: the lab's primary has these system accounts")])
+
+
 def host_environment(plan: LabPlan, host: Host, passwd: str, group: str) -> HostTree:
     """What the lab lays over the daemon root's /etc for a host besides its rendered files: the
     node's environment, and on the primary its mailbox users (added to the root's `passwd` and
     `group`), since smtpd delivers a virtual user's mail as that system user into the user's home."""
     files = node_environment(plan)
     if host.is_primary:
+        refuse_system_account_users(plan.site, passwd)
         used = {int(line.split(":")[2]) for line in passwd.splitlines() + group.splitlines() if line.count(":") >= 3}
         free = (uid for uid in range(_FIRST_MAILBOX_UID, 65534) if uid not in used)
         ids = {user: next(free) for user in plan.site.recipients.users}
