@@ -112,19 +112,25 @@ session.quit()
 
 def test_mailbox_users_log_in_with_this_ups_password_and_no_other(lab):
     """Each mailbox user of the primary has a password of this up, checked by smtpd's `auth`
-    (PAM, the primary's /etc/shadow); another user's password, or none of its, is refused."""
-    primary = lab.plan.site.primary.name
+    (PAM, the primary's /etc/shadow); another user's password, or none of its, is refused.
+    Passwords stay out of this test's locals, which a failure's report (pytest -l) prints."""
+    assert _distinct_and_long(lab, "alice", "bob")
+    assert _login(lab, "alice", "alice") == "accepted" and _login(lab, "bob", "bob") == "accepted"
+    assert _login(lab, "alice", "bob") == "refused 535" and _login(lab, "bob", None) == "refused 535"
 
-    def login(user: str, password: str) -> str:
-        argv = ["nsenter", f"--net=/run/netns/{lab.plan.internet.namespace}", "--", sys.executable, "-c", _LOGIN,
-                str(lab.plan.node(primary).ipv4), str(lab.ca_certificate), user]
-        result = subprocess.run(argv, input=password + "\n", capture_output=True, text=True, timeout=30)
-        return result.stdout.strip() or result.stderr.strip()[-300:]
 
-    alice, bob = lab.password("alice"), lab.password("bob")
-    assert alice != bob and len(alice) >= 20
-    assert login("alice", alice) == "accepted" and login("bob", bob) == "accepted"
-    assert login("alice", bob) == "refused 535" and login("bob", "") == "refused 535"
+def _distinct_and_long(lab, *users: str) -> bool:
+    return len({lab.password(user) for user in users}) == len(users) and all(len(lab.password(user)) >= 20 for user in users)
+
+
+def _login(lab, user: str, password_of: str | None) -> str:
+    """`user` logging in to the primary's submission port with `password_of`'s password (none: an
+    empty one): the server's answer."""
+    argv = ["nsenter", f"--net=/run/netns/{lab.plan.internet.namespace}", "--", sys.executable, "-c", _LOGIN,
+            str(lab.plan.node(lab.plan.site.primary.name).ipv4), str(lab.ca_certificate), user]
+    result = subprocess.run(argv, input=(lab.password(password_of) if password_of else "") + "\n", capture_output=True,
+                            text=True, timeout=30)
+    return result.stdout.strip() or result.stderr.strip()[-300:]
 
 
 def test_lab_ca_is_in_every_nodes_trust_store(lab):

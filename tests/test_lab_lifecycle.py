@@ -6,6 +6,8 @@ These need root (network namespaces, mounts); CI runs as root and never skips th
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import os
 import shutil
@@ -59,10 +61,7 @@ def test_up_status_send_and_down_from_the_command_line():
     up = lab("up", "--config", str(EXAMPLE))
     assert up.returncode == 0, up.stderr
     assert "mx2" in up.stdout and "lab up in" in up.stdout
-    keys = [path.read_text().strip() for path in (STATE_DIR / "secrets").rglob("versions/*")]
-    assert len(keys) == 4 and not any(key in up.stdout + up.stderr for key in keys), "a key was printed"
-    passwords = json.loads((STATE_DIR / "passwords.json").read_text())
-    assert passwords and not any(password in up.stdout + up.stderr for password in passwords.values()), "a password was printed"
+    assert _lab_secrets_held_by(up.stdout + up.stderr) == (4, 2, []), "a key or password was printed"
 
     again = lab("up", "--config", str(EXAMPLE))
     assert (again.returncode, again.stderr) == (2, "error: a lab is already up or coming up; run lab down\n")
@@ -100,6 +99,16 @@ def test_up_refuses_a_mailbox_user_named_like_a_system_account_before_making_any
     assert up.stderr == ("error: mailsite:recipients.users = root: rename the user: the lab's primary has these"
                          " system accounts\n")
     assert leftovers() == []
+
+
+def _lab_secrets_held_by(text: str) -> tuple[int, int, list[str]]:
+    """How many queue keys and passwords the lab has, and which of them `text` holds (named, never
+    shown): a test keeps them out of its own locals, which a failure's report (pytest -l) prints."""
+    secrets = {f"key {path.relative_to(STATE_DIR)}": path.read_text().strip() for path in (STATE_DIR / "secrets").rglob("versions/*")}
+    keys = len(secrets)
+    passwords = json.loads((STATE_DIR / "passwords.json").read_text())
+    secrets |= {f"password of {user}": password for user, password in passwords.items()}
+    return keys, len(passwords), [name for name, secret in secrets.items() if secret in text]
 
 
 def test_down_cleans_a_run_killed_while_starting():
@@ -263,17 +272,55 @@ def test_each_up_has_a_ca_and_passwords_of_its_own():
     store) and new passwords."""
     first = Lab.up(EXAMPLE)
     try:
-        ca, password = first.ca_certificate.read_text(), first.password("alice")
+        # A digest, not the password: a failure's report (pytest -l) prints a test's locals.
+        ca, password_digest = first.ca_certificate.read_text(), _digest(first.password("alice"))
     finally:
         assert first.down() == []
     second = Lab.up(EXAMPLE)
     try:
-        assert second.ca_certificate.read_text() != ca and second.password("alice") != password
+        assert second.ca_certificate.read_text() != ca and _digest(second.password("alice")) != password_digest
         assert second.run_in("internet", ["cat", "/etc/ssl/mailsite-lab-ca.pem"]).stdout == second.ca_certificate.read_text()
         with pytest.raises(LabError, match="mallory is not a mailbox user"):
             second.password("mallory")
     finally:
         assert second.down() == []
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def test_lab_tests_keep_passwords_and_keys_out_of_their_locals():
+    """A failing lab test's report (pytest -l, --showlocals) prints its locals and arguments: no
+    test function binds a lab password or key to a name (helpers named _x may, and return only
+    names or digests)."""
+    holding = []
+    for path in sorted(Path(__file__).parent.glob("test_lab*.py")):
+        for test in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(test, ast.FunctionDef) and test.name.startswith("test_")):
+                continue
+            for node in ast.walk(test):
+                if isinstance(node, (ast.FunctionDef, ast.Lambda)):
+                    holding += [f"{path.name}:{node.lineno} {arg.arg}" for arg in node.args.args if "password" in arg.arg]
+                if isinstance(node, (ast.Assign, ast.AnnAssign, ast.NamedExpr)) and node.value is not None \
+                        and _holds_a_secret(node.value):
+                    holding.append(f"{path.name}:{node.lineno} in {test.name}")
+    assert holding == []
+
+
+_SECRET_FILES = ("passwords.json", "versions/*")  # in the lab's state: its passwords, its queue keys
+
+
+def _holds_a_secret(expression: ast.AST) -> bool:
+    """Whether an expression's value holds a lab password (lab.password()) or what a call read
+    from the passwords or the queue keys; not a password passed on to a call, nor a helper's result."""
+    if isinstance(expression, ast.Call):
+        if isinstance(expression.func, ast.Attribute) and expression.func.attr == "password":
+            return True
+        if isinstance(expression.func, ast.Name) and expression.func.id.startswith("_"):
+            return False
+        return any(isinstance(node, ast.Constant) and node.value in _SECRET_FILES for node in ast.walk(expression))
+    return any(_holds_a_secret(child) for child in ast.iter_child_nodes(expression))
 
 
 def test_lab_needs_of_this_machine_only_its_namespace_and_mount_tools(tmp_path, monkeypatch):
