@@ -111,6 +111,24 @@ def _lab_secrets_held_by(text: str) -> tuple[int, int, list[str]]:
     return keys, len(passwords), [name for name, secret in secrets.items() if secret in text]
 
 
+def test_status_says_a_nodes_holder_is_gone_while_its_daemons_still_run():
+    """With mx1's holder killed its smtpd and bgpd still run (in its namespaces): status says so,
+    not that mx1 is not running, and down still stops them."""
+    assert lab("up", "--config", str(EXAMPLE)).returncode == 0
+    holder = ProcessRecord.from_json(state()["processes"]["mx1/host"])
+    daemons = [ProcessRecord.from_json(state()["processes"][f"mx1/{daemon}"]) for daemon in ("smtpd", "bgpd")]
+    os.kill(holder.pid, signal.SIGKILL)
+    assert wait_until(lambda: not alive(holder), 5)
+    status = lab("status")
+    assert status.returncode != 0 and status.stderr == (
+        f"error: mx1's holder (pid {holder.pid}) is gone while its bgpd, smtpd still run: no command can enter mx1;"
+        " run lab down\n"), status.stderr
+    assert all(alive(daemon) for daemon in daemons)
+    down = lab("down")
+    assert down.returncode == 0 and "no namespace, process, mount or state left" in down.stdout, down.stdout
+    assert leftovers() == [] and not any(alive(daemon) for daemon in daemons)
+
+
 def test_down_cleans_a_run_killed_while_starting():
     starting = started("up", "--config", str(EXAMPLE))
     assert wait_until(lambda: "mx1/host" in state().get("processes", {}), 30), starting.stderr

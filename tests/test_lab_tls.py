@@ -247,7 +247,7 @@ def test_verifying_client_refuses_another_mx_name(lab):
     assert "failed host verification" not in mail.verifying(lab, site.primary.name, site.primary.mx_name).certificate_check
 
 
-def test_certificate_of_an_earlier_lab_ca_does_not_verify(lab, tmp_path):
+def test_the_mx_certificate_does_not_verify_against_another_ca(lab, tmp_path):
     """Each up makes its CA: the check against lab.ca_certificate is against this one alone."""
     site = lab.plan.site
     sent = mail.verifying(lab, site.primary.name, site.primary.mx_name)

@@ -140,8 +140,18 @@ class Lab:
         record = self.record(f"{node}/host")
         # nsenter joins whatever the pid is in: a recorded pid in this machine's own namespaces
         # (a state.json not the lab's own) would run the lab's commands on this machine.
-        if record is None or not alive(record) or not net.in_a_lab_network(record.pid):
-            raise LabError(f"{node} is not running (its mount namespace is gone); run lab down")
+        if record is None:
+            raise LabError(f"{node} is not running (the lab's record has no holder for it); run lab down")
+        if not alive(record):
+            # Its daemons keep its namespaces: the node may still take mail, but nothing enters it.
+            running = [key.split("/", 1)[1] for key, daemon in self.state.processes.items()
+                       if key.startswith(f"{node}/") and key != f"{node}/host" and alive(daemon)]
+            still = f" while its {', '.join(running)} still run" if running else ""
+            raise LabError(f"{node}'s holder (pid {record.pid}) is gone{still}: no command can enter {node};"
+                           " run lab down")
+        if not net.in_a_lab_network(record.pid):
+            raise LabError(f"{node} is not running (its recorded holder, pid {record.pid}, is in no lab network);"
+                           " run lab down")
         return record
 
     def _save(self) -> None:
