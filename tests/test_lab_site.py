@@ -101,8 +101,8 @@ def test_a_mailbox_user_named_like_a_system_account_is_refused_not_made_that_acc
     settings = sized_settings(2)
     settings["recipients"]["users"] = ["alice", "bob", account]
     plan = lab_plan(site_of(settings), SECRETS)
-    passwd = f"root:x:0:0:root:/root:/bin/bash\nmail:x:8:8:mail:/var/mail:/usr/sbin/nologin\n" \
-             f"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\nopensmtpd:x:101:102::/var/lib/opensmtpd:/usr/sbin/nologin\n"
+    passwd = "root:x:0:0:root:/root:/bin/bash\nmail:x:8:8:mail:/var/mail:/usr/sbin/nologin\n" \
+             "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\nopensmtpd:x:101:102::/var/lib/opensmtpd:/usr/sbin/nologin\n"
     with pytest.raises(SiteConfigError) as refused:
         host_environment(plan, plan.site.primary, passwd, "")
     assert str(refused.value) == (f"mailsite:recipients.users = {account}: rename the user: the lab's primary has"
