@@ -93,6 +93,7 @@ _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # At most 20 digits: Python refuses to read a number of thousands (its "4300 digits" traceback),
 # while one too large but of 20 digits still hears the setting's range (2G is 10 digits in bytes).
 _SIZE = re.compile(r"^([1-9][0-9]{0,19})([KMG]?)$")
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 _DURATION = re.compile(r"^[1-9][0-9]{0,19}[smhd]$")
 _DISK_SIZE = r"^[1-9][0-9]{0,19}[MG]$"
 _COMMUNITY = re.compile(r"^([0-9]{1,5}):([0-9]{1,5})$")
@@ -348,6 +349,68 @@ class Host(Settings):
         return self.role == "primary"
 
 
+def _size_of(value: str, fix: str) -> int:
+    """A size as smtpd and Dovecot write it (a whole number of bytes, or one with K, M or G)."""
+    match = _SIZE.fullmatch(value)
+    if not match:
+        raise ValueError(f"not a size; write a whole number with K, M or G, like {fix}")
+    return int(match[1]) * _SIZE_UNITS[match[2]]
+
+
+# Far above any mailbox of a small organisation; the bound keeps a
+# 20-digit G from overflowing the 64-bit byte counts Dovecot keeps its quota in.
+MAX_QUOTA = 10000 << 30
+
+
+def _quota(value: str) -> str:
+    if _size_of(value, "5G") > MAX_QUOTA:
+        raise ValueError(f"too large for a mailbox; choose at most {MAX_QUOTA >> 30}G, like 5G")
+    return value
+
+
+Quota = Annotated[str, AfterValidator(_quota)]
+
+
+class Account(Settings):
+    """A mailbox user: an entry of mailsite:recipients.users, written as the name alone (alice) or
+    as a section with the name and the user's own settings."""
+
+    name: LocalPart = Field(description=(
+        "The local part that has a mailbox on the primary, in every site domain (alice receives "
+        "alice@ each domain): lower-case letters, digits and . _ -."))
+    quota: Quota | None = Field(None, description=(
+        "The most mail the user's mailbox holds, a whole number of bytes or one with K, M or G, "
+        "like 5G, at least maxMessageSize; null for no limit. Mail past it is refused for a while "
+        "(a temporary failure, so the sender retries) and nothing is lost."))
+
+
+def _account(value: object) -> object:
+    # A user written as a plain name (users: [alice, bob]) is an account with no settings of its
+    # own; the name is checked here, so that a bad one is reported at users[i] as it always was.
+    if isinstance(value, str):
+        return {"name": _local_part(value)}
+    if isinstance(value, (dict, Account)):
+        return value
+    raise PydanticCustomError("string_type", "a user is a name, or a section with name and quota")
+
+
+def _catch_all_domains(value: object) -> object:
+    # Domains are compared lower-case and without a final dot: two spellings of one domain would
+    # otherwise leave one catch-all silently in place of the other.
+    if isinstance(value, dict):
+        seen: dict[str, str] = {}
+        for key in value:
+            try:
+                name = _domain(key) if isinstance(key, str) else None
+            except ValueError:
+                continue  # reported on its own, by the key's check
+            if name is not None and name in seen:
+                raise ValueError(f"{name} is listed twice ({seen[name]} and {key}); keep one catch-all per domain")
+            if name is not None:
+                seen[name] = key
+    return value
+
+
 class Recipients(Settings):
     """Who receives mail: mailbox users on the primary, and aliases onto them.
 
@@ -357,12 +420,28 @@ class Recipients(Settings):
 
     # Bounds far above a small organisation's, below what would make a render take minutes
     # (every MX's tables list every recipient in every domain).
-    users: list[LocalPart] = Field(min_length=1, max_length=MAX_USERS, description=(
-        "Local parts with a mailbox on the primary, in every site domain (alice receives alice@ "
-        "each domain): lower-case letters, digits and . _ -; at least one."))
+    accounts: list[Annotated[Account, BeforeValidator(_account)]] = Field(
+        alias="users", min_length=1, max_length=MAX_USERS, description=(
+            "The users with a mailbox on the primary, in every site domain (alice receives alice@ "
+            "each domain), at least one: each a name (lower-case letters, digits and . _ -), or a "
+            "section with name and the user's own settings, like name: bob, quota: 5G."))
     aliases: dict[LocalPart, AliasTarget] = Field({}, max_length=MAX_ALIASES, description=(
         "Local parts that forward to a user of users or to one address outside the site, like "
         "abuse: alice. The site must receive postmaster (RFC 5321), usually as an alias."))
+    catch_all: Annotated[dict[Domain, LocalPart], BeforeValidator(_catch_all_domains)] = Field(
+        {}, max_length=MAX_DOMAINS, description=(
+            "A user of users who receives, per site domain, the mail to every local part of that "
+            "domain that no user or alias takes, like example.org: alice. A catch-all domain "
+            "takes mail to any name (guessed ones too, which spammers try); a domain left out "
+            "refuses unknown recipients."))
+
+    @property
+    def users(self) -> list[str]:
+        """The mailbox users' names, in the stack file's order."""
+        return [account.name for account in self.accounts]
+
+    def account(self, name: str) -> Account:
+        return next(account for account in self.accounts if account.name == name)
 
     def local_parts(self) -> list[str]:
         return sorted(set(self.users) | set(self.aliases))
@@ -663,7 +742,6 @@ class ObjectStorage(Settings):
         "after the URL is made."))
 
 
-_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 # /var beside the queue: logs between newsyslog turns, spamd's database, /var/db and backups.
 VAR_BESIDE_QUEUE = 1 << 30
 # The boot area before the OpenBSD partition and disklabel's alignment of each partition.
@@ -788,11 +866,7 @@ class Site(Settings):
     @field_validator("max_message_size")
     @classmethod
     def _size(cls, value: str) -> str:
-        match = _SIZE.fullmatch(value)
-        if not match:
-            raise ValueError("not a size; write a whole number with K, M or G, like 50M")
-        number, unit = int(match[1]), match[2]
-        size = number * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit]
+        size = _size_of(value, "50M")
         if not 64 << 10 <= size <= 2 << 30:
             raise ValueError("out of range; choose between 64K and 2G, like 50M")
         return value

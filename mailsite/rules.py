@@ -185,6 +185,43 @@ def aliases_reach_a_user(site: Site) -> list[Problem]:
 
 
 @rule
+def users_listed_once(site: Site) -> list[Problem]:
+    # One mailbox per name: a second entry would give the name two quotas, or two lines in the
+    # primary's virtuals.
+    users = site.recipients.users
+    return [_problem(f"mailsite:recipients.users[{i}]", name, f"already users[{users.index(name)}]; list each user once")
+            for i, name in enumerate(users) if name in users[:i]]
+
+
+@rule
+def quotas_hold_the_largest_message(site: Site) -> list[Problem]:
+    # A mailbox smaller than the largest message the MXes accept could never store that message:
+    # the backups would take it, and it would wait in their queues until it bounced.
+    largest = size_bytes(site.max_message_size)
+    return [_problem(f"mailsite:recipients.users[{i}].quota", account.quota,
+                     f"smaller than maxMessageSize ({site.max_message_size}), the largest message the site accepts; "
+                     f"raise it to {site.max_message_size} or more, like 5G")
+            for i, account in enumerate(site.recipients.accounts)
+            if account.quota is not None and size_bytes(account.quota) < largest]
+
+
+@rule
+def catch_alls_for_the_site_domains(site: Site) -> list[Problem]:
+    return [_problem(f"mailsite:recipients.catchAll.{domain}", domain, f"not one of the site's domains ({few(site.domains)}); "
+                     "add it to domains, or remove the catch-all")
+            for domain in site.recipients.catch_all if domain not in site.domains]
+
+
+@rule
+def catch_alls_reach_a_user(site: Site) -> list[Problem]:
+    # A mailbox, not an alias or an address outside: a catch-all forwarded off the site would
+    # relay every guessed name's spam onward, under the site's name.
+    users = site.recipients.users
+    return [_problem(f"mailsite:recipients.catchAll.{domain}", user, "not a user; name one of recipients.users")
+            for domain, user in site.recipients.catch_all.items() if user not in users]
+
+
+@rule
 def recipients_fit_the_tables(site: Site) -> list[Problem]:
     names, domains = len(site.recipients.local_parts()), len(site.domains)
     if names * domains <= MAX_ADDRESSES:

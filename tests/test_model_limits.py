@@ -77,7 +77,7 @@ def test_domains_users_and_aliases_have_room_for_a_small_organisation_and_a_boun
     from mailsite.model import Recipients, Site
 
     bound = {"mailsite:domains": Site.model_fields["domains"],
-             "mailsite:recipients.users": Recipients.model_fields["users"],
+             "mailsite:recipients.users": Recipients.model_fields["accounts"],
              "mailsite:recipients.aliases": Recipients.model_fields["aliases"]}[setting]
     at_most = next(m.max_length for m in bound.metadata if getattr(m, "max_length", None))
     assert at_most >= 1000  # a real small organisation: a thousand names fit

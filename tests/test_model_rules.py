@@ -54,6 +54,13 @@ CASES = {
     "libvirt_addressing_static": (lambda s: s["network"].update(addressing="autoconf"), "mailsite:network.addressing"),
     "libvirt_hosts_in_the_site_network": (lambda s: _host(s, 2).update(ipv4="192.0.3.30"), "mailsite:hosts[2].ipv4"),
     "libvirt_hosts_have_a_resolver": (lambda s: s["network"].update(nameservers=[]), "mailsite:network.nameservers"),
+    "users_listed_once": (lambda s: s["recipients"]["users"].append({"name": "alice", "quota": "5G"}), "mailsite:recipients.users[2]"),
+    "quotas_hold_the_largest_message": (lambda s: s["recipients"]["users"].__setitem__(1, {"name": "bob", "quota": "10M"}),
+                                        "mailsite:recipients.users[1].quota"),
+    "catch_alls_for_the_site_domains": (lambda s: s["recipients"].update(catchAll={"example.com": "alice"}),
+                                        "mailsite:recipients.catchAll.example.com"),
+    "catch_alls_reach_a_user": (lambda s: s["recipients"].update(catchAll={"example.org": "postmaster"}),
+                                "mailsite:recipients.catchAll.example.org"),
     "recipients_fit_the_tables": (lambda s: s.update(domains=[f"d{n}.example" for n in range(11)])
                                   or s["recipients"].update(users=[f"u{n}" for n in range(10000)]), "mailsite:recipients"),
     "libvirt_site_network_has_room": (lambda s: s["network"].update(ipv4PrefixLength=32), "mailsite:network.ipv4PrefixLength"),
@@ -153,3 +160,35 @@ def test_a_targets_own_settings_are_refused_on_every_other_target(monkeypatch):
 def test_a_rule_naming_a_target_that_does_not_exist_is_a_bug_not_a_rule_that_never_applies():
     with pytest.raises(KeyError, match="vultrr"):
         _site(lambda s: None).runs_on("vultrr")
+
+
+# -- accounts: quotas and catch-alls ----------------------------------------------------------
+
+def _problems(change) -> list[str]:
+    return [str(problem) for problem in rules.site_problems(_site(change))]
+
+
+def test_a_quota_below_the_largest_message_is_one_line_with_the_size_to_use():
+    """A mailbox that cannot hold the largest message the MXes accept would leave that message
+    in a backup's queue until it bounces: refused, naming maxMessageSize."""
+    lines = _problems(lambda s: s.update(maxMessageSize="20M") or s["recipients"]["users"].__setitem__(1, {"name": "bob", "quota": "19M"}))
+    assert lines == ["mailsite:recipients.users[1].quota = 19M: smaller than maxMessageSize (20M), the largest message "
+                     "the site accepts; raise it to 20M or more, like 5G"]
+    assert _problems(lambda s: s.update(maxMessageSize="20M") or s["recipients"]["users"].__setitem__(1, {"name": "bob", "quota": "20M"})) == []
+
+
+def test_a_catch_all_names_a_site_domain_and_a_mailbox_user():
+    assert _problems(lambda s: s["recipients"].update(catchAll={"example.net": "bob"})) == []
+    outside = _problems(lambda s: s["recipients"].update(catchAll={"example.com": "alice"}))
+    assert outside == ["mailsite:recipients.catchAll.example.com = example.com: not one of the site's domains "
+                       "(example.org, example.net); add it to domains, or remove the catch-all"]
+    # An alias is no mailbox: a catch-all forwarded on would relay every guessed name's spam.
+    for target in ("postmaster", "carol"):
+        lines = _problems(lambda s, target=target: s["recipients"].update(catchAll={"example.org": target}))
+        assert lines == [f"mailsite:recipients.catchAll.example.org = {target}: not a user; name one of recipients.users"]
+
+
+def test_a_user_listed_twice_is_refused_whichever_way_each_is_written():
+    lines = _problems(lambda s: s["recipients"]["users"].extend([{"name": "bob", "quota": "1G"}, "alice"]))
+    assert lines == ["mailsite:recipients.users[2] = bob: already users[1]; list each user once",
+                     "mailsite:recipients.users[3] = alice: already users[0]; list each user once"]
