@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from mailsite.config import load_site, read_stack_settings
 from mailsite.model import HostAddresses, HostSecrets, Site
+from mailsite.problems import SiteConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "Pulumi.example.yaml"
@@ -50,3 +51,12 @@ def addresses(site: Site) -> dict[str, HostAddresses]:
 
 def site_of(settings: dict) -> Site:
     return load_site(settings)
+
+
+def refusal_lines(settings: dict) -> list[str]:
+    """The lines the tool would print for these settings (none: accepted)."""
+    try:
+        site_of(settings)
+    except SiteConfigError as error:
+        return [str(problem) for problem in error.problems]
+    return []

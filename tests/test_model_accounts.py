@@ -16,15 +16,8 @@ from mailsite.config import load_site, read_stack_settings
 from mailsite.model import MAX_QUOTA, size_bytes
 from mailsite.problems import SiteConfigError
 from mailsite.render import render_host
-from tests.sites import EXAMPLE, ROOT, addresses, example_settings, fake_secrets, site_of
+from tests.sites import EXAMPLE, ROOT, addresses, example_settings, fake_secrets, refusal_lines, site_of
 
-
-def _refusal(settings: dict) -> list[str]:
-    try:
-        site_of(settings)
-    except SiteConfigError as error:
-        return [str(problem) for problem in error.problems]
-    return []
 
 
 def _with_users(*users) -> dict:
@@ -81,7 +74,7 @@ def test_a_bad_quota_is_one_line_and_exit_2_from_the_tool(tmp_path):
     ([], "must be text"),
 ])
 def test_a_quota_that_is_not_a_size_is_refused_in_one_line(quota, fix):
-    lines = _refusal(_with_users("alice", {"name": "bob", "quota": quota}))
+    lines = refusal_lines(_with_users("alice", {"name": "bob", "quota": quota}))
     assert len(lines) == 1 and lines[0].startswith("mailsite:recipients.users[1].quota = "), lines
     assert fix in lines[0] and lines[0].isprintable(), lines[0]
 
@@ -114,14 +107,14 @@ def test_an_accepted_quota_is_digits_and_a_unit_within_the_bound(quota):
     ([["carol"]], "mailsite:recipients.users[1]", "must be text"),
 ])
 def test_a_bad_user_entry_is_one_line_naming_it(entry, setting, words):
-    lines = [line for line in _refusal(_with_users("alice", entry, "bob")) if line.startswith(setting + " = ")]
-    assert len(lines) == 1 and words in lines[0], _refusal(_with_users("alice", entry, "bob"))
+    lines = [line for line in refusal_lines(_with_users("alice", entry, "bob")) if line.startswith(setting + " = ")]
+    assert len(lines) == 1 and words in lines[0], refusal_lines(_with_users("alice", entry, "bob"))
 
 
 def test_a_password_in_the_stack_file_is_refused_and_never_shown():
     """Passwords live in the secrets backend only: one put beside a user is an unknown setting,
     and its value is not printed."""
-    lines = _refusal(_with_users("alice", {"name": "bob", "password": "hunter2-secret"}))
+    lines = refusal_lines(_with_users("alice", {"name": "bob", "password": "hunter2-secret"}))
     assert lines == ["mailsite:recipients.users[1].password = <not shown>: unknown setting; remove it or correct its "
                      "spelling (see Pulumi.example.yaml)"]
     assert "hunter2" not in "".join(lines)
@@ -138,7 +131,7 @@ def test_one_domain_given_two_catch_alls_in_two_spellings_is_refused():
     place."""
     settings = example_settings()
     settings["recipients"]["catchAll"] = {"example.org": "alice", "EXAMPLE.org.": "bob"}
-    assert _refusal(settings) == ["mailsite:recipients.catchAll = {...}: example.org is listed twice (example.org and "
+    assert refusal_lines(settings) == ["mailsite:recipients.catchAll = {...}: example.org is listed twice (example.org and "
                                   "EXAMPLE.org.); keep one catch-all per domain"]
 
 
@@ -153,7 +146,7 @@ def test_one_domain_given_two_catch_alls_in_two_spellings_is_refused():
 def test_a_hostile_catch_all_is_one_line(catch_all, setting, words):
     settings = example_settings()
     settings["recipients"]["catchAll"] = catch_all
-    lines = _refusal(settings)
+    lines = refusal_lines(settings)
     assert len(lines) == 1 and lines[0].startswith(setting.replace("\n", "\\n") + " = ") and words in lines[0], lines
     assert lines[0].isprintable()
 

@@ -15,22 +15,17 @@ import yaml
 
 from mailsite import cli, local
 from mailsite.config import load_site
-from mailsite.problems import SiteConfigError
 from mailsite.render import render_host
 from mailsite.templates import UnsafeValue
-from tests.sites import ROOT, addresses, example_settings, fake_secrets, site_of
+from tests.sites import ROOT, addresses, example_settings, fake_secrets, refusal_lines
 
 
 def _refusal(settings: dict) -> list[str]:
-    """The lines the tool would print for these settings (none: accepted)."""
-    try:
-        site_of(settings)
-    except SiteConfigError as error:
-        lines = [str(problem) for problem in error.problems]
-        for line in lines:
-            assert line.isprintable(), line  # one line, whatever the value holds
-        return lines
-    return []
+    """The lines the tool would print for these settings (none: accepted), each one line."""
+    lines = refusal_lines(settings)
+    for line in lines:
+        assert line.isprintable(), line  # one line, whatever the value holds
+    return lines
 
 
 def _refused(settings: dict, setting: str, *words: str) -> str:

@@ -6,20 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from mailsite.problems import SiteConfigError
-from tests.sites import example_settings, site_of, sized_settings
+from tests.sites import example_settings, refusal_lines, site_of, sized_settings
 
-
-def _lines(settings: dict) -> list[str]:
-    try:
-        site_of(settings)
-    except SiteConfigError as error:
-        return [str(problem) for problem in error.problems]
-    return []
 
 
 def _refused(settings: dict, setting: str, *words: str) -> str:
-    lines = _lines(settings)
+    lines = refusal_lines(settings)
     found = [line for line in lines if line.startswith(f"{setting} = ")]
     assert len(found) == 1, (setting, lines)
     assert len(found[0]) < 300 and found[0].isprintable(), found[0][:300]
