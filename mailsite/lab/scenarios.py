@@ -84,6 +84,17 @@ def _delivered_once(lab: Lab, marker: str, timeout: float = DELIVERY_TIMEOUT) ->
     return mail.delivered(lab, marker)
 
 
+def _sent_and_delivered_once(lab: Lab, via: str, to: str, marker: str) -> tuple[Path | None, str]:
+    """A stranger's message to `to` through the MX `via`: the one copy delivered, or what went wrong."""
+    sent = mail.send(lab, via, to, marker)
+    if not sent.accepted:
+        return None, f"{via} refused {to} (swaks {sent.status})"
+    found = _delivered_once(lab, marker)
+    if len(found) != 1:
+        return None, f"via {via}: {len(found)} copies delivered, want 1"
+    return found[0], ""
+
+
 def _smtpd_running(lab: Lab, host: str) -> bool:
     return lab.daemons().get(f"{host}/smtpd", False)
 
@@ -302,21 +313,16 @@ def backups_relay_to_primary(lab: Lab) -> tuple[bool, str]:
     problems = []
     for index, backup in enumerate(backups):
         user = site.recipients.users[index % len(site.recipients.users)]
-        marker = _marker(f"via-{backup}")
-        sent = mail.send(lab, backup, f"{user}@{site.domains[-1]}", marker)
-        if not sent.accepted:
-            problems.append(f"{backup} refused {user} (swaks {sent.status})")
+        delivered, problem = _sent_and_delivered_once(lab, backup, f"{user}@{site.domains[-1]}", _marker(f"via-{backup}"))
+        if delivered is None:
+            problems.append(problem)
             continue
-        found = _delivered_once(lab, marker)
-        if len(found) != 1:
-            problems.append(f"via {backup}: {len(found)} copies in the primary's mailboxes, want 1")
-            continue
-        hops = mail.received_chain(found[0].read_bytes())
+        hops = mail.received_chain(delivered.read_bytes())
         by = [f"by {site.host(name).mx_name} " for name in (primary, backup)]
         if len(hops) != 2 or by[0] not in hops[0] or by[1] not in hops[1]:
             problems.append(f"via {backup}: hops were {hops}")
-        elif f"/{user}/Maildir/" not in str(found[0]):
-            problems.append(f"via {backup}: delivered to {found[0]}, not {user}'s maildir")
+        elif f"/{user}/Maildir/" not in str(delivered):
+            problems.append(f"via {backup}: delivered to {delivered}, not {user}'s maildir")
     return not problems, "; ".join(problems) or f"via {', '.join(backups)}: each delivered once on {primary}"
 
 
@@ -479,17 +485,13 @@ def backups_relay_over_tls(lab: Lab) -> tuple[bool, str]:
     primary, backups = _host_names(lab)
     problems, relayed = [], []
     for backup in backups:
-        marker = _marker(f"relay-tls-{backup}")
         before = len(mail.smtpd_log(lab, backup).splitlines())
-        sent = mail.send(lab, backup, f"{site.recipients.users[0]}@{site.domains[0]}", marker)
-        if not sent.accepted:
-            problems.append(f"{backup} refused a site user's mail (swaks {sent.status})")
+        delivered, problem = _sent_and_delivered_once(lab, backup, f"{site.recipients.users[0]}@{site.domains[0]}",
+                                                      _marker(f"relay-tls-{backup}"))
+        if delivered is None:
+            problems.append(problem)
             continue
-        found = _delivered_once(lab, marker)
-        if len(found) != 1:
-            problems.append(f"via {backup}: {len(found)} copies delivered, want 1")
-            continue
-        hop = mail.received_by(found[0].read_bytes(), site.primary.mx_name)
+        hop = mail.received_by(delivered.read_bytes(), site.primary.mx_name)
         if f"from {site.host(backup).mx_name} " not in hop or not mail.over_tls(hop):
             problems.append(f"{primary}'s Received: is not from {backup} over TLS: {hop or 'none'}")
         sessions = mail.relay_sessions(lab, backup, before)
