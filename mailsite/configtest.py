@@ -42,7 +42,8 @@ from .daemons.basics import MYNAME
 from .daemons.bgpd import linux_bgpd_conf
 from .errors import UserError
 
-_WHERE = re.compile(r"^(?P<file>[^:\s]+):\s?(?P<line>\d+):\s*(?P<message>.*)$")
+# Used with fullmatch: the whole line, never a prefix of it.
+_WHERE = re.compile(r"(?P<file>[^:\s]+):\s?(?P<line>\d+):\s*(?P<message>.*)")
 _PKI = re.compile(r'^\s*pki (?P<name>\S+) (?P<kind>cert|key) "(?P<path>[^"]+)"', re.M)
 # A tree may be hand-edited, and configtest runs as root: a name taken from it reaches a command
 # line or a path below the scratch root only if it is plainly a name. The model's own rule for a

@@ -276,8 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="remove the roots of other package lists (take a lab running from one down first)")
     options = parser.parse_args(argv)
     try:
-        root = build() if options.rebuild else daemon_root()
-        _check_majors(root)
+        if options.rebuild:
+            root = build()
+            _check_majors(root)
+        else:
+            root = daemon_root()  # checks the majors itself
         pruned = prune() if options.prune else []
     except MailsiteError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -8,7 +8,7 @@ import secrets
 # smtpd's queue encryption takes exactly 32 characters (crypto_setup rejects any other length);
 # 16 random bytes written as hex is what `openssl rand -hex 16` gives and what smtpd.conf(5) suggests.
 KEY_LENGTH = 32
-_KEY = re.compile(r"^[0-9a-f]{32}$")
+_KEY = re.compile(r"[0-9a-f]{32}")  # with fullmatch: the whole value
 
 
 def new_key() -> str:

@@ -27,6 +27,7 @@ SUBMISSION, SMTPS = 587, 465
 # swaks marks each reply from the server: `<-` in clear, `<~` inside TLS; an error reply `<**` in
 # clear, `<~*` inside TLS.
 _ERROR_REPLY = re.compile(r"^<(\*\*|~\*) ")
+# re.M: ^ and $ are the transcript's line starts and ends (swaks prints the PEM a line at a time).
 _CERTIFICATE = re.compile(r"^=== (-----BEGIN CERTIFICATE-----$.*?^)=== (-----END CERTIFICATE-----)$", re.M | re.S)
 
 
