@@ -12,7 +12,8 @@ import binascii
 import ipaddress
 import re
 import struct
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
@@ -77,6 +78,19 @@ PF_CONF_TABLES = ("nospamd", BRUTEFORCE_TABLE)
 # carries no mail from the internet.
 NIC_DRIVERS = {"vio": "virtio-net", "vmx": "vmxnet3", "em": "e1000", "re": "rtl8139"}
 
+# The primary's mailboxes. Mail is stored for one virtual mail user, so no system account per
+# mailbox; the image creates it (OpenBSD's packages take uids 500-999, users from 1000), and the
+# lab's nodes carry it too.
+MAIL_USER = "_vmail"
+MAIL_UID = 2000
+# Where the persistent data volume is mounted on the primary: what a replaced VM must find again
+# (the mailboxes with their Dovecot indexes) lives below it.
+STATE_MOUNT = "/var/mailsite"
+MAILBOXES = f"{STATE_MOUNT}/mail"
+# Dovecot's LMTP socket as OpenBSD's package places it (its base_dir, /var/dovecot): smtpd
+# delivers there.
+LMTP_SOCKET = "/var/dovecot/lmtp"
+
 # How large a site may grow. Every MX syncs spamd with every other and pf lists them all, so the
 # render grows with the square of the hosts (2,000 took minutes and gigabytes): 50, the most
 # bench/program.py measures, is ten times the MXes a domain's senders ever try. A small
@@ -113,12 +127,16 @@ class HostAddresses:
 
 @dataclass(frozen=True)
 class HostSecrets:
-    """The secrets a host's image carries; the version names the queue key without revealing it."""
+    """The secrets a host's image carries; each version names its secret without revealing it."""
 
     queue_key: SecretStr
     queue_key_version: str
     spamd_sync_key: SecretStr
     spamd_sync_key_version: str
+    # The mailbox users' bcrypt hashes ($2b$), by user name, for those who have set a password:
+    # smtpd's credentials table and Dovecot's passwd-file are both made from them, on the primary.
+    password_hashes: Mapping[str, SecretStr] = field(default_factory=dict)
+    password_hashes_version: str = "none"
 
 
 class Settings(BaseModel):
