@@ -10,14 +10,17 @@ from pathlib import Path
 import pytest
 
 from mailsite import daemonroot
-from mailsite.daemonroot import MANIFEST, DaemonRoot, DaemonRootError, cache_key, daemon_root
+from mailsite.daemonroot import MANIFEST, ROOTS, DaemonRoot, DaemonRootError, Recipe, cache_key, daemon_root
 from mailsite.errors import UserError
 
+SMALL = Recipe("daemons", "trixie", ("opensmtpd",))
 
-def _fake_home(tmp_path: Path, packages=("opensmtpd",)) -> Path:
+
+def _fake_home(tmp_path: Path) -> Path:
     """A cached root as build() leaves it, small: one package with two files, its dpkg status,
     and the manifest."""
-    home = tmp_path / "cache" / cache_key(packages)
+    packages = SMALL.packages
+    home = tmp_path / "cache" / cache_key(SMALL)
     root = home / "root"
     (root / "usr/sbin").mkdir(parents=True)
     (root / "etc").mkdir()
@@ -36,7 +39,7 @@ def _fake_home(tmp_path: Path, packages=("opensmtpd",)) -> Path:
 
 
 def _verified(home):
-    return daemonroot._verified(home, ("opensmtpd",))
+    return daemonroot._verified(home, SMALL)
 
 
 def test_a_whole_cached_root_is_used_with_the_versions_its_dpkg_holds(tmp_path):
@@ -81,13 +84,22 @@ def test_a_root_cut_short_is_built_again(tmp_path):
 
 
 def test_a_changed_package_list_is_another_root():
-    assert cache_key(("opensmtpd", "openbgpd")) != cache_key(("opensmtpd", "openbgpd", "dovecot-imapd"))
-    assert cache_key(("openbgpd", "opensmtpd")) == cache_key(("opensmtpd", "openbgpd"))
+    assert cache_key(Recipe("daemons", "trixie", ("opensmtpd", "openbgpd"))) != cache_key(
+        Recipe("daemons", "trixie", ("opensmtpd", "openbgpd", "dovecot-imapd")))
+    assert cache_key(Recipe("daemons", "trixie", ("openbgpd", "opensmtpd"))) == cache_key(
+        Recipe("daemons", "trixie", ("opensmtpd", "openbgpd")))
+
+
+def test_another_suite_or_packages_from_backports_is_another_root():
+    stable = Recipe("dovecot", "bookworm", ("dovecot-core",))
+    assert len({cache_key(stable), cache_key(Recipe("dovecot", "trixie", ("dovecot-core",))),
+                cache_key(Recipe("dovecot", "bookworm", ("dovecot-core",), backports=("dovecot-core",)))}) == 3
+    assert cache_key(ROOTS["daemons"]) != cache_key(ROOTS["dovecot"])
 
 
 def test_a_root_recorded_for_another_list_is_not_used(tmp_path):
     home = _fake_home(tmp_path)
-    assert daemonroot._verified(home, ("opensmtpd", "openbgpd")) is None
+    assert daemonroot._verified(home, Recipe("daemons", "trixie", ("opensmtpd", "openbgpd"))) is None
 
 
 def test_pruning_keeps_this_lists_root_and_removes_the_others(tmp_path):
@@ -96,8 +108,18 @@ def test_pruning_keeps_this_lists_root_and_removes_the_others(tmp_path):
     old = cache / "0123456789abcdef"
     (old / "root/etc").mkdir(parents=True)
     (cache / "0123456789abcdef.log").write_text("old build\n")
-    assert daemonroot.prune(cache, ("opensmtpd",)) == [old, cache / "0123456789abcdef.log"]
+    assert daemonroot.prune(cache, [SMALL]) == [old, cache / "0123456789abcdef.log"]
     assert sorted(path.name for path in cache.iterdir()) == [".lock", current.name]
+
+
+def test_pruning_by_default_keeps_every_current_root(tmp_path):
+    """The lab runs smtpd from one root and Dovecot from the other: pruning keeps both."""
+    cache = tmp_path / "cache"
+    kept = [cache_key(recipe) for recipe in ROOTS.values()]
+    for name in [*kept, "0123456789abcdef"]:
+        (cache / name / "root").mkdir(parents=True)
+    assert daemonroot.prune(cache) == [cache / "0123456789abcdef"]
+    assert sorted(path.name for path in cache.iterdir()) == sorted([".lock", *kept])
 
 
 @pytest.mark.parametrize("package, version", [("opensmtpd", "8.0.0p1-1"), ("openbgpd", "1:9.0-1"), ("opensmtpd", "")])
@@ -110,13 +132,39 @@ def test_a_moved_major_is_refused_in_one_line(package, version):
     assert package in message and (version or "missing") in message and "MAJORS in mailsite/daemonroot.py" in message
 
 
+DOVECOT_23 = "1:2.3.21.1+dfsg1-1~bpo12+1"
+
+
+@pytest.mark.parametrize("version", ["1:2.4.1+dfsg1-6", "1:3.0.0-1", "1:2.2.36.4-1", ""])
+def test_a_dovecot_root_holding_another_grammar_than_2_3_is_refused_in_one_line(version):
+    """2.3 and 2.4 read different grammars: a 2.3 config is never checked by 2.4 (nor 2.2)."""
+    versions = dict.fromkeys(daemonroot.DOVECOT_PACKAGES, DOVECOT_23) | {"dovecot-imapd": version}
+    with pytest.raises(DaemonRootError) as raised:
+        daemonroot._check_majors(DaemonRoot(Path("/nonexistent"), versions, "dovecot"))
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"'dovecot' has dovecot-imapd {version or 'missing'}" in message and "rely on 2.3 " in message
+
+
+def test_another_dovecot_2_3_release_is_the_same_grammar():
+    versions = dict.fromkeys(daemonroot.DOVECOT_PACKAGES, "1:2.3.19.1+dfsg1-2.1+deb12u7")
+    daemonroot._check_majors(DaemonRoot(Path("/nonexistent"), versions, "dovecot"))
+
+
+def test_a_root_is_checked_against_its_own_majors_only():
+    """The dovecot root holds no smtpd: the daemons' majors are not asked of it, nor Dovecot's of them."""
+    daemonroot._check_majors(DaemonRoot(Path("/nonexistent"), dict.fromkeys(daemonroot.DOVECOT_PACKAGES, DOVECOT_23),
+                                        "dovecot"))
+    daemonroot._check_majors(DaemonRoot(Path("/nonexistent"), {"opensmtpd": "7.6.0p1-1", "openbgpd": "8.8-1"}))
+
+
 def _failing_mmdebstrap(tmp_path, monkeypatch):
     """An mmdebstrap that fails as the real one does without the mirror: the cause first, then
-    its closing line."""
+    its closing line. It leaves its arguments in bin/argv, one a line."""
     tools = tmp_path / "bin"
     tools.mkdir()
     fake = tools / "mmdebstrap"
-    fake.write_text("#!/bin/sh\necho \"W: Failed to fetch trixie/InRelease: Temporary failure resolving 'deb.debian.org'\"\n"
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {tools / 'argv'}\necho \"W: Failed to fetch trixie/InRelease: Temporary failure resolving 'deb.debian.org'\"\n"
                     "echo 'E: apt-get update -oAPT::Status-Fd=<$fd> failed' >&2\n"
                     "echo 'E: mmdebstrap failed to run' >&2\nexit 1\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
@@ -127,11 +175,25 @@ def test_a_failed_build_says_why_and_leaves_nothing_half_built(tmp_path, monkeyp
     _failing_mmdebstrap(tmp_path, monkeypatch)
     cache = tmp_path / "cache"
     with pytest.raises(DaemonRootError) as raised:
-        daemonroot._daemon_root.__wrapped__(cache, ("opensmtpd",))
+        daemonroot._daemon_root.__wrapped__(cache, SMALL)
     message = str(raised.value)
     assert "Temporary failure resolving 'deb.debian.org'" in message and "make root" in message
     assert "mmdebstrap failed to run" not in message and "\n" not in message
-    assert sorted(path.name for path in cache.iterdir()) == [".lock", f"{cache_key(('opensmtpd',))}.log"]
+    assert sorted(path.name for path in cache.iterdir()) == [".lock", f"{cache_key(SMALL)}.log"]
+
+
+def test_the_dovecot_root_takes_dovecot_from_bookworm_backports_and_the_rest_from_bookworm(tmp_path, monkeypatch):
+    """Bookworm's own Dovecot is 2.3.19.1, trixie's 2.4.1: the root asks apt for backports' 2.3.21.1
+    by name, and lists both suites so the dependencies come from bookworm."""
+    _failing_mmdebstrap(tmp_path, monkeypatch)
+    with pytest.raises(DaemonRootError, match="daemon root 'dovecot' failed"):
+        daemonroot._daemon_root.__wrapped__(tmp_path / "cache", ROOTS["dovecot"])
+    argv = (tmp_path / "bin/argv").read_text().splitlines()
+    assert argv[-4:-2] == ["bookworm", str(tmp_path / "cache" / f"{cache_key(ROOTS['dovecot'])}.building/root")]
+    assert argv[-2:] == ["deb http://deb.debian.org/debian bookworm main",
+                         "deb http://deb.debian.org/debian bookworm-backports main"]
+    assert "--include=dovecot-core/bookworm-backports,dovecot-imapd/bookworm-backports," \
+           "dovecot-lmtpd/bookworm-backports" in argv
 
 
 def test_what_a_killed_build_left_mounted_is_unmounted_before_it_is_removed(tmp_path, monkeypatch):
@@ -139,13 +201,13 @@ def test_what_a_killed_build_left_mounted_is_unmounted_before_it_is_removed(tmp_
     process group leaves them mounted. The next build unmounts them rather than walk into them."""
     _failing_mmdebstrap(tmp_path, monkeypatch)
     cache = tmp_path / "cache"
-    left = cache / f"{cache_key(('opensmtpd',))}.building" / "root" / "proc"
+    left = cache / f"{cache_key(SMALL)}.building" / "root" / "proc"
     left.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "mailsite-test", str(left)], check=True)
     try:
         (left / "precious").write_text("a file of the mounted file system\n")
         with pytest.raises(DaemonRootError):
-            daemonroot._daemon_root.__wrapped__(cache, ("opensmtpd",))
+            daemonroot._daemon_root.__wrapped__(cache, SMALL)
         assert str(left) not in Path("/proc/self/mounts").read_text()
         assert not left.exists()
     finally:
@@ -155,7 +217,7 @@ def test_what_a_killed_build_left_mounted_is_unmounted_before_it_is_removed(tmp_
 def test_without_mmdebstrap_the_fix_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(UserError, match="apt-get install mmdebstrap"):
-        daemonroot._daemon_root.__wrapped__(tmp_path / "cache", ("opensmtpd",))
+        daemonroot._daemon_root.__wrapped__(tmp_path / "cache", SMALL)
 
 
 def test_the_machines_root_holds_the_daemons_openbsd_ships():
@@ -168,9 +230,29 @@ def test_the_machines_root_holds_the_daemons_openbsd_ships():
     assert "opensmtpd 7." in root.describe(["opensmtpd"])
 
 
-def test_the_command_prints_the_versions_it_holds():
+def test_the_machines_dovecot_root_holds_dovecot_2_3_as_openbsd_ships_it():
+    root = daemon_root("dovecot")
+    assert root.path != daemon_root().path
+    for package in ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd"):
+        assert root.version(package).startswith("1:2.3."), root.version(package)
+    # Its own dovecot says so, and doveconf reads a 2.3 config.
+    said = subprocess.run(["chroot", str(root.path), "/usr/sbin/dovecot", "--version"],
+                          capture_output=True, text=True, check=True).stdout
+    assert said.startswith("2.3.") and said.split()[0] in root.version("dovecot-core")
+    assert root.describe() == ", ".join(f"{package} {root.version(package)}" for package in daemonroot.DOVECOT_PACKAGES)
+
+
+def test_the_command_prints_the_versions_each_root_holds():
     result = subprocess.run([sys.executable, "-m", "mailsite.daemonroot"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert Path(lines[0]) == daemon_root().path
     assert f"openbgpd\t{daemon_root().version('openbgpd')}" in lines
+    dovecot = daemon_root("dovecot")
+    assert lines[lines.index(str(dovecot.path)) + 1] == f"dovecot-core\t{dovecot.version('dovecot-core')}"
+
+
+def test_the_command_names_the_roots_when_asked_for_another():
+    result = subprocess.run([sys.executable, "-m", "mailsite.daemonroot", "dovecot24"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "error: no daemon root is named 'dovecot24'; the roots are daemons, dovecot\n"

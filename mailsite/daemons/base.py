@@ -32,7 +32,7 @@ class LabRun:
 class ConfigTest:
     """A daemon's own parser run on one file of a rendered tree (mailsite.configtest runs it)."""
 
-    parser: Literal["smtpd -n", "bgpd -n", "sh -n"]
+    parser: Literal["smtpd -n", "bgpd -n", "sh -n", "doveconf"]
     path: str  # below the tree's root: etc/mail/smtpd.conf
 
 
