@@ -19,8 +19,9 @@ from mailsite.firewall import cloud_rules, inbound_services
 from mailsite.model import Host, HostAddresses, HostSecrets, Site
 from mailsite.render import render_host
 from mailsite.templates import HostTree
-from mailsite.replacement import host_resource, image_resource
+from mailsite.replacement import data_volume_resource, host_resource, image_resource
 
+from .data_volume import DataVolume, DataVolumeArgs
 from .host_image import HostImage, HostImageArgs, ImageSettings
 from .mx_host import MxHost, MxHostArgs, drain_hook
 from .site_addresses import SiteAddresses, SiteAddressesArgs
@@ -57,6 +58,9 @@ class MailSite(pulumi.ComponentResource):
         images = ImageSettings(site.images, site.image_format)
 
         hook = drain_hook(site, pulumi.get_stack())
+        # The primary's mail outlives its VM: the volume is made once, by role, and only attached
+        # to whichever VM is the primary now.
+        mail = DataVolume(data_volume_resource(name), DataVolumeArgs(target, site.mail_volume.size_gb), child)
         self.hosts, self.images = {}, {}
         previous: MxHost | None = None
         # The primary's VM first, then the backups, best first: the reverse of the order they
@@ -84,9 +88,12 @@ class MailSite(pulumi.ComponentResource):
                     after=previous.vm if previous else None,
                     attach=addresses.attach.get(host.name),
                     firewall_id=firewall.group_ids.get(host.name),
+                    data_disk=mail.disk_id if host.is_primary else None,
                 ),
                 pulumi.ResourceOptions(parent=self, depends_on=[image], providers=providers),
             )
+            if host.is_primary:
+                mail.attach(previous.instance_id)
 
         ipv4 = {h: mx.ipv4 for h, mx in self.hosts.items()}
         ipv6 = {h: mx.ipv6 for h, mx in self.hosts.items()}

@@ -52,6 +52,7 @@ class MxHostArgs:
     after: pulumi.Resource | None = None  # the VM this one is created (and replaced) after
     attach: pulumi.Input[str] | None = None  # from SiteAddresses: what the VM takes its address from
     firewall_id: pulumi.Input[str] | None = None  # from SiteFirewall, where the target has one
+    data_disk: pulumi.Input[str] | None = None  # from DataVolume: the mail volume the primary's VM boots with (libvirt); None for the backups
 
 
 class MxHost(pulumi.ComponentResource):
@@ -69,6 +70,6 @@ class MxHost(pulumi.ComponentResource):
         vm_options = pulumi.ResourceOptions(parent=self, delete_before_replace=True,
                                             hooks=pulumi.ResourceHookBinding(before_delete=[args.drain_hook]),
                                             depends_on=[args.after] if args.after is not None else None)
-        vm = args.target.vm(name, VmArgs(args.host, args.image, args.addresses, args.attach, args.firewall_id), self, vm_options)
+        vm = args.target.vm(name, VmArgs(args.host, args.image, args.addresses, args.attach, args.firewall_id, args.data_disk), self, vm_options)
         self.vm, self.instance_id, self.ipv4, self.ipv6 = vm.resource, vm.instance_id, vm.ipv4, vm.ipv6
         self.register_outputs({"ipv4": self.ipv4, "ipv6": self.ipv6, "instanceId": self.instance_id})

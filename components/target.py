@@ -55,6 +55,7 @@ class VmArgs:
     addresses: pulumi.Output[HostAddresses]  # as its image carries them
     attach: pulumi.Input[str] | None  # from Addresses.attach
     firewall_id: pulumi.Input[str] | None  # from firewall(): the provider firewall in front of it, if any
+    data_disk: pulumi.Input[str] | None = None  # from data_volume(): a disk the VM boots with beside its own (the primary's mail volume)
 
 
 @dataclass(frozen=True)
@@ -103,4 +104,17 @@ class Target(Protocol):
 
     def dns(self, name: str, args: DnsArgs, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output[str]]:
         """The site's DNS; the zone files written, by zone name ({} when the provider serves the zones)."""
+        ...
+
+    # The primary's mail volume, in two steps because targets attach it at different times: a
+    # libvirt domain boots with it as a disk (made first, handed to vm() as VmArgs.data_disk),
+    # Vultr attaches it to an instance that exists. Each target makes the volume in one of them
+    # and returns None from the other, so components/data_volume.py never asks which target it is.
+    def data_volume(self, name: str, size_gb: int, opts: pulumi.ResourceOptions) -> pulumi.Output[str] | None:
+        """A volume made before the VM, for VmArgs.data_disk; None where attach_data_volume makes it."""
+        ...
+
+    def attach_data_volume(self, name: str, size_gb: int, instance_id: pulumi.Output[str],
+                           opts: pulumi.ResourceOptions) -> pulumi.Output[str] | None:
+        """The volume made attached to the VM `instance_id`; None where the VM boots with it."""
         ...

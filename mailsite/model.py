@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import re
 import struct
@@ -720,6 +721,10 @@ class Vultr(Settings):
     dns: bool = Field(True, description=(
         "Serve the site's zones (MX, A, AAAA records) from Vultr DNS; false if you serve them "
         "elsewhere."))
+    block_type: Literal["high_perf", "storage_opt"] = Field("high_perf", description=(
+        "The Vultr block storage type of the primary's mail volume (mailVolume): high_perf (NVMe) "
+        "or storage_opt (HDD), as the region offers. Fixed once the volume exists: another type "
+        "would be a new, empty volume, which the volume's protection refuses."))
     bgp: VultrBgp = VultrBgp()
 
 
@@ -741,6 +746,47 @@ class Libvirt(Settings):
     zone_dir: LocalPath = Field("zones", description=(
         "Directory on this machine where the stack writes nsd zone files (forward and reverse, "
         "one per zone) for your own name server."))
+
+
+# The mail volume's bounds: room for a few mailboxes, and at most what MAX_QUOTA allows one user.
+MAIL_VOLUME_SIZES = (1, 10000)  # in G
+
+
+def _mail_volume_size(value: str) -> str:
+    low, high = MAIL_VOLUME_SIZES
+    match = re.fullmatch(r"([1-9][0-9]{0,19})G", value)
+    if not match:
+        raise ValueError("not a size in G; write a whole number of gigabytes, like 20G")
+    if not low <= int(match[1]) <= high:
+        raise ValueError(f"out of range; choose between {low}G and {high}G, like 20G")
+    return value
+
+
+def _duid(value: str) -> str:
+    # disklabel(8) takes a UID as 16 hex digits; all zeros is how a disk without one shows.
+    if not re.fullmatch(r"[0-9a-f]{16}", value) or not value.strip("0"):
+        raise ValueError("not a disklabel UID; write 16 hex digits (0-9, a-f), not all zero, like 3f2a9c0d7e1b4a55")
+    return value
+
+
+class MailVolume(Settings):
+    """The primary's persistent mail volume (mounted at /var/mailsite): the mailboxes with their
+    Dovecot indexes, and spamd's greylist database. Made once, never replaced with the VM, kept
+    by `pulumi destroy`."""
+
+    size: Annotated[str, AfterValidator(_mail_volume_size)] = Field("20G", description=(
+        "The volume's size in whole G, between 1G and 10000G, like 20G: room for every mailbox "
+        "(each quota fits in it; quotas may add up to more, as few mailboxes fill up at once). "
+        "Growing it later: raise it here on Vultr, or virsh vol-resize on libvirt, then growfs on "
+        "the primary (docs/operating.md, The mail volume); it never shrinks."))
+    duid: Annotated[str, AfterValidator(_duid)] | None = Field(None, description=(
+        "The disklabel UID (16 hex digits) the primary labels a blank volume with and finds it "
+        "by at boot; null for one derived from the first of domains. Set it to the old value "
+        "before renaming the first domain, or the primary will not mount the volume."))
+
+    @property
+    def size_gb(self) -> int:
+        return int(self.size.removesuffix("G"))
 
 
 class ObjectStorage(Settings):
@@ -880,6 +926,7 @@ class Site(Settings):
     network: Network = Network()
     secrets: Secrets = Secrets()
     images: Images = Images()
+    mail_volume: MailVolume = MailVolume()
 
     @field_validator("max_message_size")
     @classmethod
@@ -929,6 +976,15 @@ class Site(Settings):
     @property
     def primary(self) -> Host:
         return next(host for host in self.hosts if host.is_primary)
+
+    @property
+    def mail_volume_duid(self) -> str:
+        """The disklabel UID of the primary's mail volume: mailVolume.duid, or one derived from
+        the first domain, so that every image of the site looks for the same disk."""
+        if self.mail_volume.duid is not None:
+            return self.mail_volume.duid
+        derived = hashlib.sha256(f"mailsite mail volume {self.domains[0]}".encode()).hexdigest()[:16]
+        return derived if derived.strip("0") else "1" * 16  # an all-zero UID means "no label"
 
     @property
     def backups(self) -> list[Host]:

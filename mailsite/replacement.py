@@ -44,6 +44,12 @@ def vm_resource(site: str, host: str, target: str) -> str:
     return vm_of(host_resource(site, host), target)
 
 
+def data_volume_resource(site: str) -> str:
+    """The DataVolume component: named by the role it serves, never by a host, so that renaming
+    or replacing the primary never makes the engine delete it and make a new, empty one."""
+    return f"{site}-primary-data"
+
+
 def image_resource(site: str, host: str) -> str:
     """The HostImage component: the bake and its upload are its children."""
     return f"{site}-{host}-image"

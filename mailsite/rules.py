@@ -206,6 +206,19 @@ def quotas_hold_the_largest_message(site: Site) -> list[Problem]:
 
 
 @rule
+def quotas_fit_the_mail_volume(site: Site) -> list[Problem]:
+    # A quota larger than the volume is a limit the disk reaches first: the user's mail would then
+    # fail for everyone's lack of room, not for the user's quota. Quotas may add up to more than
+    # the volume (few mailboxes fill at once), so each is checked on its own, not their sum.
+    room = size_bytes(site.mail_volume.size)
+    return [_problem(f"mailsite:recipients.users[{i}].quota", account.quota,
+                     f"larger than mailVolume.size ({site.mail_volume.size}), the disk every mailbox is on; "
+                     f"lower the quota, or raise mailVolume.size to {-(-size_bytes(account.quota) // (1 << 30))}G or more")
+            for i, account in enumerate(site.recipients.accounts)
+            if account.quota is not None and size_bytes(account.quota) > room]
+
+
+@rule
 def catch_alls_for_the_site_domains(site: Site) -> list[Problem]:
     return [_problem(f"mailsite:recipients.catchAll.{domain}", domain, f"not one of the site's domains ({few(site.domains)}); "
                      "add it to domains, or remove the catch-all")

@@ -42,6 +42,7 @@ REVERSE_V6 = "vultr:index/reverseIpv6:ReverseIpv6"
 FIREWALL_RULE = "vultr:index/firewallRule:FirewallRule"
 DOMAIN = "libvirt:index/domain:Domain"
 VOLUME = "libvirt:index/volume:Volume"
+DATA_VOLUME = "mailsite:index:DataVolume"  # its children are the mail volume, not an image
 DYNAMIC = "pulumi-python:dynamic:Resource"
 
 _ZONE_MX = re.compile(r"^(\S+)\tIN\tMX\t(\d+)\t(\S+)\.$", re.M)
@@ -379,6 +380,12 @@ def check_backups_no_msa(args: StackValidationArgs, report: ReportViolation, uns
             report(f"{rule.name}: a backup MX exposes port {shown}; a backup is an MTA only (tcp/25)", rule.urn)
 
 
+def _mail_volume(urn: str) -> bool:
+    """The primary's mail volume (components/data_volume.py): blank by design, never booted from;
+    the domain boots from its first disk, which is a baked one."""
+    return f"{DATA_VOLUME}$" in urn.split("::")[2]
+
+
 def check_baked_image(args: ResourceValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
     # What is checked is where a VM boots from, not which id: an image-changing preview leaves the
     # new snapshot id (or qcow2 path) unknown, and it still names this project's bake. The stock
@@ -389,7 +396,7 @@ def check_baked_image(args: ResourceValidationArgs, report: ReportViolation, uns
         other = [k for k in ("osId", "isoId", "appId", "imageId") if k in present and (_get(props, k) is UNKNOWN or _get(props, k))]
         if other or "snapshotId" not in present:
             report(f"{args.name} must boot from this project's baked snapshot (snapshotId), not {other or 'nothing'}")
-    elif args.resource_type == VOLUME:
+    elif args.resource_type == VOLUME and not _mail_volume(args.urn):
         if not any(_get(props, k) is UNKNOWN or _get(props, k) for k in ("source", "baseVolumeId")):
             report(f"{args.name} must be made from this project's baked image (source)")
     elif args.resource_type == DOMAIN:

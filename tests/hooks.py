@@ -23,6 +23,8 @@ class Registered:
     ignore_changes: dict = field(default_factory=dict)  # resource name -> input names the engine diffs without
     delete_before_replace: dict = field(default_factory=dict)  # resource name -> replaced old-first
     property_dependencies: dict = field(default_factory=dict)  # resource name -> URNs its inputs come from
+    protect: dict = field(default_factory=dict)  # resource name -> whether the engine refuses to delete it
+    retain_on_delete: dict = field(default_factory=dict)  # resource name -> whether a delete only forgets it
 
 
 class HookMonitor(MockMonitor):
@@ -47,6 +49,8 @@ class HookMonitor(MockMonitor):
         self.registered.ignore_changes[request.name] = list(request.ignoreChanges)
         self.registered.delete_before_replace[request.name] = request.deleteBeforeReplace
         self.registered.property_dependencies[request.name] = {urn for deps in request.propertyDependencies.values() for urn in deps.urns}
+        self.registered.protect[request.name] = request.protect
+        self.registered.retain_on_delete[request.name] = request.retainOnDelete
         return response
 
 

@@ -57,6 +57,8 @@ CASES = {
     "users_listed_once": (lambda s: s["recipients"]["users"].append({"name": "alice", "quota": "5G"}), "mailsite:recipients.users[2]"),
     "quotas_hold_the_largest_message": (lambda s: s["recipients"]["users"].__setitem__(1, {"name": "bob", "quota": "10M"}),
                                         "mailsite:recipients.users[1].quota"),
+    "quotas_fit_the_mail_volume": (lambda s: (s["recipients"]["users"].__setitem__(1, {"name": "bob", "quota": "30G"})),
+                                   "mailsite:recipients.users[1].quota"),
     "catch_alls_for_the_site_domains": (lambda s: s["recipients"].update(catchAll={"example.com": "alice"}),
                                         "mailsite:recipients.catchAll.example.com"),
     "catch_alls_reach_a_user": (lambda s: s["recipients"].update(catchAll={"example.org": "postmaster"}),

@@ -198,7 +198,7 @@ def test_a_vm_image_not_made_by_this_projects_bake_is_caught(pack, vultr_stack, 
     # A literal id or path is set and looks like any other: what gives it away is that no bake of
     # this project makes it (the property depends on no resource).
     broken = copy.deepcopy(vultr_stack if target == "vultr" else libvirt_stack)
-    vm = _find(broken, typ)
+    vm = _find(broken, typ, lambda r: key in r.inputs)  # a boot disk, not the mail volume
     vm.set(key, stock)
     vm.property_dependencies.pop(key)
     assert violations(pack, broken) == {"baked-images-from-this-project": [
@@ -217,7 +217,7 @@ def test_a_vultr_snapshot_from_anything_but_the_bake_is_caught(pack, vultr_stack
 
 def test_libvirt_volume_not_from_a_baked_image_is_caught(pack, libvirt_stack):
     broken = copy.deepcopy(libvirt_stack)
-    disk = _find(broken, mailsite_policies.VOLUME)
+    disk = _find(broken, mailsite_policies.VOLUME, lambda r: "source" in r.inputs)  # a boot disk, not the mail volume
     _unset(disk, "source")
     disk.set("size", 8 * 2**30)
     assert violations(pack, broken) == {"baked-images-only": [f"{disk.name} must be made from this project's baked image (source)"]}
@@ -235,7 +235,7 @@ def test_libvirt_vm_booting_anything_but_baked_volumes_is_caught(pack, libvirt_s
     vm.set(key, [*vm.inputs["disks"], value] if how == "append" else [value] if how == "replace" else value)
     found = violations(pack, broken)
     assert list(found) == ["baked-images-only"]
-    named = {"append": "disks.1.file", "replace": "disks.0.url", "set": "kernel"}[how]
+    named = {"append": f"disks.{len(vm.inputs['disks']) - 1}.file", "replace": "disks.0.url", "set": "kernel"}[how]
     assert found["baked-images-only"][0].startswith(f"{vm.name} must boot only from this project's baked volumes (disks[].volumeId), not {named}")
 
 

@@ -141,6 +141,17 @@ def test_dependents_of_the_replaced_vm_belong_to_the_rotation(vultr_graph):
     assert alone.refusal is not None and "mail-dns-mx2-aaaa (update)" in alone.refusal
 
 
+def test_rotating_the_primary_reattaches_its_mail_volume_in_the_same_up(vultr_graph):
+    """The mail volume belongs to no host (it outlives them), yet follows the primary's new VM:
+    on Vultr its attachment changes in place. It is a dependent of the instance, so the targeted
+    up (--target-dependents) carries that change, and it is never one of the targets replaced."""
+    ops = {**_rotation_of(vultr_graph, "mx1"), "mail-primary-data-volume": "update"}
+    everything = steps_of(preview_events(vultr_graph, ops))
+    decision = decide_replacement("mx1", everything, steps_of(preview_events(vultr_graph, ops)))
+    assert decision.refusal is None
+    assert not [urn for urn in decision.targets if "mail-primary-data" in urn]
+
+
 def test_rotation_refuses_when_the_host_would_not_be_replaced(libvirt_graph):
     """The pending key did not reach the image (the preview runs where the key cannot be read):
     an `up` would change nothing and the rotation would promote a key no host runs."""

@@ -16,7 +16,7 @@ from mailsite.replacement import vm_of
 from mailsite.targets import TARGETS
 
 from ..target import Addresses, BakedImage, DnsArgs, RulesFor, Vm, VmArgs
-from .domain import domain
+from .domain import domain, mail_volume
 from .network import routed_network
 from .zones import zone_files
 
@@ -48,3 +48,10 @@ class Libvirt:
 
     def dns(self, name: str, args: DnsArgs, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output[str]]:
         return zone_files(name, args, Path(self.settings.zone_dir), self.networks, opts)
+
+    def data_volume(self, name: str, size_gb: int, opts: pulumi.ResourceOptions) -> pulumi.Output[str] | None:
+        return mail_volume(name, size_gb, self.settings, opts)
+
+    def attach_data_volume(self, name: str, size_gb: int, instance_id: pulumi.Output[str],
+                           opts: pulumi.ResourceOptions) -> pulumi.Output[str] | None:
+        return None  # the primary's domain boots with it as its second disk (VmArgs.data_disk)

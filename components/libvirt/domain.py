@@ -40,7 +40,10 @@ def domain(name: str, vm_name: str, image_format: str, args: VmArgs, settings: L
         description=f"mailsite {host.role} MX, preference {host.preference}",
         memory=settings.memory_mib,
         vcpu=settings.vcpus,
-        disks=[libvirt.DomainDiskArgs(volume_id=volume.id)],
+        # The mail volume second: OpenBSD sees virtio disks in this order (sd0 boots, sd1 is mail),
+        # though the image finds the volume by its disklabel UID, never by its unit.
+        disks=[libvirt.DomainDiskArgs(volume_id=volume.id)]
+              + ([libvirt.DomainDiskArgs(volume_id=args.data_disk)] if args.data_disk is not None else []),
         # No `addresses`, `hostname` or `wait_for_lease`: the image sets its own addresses.
         # Given addresses, the provider (terraform-provider-libvirt 0.8.1) writes DHCP host
         # entries, with a MAC on the IPv6 one, which libvirt refuses (upstream #396), and it
@@ -54,3 +57,19 @@ def domain(name: str, vm_name: str, image_format: str, args: VmArgs, settings: L
     # Reverse DNS on libvirt is the user's own name server: the zone files hold the PTR lines.
     return Vm(made, made.id, pulumi.Output.from_input(str(host.ipv4)),
               pulumi.Output.from_input(str(host.ipv6) if host.ipv6 else None))
+
+
+def mail_volume(name: str, size_gb: int, settings: LibvirtSettings, opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+    """The primary's mail volume: a blank qcow2 volume of its own in the pool, which a domain's
+    deletion never touches (terraform-provider-libvirt 0.8.1 only destroys and undefines it)."""
+    volume = libvirt.Volume(
+        f"{name}-volume",
+        pool=settings.pool,
+        size=size_gb << 30,  # bytes
+        format="qcow2",
+        # Every field of a libvirt volume forces a new one in the provider, size too: a larger
+        # mailVolume.size would be an empty volume in place of the mail (protect refuses it).
+        # The volume grows by hand (virsh vol-resize, then growfs on the primary).
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=["size"])),
+    )
+    return volume.id

@@ -12,6 +12,7 @@ from mailsite.replacement import vm_of
 
 from ..target import Addresses, BakedImage, DnsArgs, RulesFor, Vm, VmArgs
 from .addresses import reserved_ips
+from .block_storage import block_storage
 from .dns import vultr_dns
 from .firewall import firewall_groups
 from .instance import instance
@@ -46,3 +47,10 @@ class Vultr:
         if self.settings.dns:
             vultr_dns(name, args, opts)
         return {}
+
+    def data_volume(self, name: str, size_gb: int, opts: pulumi.ResourceOptions) -> pulumi.Output[str] | None:
+        return None  # block storage is made attached to the instance (attach_data_volume)
+
+    def attach_data_volume(self, name: str, size_gb: int, instance_id: pulumi.Output[str],
+                           opts: pulumi.ResourceOptions) -> pulumi.Output[str] | None:
+        return block_storage(name, size_gb, instance_id, self.settings, opts)
