@@ -10,12 +10,16 @@ volume, so size is ignored; Vultr block storage: region and block_type), or for 
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from mailsite.config import load_site
 from mailsite.keys import new_key
 from mailsite.secrets import FileStore, init_secrets, queue_key_id
-from tests.sites import ROOT, example_settings
+from tests.sites import ROOT, example_settings, site_of
 from tests.test_program import Recorded, evaluate, inline_secrets, site_on, vultr_settings
 
 DATA_VOLUME = "mailsite:index:DataVolume"
@@ -110,3 +114,209 @@ def test_a_libvirt_stack_keeps_its_mail_volume_when_the_primary_is_renamed():
     assert [v.name for v in _mail_volumes(recorded, "libvirt")] == ["mail-primary-data-volume"]
     disks = [d["volumeId"] for d in _vm(recorded, "mail1", "libvirt").inputs["disks"]]
     assert disks[1] == "mail-primary-data-volume-id"
+
+
+# -- the boot script: /etc/rc.securelevel on the primary ----------------------------------------
+#
+# These tests run the rendered script under mksh (the kin of OpenBSD's ksh, which is its /bin/sh)
+# with a PATH of small stand-ins for the OpenBSD commands it calls, each recording how it was
+# called. They test the script's decisions: which disk it takes, when it labels and formats, what
+# it mounts and how, what it leaves alone. What the OpenBSD commands themselves do is from their
+# manual pages, not proved here (no OpenBSD machine): sysctl(8) hw.disknames prints name:duid per
+# disk, the duid empty for a disk without a label UID (sys/kern/kern_sysctl.c); disklabel(8) -w
+# -A -T writes an automatic allocation from a template (as install.sub does) and gives the label
+# a UID, -E reads editor commands from standard input, `i` setting the UID (sbin/disklabel/
+# editor.c); newfs(8), fsck_ffs(8) -p, mount(8) -o, logger(1) -s -t.
+
+DUID = site_of(example_settings()).mail_volume_duid  # the example site's
+MIB = 1 << 20
+STAND_INS = {
+    # sysctl -n hw.disknames: the disks of $FAKE/disks in name order, each with its label UID.
+    "sysctl": r'''
+[ "$*" = "-n hw.disknames" ] || { echo "sysctl $*: not stood in for" >&2; exit 1; }
+out=
+for disk in $(ls "$FAKE/disks"); do
+    out="$out${out:+,}$disk:$(cat "$FAKE/duid-$disk" 2>/dev/null)"
+done
+echo "$out,cd0:"
+''',
+    # disklabel -w ... DISK gives the disk a label with a UID of the kernel's; -E DISK takes `i`
+    # and the UID on its standard input.
+    "disklabel": r'''
+eval "disk=\${$#}"
+input=$(cat)
+echo "disklabel $* <<< $(echo "$input" | tr '\n' ' ')" >> "$FAKE/calls"
+case " $* " in
+*" -w "*) echo 0123456789abcdef > "$FAKE/duid-$disk" ;;
+*" -E "*) echo "$input" | sed -n '/^i$/{n;p;}' > "$FAKE/duid-$disk.new" && mv "$FAKE/duid-$disk.new" "$FAKE/duid-$disk" ;;
+esac
+''',
+    "newfs": 'echo "newfs $*" >> "$FAKE/calls"\n',
+    "fsck_ffs": 'echo "fsck_ffs $*" >> "$FAKE/calls"\nexit "$(cat "$FAKE/fsck-exit" 2>/dev/null || echo 0)"\n',
+    # mount with no arguments lists what is mounted; with them, mounts (records it).
+    "mount": r'''
+if [ $# -eq 0 ]; then cat "$FAKE/mounted" 2>/dev/null; exit 0; fi
+echo "mount $*" >> "$FAKE/calls"
+eval "point=\${$#}"
+echo "/dev/sd1a on $point type ffs (local)" >> "$FAKE/mounted"
+''',
+    # dd if=/dev/rDISKc bs=1m count=16: that much of the disk's content.
+    "dd": r'''
+for arg; do case $arg in if=/dev/r*c) disk=${arg#if=/dev/r}; disk=${disk%c} ;; esac; done
+echo "dd $*" >> "$FAKE/calls"
+head -c 16777216 "$FAKE/disks/$disk"
+''',
+    "logger": 'eval "message=\\${$#}"\necho "$message" >> "$FAKE/log"\necho "$message" >&2\n',
+    "chown": 'echo "chown $*" >> "$FAKE/calls"\n',
+}
+
+
+def _script(tmp_path: Path) -> Path:
+    from mailsite.daemons.mail_volume import render_rc_securelevel
+
+    site = site_of(example_settings())
+    script = tmp_path / "rc.securelevel"
+    script.write_text(render_rc_securelevel(site, site.primary))
+    return script
+
+
+class Boot:
+    """A primary's disks and what one boot of rc.securelevel did with them."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp = tmp_path
+        self.fake, self.root, self.bin = tmp_path / "fake", tmp_path / "root", tmp_path / "bin"
+        for directory in (self.fake / "disks", self.root / "var/db", self.bin):
+            directory.mkdir(parents=True, exist_ok=True)
+        for name, body in STAND_INS.items():
+            (self.bin / name).write_text("#!/bin/sh\n" + body)
+            (self.bin / name).chmod(0o755)
+        self.script = _script(tmp_path)
+        self.disk("sd0", "feedfacecafef00d", data=True)  # the boot disk, labelled by the installer
+
+    def disk(self, name: str, duid: str | None, data: bool) -> None:
+        content = self.fake / "disks" / name
+        with content.open("wb") as f:
+            f.truncate(64 * MIB)  # zeros, as a new volume reads
+            if data:
+                f.seek(5 * MIB)
+                f.write(b"\x19\x01\x54\x19 an ffs superblock, say")
+        if duid is not None:
+            (self.fake / f"duid-{name}").write_text(duid + "\n")
+
+    def run(self) -> subprocess.CompletedProcess:
+        """One boot: nothing is mounted yet (a reboot forgets the mounts)."""
+        (self.fake / "mounted").unlink(missing_ok=True)
+        env = {"PATH": f"{self.bin}:/usr/bin:/bin", "FAKE": str(self.fake), "MAILSITE_ROOT": str(self.root)}
+        result = subprocess.run(["mksh", str(self.script)], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    def calls(self, command: str) -> list[str]:
+        calls = self.fake / "calls"
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        return [line for line in lines if line.split()[0] == command]
+
+    @property
+    def log(self) -> str:
+        log = self.fake / "log"
+        return log.read_text() if log.exists() else ""
+
+    @property
+    def mount_point(self) -> Path:
+        return self.root / "var/mailsite"
+
+
+def test_blank_disk_is_labelled_with_the_site_uid_and_formatted_once(tmp_path):
+    boot = Boot(tmp_path)
+    boot.disk("sd1", None, data=False)
+    boot.run()
+    labels = boot.calls("disklabel")
+    assert labels[0].startswith("disklabel -w -A -T - sd1 <<< /var/mailsite *")
+    assert labels[1] == f"disklabel -E sd1 <<< i {DUID} w q "
+    assert boot.calls("newfs") == ["newfs /dev/rsd1a"]
+    assert boot.calls("mount") == ["mount -o nodev,nosuid,noexec /dev/sd1a " + str(boot.mount_point)]
+    assert boot.calls("chown") == [f"chown 2000:2000 {boot.mount_point}/mail"]
+    assert (boot.mount_point / "mail").stat().st_mode & 0o777 == 0o700
+    assert os.readlink(boot.root / "var/db/spamd") == "/var/mailsite/spamd/spamd"
+    # The next boot finds the volume by its UID: checked and mounted, never formatted again.
+    boot.run()
+    assert len(boot.calls("newfs")) == 1 and len(boot.calls("disklabel")) == 2
+    assert len(boot.calls("fsck_ffs")) == 2 and len(boot.calls("mount")) == 2
+
+
+def test_disk_with_the_site_uid_is_checked_and_mounted_never_formatted(tmp_path):
+    boot = Boot(tmp_path)
+    boot.disk("sd1", DUID, data=True)
+    (boot.mount_point / "mail").mkdir(parents=True)  # the volume's mailboxes, as mounted
+    boot.run()
+    assert boot.calls("disklabel") == [] and boot.calls("newfs") == [] and boot.calls("dd") == []
+    assert boot.calls("fsck_ffs") == ["fsck_ffs -p /dev/rsd1a"]
+    assert boot.calls("mount") == ["mount -o nodev,nosuid,noexec /dev/sd1a " + str(boot.mount_point)]
+    assert boot.calls("chown") == [], "existing mailboxes keep their owner"
+
+
+def test_volume_that_fails_its_check_is_not_mounted(tmp_path):
+    boot = Boot(tmp_path)
+    boot.disk("sd1", DUID, data=True)
+    (boot.fake / "fsck-exit").write_text("8\n")
+    boot.run()
+    assert boot.calls("newfs") == [] and boot.calls("mount") == []
+    assert boot.mount_point.stat().st_mode & 0o777 == 0
+    assert "needs checking by hand: fsck_ffs /dev/rsd1a" in boot.log
+
+
+@pytest.mark.parametrize("duid", [None, "0badc0ffee0ddf00"], ids=["unlabelled-with-data", "another-label"])
+def test_foreign_disk_is_left_alone_and_nothing_is_mounted(tmp_path, duid):
+    boot = Boot(tmp_path)
+    boot.disk("sd1", duid, data=True)
+    (boot.root / "var/db/spamd").symlink_to("/var/mailsite/spamd/spamd")  # from a boot with the volume
+    boot.run()
+    assert boot.calls("disklabel") == [] and boot.calls("newfs") == [] and boot.calls("fsck_ffs") == []
+    assert boot.calls("mount") == []
+    # Dovecot cannot write onto the VM's disk; spamd keeps a database of its own on it meanwhile.
+    assert boot.mount_point.stat().st_mode & 0o777 == 0 and list(boot.mount_point.iterdir()) == []
+    assert not (boot.root / "var/db/spamd").exists() and not (boot.root / "var/db/spamd").is_symlink()
+    assert ("sd1 has no label UID but holds data: left as it is" in boot.log) == (duid is None)
+    assert "nothing mounted at /var/mailsite" in boot.log
+
+
+def test_without_a_second_disk_nothing_happens(tmp_path):
+    boot = Boot(tmp_path)
+    boot.run()
+    assert boot.calls("disklabel") == [] and boot.calls("newfs") == [] and boot.calls("mount") == []
+    assert boot.mount_point.stat().st_mode & 0o777 == 0
+    assert "none is unlabelled" in boot.log
+
+
+def test_two_blank_disks_are_not_chosen_between(tmp_path):
+    boot = Boot(tmp_path)
+    boot.disk("sd1", None, data=False)
+    boot.disk("sd2", None, data=False)
+    boot.run()
+    assert boot.calls("disklabel") == [] and boot.calls("newfs") == [] and boot.calls("mount") == []
+
+
+def test_greylist_learnt_before_the_volume_came_moves_onto_a_new_volume(tmp_path):
+    """On Vultr the new primary's first boot has no volume: spamd learns on the VM's disk. With
+    the volume, that database moves onto it if the volume has none yet."""
+    boot = Boot(tmp_path)
+    boot.disk("sd1", None, data=False)
+    (boot.root / "var/db/spamd").write_text("greylist")
+    boot.run()
+    assert (boot.mount_point / "spamd/spamd").read_text() == "greylist"
+    assert (boot.root / "var/db/spamd").is_symlink()
+
+
+def test_boot_script_passes_sh_n_and_shellcheck(tmp_path):
+    script = _script(tmp_path)
+    for check in (["sh", "-n"], ["mksh", "-n"], ["shellcheck", "-s", "sh"]):
+        result = subprocess.run([*check, str(script)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{check[0]}: {result.stdout}{result.stderr}"
+
+
+def test_only_the_primary_mounts_the_mail_volume(example_site):
+    from tests.test_render import render_site
+
+    trees = render_site(example_site)
+    assert [host for host, tree in trees.items() if "etc/rc.securelevel" in tree] == [example_site.primary.name]
