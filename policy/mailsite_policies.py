@@ -479,6 +479,16 @@ def check_keys_not_elsewhere(args: StackValidationArgs, report: ReportViolation,
                 report(f"{resource.name}: property {path} holds a key that is a secret elsewhere", resource.urn)
 
 
+def check_mail_volume_protected(args: ResourceValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
+    # The mail volume outlives every VM of the primary; unprotected, a changed region or block
+    # type (a replacement), its removal from the program or a destroy would delete the mail.
+    if args.resource_type != DATA_VOLUME and not _mail_volume(args.urn):
+        return
+    if not args.opts.protect:
+        report(f"{args.name} holds the site's mail: it must be protected (protect=True), so that nothing deletes it "
+               "without `pulumi state unprotect` first")
+
+
 def _resource(name: str, description: str, validate: Callable) -> ResourceValidationPolicy:
     return ResourceValidationPolicy(name=name, description=description, validate=_verifying(name, validate))
 
@@ -494,6 +504,7 @@ POLICIES = [
     _stack("backups-mta-only", f"Backups do not expose {'/'.join(map(str, PRIMARY_ONLY_PORTS))}.", check_backups_no_msa),
     _resource("baked-images-only", "Every instance boots from a baked image of this project.", check_baked_image),
     _stack("baked-images-from-this-project", "Every VM's snapshot or disk is made by this project's bake.", check_images_from_bakes),
+    _resource("mail-volume-protected", "The primary's mail volume is protected: nothing deletes it unasked.", check_mail_volume_protected),
     _resource("queue-keys-secret", "Queue keys reach resources only as secrets.", check_keys_secret),
     _stack("keys-not-in-clear-elsewhere", "A key is nowhere in the stack in clear.", check_keys_not_elsewhere),
 ]

@@ -59,6 +59,7 @@ class Registered:
     secret_outputs: list[str]
     dependencies: list[str]
     property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    protect: bool = False  # the option, as the engine passes it to a policy
 
     def set(self, key: str, value: Any) -> None:
         """A change to the program: the input and, in a preview, the output it flows to."""
@@ -116,6 +117,7 @@ class PreviewMonitor(MockMonitor):
             request.type, request.name, response.urn, request.parent, request.custom,
             _engine_properties(inputs), _engine_properties(outputs), list(request.additionalSecretOutputs),
             list(request.dependencies), {k: list(v.urns) for k, v in request.propertyDependencies.items()},
+            request.protect,
         ))
         if replaced:
             fresh = resource_pb2.RegisterResourceResponse()
@@ -151,7 +153,7 @@ def _struct(props: dict) -> struct_pb2.Struct:
 
 
 def _options(r: Registered) -> analyzer_pb2.AnalyzerResourceOptions:
-    return analyzer_pb2.AnalyzerResourceOptions(additionalSecretOutputs=r.secret_outputs, parent=r.parent)
+    return analyzer_pb2.AnalyzerResourceOptions(additionalSecretOutputs=r.secret_outputs, parent=r.parent, protect=r.protect)
 
 
 # ---- the analyzer process --------------------------------------------------------------------

@@ -271,3 +271,16 @@ def test_key_outside_a_secret_is_caught(pack, vultr_stack):
     broken = copy.deepcopy(vultr_stack)
     _find(broken, mailsite_policies.INSTANCE).set("userData", "queue encryption " + "ab" * 16)
     assert list(violations(pack, broken)) == ["queue-keys-secret"]
+
+
+@pytest.mark.parametrize("component", [False, True], ids=["volume", "component"])
+def test_an_unprotected_mail_volume_is_caught(pack, stack, component):
+    """Unprotected, the mail volume would go with a destroy, its removal from the program or a
+    replacement (another region or block type), and the mail with it."""
+    broken = copy.deepcopy(stack)
+    volume = _find(broken, mailsite_policies.DATA_VOLUME) if component else \
+        next(r for r in broken if f"{mailsite_policies.DATA_VOLUME}$" in r.urn)
+    assert volume.protect
+    volume.protect = False
+    assert list(violations(pack, broken)) == ["mail-volume-protected"]
+    assert violations(pack, broken)["mail-volume-protected"][0].startswith(f"{volume.name} holds the site's mail: it must be protected")
