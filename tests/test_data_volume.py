@@ -19,7 +19,7 @@ import pytest
 from mailsite.config import load_site
 from mailsite.keys import new_key
 from mailsite.secrets import FileStore, init_secrets, queue_key_id
-from tests.sites import ROOT, example_settings, site_of
+from tests.sites import ROOT, example_settings, refusal_lines, site_of
 from tests.test_program import Recorded, evaluate, inline_secrets, site_on, vultr_settings
 
 DATA_VOLUME = "mailsite:index:DataVolume"
@@ -320,3 +320,26 @@ def test_only_the_primary_mounts_the_mail_volume(example_site):
 
     trees = render_site(example_site)
     assert [host for host, tree in trees.items() if "etc/rc.securelevel" in tree] == [example_site.primary.name]
+
+
+@pytest.mark.parametrize("volume, line", [
+    ({"size": "5 gigs"}, "mailsite:mailVolume.size = 5 gigs: not a size in G; write a whole number of gigabytes, like 20G"),
+    ({"size": "500M"}, "mailsite:mailVolume.size = 500M: not a size in G; write a whole number of gigabytes, like 20G"),
+    ({"size": "20000G"}, "mailsite:mailVolume.size = 20000G: out of range; choose between 1G and 10000G, like 20G"),
+    ({"duid": "0000000000000000"}, "mailsite:mailVolume.duid = 0000000000000000: not a disklabel UID; write 16 hex digits "
+                                   "(0-9, a-f), not all zero, like 3f2a9c0d7e1b4a55"),
+], ids=["words", "megabytes", "too-large", "zero-uid"])
+def test_bad_mail_volume_setting_is_one_line(volume, line):
+    settings = example_settings()
+    settings["mailVolume"] = volume
+    assert refusal_lines(settings) == [line]
+
+
+def test_the_uid_stays_with_the_site_and_can_be_kept_through_a_domain_rename():
+    settings = example_settings()
+    before = site_of(settings).mail_volume_duid
+    assert before == site_of(example_settings()).mail_volume_duid and len(before) == 16
+    settings["domains"] = ["example.com", *settings["domains"]]  # a new first domain
+    assert site_of(settings).mail_volume_duid != before, "another site, another volume"
+    settings["mailVolume"] = {"duid": before}
+    assert site_of(settings).mail_volume_duid == before
