@@ -19,8 +19,9 @@ from .target import Target
 
 DATA_VOLUME = "mailsite:index:DataVolume"
 
-# On the volume itself, not only on the component: the engine reads each resource's own options,
-# and whether a child inherits retain_on_delete from its parent depends on the SDK's version.
+# On the volume itself, not only on the component: the engine acts on each resource's own
+# options, and the Python SDK passes a parent's protect on to its children but not its
+# retain_on_delete (pulumi 3.272, resource.py).
 KEPT = pulumi.ResourceOptions(protect=True, retain_on_delete=True)
 
 
