@@ -151,20 +151,38 @@ case " $* " in
 *" -E "*) echo "$input" | sed -n '/^i$/{n;p;}' > "$FAKE/duid-$disk.new" && mv "$FAKE/duid-$disk.new" "$FAKE/duid-$disk" ;;
 esac
 ''',
-    "newfs": 'echo "newfs $*" >> "$FAKE/calls"\n',
+    # newfs -N /dev/rDISKa: where the copies of the superblock would go, in 512-byte sectors, the
+    # way newfs prints them (mkfs.c): here one at the start of each 16 MB.
+    "newfs": r'''
+echo "newfs $*" >> "$FAKE/calls"
+[ "$1" = -N ] || exit 0
+echo "$2: 64.0MB in 131072 sectors of 512 bytes"
+echo "4 cylinder groups of 16.00MB, 1024 blocks, 2048 inodes each"
+echo "super-block backups (for fsck -b #) at:"
+echo " 160, 32928, 65696,"
+echo " 98464,"
+''',
     "fsck_ffs": 'echo "fsck_ffs $*" >> "$FAKE/calls"\nexit "$(cat "$FAKE/fsck-exit" 2>/dev/null || echo 0)"\n',
     # mount with no arguments lists what is mounted; with them, mounts (records it).
     "mount": r'''
-if [ $# -eq 0 ]; then cat "$FAKE/mounted" 2>/dev/null; exit 0; fi
+if [ $# -eq 0 ]; then cat "$FAKE/mounted"; exit 0; fi
 echo "mount $*" >> "$FAKE/calls"
 eval "point=\${$#}"
 echo "/dev/sd1a on $point type ffs (local)" >> "$FAKE/mounted"
 ''',
-    # dd if=/dev/rDISKc bs=1m count=16: that much of the disk's content.
+    # dd if=/dev/rDISKP bs= skip= count=: GNU dd on the disk's content (partitions a and c both
+    # start at the disk's first sector here); OpenBSD's 1m is GNU's 1M.
     "dd": r'''
-for arg; do case $arg in if=/dev/r*c) disk=${arg#if=/dev/r}; disk=${disk%c} ;; esac; done
+args=
+for arg; do
+    case $arg in
+    if=/dev/r*) disk=${arg#if=/dev/r}; args="$args if=$FAKE/disks/${disk%?}" ;;
+    *) args="$args $(echo "$arg" | sed 's/m$/M/')" ;;
+    esac
+done
 echo "dd $*" >> "$FAKE/calls"
-head -c 16777216 "$FAKE/disks/$disk"
+# shellcheck disable=SC2086
+exec /bin/dd $args status=none
 ''',
     "logger": 'eval "message=\\${$#}"\necho "$message" >> "$FAKE/log"\necho "$message" >&2\n',
     "chown": 'echo "chown $*" >> "$FAKE/calls"\n',
@@ -194,19 +212,19 @@ class Boot:
         self.script = _script(tmp_path)
         self.disk("sd0", "feedfacecafef00d", data=True)  # the boot disk, labelled by the installer
 
-    def disk(self, name: str, duid: str | None, data: bool) -> None:
+    def disk(self, name: str, duid: str | None, data: bool, at: int = 5 * MIB) -> None:
         content = self.fake / "disks" / name
         with content.open("wb") as f:
             f.truncate(64 * MIB)  # zeros, as a new volume reads
             if data:
-                f.seek(5 * MIB)
+                f.seek(at)
                 f.write(b"\x19\x01\x54\x19 an ffs superblock, say")
         if duid is not None:
             (self.fake / f"duid-{name}").write_text(duid + "\n")
 
     def run(self) -> subprocess.CompletedProcess:
         """One boot: nothing is mounted yet (a reboot forgets the mounts)."""
-        (self.fake / "mounted").unlink(missing_ok=True)
+        (self.fake / "mounted").write_text("/dev/sd0a on / type ffs (local)\n")  # the boot disk's root
         env = {"PATH": f"{self.bin}:/usr/bin:/bin", "FAKE": str(self.fake), "MAILSITE_ROOT": str(self.root)}
         result = subprocess.run(["mksh", str(self.script)], env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
@@ -234,14 +252,15 @@ def test_blank_disk_is_labelled_with_the_site_uid_and_formatted_once(tmp_path):
     labels = boot.calls("disklabel")
     assert labels[0].startswith("disklabel -w -A -T - sd1 <<< /var/mailsite *")
     assert labels[1] == f"disklabel -E sd1 <<< i {DUID} w q "
-    assert boot.calls("newfs") == ["newfs /dev/rsd1a"]
+    # newfs -N first: where its superblock copies go is all zeros, as on a new disk.
+    assert boot.calls("newfs") == ["newfs -N /dev/rsd1a", "newfs /dev/rsd1a"]
     assert boot.calls("mount") == ["mount -o nodev,nosuid,noexec /dev/sd1a " + str(boot.mount_point)]
     assert boot.calls("chown") == [f"chown 2000:2000 {boot.mount_point}/mail"]
     assert (boot.mount_point / "mail").stat().st_mode & 0o777 == 0o700
     assert os.readlink(boot.root / "var/db/spamd") == "/var/mailsite/spamd/spamd"
     # The next boot finds the volume by its UID: checked and mounted, never formatted again.
     boot.run()
-    assert len(boot.calls("newfs")) == 1 and len(boot.calls("disklabel")) == 2
+    assert len(boot.calls("newfs")) == 2 and len(boot.calls("disklabel")) == 2
     assert len(boot.calls("fsck_ffs")) == 2 and len(boot.calls("mount")) == 2
 
 
@@ -279,6 +298,42 @@ def test_foreign_disk_is_left_alone_and_nothing_is_mounted(tmp_path, duid):
     assert not (boot.root / "var/db/spamd").exists() and not (boot.root / "var/db/spamd").is_symlink()
     assert ("sd1 has no label UID but holds data: left as it is" in boot.log) == (duid is None)
     assert "nothing mounted at /var/mailsite" in boot.log
+
+
+def test_volume_whose_start_was_wiped_is_labelled_never_formatted(tmp_path):
+    """A volume of the site whose first 16 MB were zeroed (its label and first superblock gone)
+    still holds its mail, and a copy of its superblock where newfs puts one (the stand-in's
+    newfs -N: at sector 32928, 16 MB and 80 KB in). newfs would overwrite every copy; instead the
+    disk keeps its file system and the log names the copy for fsck_ffs -b."""
+    boot = Boot(tmp_path)
+    boot.disk("sd1", None, data=True, at=32928 * 512)
+    boot.run()
+    assert boot.calls("newfs") == ["newfs -N /dev/rsd1a"], "formatted over a file system"
+    assert boot.calls("fsck_ffs") == [] and boot.calls("mount") == []
+    assert boot.mount_point.stat().st_mode & 0o777 == 0
+    assert "recover it with fsck_ffs -b 32928 /dev/rsd1a" in boot.log
+
+
+def test_disk_in_use_with_the_site_uid_is_never_checked_or_mounted(tmp_path):
+    """mailVolume.duid copied from the boot disk's line of hw.disknames: that disk holds the root
+    file system, mounted read-write; fsck_ffs -p on it would repair a live file system."""
+    boot = Boot(tmp_path)
+    boot.disk("sd0", DUID, data=True)
+    boot.disk("sd1", None, data=False)
+    boot.run()
+    assert boot.calls("fsck_ffs") == [] and boot.calls("mount") == [] and boot.calls("newfs") == []
+    assert boot.mount_point.stat().st_mode & 0o777 == 0
+    assert "sd0 has the mail volume's label UID" in boot.log and "mounted already (/dev/sd0a on /)" in boot.log
+
+
+def test_two_disks_with_the_site_uid_are_not_chosen_between(tmp_path):
+    """A copy of the volume attached beside it (a clone kept as a backup) has the same UID."""
+    boot = Boot(tmp_path)
+    boot.disk("sd1", DUID, data=True)
+    boot.disk("sd2", DUID, data=True)
+    boot.run()
+    assert boot.calls("fsck_ffs") == [] and boot.calls("mount") == []
+    assert "several disks have the mail volume's label UID" in boot.log
 
 
 def test_without_a_second_disk_nothing_happens(tmp_path):
