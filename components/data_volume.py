@@ -1,7 +1,7 @@
 """DataVolume: the primary's persistent mail volume, made once and attached to whichever VM is
 the primary. The VM is replaced with every image change (a key rotation, an OpenBSD upgrade);
 the volume never is, so the mailboxes and spamd's greylist database outlive it
-(docs/operating.md, The mail volume). The image mounts it at boot (configs/basics/rc.securelevel.j2).
+(docs/operating.md, The mail volume). The image mounts it at boot (configs/mail-volume/rc.securelevel.j2).
 
 Protected and retained: no replacement (a changed region or block type), no removal from the
 program and no `pulumi destroy` deletes it; the engine stops with an error instead, and once the
