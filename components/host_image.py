@@ -69,7 +69,12 @@ def _request(props: dict[str, Any]) -> BakeRequest:
     return BakeRequest(
         host=Host.model_validate(props["host"]),
         tree=_tree(props["tree"]),
-        secrets=HostSecrets(SecretStr(props["queueKey"]), props["queueKeyVersion"], SecretStr(props["spamdSyncKey"]), props["spamdSyncKeyVersion"]),
+        secrets=HostSecrets(
+            SecretStr(props["queueKey"]), props["queueKeyVersion"], SecretStr(props["spamdSyncKey"]), props["spamdSyncKeyVersion"],
+            # Absent from a backup's inputs, and from those of images made before passwords existed.
+            {user: SecretStr(hashed) for user, hashed in (props.get("passwordHashes") or {}).items()},
+            props.get("passwordHashesVersion", HostSecrets.password_hashes_version),
+        ),
         settings=Images.model_validate(props["images"]),
         image_format=props["format"],
         template=_template(),
@@ -130,7 +135,7 @@ class HostImageArgs:
     target: Target  # publishes the image where its VMs boot from
     host: Host  # the MX the image is for
     tree: pulumi.Output[HostTree]  # secret: the host's rendered files, keys included
-    secrets: HostSecrets  # the keys' versions count in the image's identity
+    secrets: HostSecrets  # the keys' and password hashes' versions count in the image's identity
     settings: ImageSettings
 
 
@@ -156,6 +161,12 @@ class HostImage(pulumi.ComponentResource):
                 "queueKeyVersion": secrets.queue_key_version,
                 "spamdSyncKey": pulumi.Output.secret(secrets.spamd_sync_key.get_secret_value()),
                 "spamdSyncKeyVersion": secrets.spamd_sync_key_version,
+                # The primary's users' bcrypt hashes, counted by version. A secret input stays secret
+                # in state and previews (the engine marks what a provider hands back as its inputs
+                # were); not in additional_secret_outputs, whose change on a bake already in state
+                # tests/test_program.py refuses as a changed option.
+                "passwordHashes": pulumi.Output.secret({user: hashed.get_secret_value() for user, hashed in secrets.password_hashes.items()}),
+                "passwordHashesVersion": secrets.password_hashes_version,
                 "images": settings.images.model_dump(mode="json"),
                 "format": settings.image_format,
                 "upload": upload,

@@ -39,8 +39,8 @@ def fixed_addresses(site: Site, stand_ins: bool = False) -> dict[str, HostAddres
 
 
 def render_stack(config: Path, redacted: bool = False, secrets_base: Path | None = None) -> tuple[Site, dict[str, HostTree], dict[str, HostSecrets]]:
-    """Every host's tree. Redacted: keys replaced by <redacted>, versions kept where the backend
-    answers (a reviewer's machine may not reach it; then they read "unknown")."""
+    """Every host's tree. Redacted: keys and password hashes replaced by <redacted>, versions kept
+    where the backend answers (a reviewer's machine may not reach it; then they read "unknown")."""
     site = load_site_file(config)
     stack = stack_name(config)
     addresses = fixed_addresses(site, stand_ins=redacted)
@@ -52,7 +52,8 @@ def render_stack(config: Path, redacted: bool = False, secrets_base: Path | None
         secrets = {h.name: HostSecrets(SecretStr(""), "unknown", SecretStr(""), "unknown") for h in site.hosts}
     if redacted:
         secrets = {
-            name: HostSecrets(SecretStr(REDACTED), s.queue_key_version, SecretStr(REDACTED), s.spamd_sync_key_version)
+            name: HostSecrets(SecretStr(REDACTED), s.queue_key_version, SecretStr(REDACTED), s.spamd_sync_key_version,
+                              {user: SecretStr(REDACTED) for user in s.password_hashes}, s.password_hashes_version)
             for name, s in secrets.items()
         }
     trees = {host.name: render_host(site, host, addresses, secrets[host.name]) for host in site.hosts}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from mailsite.config import load_site, read_stack_settings
+from mailsite.local import REDACTED
 from mailsite.model import HostAddresses, HostSecrets, Site
 from mailsite.problems import SiteConfigError
 
@@ -41,8 +43,16 @@ def fake_key(label: str) -> str:
 
 
 def fake_secrets(site: Site) -> dict[str, HostSecrets]:
+    """Keys fixed per host; on the primary, every user's password hash as <redacted>, as a review
+    render shows it: golden files hold no hash, not even a test password's."""
     sync = SecretStr(fake_key("spamd-sync"))
-    return {h.name: HostSecrets(SecretStr(fake_key(h.name)), f"test-{h.name}", sync, "test-sync") for h in site.hosts}
+    secrets = {h.name: HostSecrets(SecretStr(fake_key(h.name)), f"test-{h.name}", sync, "test-sync") for h in site.hosts}
+    secrets[site.primary.name] = replace(
+        secrets[site.primary.name],
+        password_hashes={user: SecretStr(REDACTED) for user in site.recipients.users},
+        password_hashes_version="test-passwords",
+    )
+    return secrets
 
 
 def addresses(site: Site) -> dict[str, HostAddresses]:

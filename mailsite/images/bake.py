@@ -74,11 +74,21 @@ def accelerator() -> str:
     return "kvm" if os.access("/dev/kvm", os.W_OK) else "tcg"
 
 
+def key_versions(secrets: HostSecrets) -> dict[str, str]:
+    """The secrets an image carries, by version. The password hashes count only where there are
+    some (the primary, once a password is set): a new password replaces the primary alone, and
+    images made before passwords existed keep their identity."""
+    versions = {"queue-key": secrets.queue_key_version, "spamd-sync-key": secrets.spamd_sync_key_version}
+    if secrets.password_hashes_version != HostSecrets.password_hashes_version:
+        versions["password-hashes"] = secrets.password_hashes_version
+    return versions
+
+
 def identity_of(request: BakeRequest, version: str | None = None) -> str:
     settings = request.settings
     return image_identity(
         request.tree,
-        key_versions={"queue-key": request.secrets.queue_key_version, "spamd-sync-key": request.secrets.spamd_sync_key_version},
+        key_versions=key_versions(request.secrets),
         template=template_digest(request.template.parent, tuple(_template_files(request.template))),
         packer_version=version or packer_version(),
         openbsd_version=settings.openbsd_version,
@@ -125,7 +135,8 @@ def _bake(request: BakeRequest, identity: str, progress: Callable[[str], None]) 
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(root, 0o700)  # images hold keys
     log_path = root / "logs" / f"{request.host.name}-{identity[:12]}.log"
-    keys = [request.secrets.queue_key.get_secret_value(), request.secrets.spamd_sync_key.get_secret_value()]
+    keys = [request.secrets.queue_key.get_secret_value(), request.secrets.spamd_sync_key.get_secret_value(),
+            *(hashed.get_secret_value() for hashed in request.secrets.password_hashes.values())]
     hidden = keys + [rendered.text for rendered in request.tree.values() if rendered.secret]
     work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))  # mode 0700 by mkdtemp
     try:

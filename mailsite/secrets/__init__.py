@@ -1,22 +1,29 @@
 """Where keys come from: the secrets backend named in the stack (an I/O edge).
 
-Secret ids follow one scheme in every backend: `mailsite/<stack>/<host>/queue-key` per host and
-`mailsite/<stack>/spamd-sync-key` per site. The file backend keeps AWS Secrets Manager's shape
+Secret ids follow one scheme in every backend: `mailsite/<stack>/<host>/queue-key` per host,
+`mailsite/<stack>/spamd-sync-key` and `mailsite/<stack>/password-hashes` (the mailbox users'
+bcrypt hashes, a JSON object of user: hash) per site. The file backend keeps AWS Secrets Manager's shape
 (versions, and a label naming the current one) so that both behave alike.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from ..keys import key_problem, new_key
 from ..model import HostSecrets, Site
+from ..passwords import is_password_hash
+from ..problems import show
 from .file import FileStore
 from .store import CURRENT, PENDING, PREVIOUS, SecretStore, SecretVersion, host_label, secret_error
 
 __all__ = ["CURRENT", "PENDING", "PREVIOUS", "FileStore", "SecretStore", "SecretVersion", "host_label", "host_store",
-           "init_secrets", "queue_key_id", "site_secrets", "spamd_sync_key_id"]
+           "init_secrets", "password_hashes", "password_hashes_id", "queue_key_id", "site_secrets", "spamd_sync_key_id"]
 
 
 def queue_key_id(stack: str, host: str) -> str:
@@ -25,6 +32,10 @@ def queue_key_id(stack: str, host: str) -> str:
 
 def spamd_sync_key_id(stack: str) -> str:
     return f"mailsite/{stack}/spamd-sync-key"
+
+
+def password_hashes_id(stack: str) -> str:
+    return f"mailsite/{stack}/password-hashes"
 
 
 def _checked(secret_id: str, found: SecretVersion | None) -> SecretVersion:
@@ -51,6 +62,29 @@ def _in_use(store: SecretStore, secret_id: str) -> SecretVersion:
     return _checked(secret_id, store.read(secret_id, PENDING) or store.read(secret_id, CURRENT))
 
 
+def password_hashes(store: SecretStore, stack: str, every_entry: bool = True) -> tuple[dict[str, str], SecretVersion | None]:
+    """Every stored hash by user name, and the version they are in; none yet is ({}, None): users
+    then receive mail but cannot log in, which is how a new site starts. Not `every_entry`: for
+    `user passwd`, which sets one entry and keeps the others as they are, so that it can mend a
+    malformed one whatever the others hold."""
+    secret_id = password_hashes_id(stack)
+    found = store.read(secret_id, CURRENT)
+    if found is None:
+        return {}, None
+    try:
+        hashes = json.loads(found.value.get_secret_value())
+    except ValueError:
+        hashes = None
+    # Never the value, nor a user's entry: only what is wrong with them.
+    if not (isinstance(hashes, dict) and all(isinstance(user, str) and isinstance(hashed, str) for user, hashed in hashes.items())):
+        raise secret_error(secret_id, "malformed: not a JSON object of user name: bcrypt hash; make its previous "
+                                      "version current again in the backend, or delete it and set each password anew")
+    if every_entry and (bad := sorted(user for user, hashed in hashes.items() if not is_password_hash(hashed))):
+        raise secret_error(secret_id, f"malformed: the entry of {show(bad[0])} is not a bcrypt ($2b$) hash; set that "
+                                      f"password again: python -m mailsite user passwd {show(bad[0])} --config <stack file>")
+    return hashes, found
+
+
 def site_secrets(site: Site, stack: str, base: Path) -> dict[str, HostSecrets]:
     """Each host's keys, read from the backend; `base` anchors a relative file-backend path."""
     if site.secrets.backend == "inline":
@@ -70,6 +104,16 @@ def site_secrets(site: Site, stack: str, base: Path) -> dict[str, HostSecrets]:
         rolled = store.read(sync_id, host_label(host.name))
         host_sync = _checked(sync_id, rolled) if rolled else current_sync
         result[host.name] = HostSecrets(key.value, key.version, host_sync.value, host_sync.version)
+    # Only the primary authenticates (IMAP, submission); a backup's image holds no hash. Users
+    # since removed from the stack are left out: they can no longer log in.
+    hashes, version = password_hashes(store, stack)
+    if version is not None:
+        primary = site.primary.name
+        result[primary] = replace(
+            result[primary],
+            password_hashes={user: SecretStr(hashes[user]) for user in site.recipients.users if user in hashes},
+            password_hashes_version=version.version,
+        )
     return result
 
 

@@ -46,9 +46,17 @@ class AwsStore:
             return None
         return SecretVersion(SecretStr(answer["SecretString"]), answer["VersionId"])
 
-    def create(self, secret_id: str, value: str) -> SecretVersion:
+    def create(self, secret_id: str, value: str, description: str = "smtpd queue encryption key (mailsite)") -> SecretVersion:
         answer = self._call(secret_id, "CreateSecret", Name=secret_id, SecretString=value,
-                            Description="smtpd queue encryption key (mailsite)", Tags=[{"Key": "mailsite", "Value": "key"}])
+                            Description=description, Tags=[{"Key": "mailsite", "Value": "key"}])
+        return SecretVersion(SecretStr(value), answer["VersionId"])
+
+    def put_current(self, secret_id: str, value: str) -> SecretVersion:
+        # Without VersionStages the new version takes AWSCURRENT, and Secrets Manager moves
+        # AWSPREVIOUS onto the old one, in one call.
+        answer = self._call(secret_id, "PutSecretValue", SecretId=secret_id, SecretString=value)
+        if answer is None:
+            raise secret_error(secret_id, "does not exist; create it first")
         return SecretVersion(SecretStr(value), answer["VersionId"])
 
     def put_pending(self, secret_id: str, value: str) -> SecretVersion:

@@ -133,7 +133,7 @@ class FileStore:
         self._write(self._dir(secret_id) / "versions" / version, value + "\n")
         return version
 
-    def create(self, secret_id: str, value: str) -> SecretVersion:
+    def create(self, secret_id: str, value: str, description: str = "") -> SecretVersion:
         if self._labels(secret_id) is not None:
             raise secret_error(secret_id, "already exists; rotate it instead of creating it")
         version = self._new_version(secret_id, value)
@@ -146,6 +146,15 @@ class FileStore:
             raise secret_error(secret_id, "does not exist; create it with: python -m mailsite secrets init")
         version = self._new_version(secret_id, value)
         self._write_labels(secret_id, {**labels, PENDING: version})
+        return SecretVersion(SecretStr(value), version)
+
+    def put_current(self, secret_id: str, value: str) -> SecretVersion:
+        labels = self._labels(secret_id)
+        if labels is None or CURRENT not in labels:
+            raise secret_error(secret_id, "does not exist; create it first")
+        version = self._new_version(secret_id, value)
+        # One rename moves both labels: a crash leaves the old CURRENT or the new one.
+        self._write_labels(secret_id, {**labels, CURRENT: version, PREVIOUS: labels[CURRENT]})
         return SecretVersion(SecretStr(value), version)
 
     def promote(self, secret_id: str) -> None:

@@ -23,8 +23,13 @@ class SecretVersion:
 class SecretStore(Protocol):
     def read(self, secret_id: str, label: str = CURRENT) -> SecretVersion | None: ...
 
-    def create(self, secret_id: str, value: str) -> SecretVersion:
-        """A new secret whose first version is CURRENT."""
+    def create(self, secret_id: str, value: str, description: str = ...) -> SecretVersion:
+        """A new secret whose first version is CURRENT; the description is for whoever browses the
+        backend (Secrets Manager shows it)."""
+
+    def put_current(self, secret_id: str, value: str) -> SecretVersion:
+        """A new version of an existing secret, CURRENT at once; the old CURRENT becomes PREVIOUS.
+        For a secret no host has to switch to in step (passwords), unlike a rotated key."""
 
     def put_pending(self, secret_id: str, value: str) -> SecretVersion:
         """A new version of an existing secret, labelled PENDING."""
