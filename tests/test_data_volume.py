@@ -363,6 +363,16 @@ def test_greylist_learnt_before_the_volume_came_moves_onto_a_new_volume(tmp_path
     assert (boot.root / "var/db/spamd").is_symlink()
 
 
+def test_greylist_link_left_from_another_volume_gets_its_directory(tmp_path):
+    """The VM booted before with a volume (the link is there) and now meets a new, blank one:
+    spamd creates its database through the link, so the directory it points into must exist."""
+    boot = Boot(tmp_path)
+    boot.disk("sd1", None, data=False)
+    (boot.root / "var/db/spamd").symlink_to("/var/mailsite/spamd/spamd")
+    boot.run()
+    assert (boot.mount_point / "spamd").is_dir(), "spamd would not start: its database's directory is missing"
+
+
 def test_boot_script_passes_sh_n_and_shellcheck(tmp_path):
     script = _script(tmp_path)
     for check in (["sh", "-n"], ["mksh", "-n"], ["shellcheck", "-s", "sh"]):
