@@ -30,8 +30,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-# The Debian trixie root the checks and the lab run their daemons from (mailsite/daemonroot.py):
-# built once per machine (about 30 s, 225 MB in /var/cache/mailsite), then checked and reused.
+# The Debian roots the checks and the lab run their daemons from (mailsite/daemonroot.py): trixie's
+# smtpd and bgpd, bookworm-backports' Dovecot 2.3. Built once per machine (about a minute, 460 MB
+# in /var/cache/mailsite), then checked and reused.
 root: deps venv
 	$(PY) -m mailsite.daemonroot
 

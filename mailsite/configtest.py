@@ -5,9 +5,10 @@ them. A tree is checked by every check whose file it holds: a host that does not
 carries none of its files. A daemon every host runs has its files on every host, so one missing
 from a tree is a problem (a tree cut short, or hand-edited), never a check quietly skipped.
 
-The daemons' parsers are those of the daemon root (mailsite.daemonroot: Debian trixie's smtpd 7
-and bgpd 8, the majors OpenBSD 7.8 ships), never this machine's own, which may be two majors
-behind and accept what the images' daemons refuse. smtpd -n resolves `listen on vmx0` against the
+The daemons' parsers are those of the daemon roots (mailsite.daemonroot: Debian trixie's smtpd 7
+and bgpd 8, the majors OpenBSD 7.8 ships; bookworm-backports' Dovecot 2.3, as OpenBSD 7.8's
+packages ship it), never this machine's own, which may be two majors behind and accept what the
+images' daemons refuse. smtpd -n resolves `listen on vmx0` against the
 running host and opens every table, include and pki file by its absolute path, so each parser runs
 through `run_shaped_like_host`: a throwaway network namespace whose links carry the OpenBSD names,
 and a private mount namespace where the host's files (its /etc/mail, a test certificate at each
@@ -17,7 +18,9 @@ too, never copied: what a parser writes lands in a scratch directory, never in t
 tree. configtest runs as root on any directory, so what it reads of a tree on this machine is
 never a link (that would hand the parser a file of this machine) nor a special file, and it
 writes only in its scratch directory, which it made. bgpd -n runs on the file as rendered, except that Linux has no pf:
-its `set pftable` lines are blanked, keeping line numbers. sh -n is this machine's sh (no daemon).
+its `set pftable` lines are blanked, keeping line numbers. doveconf -n looks up the users the
+config runs Dovecot as, so it reads the accounts an OpenBSD primary has (not Debian's). sh -n is
+this machine's sh (no daemon).
 """
 
 from __future__ import annotations
@@ -35,12 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .daemonroot import SUITE, DaemonRoot, daemon_root
+from .daemonroot import ROOTS, DaemonRoot, daemon_root
 from .daemons import DAEMONS, ConfigTest
 from .daemons.base import every_host
 from .daemons.basics import MYNAME
 from .daemons.bgpd import linux_bgpd_conf
 from .errors import UserError
+from .model import MAIL_UID, MAIL_USER
 
 # Used with fullmatch: the whole line, never a prefix of it.
 _WHERE = re.compile(r"(?P<file>[^:\s]+):\s?(?P<line>\d+):\s*(?P<message>.*)")
@@ -274,13 +278,14 @@ def require_scratch_for_overlays() -> None:
 
 def run_shaped_like_host(tree: Path, dirs: tuple[str, ...], argv: list[str],
                          certificates: list[tuple[str | None, str | None]] | None = None,
-                         written: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`argv`, a program of the daemon root, run as on the host: in a throwaway network namespace
-    whose links carry the host's interface names, chrooted into the daemon root with the tree's
-    `dirs` (below its root: "etc/mail"), a test certificate at each (certificate, key) path and
-    each `written` file (path -> text) laid over it, in a private mount namespace. Needs root.
+                         written: dict[str, str] | None = None, root_name: str = "daemons",
+                         ) -> subprocess.CompletedProcess[str]:
+    """`argv`, a program of the daemon root `root_name`, run as on the host: in a throwaway network
+    namespace whose links carry the host's interface names, chrooted into the daemon root with the
+    tree's `dirs` (below its root: "etc/mail"), a test certificate at each (certificate, key) path
+    and each `written` file (path -> text) laid over it, in a private mount namespace. Needs root.
     Raises TreeFileRefused for a link on the way to one of `dirs` or a special file below one."""
-    root = daemon_root()
+    root = daemon_root(root_name)
     require_scratch_for_overlays()
     tree_dirs = {directory: _tree_directory(tree, directory) for directory in dirs}
     namespace = f"mscheck-{uuid.uuid4().hex[:8]}"
@@ -343,6 +348,66 @@ def check_bgpd(host: str, tree: Path, path: str) -> list[CheckProblem]:
     return _parser_problems(host, "bgpd.conf", result, f"/{path}", "bgpd")
 
 
+# The accounts of an OpenBSD primary that doveconf looks up: default_internal_user and
+# default_login_user must exist. Those OpenBSD's dovecot package makes (its PLIST's @newuser
+# _dovecot:518 and _dovenull:666) and the mail user the image makes; Debian's dovecot and
+# dovenull are not among them, so a config leaning on Debian's compiled-in users fails here as
+# it would on OpenBSD.
+DOVECOT_HOST_ACCOUNTS = (("root", 0), ("_dovecot", 518), ("_dovenull", 666), (MAIL_USER, MAIL_UID))
+# "doveconf: Fatal: Error in configuration file /etc/dovecot/dovecot.conf line 1: Unknown setting: x",
+# "doveconf: Warning: Obsolete setting in /etc/dovecot/dovecot.conf:3: ...", or a message alone.
+# Used with fullmatch.
+_DOVECONF = re.compile(r"(?:doveconf: )?(?:Panic|Fatal|Error|Warning): "
+                       r"(?:Error in configuration file (?P<file>/\S+?)(?: line (?P<line>\d+))?: "
+                       r"|(?P<what>[^:]*) in (?P<in_file>/\S+?):(?P<in_line>\d+): )?(?P<message>.*)")
+
+
+def _account_files() -> dict[str, str]:
+    """/etc/passwd and /etc/group holding DOVECOT_HOST_ACCOUNTS alone (each its own group), in
+    place of the root's: what getpwnam finds in the check."""
+    passwd = [f"{name}:*:{uid}:{uid}::/nonexistent:/sbin/nologin" for name, uid in DOVECOT_HOST_ACCOUNTS]
+    group = [f"{name}:*:{uid}:" for name, uid in DOVECOT_HOST_ACCOUNTS]
+    return {"etc/passwd": "\n".join(passwd) + "\n", "etc/group": "\n".join(group) + "\n"}
+
+
+def doveconf_problems(host: str, path: str, stderr: str) -> list[CheckProblem]:
+    """One problem per complaint of doveconf about the config at `path` (named dovecot.conf; an
+    included file by its path in the tree), each once: an Error line is said again by a Fatal one
+    naming the file."""
+    said: dict[tuple[str | None, int | None, str], None] = {}  # (file or None, line, message), in order
+    for raw in stderr.splitlines():
+        if not (text := raw.strip()):
+            continue
+        match = _DOVECONF.fullmatch(text)
+        if match is None:
+            said[(None, None, text.removeprefix("doveconf: "))] = None
+            continue
+        where = match["file"] or match["in_file"]
+        line = match["line"] or match["in_line"]
+        message = f"{match['what']}: {match['message']}" if match["what"] else match["message"]
+        message = message.replace(f"/{path}", "dovecot.conf")  # "section started at /etc/dovecot/dovecot.conf:4"
+        file = None if where is None else "dovecot.conf" if where == f"/{path}" else where.lstrip("/")
+        said[(file, int(line) if line else None, message)] = None
+    placed = {message for file, _, message in said if file is not None}
+    return [CheckProblem(host, file or "dovecot.conf", line, message) for file, line, message in said
+            if file is not None or message not in placed]
+
+
+def check_doveconf(host: str, tree: Path, path: str) -> list[CheckProblem]:
+    try:
+        # Only stderr: doveconf prints the config it parsed on stdout, even when it refuses it.
+        result = run_shaped_like_host(tree, (str(Path(path).parent),), ["doveconf", "-n", "-c", f"/{path}"],
+                                      written=_account_files(), root_name="dovecot")
+    except TreeFileRefused as refused:
+        return [CheckProblem(host, refused.file, None, str(refused))]
+    except NamespaceSetupFailed as failed:
+        return [CheckProblem(host, "dovecot.conf", None, str(failed))]
+    problems = doveconf_problems(host, path, result.stderr)
+    if result.returncode != 0 and not problems:
+        problems.append(CheckProblem(host, "dovecot.conf", None, f"doveconf -n failed with status {result.returncode}"))
+    return problems
+
+
 def check_shell(host: str, tree: Path, path: str) -> list[CheckProblem]:
     try:
         script = _regular_file(tree, path)
@@ -357,15 +422,22 @@ class Parser:
     program: str  # the binary it runs
     package: str  # the Debian package that installs it (in the daemon root, or this machine's: make deps)
     check: Callable[[str, Path, str], list[CheckProblem]]  # (host, tree, path) -> its problems
-    from_root: bool = True  # a daemon's parser: the daemon root's, in the version the images run
+    # A daemon's parser comes from a daemon root (mailsite.daemonroot.ROOTS), in the version the
+    # images run; None: this machine's own.
+    root: str | None = "daemons"
+
+    @property
+    def from_root(self) -> bool:
+        return self.root is not None
 
 
 # How each parser a daemon names is run on a tree.
 _PARSERS: dict[str, Parser] = {
     "smtpd -n": Parser("smtpd", "opensmtpd", check_smtpd),
     "bgpd -n": Parser("bgpd", "openbgpd", check_bgpd),
+    "doveconf": Parser("doveconf", "dovecot-core", check_doveconf, root="dovecot"),
     # A shell script's syntax, no daemon's grammar: this machine's sh will do.
-    "sh -n": Parser("sh", "dash", check_shell, from_root=False),
+    "sh -n": Parser("sh", "dash", check_shell, root=None),
 }
 
 
@@ -401,12 +473,10 @@ def require_parsers(tests: list[ConfigTest]) -> None:
             if shutil.which(program) is None:
                 raise UserError(f"configtest needs {program}, which is not installed here: "
                                 f"install the Debian package {package} (make deps)")
-    if in_root := [parser for parser in parsers if parser.from_root]:
-        root = daemon_root()
-        for parser in in_root:
-            if parser.package not in root.versions:
-                raise UserError(f"the daemon root has no {parser.package}, so {parser.program} cannot run: "
-                                "add it to PACKAGES in mailsite/daemonroot.py")
+    for parser in parsers:
+        if parser.root is not None and parser.package not in daemon_root(parser.root).versions:
+            raise UserError(f"the daemon root {parser.root!r} has no {parser.package}, so {parser.program} cannot "
+                            "run: add it to its packages in mailsite/daemonroot.py")
 
 
 def _host_version(package: str) -> str | None:
@@ -423,8 +493,9 @@ def parser_versions(parsers: Iterable[str]) -> list[str]:
     lines, ran = [], set(parsers)
     for name in [name for name in _PARSERS if name in ran]:
         parser = _PARSERS[name]
-        if parser.from_root:
-            lines.append(f"{name}: {daemon_root().describe([parser.package])} (Debian {SUITE} daemon root)")
+        if parser.root is not None:
+            lines.append(f"{name}: {daemon_root(parser.root).describe([parser.package])} "
+                         f"({ROOTS[parser.root].origin} daemon root)")
         elif version := _host_version(parser.package):
             lines.append(f"{name}: {parser.package} {version} (this machine)")
         else:

@@ -1,4 +1,4 @@
-"""configtest: rendered trees checked by the daemons' own parsers (smtpd -n, bgpd -n, sh -n).
+"""configtest: rendered trees checked by the daemons' own parsers (smtpd -n, bgpd -n, doveconf -n, sh -n).
 
 Named for what it runs (as apachectl configtest): the site's state is the coming `doctor`'s.
 One line per host, then one per parser that ran, naming the program and version that ran it:
