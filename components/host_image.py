@@ -57,12 +57,15 @@ def _template() -> Path:
 
 
 def _tree_data(tree: HostTree) -> dict[str, dict[str, Any]]:
-    return {path: {"text": f.text, "mode": f.mode, "secret": f.secret} for path, f in tree.items()}
+    # An owner only where it is not root: the trees of images made before files had owners stay as they were.
+    return {path: {"text": f.text, "mode": f.mode, "secret": f.secret, **({"owner": f.owner} if f.owner != "root" else {})}
+            for path, f in tree.items()}
 
 
 def _tree(data: dict[str, dict[str, Any]]) -> HostTree:
     # An empty file's text is "", which survives; modes arrive as floats.
-    return {path: RenderedFile(f.get("text", ""), int(f["mode"]), bool(f.get("secret", False))) for path, f in data.items()}
+    return {path: RenderedFile(f.get("text", ""), int(f["mode"]), bool(f.get("secret", False)), str(f.get("owner", "root")))
+            for path, f in data.items()}
 
 
 def _request(props: dict[str, Any]) -> BakeRequest:

@@ -806,6 +806,46 @@ class ObjectStorage(Settings):
         "after the URL is made."))
 
 
+# A package as pkg_add(1) and pkg_info(1) name one: its stem, then a version that starts with a digit
+# (2.3.21.1), its revision (p1) and epoch (v0), as OpenBSD's package index lists it.
+_DOVECOT_PACKAGE = re.compile(r"dovecot-([0-9]+)\.([0-9]+)(\.[0-9]+)*(p[0-9]+)?(v[0-9]+)?")
+# configs/dovecot is written in this major's grammar: 2.4 reads another (dovecot_config_version,
+# renamed settings), so a 2.4 package would refuse the image's dovecot.conf.
+DOVECOT_MAJOR = (2, 3)
+
+
+def _dovecot_package(value: str) -> str:
+    match = _DOVECOT_PACKAGE.fullmatch(value)
+    if not match:
+        raise ValueError("not a dovecot package's name; write it as pkg_info -Q dovecot lists it, like dovecot-2.3.21.1p1v0")
+    if (int(match[1]), int(match[2])) != DOVECOT_MAJOR:
+        major = ".".join(map(str, DOVECOT_MAJOR))
+        raise ValueError(f"Dovecot {match[1]}.{match[2]}, while the site's dovecot.conf is written for Dovecot {major} "
+                         f"(OpenBSD 7.8's); use a {major} package, like dovecot-2.3.21.1p1v0")
+    return value
+
+
+class Packages(Settings):
+    """The OpenBSD packages the images install with pkg_add(1): where from, and exactly which
+    version of each, so that two bakes of one stack install the same programs."""
+
+    mirror: Url = Field("https://cdn.openbsd.org/pub/OpenBSD", description=(
+        "The OpenBSD mirror packages come from, as /etc/installurl names one (pkg_add adds "
+        "/<release>/packages/<arch>/); every image gets it as its /etc/installurl."))
+    dovecot: Annotated[str, AfterValidator(_dovecot_package)] = Field("dovecot-2.3.21.1p1v0", description=(
+        "The Dovecot package the primary's image installs, exactly as the mirror's index names "
+        "it (pkg_info -Q dovecot): OpenBSD 7.8's is dovecot-2.3.21.1p1v0. A Dovecot 2.3 one, as "
+        "the site's dovecot.conf is written in 2.3's grammar; the bake fails when the mirror "
+        "lacks it."))
+
+    def pinned(self, package: str) -> str:
+        """The exact package name for a daemon's package (its Daemon.package). A package without
+        a setting here is a bug: the image would install whatever version the mirror has."""
+        if package not in type(self).model_fields or package == "mirror":
+            raise KeyError(f"no images.packages setting pins the package {package}: add one to Packages in mailsite/model.py")
+        return str(getattr(self, package))
+
+
 # /var beside the queue: logs between newsyslog turns, spamd's database, /var/db and backups.
 VAR_BESIDE_QUEUE = 1 << 30
 # The boot area before the OpenBSD partition and disklabel's alignment of each partition.
@@ -860,6 +900,7 @@ class Images(Settings):
     timeout_minutes: Annotated[int, Field(ge=5, le=600), _WHOLE] = Field(90, description=(
         "Minutes a bake may take before it is stopped; a bake without KVM takes far longer."))
     object_storage: ObjectStorage = ObjectStorage()
+    packages: Packages = Packages()
 
     @field_validator("queue_space")
     @classmethod

@@ -25,6 +25,9 @@ class RenderedFile:
     text: str
     mode: int = 0o644
     secret: bool = False  # holds a key: mode 0600, redacted wherever it is shown
+    # Who owns it on the host, by name, with that user's own group (root's is wheel); the bake's
+    # archives carry it. root, unless a daemon reads the file after dropping root (Dovecot's auth).
+    owner: str = "root"
 
 
 HostTree = dict[str, RenderedFile]

@@ -54,9 +54,9 @@ _ORIGIN = re.compile(r"^\$ORIGIN (\S+)\.$", re.M)
 _KEY_IN_TEXT = re.compile(r'queue(?:\s|\\[tn])+encryption(?:\s|\\[tn])+(?:\\?")?[0-9a-f]{32}')
 # The bake's inputs that carry keys; the program marks them secret.
 KEY_PROPERTIES = ("queueKey", "spamdSyncKey", "tree")
-# The ports only the primary opens (smtpd's MSA today): a backup MX is an MTA only. The daemons
-# (mailsite.daemons) decide who opens what; tests/test_policy.py fails when this list drifts.
-PRIMARY_ONLY_PORTS = (465, 587)
+# The ports only the primary opens (smtpd's MSA, Dovecot's IMAPS): a backup MX is an MTA only. The
+# daemons (mailsite.daemons) decide who opens what; tests/test_policy.py fails when this list drifts.
+PRIMARY_ONLY_PORTS = (465, 587, 993)
 # Of those, the ones that are a key itself: its value must appear nowhere else in clear.
 KEY_VALUES = ("queueKey", "spamdSyncKey")
 

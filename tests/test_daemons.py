@@ -107,12 +107,13 @@ def test_a_daemon_in_the_registry_is_rendered_opened_and_listed_only_on_the_host
         assert ("mailbox-test-expire" in tree["etc/mailsite/crontab"].text) == runs, host
 
 
-def test_without_the_daemon_its_port_is_closed(example_site):
-    """imaps is nobody's until a daemon serves it: no host opens 993."""
+def test_imaps_is_open_only_where_dovecot_serves_it(example_site):
+    """993 is Dovecot's, on the primary: a backup keeps no mailboxes and opens no imaps."""
     for host in example_site.hosts:
         ports = {s.port for s in inbound_services(example_site, host, addresses(example_site))}
-        assert 993 not in ports and ports >= {25}, host.name
-    assert all("imaps" not in tree["etc/pf.conf"].text for tree in render_site(example_site).values())
+        assert (993 in ports) == host.is_primary and ports >= {25}, host.name
+    trees = render_site(example_site)
+    assert all(("imaps" in trees[host.name]["etc/pf.conf"].text) == host.is_primary for host in example_site.hosts)
 
 
 def test_configtest_runs_the_checks_of_the_daemons_whose_files_a_host_carries(tmp_path: Path, example_site):
@@ -137,16 +138,20 @@ def test_package_daemons_start_from_one_pkg_scripts_line_in_start_order(monkeypa
     """rc(8) starts a package's daemon only when pkg_scripts names it, and every package daemon
     shares that one variable: one line, in registry order, on the hosts that run them; none on
     a host whose daemons all come with the base system."""
-    first, second = _package_daemon("mailbox-test", "mailbox-test"), _package_daemon("filter-test", "filter-test")
+    # Their package is Dovecot's, the one package images.packages pins: this is about pkg_scripts.
+    first, second = _package_daemon("mailbox-test", "dovecot"), _package_daemon("filter-test", "dovecot")
     monkeypatch.setattr(mailsite.daemons, "DAEMONS", (*DAEMONS[:-1], first, second, DAEMONS[-1]))
     for host, tree in render_site(example_site).items():
         rc = tree["etc/rc.conf.local"].text
-        expected = [["mailbox-test", "filter-test"]] if example_site.host(host).is_primary else []
+        expected = [["dovecot", "mailbox-test", "filter-test"]] if example_site.host(host).is_primary else []
         assert _pkg_scripts(rc) == expected, (host, rc)
         result = subprocess.run(["sh", "-c", f"{rc}\necho \"$pkg_scripts\""], capture_output=True, text=True, check=True)
         assert result.stdout.split() == (expected[0] if expected else []), host
 
 
-def test_a_site_of_base_system_daemons_has_no_pkg_scripts(example_site):
-    assert not any(daemon.package for daemon in DAEMONS)
-    assert all(not _pkg_scripts(tree["etc/rc.conf.local"].text) for tree in render_site(example_site).values())
+def test_only_the_primary_starts_a_package_daemon(example_site):
+    """Dovecot is the one daemon from packages, and the backups run none: no pkg_scripts there."""
+    assert [daemon.name for daemon in DAEMONS if daemon.package] == ["dovecot"]
+    trees = render_site(example_site)
+    for host in example_site.hosts:
+        assert _pkg_scripts(trees[host.name]["etc/rc.conf.local"].text) == ([["dovecot"]] if host.is_primary else []), host.name

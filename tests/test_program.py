@@ -23,7 +23,7 @@ from tests.sites import ROOT, example_settings, fake_key, sized_settings
 
 PROGRAM = ROOT / "__main__.py"
 # The example stack's resources for each target as the program made them before issue 13's
-# restructuring, less the two imaps rules of the primary's cloud firewall that it closed on purpose.
+# restructuring (whose two imaps rules of the primary's cloud firewall Dovecot opened again).
 URNS = ROOT / "tests/fixtures/state/example-stack-urns.json"
 DYNAMIC = "pulumi-python:dynamic:Resource"
 SECRET_SIGNATURE, SECRET_MARK = "4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270"
@@ -311,7 +311,8 @@ def test_vultr_firewall_is_exactly_the_rule_set_and_nothing_wider(vultr_site):
         ("v4", "tcp", "198.51.100.100/32", "179"), ("v4", "tcp", "203.0.113.100/32", "179"),
         ("v4", "tcp", "198.51.100.0/28", "22"), ("v6", "tcp", "2001:db8:ad::/48", "22"),
     }
-    msa = {(family, "tcp", world, port) for family, world in (("v4", "0.0.0.0/0"), ("v6", "::/0")) for port in ("465", "587")}
+    # Submission and IMAPS: the primary's alone.
+    msa = {(family, "tcp", world, port) for family, world in (("v4", "0.0.0.0/0"), ("v6", "::/0")) for port in ("465", "587", "993")}
     sync = lambda *peers: {("v4", "udp", f"203.0.113.{p}/32", "8025") for p in peers}
     assert _rules(vultr_site, "mx1") == common | msa | sync(20, 30)
     assert _rules(vultr_site, "mx2") == common | sync(10, 30)

@@ -24,7 +24,9 @@ def render_site(site):
 
 
 def _modes(tree) -> str:
-    return "".join(f"{rendered.mode:04o} {path}\n" for path, rendered in tree.items())
+    """Each file's mode and path, and its owner where it is not root's: reviewed with the files."""
+    return "".join(f"{rendered.mode:04o} {path}{'' if rendered.owner == 'root' else ' ' + rendered.owner}\n"
+                   for path, rendered in tree.items())
 
 
 @pytest.mark.parametrize("host", ["mx1", "mx2", "mx3"])

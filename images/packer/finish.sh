@@ -8,6 +8,31 @@ keys=/root/mailsite-keys.tar
 trap 'rm -f "$keys"' EXIT
 trap 'exit 1' HUP INT TERM
 
+# Packages first, while the installer's network settings stand: the site set brings the host's
+# own resolv.conf, whose resolvers the bake's network may not reach. And a package's users
+# (_dovecot) must exist before the archives give them their files. /etc/mailsite/packages names
+# the mirror, which becomes the host's /etc/installurl, and the exact versions (images.packages).
+tar -xzphf /tmp/site.tgz -C / ./etc/mailsite/packages
+packages=
+while read -r word value; do
+	case $word in
+	mirror) echo "$value" >/etc/installurl ;;
+	package) packages="$packages $value" ;;
+	esac
+done </etc/mailsite/packages
+if [ -n "$packages" ]; then
+	# Its own complaints go to the bake's log; the line that fails the bake is the one below.
+	pkg_add -I $packages || true
+	for package in $packages; do
+		stem=${package%%-[0-9]*}
+		if ! pkg_info -e "$package" >/dev/null 2>&1; then
+			echo "mailsite: pkg_add could not install $package from $(cat /etc/installurl); set" \
+				"images.packages.$stem to a version the mirror lists (pkg_info -Q $stem)" >&2
+			exit 1
+		fi
+	done
+fi
+
 # The installer's way with a site set: unpack over / keeping modes, then run /install.site.
 tar -xzphf /tmp/site.tgz -C /
 /install.site
@@ -25,4 +50,10 @@ usermod -p '*' root
 pfctl -nf /etc/pf.conf
 smtpd -n
 bgpd -n
-echo "mailsite: $(cat /etc/myname) checked by pfctl -nf, smtpd -n, bgpd -n"
+checked="pfctl -nf, smtpd -n, bgpd -n"
+if [ -f /etc/dovecot/dovecot.conf ]; then
+	# The installed Dovecot's own reading of every setting: a 2.4 package would refuse a 2.3 file.
+	doveconf -n >/dev/null
+	checked="$checked, doveconf -n"
+fi
+echo "mailsite: $(cat /etc/myname) checked by $checked"

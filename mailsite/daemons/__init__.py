@@ -10,6 +10,7 @@ from .base import ConfigTest, Daemon, HostContext, LabRun
 from .basics import basics
 from .bgp_spamd_update import bgp_spamd_update
 from .bgpd import bgpd
+from .dovecot import dovecot
 from .mail_volume import mail_volume
 from .pf import pf
 from .smtpd import smtpd
@@ -20,7 +21,8 @@ from .sshd import sshd
 # In start order (the lab starts those with a LabRun in this order). The same order puts together
 # the files several daemons add to (rc.conf.local, root's crontab) and, after the services open
 # to the whole internet, pf.conf's rules: pf comes last, as its rule set is everyone else's.
-DAEMONS: tuple[Daemon, ...] = (basics, mail_volume, spamd, spamlogd, bgpd, bgp_spamd_update, smtpd, sshd, pf)
+# Dovecot before smtpd, which delivers to its LMTP socket.
+DAEMONS: tuple[Daemon, ...] = (basics, mail_volume, spamd, spamlogd, bgpd, bgp_spamd_update, dovecot, smtpd, sshd, pf)
 
 
 def daemons_on(site: Site, host: Host) -> tuple[Daemon, ...]:

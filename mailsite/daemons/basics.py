@@ -11,6 +11,8 @@ from .base import ConfigTest, Daemon, HostContext
 MYNAME = "etc/myname"
 # Which key versions the image carries (rotation and doctor read it on the host: mailsite.facts).
 KEY_VERSIONS = "etc/mailsite/key-versions"
+# The package mirror and the packages the bake installs (finish.sh reads it before anything else).
+PACKAGES = "etc/mailsite/packages"
 
 
 def render_hostname_egress(context: HostContext) -> str:
@@ -44,6 +46,9 @@ def files(context: HostContext) -> dict[str, RenderedFile]:
         "etc/rc.conf.local": RenderedFile(render_rc_conf_local(context)),
         # Installed by the image's install.site.
         "etc/mailsite/crontab": RenderedFile(render_crontab(context)),
+        # The mirror (the image's /etc/installurl: pkg_add's and syspatch's) and the packages' exact versions.
+        PACKAGES: RenderedFile(render_template("basics/packages.j2", mirror=site.images.packages.mirror, packages=list(
+            dict.fromkeys(site.images.packages.pinned(daemon.package) for daemon in context.daemons if daemon.package)))),
         # Which keys the image carries, by version, never by value: rotation checks it on the host.
         KEY_VERSIONS: RenderedFile(render_template(
             "basics/key-versions.j2",

@@ -49,4 +49,8 @@ def image_identity(
         "disk": disk_size,
         "partitions": disklabel_template,
     }
+    # A file handed to a daemon's user is another image; trees with root's files alone keep the
+    # identity they had before files had owners.
+    if owners := {path: rendered.owner for path, rendered in tree.items() if rendered.owner != "root"}:
+        document["owners"] = owners
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()

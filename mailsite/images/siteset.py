@@ -24,29 +24,33 @@ def _directories(paths: list[str]) -> list[str]:
     return sorted(found)
 
 
-def _info(name: str, mode: int, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
+def _info(name: str, mode: int, size: int = 0, directory: bool = False, owner: str = "root") -> tarfile.TarInfo:
     info = tarfile.TarInfo("./" + name)
     info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
     info.mode = mode
     info.size = size
     info.mtime = FIXED_MTIME
+    # OpenBSD's tar gives a file to the user and group its archive names when they exist
+    # (pax's tar.c: uid_from_user before the number): a package's user (_dovecot) by name, as its
+    # uid is the package's to choose. finish.sh installs the packages before it unpacks either
+    # archive, so their users exist by then.
     info.uid = info.gid = 0
-    info.uname, info.gname = "root", "wheel"
+    info.uname, info.gname = owner, "wheel" if owner == "root" else owner
     return info
 
 
 def site_set(tree: HostTree, install_site: bytes | None = None) -> bytes:
     """The archive of every file a host carries but its keys (they travel apart, see bake)."""
-    files = {path: (rendered.text.encode(), rendered.mode) for path, rendered in tree.items() if not rendered.secret}
-    files["install.site"] = (install_site if install_site is not None else (PACKER_DIR / "install.site").read_bytes(), 0o755)
+    files = {path: (rendered.text.encode(), rendered.mode, rendered.owner) for path, rendered in tree.items() if not rendered.secret}
+    files["install.site"] = (install_site if install_site is not None else (PACKER_DIR / "install.site").read_bytes(), 0o755, "root")
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as archive:
         for directory in _directories(list(files)):
             # root/ stays private, as OpenBSD ships it.
             archive.addfile(_info(directory, 0o700 if directory.startswith("root") else 0o755, directory=True))
         for path in sorted(files):
-            data, mode = files[path]
-            archive.addfile(_info(path, mode, len(data)), io.BytesIO(data))
+            data, mode, owner = files[path]
+            archive.addfile(_info(path, mode, len(data), owner=owner), io.BytesIO(data))
     packed = io.BytesIO()
     with gzip.GzipFile(fileobj=packed, mode="wb", mtime=0, compresslevel=9) as gz:
         gz.write(raw.getvalue())
@@ -62,5 +66,5 @@ def key_archive(tree: HostTree) -> bytes:
         for path, rendered in sorted(tree.items()):
             if rendered.secret:
                 data = rendered.text.encode()
-                archive.addfile(_info(path, rendered.mode, len(data)), io.BytesIO(data))
+                archive.addfile(_info(path, rendered.mode, len(data), owner=rendered.owner), io.BytesIO(data))
     return raw.getvalue()

@@ -1,0 +1,123 @@
+"""dovecot(1): the primary's mailboxes: IMAPS for the users, LMTP for smtpd's deliveries, one
+Maildir per user on the mail volume, owned by the one virtual mail user. Also the two files made
+from the users' password hashes: Dovecot's passwd-file and smtpd's credentials table."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Mapping
+
+from ..model import LMTP_SOCKET, MAIL_UID, MAIL_USER, MAILBOXES, SUBADDRESS_DELIMITER, Host, HostAddresses, Site
+from ..service import ANYWHERE, Service
+from ..templates import RenderedFile, UnsafeValue, render_template
+from .base import ConfigTest, Daemon, HostContext
+
+# The users OpenBSD's package creates (its PLIST's @newuser): the auth process runs as the first,
+# the login processes as the second.
+INTERNAL_USER = "_dovecot"
+LOGIN_USER = "_dovenull"
+
+CONFIG = "etc/dovecot/dovecot.conf"
+USERS = "etc/dovecot/users"
+PASSWD = "etc/dovecot/passwd"
+CREDENTIALS = "etc/mail/credentials"
+MAIL_USER_FILE = "etc/mailsite/mail-user"
+
+# A hash is one word of neither grammar's separators: a ":" would start a passwd-file field of
+# its own (a uid, a home), a blank a second value in smtpd's table. ($2b$ hashes never hold
+# either; a review render's stand-in, <redacted>, neither.)
+_ONE_WORD = re.compile(r"[^\s:]+")
+
+
+def on_the_primary(site: Site, host: Host) -> bool:
+    return host.is_primary  # the backups keep no mailboxes
+
+
+def quota_rule(quota: str) -> str:
+    """A quota as Dovecot 2.3's storage= reads it: a bare number there is kilobytes, while the
+    model's is bytes, so bytes get their B."""
+    return quota if quota[-1] in "KMG" else f"{quota}B"
+
+
+def password_hashes(context: HostContext) -> list[tuple[str, str]]:
+    """(user, bcrypt hash) of the users in the model who have set a password, in the model's order;
+    a hash of a user no longer in the model is left out."""
+    hashes = context.secrets.password_hashes
+    found = []
+    for name in context.site.recipients.users:
+        if name in hashes:
+            hashed = hashes[name].get_secret_value()
+            if not _ONE_WORD.fullmatch(hashed):
+                # Not shown: it is a secret, whatever else it is.
+                raise UnsafeValue(f"the password hash of {name} holds a blank or a colon, so it is no bcrypt hash; set "
+                                  f"the password again (python -m mailsite user passwd {name})")
+            found.append((name, hashed))
+    return found
+
+
+def render_dovecot_conf(context: HostContext) -> str:
+    site, host = context.site, context.host
+    base_dir, lmtp_listener = posixpath.split(LMTP_SOCKET)
+    return render_template(
+        "dovecot/dovecot.conf.j2",
+        mx_name=host.mx_name,
+        base_dir=base_dir,
+        lmtp_listener=lmtp_listener,
+        internal_user=INTERNAL_USER,
+        login_user=LOGIN_USER,
+        certificate=site.tls.certificate_for(host),
+        key=site.tls.key_for(host),
+        passwd=f"/{PASSWD}",
+        users=f"/{USERS}",
+        mail_user=MAIL_USER,
+        mail_uid=MAIL_UID,
+        mailboxes=MAILBOXES,
+        recipient_delimiter=SUBADDRESS_DELIMITER,
+        quota=any(account.quota for account in site.recipients.accounts),
+    )
+
+
+def render_users(site: Site) -> str:
+    users = [
+        {
+            "name": account.name,
+            "home": f"{MAILBOXES}/{account.name}",
+            "fields": f"userdb_quota_rule=*:storage={quota_rule(account.quota)}" if account.quota else "",
+        }
+        for account in site.recipients.accounts
+    ]
+    return render_template("dovecot/users.j2", users=users, mail_uid=MAIL_UID)
+
+
+def files(context: HostContext) -> dict[str, RenderedFile]:
+    hashes = password_hashes(context)
+    return {
+        CONFIG: RenderedFile(render_dovecot_conf(context)),
+        USERS: RenderedFile(render_users(context.site)),
+        PASSWD: RenderedFile(render_template("dovecot/passwd.j2", hashes=hashes, owner=INTERNAL_USER), 0o600,
+                             secret=True, owner=INTERNAL_USER),
+        # smtpd's (listen ... auth <credentials>), made here from the same hashes as passwd.
+        CREDENTIALS: RenderedFile(render_template("dovecot/credentials.j2", hashes=hashes, domains=context.site.domains),
+                                  0o600, secret=True),
+        MAIL_USER_FILE: RenderedFile(render_template("dovecot/mail-user.j2", mail_user=MAIL_USER, mail_uid=MAIL_UID,
+                                                     mailboxes=MAILBOXES)),
+    }
+
+
+def services(site: Site, host: Host, addresses: Mapping[str, HostAddresses]) -> list[Service]:
+    # Rate-limited as submission is: a source that floods 993 lands in <bruteforce>.
+    return [Service("imaps", "tcp", 993, ANYWHERE, "mailbox access (IMAP over TLS)", rate_limited=True)]
+
+
+dovecot = Daemon(
+    "dovecot",
+    # From packages: the basics name it in rc.conf.local's one pkg_scripts line, and the image
+    # installs the version images.packages.dovecot pins.
+    package="dovecot",
+    runs_on=on_the_primary,
+    files=files,
+    services=services,
+    # doveconf -n knows every 2.3 setting by name and refuses the others (a 2.4 file among them).
+    configtests=(ConfigTest("doveconf", CONFIG),),
+)
