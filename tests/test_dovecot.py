@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from mailsite.configtest import check_doveconf, host_configtests
 from mailsite.daemons.dovecot import INTERNAL_USER, dovecot
 from mailsite.images.identity import PACKER_DIR, image_identity
 from mailsite.images.siteset import key_archive, site_set
 from mailsite.model import LMTP_SOCKET, MAIL_UID, MAIL_USER, MAILBOXES
 from mailsite.render import render_host
 from mailsite.templates import RenderedFile, UnsafeValue
+from mailsite.trees import write_trees
 from tests.sites import addresses, example_settings, fake_secrets, refusal_lines, site_of
 from tests.test_images import _chroot_with
 
@@ -319,3 +321,36 @@ def test_install_site_creates_the_mail_user_with_its_uid_and_home(tmp_path):
                             env={"FAKE": str(root), "LOG": str(log), "PATH": f"{stubs}:/usr/sbin:/usr/bin:/sbin:/bin"})
     assert result.returncode == 0, result.stderr
     assert f"useradd -u {MAIL_UID} -g =uid -c mailsite mailboxes -d {MAILBOXES} -s /sbin/nologin {MAIL_USER}" in log.read_text().splitlines()
+
+
+_AS_ROOT = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
+                              reason="needs root for network namespaces (CI runs it as root)")
+
+
+def _written_primary(tmp_path: Path, settings: dict | None = None) -> Path:
+    site = site_of(settings or example_settings())
+    write_trees(tmp_path, {site.primary.name: _primary_tree(settings, hashed=("alice", "bob"))})
+    return tmp_path / site.primary.name
+
+
+@_AS_ROOT
+def test_configtest_runs_doveconf_on_the_primary_and_the_example_passes(tmp_path):
+    settings = example_settings()
+    settings["recipients"]["users"] = ["alice", {"name": "bob", "quota": "5G"}]  # the quota plugin too
+    tree = _written_primary(tmp_path, settings)
+    assert ("doveconf", "etc/dovecot/dovecot.conf") in [(test.parser, test.path) for test in host_configtests(tree)]
+    assert check_doveconf("mx1", tree, "etc/dovecot/dovecot.conf") == []
+
+
+@_AS_ROOT
+@pytest.mark.parametrize("line, words", [
+    # What the image's Dovecot would refuse: 2.4's grammar, and a setting misspelt.
+    ("dovecot_config_version = 2.4.0", "dovecot_config_version"),
+    ("ssl_requried = yes", "ssl_requried"),
+])
+def test_configtest_refuses_a_dovecot_conf_the_image_would_refuse(tmp_path, line, words):
+    tree = _written_primary(tmp_path)
+    config = tree / "etc/dovecot/dovecot.conf"
+    config.write_text(config.read_text() + line + "\n")
+    problems = [str(problem) for problem in check_doveconf("mx1", tree, "etc/dovecot/dovecot.conf")]
+    assert len(problems) == 1 and problems[0].startswith("mx1: dovecot.conf") and words in problems[0], problems
