@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -371,6 +372,104 @@ def test_greylist_link_left_from_another_volume_gets_its_directory(tmp_path):
     (boot.root / "var/db/spamd").symlink_to("/var/mailsite/spamd/spamd")
     boot.run()
     assert (boot.mount_point / "spamd").is_dir(), "spamd would not start: its database's directory is missing"
+
+
+# Dovecot 2.3 (the dovecot daemon root: Debian 12 backports' 2.3.21.1, OpenBSD 7.8's version) in
+# a mount and network namespace of its own, the root laid under an overlay so it stays unaltered:
+# a user's home on the mount point, the mail user's uid, LMTP on loopback. What the test proves
+# is Dovecot's side of the shut mount point; the mount point itself is what rc.securelevel left.
+LMTP_BOOT = r"""
+set -e
+mount -t overlay overlay -o "lowerdir=$DAEMON_ROOT,upperdir=$WORK/upper,workdir=$WORK/work" "$WORK/merged"
+M=$WORK/merged
+mount -t proc proc "$M/proc"
+ip link set lo up
+echo "$MAIL_USER:x:$MAIL_UID:$MAIL_UID::$MAILBOXES:/usr/sbin/nologin" >> "$M/etc/passwd"
+echo "$MAIL_USER:x:$MAIL_UID:" >> "$M/etc/group"
+mkdir -p "$M$STATE_MOUNT" "$M/etc/mailsite-test"
+# The mount point as the boot script left it (copied, owner and mode).
+chmod "$(stat -c %a "$SHUT_MOUNT_POINT")" "$M$STATE_MOUNT"
+[ -z "$MOUNTED" ] || { chmod 0755 "$M$STATE_MOUNT"; install -d -o "$MAIL_UID" -g "$MAIL_UID" -m 0700 "$M$MAILBOXES"; }
+echo "alice::$MAIL_UID:$MAIL_UID::$MAILBOXES/alice" > "$M/etc/mailsite-test/users"
+cat > "$M/etc/mailsite-test/dovecot.conf" <<CONF
+protocols = lmtp
+base_dir = /var/run/dovecot-test
+log_path = /dev/stderr
+ssl = no
+auth_username_format = %Ln
+passdb {
+  driver = passwd-file
+  args = /etc/mailsite-test/users
+}
+userdb {
+  driver = passwd-file
+  args = /etc/mailsite-test/users
+}
+first_valid_uid = $MAIL_UID
+last_valid_uid = $MAIL_UID
+mail_location = maildir:~/Maildir
+service lmtp {
+  inet_listener lmtp {
+    address = 127.0.0.1
+    port = 24
+  }
+}
+CONF
+chroot "$M" /usr/sbin/dovecot -F -c /etc/mailsite-test/dovecot.conf </dev/null >"$WORK/dovecot.log" 2>&1 &
+dovecot=$!
+trap 'kill $dovecot; wait $dovecot' EXIT
+"$PYTHON" - <<PY
+import smtplib, time
+for _ in range(100):
+    try:
+        lmtp = smtplib.LMTP("127.0.0.1", 24)
+        break
+    except OSError:
+        time.sleep(0.1)
+lmtp.ehlo("mx1")
+lmtp.mail("someone@example.net")
+lmtp.rcpt("alice@example.org")
+print("DATA", *lmtp.data(b"Subject: while the volume is away\r\n\r\nhello\r\n"))
+lmtp.quit()
+PY
+find "$M$STATE_MOUNT" -mindepth 1 | sed "s|^$M||" | sed 's/^/WROTE /'
+"""
+
+
+def _deliver_to_dovecot(tmp_path: Path, boot: Boot, mounted: bool) -> tuple[str, str]:
+    from mailsite.daemonroot import daemon_root
+    from mailsite.model import MAIL_UID, MAIL_USER, MAILBOXES, STATE_MOUNT
+
+    work = tmp_path / ("mounted" if mounted else "shut")
+    for directory in ("upper", "work", "merged"):
+        (work / directory).mkdir(parents=True)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DAEMON_ROOT": str(daemon_root("dovecot").path), "WORK": str(work),
+           "PYTHON": sys.executable, "MAIL_USER": MAIL_USER, "MAIL_UID": str(MAIL_UID), "MAILBOXES": MAILBOXES,
+           "STATE_MOUNT": STATE_MOUNT, "SHUT_MOUNT_POINT": str(boot.mount_point), "MOUNTED": "1" if mounted else ""}
+    result = subprocess.run(["unshare", "-m", "-n", "--fork", "bash", "-c", LMTP_BOOT], env=env,
+                            capture_output=True, text=True, timeout=120)
+    log = (work / "dovecot.log").read_text() if (work / "dovecot.log").exists() else ""
+    assert result.returncode == 0, result.stderr + log
+    return result.stdout, log
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mount and network namespaces, an overlay")
+def test_dovecot_defers_delivery_while_the_mail_volume_is_away(tmp_path):
+    """Vultr's first boot of a new primary, without its volume: Dovecot's LMTP (root, delivering
+    as the mail user) cannot enter the mode-0 mount point the boot script left, answers 4xx
+    (smtpd keeps the message queued) and writes nothing onto the VM's own disk. The same
+    delivery onto the mounted volume (mode 0755, the mailboxes directory the script makes) is
+    saved: the refusal comes from the mount point, not from the test's Dovecot."""
+    boot = Boot(tmp_path)
+    boot.run()  # no second disk: the mount point is shut
+    assert boot.mount_point.stat().st_mode & 0o777 == 0
+    shut, log = _deliver_to_dovecot(tmp_path, boot, mounted=False)
+    assert "DATA 451" in shut, shut + log
+    assert "WROTE" not in shut, f"mail written onto the VM's disk: {shut}"
+    assert "missing +x perm: /var/mailsite" in log
+    mounted, log = _deliver_to_dovecot(tmp_path, boot, mounted=True)
+    assert "DATA 250" in mounted, mounted + log
+    assert "WROTE /var/mailsite/mail/alice/Maildir/new" in mounted
 
 
 def test_boot_script_passes_sh_n_and_shellcheck(tmp_path):
