@@ -15,6 +15,7 @@ program is not told it runs for a destroy), so:
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -68,7 +69,26 @@ def departing(site: Site, stack: str, old_inputs: Mapping[str, Any] | None, old_
     host = next((h for h in site.hosts if h.mx_name == mx_name), None) or \
         next((h for h in site.hosts if vm is not None and vm == vm_resource(SITE, h.name, site.target)), None)
     reason = "decommission" if decommission else "replacement" if host else "removal"
+    was = _role_of(recorded)
+    if reason == "replacement" and host is not None and was is not None and was != host.role:
+        # The chain makes the new primary's VM first: it would be given the mail volume while the
+        # old primary's VM still runs with it (libvirt: a disk two domains open; Vultr: detached
+        # from a running primary whose queued mail then has nowhere to go).
+        raise DepartureRefused(
+            f"{host.name}'s VM was a {was} MX and the stack file makes it the {host.role}: moving the primary role "
+            "moves the mail volume while the old primary still holds it; not deleting it. Keep role: primary on the "
+            "host entry that has it (docs/operating.md, The mail volume)")
     return Departure(mx_name, host.name if host else mx_name, reason)
+
+
+def _role_of(recorded: Mapping[str, Any]) -> str | None:
+    """The role a VM was made for, as its target recorded it: a Vultr instance's tags
+    (components/vultr/instance.py), a libvirt domain's description (components/libvirt/domain.py).
+    None for a VM that says neither."""
+    tags = recorded.get("tags")
+    roles = [tag for tag in tags if tag in ("primary", "backup")] if isinstance(tags, list) else []
+    described = re.match(r"mailsite (primary|backup) MX", _plain(recorded.get("description")) or "")
+    return roles[0] if len(roles) == 1 else described[1] if described else None
 
 
 def _duration(seconds: float) -> str:

@@ -29,6 +29,24 @@ def test_decommission_is_the_operators_word_for_this_stack_only(example_site):
         departing(example_site, "prod", {"name": "mx1.example.org"}, None, "staging")
 
 
+@pytest.mark.parametrize("recorded", [
+    {"hostname": "mx2.example.org", "tags": ["mailsite", "backup"]},
+    {"name": "mx2.example.org", "description": "mailsite backup MX, preference 20"},
+], ids=["vultr", "libvirt"])
+def test_a_backup_made_the_primary_is_not_replaced_while_the_old_primary_holds_the_mail_volume(example_site, recorded):
+    """mx2 becomes the primary in the stack file: the chain makes its new VM first, with the mail
+    volume, while mx1's VM still runs with it. The hook of mx2's old VM, the first to go, refuses."""
+    settings = example_settings()
+    for host in settings["hosts"]:
+        host["role"], host["preference"] = {"mx1": ("backup", 20), "mx2": ("primary", 10)}.get(host["name"], (host["role"], host["preference"]))
+    swapped = site_of(settings)
+    with pytest.raises(DepartureRefused, match="mx2's VM was a backup MX and the stack file makes it the primary"):
+        departing(swapped, "prod", recorded, None, None)
+    # The same VM under its own role is an ordinary replacement, and a destroy is not refused.
+    assert departing(example_site, "prod", recorded, None, None).reason == "replacement"
+    assert departing(swapped, "prod", recorded, None, "prod").reason == "decommission"
+
+
 def test_vm_state_naming_no_host_is_not_deleted_undrained(example_site):
     with pytest.raises(DepartureRefused, match="names no host"):
         departing(example_site, "prod", {"memory": 1024}, {}, None)
