@@ -164,17 +164,16 @@ class HostImage(pulumi.ComponentResource):
                 "queueKeyVersion": secrets.queue_key_version,
                 "spamdSyncKey": pulumi.Output.secret(secrets.spamd_sync_key.get_secret_value()),
                 "spamdSyncKeyVersion": secrets.spamd_sync_key_version,
-                # The primary's users' bcrypt hashes, counted by version. A secret input stays secret
-                # in state and previews (the engine marks what a provider hands back as its inputs
-                # were); not in additional_secret_outputs, whose change on a bake already in state
-                # tests/test_program.py refuses as a changed option.
+                # The primary's users' bcrypt hashes, counted by version: a secret in state and
+                # previews, and declared one (additional_secret_outputs), as the policy pack requires
+                # of every input that carries a key.
                 "passwordHashes": pulumi.Output.secret({user: hashed.get_secret_value() for user, hashed in secrets.password_hashes.items()}),
                 "passwordHashesVersion": secrets.password_hashes_version,
                 "images": settings.images.model_dump(mode="json"),
                 "format": settings.image_format,
                 "upload": upload,
             },
-            pulumi.ResourceOptions(parent=self, additional_secret_outputs=["tree", "queueKey", "spamdSyncKey", "url"]),
+            pulumi.ResourceOptions(parent=self, additional_secret_outputs=["tree", "queueKey", "spamdSyncKey", "passwordHashes", "url"]),
         )
         published = BakedImage(args.host.name, baked, baked.path, baked.url, baked.objectKey, upload)
         self.image_id = args.target.publish_image(name, published, pulumi.ResourceOptions(parent=self))

@@ -52,8 +52,11 @@ _ORIGIN = re.compile(r"^\$ORIGIN (\S+)\.$", re.M)
 # smtpd.conf's line, however smtpd's parser would read it: any blanks, a quoted key; and as it reads
 # inside a JSON document held in a property (blanks escaped as \t or \n).
 _KEY_IN_TEXT = re.compile(r'queue(?:\s|\\[tn])+encryption(?:\s|\\[tn])+(?:\\?")?[0-9a-f]{32}')
-# The bake's inputs that carry keys; the program marks them secret.
-KEY_PROPERTIES = ("queueKey", "spamdSyncKey", "tree")
+# The bake's inputs that carry keys (and the primary's, its users' password hashes); the program
+# marks them secret.
+KEY_PROPERTIES = ("queueKey", "spamdSyncKey", "tree", "passwordHashes")
+# A bcrypt hash as the primary's images carry them: whoever reads one can guess its password offline.
+_PASSWORD_HASH = re.compile(r"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
 # The ports only the primary opens (smtpd's MSA, Dovecot's IMAPS): a backup MX is an MTA only. The
 # daemons (mailsite.daemons) decide who opens what; tests/test_policy.py fails when this list drifts.
 PRIMARY_ONLY_PORTS = (465, 587, 993)
@@ -447,6 +450,8 @@ def _clear_properties(resource) -> Iterator[tuple[str, Any]]:
 def _key_values(resource) -> set[str]:
     secret = set(resource.opts.additional_secret_outputs or [])
     values = {_get(resource.props, name) for name in KEY_VALUES if name in secret}
+    if "passwordHashes" in secret:
+        values |= {value for _, value in _leaves(_get(resource.props, "passwordHashes"))}
     return {v for v in values if isinstance(v, str) and v}
 
 
@@ -464,6 +469,8 @@ def check_keys_secret(args: ResourceValidationArgs, report: ReportViolation, uns
             continue  # reported above when not secret
         if isinstance(value, str) and (_KEY_IN_TEXT.search(value) or any(k in value for k in keys)):
             report(f"{args.name}: property {path} holds a key in clear")
+        elif isinstance(value, str) and _PASSWORD_HASH.search(value):
+            report(f"{args.name}: property {path} holds a password hash in clear")
 
 
 def check_keys_not_elsewhere(args: StackValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
@@ -505,6 +512,6 @@ POLICIES = [
     _resource("baked-images-only", "Every instance boots from a baked image of this project.", check_baked_image),
     _stack("baked-images-from-this-project", "Every VM's snapshot or disk is made by this project's bake.", check_images_from_bakes),
     _resource("mail-volume-protected", "The primary's mail volume is protected: nothing deletes it unasked.", check_mail_volume_protected),
-    _resource("queue-keys-secret", "Queue keys reach resources only as secrets.", check_keys_secret),
+    _resource("queue-keys-secret", "Queue keys and password hashes reach resources only as secrets.", check_keys_secret),
     _stack("keys-not-in-clear-elsewhere", "A key is nowhere in the stack in clear.", check_keys_not_elsewhere),
 ]
