@@ -139,7 +139,7 @@ def test_a_tree_missing_a_file_every_host_carries_fails_instead_of_skipping_its_
     checked = subprocess.run([sys.executable, "-m", "mailsite", "configtest", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert checked.returncode == 1
     assert f"mx2: {path}: missing" in checked.stderr
-    assert "mx2: FAILED" in checked.stdout and "mx1: ok (smtpd -n, bgpd -n, sh -n)" in checked.stdout
+    assert "mx2: FAILED" in checked.stdout and "mx1: ok (smtpd -n, bgpd -n, doveconf, sh -n)" in checked.stdout
 
 
 def test_vultr_site_with_its_own_bgp_session_passes(tmp_path):
@@ -287,7 +287,7 @@ def test_configtest_runs_no_daemon_of_this_machine(tmp_path):
     checked = subprocess.run([sys.executable, "-m", "mailsite", "configtest", str(out)], capture_output=True, text=True,
                              cwd=ROOT, env=_tools_only(tmp_path, _HOST_TOOLS), timeout=120)
     assert checked.returncode == 0, checked.stderr
-    assert "mx1: ok (smtpd -n, bgpd -n, sh -n)" in checked.stdout
+    assert "mx1: ok (smtpd -n, bgpd -n, doveconf, sh -n)" in checked.stdout
     assert "smtpd -n: opensmtpd 7." in checked.stdout and "bgpd -n: openbgpd 8." in checked.stdout
 
 
