@@ -95,10 +95,13 @@ def test_tls_is_required_with_the_primarys_own_certificate_and_key():
     assert top["ssl_key"] == "</etc/ssl/acme/private/mx1.example.org.key"
 
 
-def test_a_user_logs_in_as_alice_or_alice_at_any_site_domain_and_has_one_mailbox():
-    top = _settings(_conf())
-    # %Ln: lower-cased, the domain cut off, at login and at LMTP delivery alike.
-    assert top["auth_username_format"] == "%Ln"
+def test_a_user_logs_in_as_alice_or_alice_at_a_site_domain_and_has_one_mailbox():
+    conf = _conf()
+    top = _settings(conf)
+    # %Lu: lower-cased with its domain, which passwd's lines check; the user database (LMTP's
+    # lookups too) finds the user by the name without it.
+    assert top["auth_username_format"] == "%Lu"
+    assert "args = username_format=%Ln /etc/dovecot/users" in _block(conf, "userdb")
     assert top["mail_location"] == "maildir:~/Maildir"
     assert top["recipient_delimiter"] == "+"
 
@@ -152,10 +155,12 @@ def test_passwd_holds_only_users_with_a_hash_0600_secret_and_owned_by_the_auth_u
     passwd = tree["etc/dovecot/passwd"]
     assert passwd.mode == 0o600 and passwd.secret and passwd.owner == INTERNAL_USER
     # alice has no password: she cannot log in, and still receives (the users file lists her).
-    assert _passwd_file(passwd.text) == {"bob": ["{BLF-CRYPT}" + _hash("bob")]}
+    # Under each login name smtpd's credentials take, each the one user bob (user=).
+    bob = ["{BLF-CRYPT}" + _hash("bob"), "", "", "", "", "", "user=bob"]
+    assert _passwd_file(passwd.text) == {"bob": bob, "bob@example.org": bob, "bob@example.net": bob}
     assert "alice" in _passwd_file(tree["etc/dovecot/users"].text)
     assert "passdb {\ndriver = passwd-file\nargs = scheme=BLF-CRYPT /etc/dovecot/passwd\n}" in _block(_conf(), "passdb")
-    assert "userdb {\ndriver = passwd-file\nargs = /etc/dovecot/users\n}" in _block(_conf(), "userdb")
+    assert "userdb {\ndriver = passwd-file\nargs = username_format=%Ln /etc/dovecot/users\n}" in _block(_conf(), "userdb")
     # Named, not left to 2.3's compiled-in dovecot/dovecot, which the master refuses without.
     assert _settings(_conf())["default_internal_user"] == _settings(_conf())["default_internal_group"] == INTERNAL_USER
 
@@ -355,3 +360,98 @@ def test_configtest_refuses_a_dovecot_conf_the_image_would_refuse(tmp_path, line
     config.write_text(config.read_text() + line + "\n")
     problems = [str(problem) for problem in check_doveconf("mx1", tree, "etc/dovecot/dovecot.conf")]
     assert len(problems) == 1 and problems[0].startswith("mx1: dovecot.conf") and words in problems[0], problems
+
+
+# The rendered dovecot.conf, users and passwd run by Dovecot 2.3 (the dovecot daemon root: Debian
+# 12 backports' 2.3.21.1, OpenBSD 7.8's version) in mount and network namespaces of its own, the
+# root under an overlay so it stays unaltered, with OpenBSD's package users and the mail user, a
+# throwaway certificate at the rendered paths, and the log on stderr instead of syslog.
+IMAPS_BOOT = r"""
+set -e
+mount -t overlay overlay -o "lowerdir=$DAEMON_ROOT,upperdir=$WORK/upper,workdir=$WORK/work" "$WORK/merged"
+M=$WORK/merged
+mount -t proc proc "$M/proc"
+ip link set lo up
+cat >> "$M/etc/passwd" <<ACCOUNTS
+_dovecot:x:518:518::/nonexistent:/usr/sbin/nologin
+_dovenull:x:666:666::/nonexistent:/usr/sbin/nologin
+$MAIL_USER:x:$MAIL_UID:$MAIL_UID::$MAILBOXES:/usr/sbin/nologin
+ACCOUNTS
+printf '_dovecot:x:518:\n_dovenull:x:666:\n%s:x:%s:\n' "$MAIL_USER" "$MAIL_UID" >> "$M/etc/group"
+mkdir -p "$M/etc/dovecot" "$M$(dirname "$CERT")" "$M$(dirname "$KEY")" "$M$STATE_MOUNT"
+install -d -o "$MAIL_UID" -g "$MAIL_UID" -m 0700 "$M$MAILBOXES"
+cp "$TREE/etc/dovecot/dovecot.conf" "$TREE/etc/dovecot/users" "$TREE/etc/dovecot/passwd" "$M/etc/dovecot/"
+chown 518:518 "$M/etc/dovecot/passwd"
+chmod 0600 "$M/etc/dovecot/passwd"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=mx1.example.org -keyout "$M$KEY" -out "$M$CERT" 2>/dev/null
+chroot "$M" /usr/sbin/dovecot -F -c /etc/dovecot/dovecot.conf -o log_path=/dev/stderr </dev/null >"$WORK/dovecot.log" 2>&1 &
+dovecot=$!
+trap 'kill $dovecot; wait $dovecot' EXIT
+"$PYTHON" - <<PY
+import imaplib, smtplib, socket, ssl, time
+for _ in range(100):
+    try:
+        socket.create_connection(("127.0.0.1", 993)).close()
+        break
+    except OSError:
+        time.sleep(0.1)
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+for name in "$LOGINS".split():
+    imap = imaplib.IMAP4_SSL("127.0.0.1", 993, ssl_context=context)
+    try:
+        imap.login(name, "$PASSWORD")
+        print("LOGIN", name, "OK")
+    except imaplib.IMAP4.error:
+        print("LOGIN", name, "NO")
+    imap.logout()
+lmtp = smtplib.LMTP("$M$LMTP_SOCKET")
+lmtp.ehlo("mx1")
+lmtp.mail("someone@example.com")
+for rcpt in "$RECIPIENTS".split():
+    print("RCPT", rcpt, lmtp.rcpt(rcpt)[0])
+lmtp.quit()
+PY
+"""
+
+
+@_AS_ROOT
+def test_imap_takes_the_login_names_smtpd_takes_and_no_other_domain(tmp_path):
+    """A user logs in as alice or alice@<a site domain>, as on submission (smtpd's credentials
+    table); alice@<another domain> is refused, however right the password. LMTP still finds
+    alice at every site domain, with a +tag, in any case."""
+    import bcrypt
+    from mailsite.daemonroot import daemon_root
+    from mailsite.model import STATE_MOUNT
+
+    password = "correct horse battery staple"
+    site = site_of(example_settings())
+    secrets = replace(fake_secrets(site)[site.primary.name], password_hashes_version="v1",
+                      password_hashes={"alice": SecretStr(bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode())})
+    tree_dir = tmp_path / "tree"
+    write_trees(tree_dir, {site.primary.name: render_host(site, site.primary, addresses(site), secrets)})
+    work = tmp_path / "run"
+    for directory in ("upper", "work", "merged"):
+        (work / directory).mkdir(parents=True)
+    credentials = (tree_dir / "mx1/etc/mail/credentials").read_text()
+    smtpd_logins = [line.split()[0] for line in credentials.splitlines() if line and not line.startswith("#")]
+    logins = smtpd_logins + ["ALICE@Example.ORG", "alice@evil.example", "alice@example.org.evil.example", "bob"]
+    recipients = ["alice@example.org", "alice+lists@example.net", "ALICE@EXAMPLE.ORG", "nobody@example.org"]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DAEMON_ROOT": str(daemon_root("dovecot").path), "WORK": str(work),
+           "PYTHON": shutil.which("python3") or "python3", "TREE": str(tree_dir / "mx1"), "MAIL_USER": MAIL_USER,
+           "MAIL_UID": str(MAIL_UID), "MAILBOXES": MAILBOXES, "STATE_MOUNT": STATE_MOUNT, "LMTP_SOCKET": LMTP_SOCKET,
+           "CERT": site.tls.certificate_for(site.primary), "KEY": site.tls.key_for(site.primary),
+           "PASSWORD": password, "LOGINS": " ".join(logins), "RECIPIENTS": " ".join(recipients)}
+    result = subprocess.run(["unshare", "-m", "-n", "--fork", "bash", "-c", IMAPS_BOOT], env=env,
+                            capture_output=True, text=True, timeout=120)
+    log = (work / "dovecot.log").read_text() if (work / "dovecot.log").exists() else ""
+    assert result.returncode == 0, result.stderr + log
+    answers = dict(line.rsplit(" ", 1) for line in result.stdout.splitlines())
+    assert smtpd_logins == ["alice", "alice@example.org", "alice@example.net"]
+    assert {name: answers[f"LOGIN {name}"] for name in logins} == {
+        "alice": "OK", "alice@example.org": "OK", "alice@example.net": "OK", "ALICE@Example.ORG": "OK",
+        "alice@evil.example": "NO", "alice@example.org.evil.example": "NO", "bob": "NO"}, log
+    assert {rcpt: answers[f"RCPT {rcpt}"] for rcpt in recipients} == {
+        "alice@example.org": "250", "alice+lists@example.net": "250", "ALICE@EXAMPLE.ORG": "250",
+        "nobody@example.org": "550"}, log
+    assert password not in log

@@ -95,8 +95,8 @@ def files(context: HostContext) -> dict[str, RenderedFile]:
     return {
         CONFIG: RenderedFile(render_dovecot_conf(context)),
         USERS: RenderedFile(render_users(context.site)),
-        PASSWD: RenderedFile(render_template("dovecot/passwd.j2", hashes=hashes, owner=INTERNAL_USER), 0o600,
-                             secret=True, owner=INTERNAL_USER),
+        PASSWD: RenderedFile(render_template("dovecot/passwd.j2", hashes=hashes, domains=context.site.domains,
+                                             owner=INTERNAL_USER), 0o600, secret=True, owner=INTERNAL_USER),
         # smtpd's (listen ... auth <credentials>), made here from the same hashes as passwd.
         CREDENTIALS: RenderedFile(render_template("dovecot/credentials.j2", hashes=hashes, domains=context.site.domains),
                                   0o600, secret=True),
