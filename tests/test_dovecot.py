@@ -388,7 +388,7 @@ chroot "$M" /usr/sbin/dovecot -F -c /etc/dovecot/dovecot.conf -o log_path=/dev/s
 dovecot=$!
 trap 'kill $dovecot; wait $dovecot' EXIT
 "$PYTHON" - <<PY
-import imaplib, smtplib, socket, ssl, time
+import imaplib, os, smtplib, socket, ssl, time
 for _ in range(100):
     try:
         socket.create_connection(("127.0.0.1", 993)).close()
@@ -405,6 +405,23 @@ for name in "$LOGINS".split():
     except imaplib.IMAP4.error:
         print("LOGIN", name, "NO")
     imap.logout()
+for port in (143, 993):
+    try:
+        socket.create_connection(("127.0.0.1", port)).close()
+        print("PORT", port, "open")
+    except ConnectionRefusedError:
+        print("PORT", port, "refused")
+for uid in ($MAIL_UID, 65534, 518):
+    pid = os.fork()
+    if pid == 0:
+        # In the root as on the host: pytest's directories above it are root's alone.
+        os.chroot("$M"); os.setgroups([]); os.setgid(uid); os.setuid(uid)
+        try:
+            smtplib.LMTP("$LMTP_SOCKET").quit()
+            os._exit(0)
+        except PermissionError:
+            os._exit(13)
+    print("LMTP-AS", uid, os.waitpid(pid, 0)[1] >> 8)
 lmtp = smtplib.LMTP("$M$LMTP_SOCKET")
 lmtp.ehlo("mx1")
 lmtp.mail("someone@example.com")
@@ -419,7 +436,8 @@ PY
 def test_imap_takes_the_login_names_smtpd_takes_and_no_other_domain(tmp_path):
     """A user logs in as alice or alice@<a site domain>, as on submission (smtpd's credentials
     table); alice@<another domain> is refused, however right the password. LMTP still finds
-    alice at every site domain, with a +tag, in any case."""
+    alice at every site domain, with a +tag, in any case, and answers the mail user alone; 143
+    is closed."""
     import bcrypt
     from mailsite.daemonroot import daemon_root
     from mailsite.model import STATE_MOUNT
@@ -451,7 +469,12 @@ def test_imap_takes_the_login_names_smtpd_takes_and_no_other_domain(tmp_path):
     assert {name: answers[f"LOGIN {name}"] for name in logins} == {
         "alice": "OK", "alice@example.org": "OK", "alice@example.net": "OK", "ALICE@Example.ORG": "OK",
         "alice@evil.example": "NO", "alice@example.org.evil.example": "NO", "bob": "NO"}, log
+    # No plaintext IMAP; the LMTP socket for the mail user (smtpd's mail.lmtp) alone, not nobody, not Dovecot's own user.
+    assert (answers["PORT 143"], answers["PORT 993"]) == ("refused", "open")
+    assert [answers[f"LMTP-AS {uid}"] for uid in (MAIL_UID, 65534, 518)] == ["0", "13", "13"]
     assert {rcpt: answers[f"RCPT {rcpt}"] for rcpt in recipients} == {
         "alice@example.org": "250", "alice+lists@example.net": "250", "ALICE@EXAMPLE.ORG": "250",
         "nobody@example.org": "550"}, log
+    # Every form is the one user alice (passwd's user=): one mailbox, one count of her connections.
+    assert log.count("Login: user=<alice>") == 4 and "Login: user=<alice@" not in log, log
     assert password not in log
