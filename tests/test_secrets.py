@@ -11,6 +11,7 @@ import sys
 
 import boto3
 import pytest
+import yaml
 
 from mailsite.config import load_site
 from mailsite.keys import new_key
@@ -122,17 +123,25 @@ def test_denied_access_is_one_line_naming_the_permission(moto_endpoint):
 
 
 def test_cli_secrets_init_with_aws_backend(tmp_path, moto_endpoint):
-    stack = tmp_path / "Pulumi.clitest.yaml"
-    stack.write_text((ROOT / "Pulumi.example.yaml").read_text().replace(
-        "    backend: file              # file | aws-secretsmanager", "    backend: aws-secretsmanager"
-    ).replace("    endpointUrl: null          # aws-secretsmanager: another endpoint (a local one for tests)",
-              f"    endpointUrl: {moto_endpoint}").replace("    profile: default           # aws-secretsmanager: credentials profile", "    profile: null"))
+    """The example stack file with its backend switched to Secrets Manager: the keys are made there,
+    and no file store appears beside the stack file."""
+    document = yaml.safe_load((ROOT / "Pulumi.example.yaml").read_text())
+    secrets = document["config"]["mailsite:secrets"]
+    assert secrets["backend"] == "file", "the example's backend changed: this test switches it to aws-secretsmanager"
+    secrets.update(backend="aws-secretsmanager", region="eu-central-1", endpointUrl=moto_endpoint, profile=None)
+    stack_name = f"clitest{os.urandom(4).hex()}"  # moto_server keeps its secrets for the whole session
+    stack = tmp_path / f"Pulumi.{stack_name}.yaml"
+    stack.write_text(yaml.safe_dump(document))
     run = lambda: subprocess.run([sys.executable, "-m", "mailsite", "secrets", "init", "--config", str(stack)],
                                  capture_output=True, text=True, cwd=ROOT)
     first = run()
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines()[0] == "created mailsite/clitest/spamd-sync-key"
+    assert first.stdout.splitlines()[0] == f"created mailsite/{stack_name}/spamd-sync-key"
     assert run().stdout == "every key already exists; nothing created\n"
+    store = AwsStore("eu-central-1", None, moto_endpoint)
+    assert store.read(spamd_sync_key_id(stack_name)) is not None, "made in Secrets Manager"
+    assert all(store.read(queue_key_id(stack_name, host)) is not None for host in ("mx1", "mx2", "mx3"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stack.name], "no file store beside the stack file"
 
 
 def test_site_key_rollout_labels_one_host_at_a_time(backend):

@@ -79,10 +79,15 @@ def password_hashes(store: SecretStore, stack: str, every_entry: bool = True) ->
     if not (isinstance(hashes, dict) and all(isinstance(user, str) and isinstance(hashed, str) for user, hashed in hashes.items())):
         raise secret_error(secret_id, "malformed: not a JSON object of user name: bcrypt hash; make its previous "
                                       "version current again in the backend, or delete it and set each password anew")
-    if every_entry and (bad := sorted(user for user, hashed in hashes.items() if not is_password_hash(hashed))):
+    if every_entry:
+        _refuse_malformed_entries(secret_id, hashes)
+    return hashes, found
+
+
+def _refuse_malformed_entries(secret_id: str, hashes: dict[str, str]) -> None:
+    if bad := sorted(user for user, hashed in hashes.items() if not is_password_hash(hashed)):
         raise secret_error(secret_id, f"malformed: the entry of {show(bad[0])} is not a bcrypt ($2b$) hash; set that "
                                       f"password again: python -m mailsite user passwd {show(bad[0])} --config <stack file>")
-    return hashes, found
 
 
 def site_secrets(site: Site, stack: str, base: Path) -> dict[str, HostSecrets]:
@@ -106,12 +111,16 @@ def site_secrets(site: Site, stack: str, base: Path) -> dict[str, HostSecrets]:
         result[host.name] = HostSecrets(key.value, key.version, host_sync.value, host_sync.version)
     # Only the primary authenticates (IMAP, submission); a backup's image holds no hash. Users
     # since removed from the stack are left out: they can no longer log in.
-    hashes, version = password_hashes(store, stack)
+    # Only their entries are checked: user passwd refuses a user who has left the stack, so it could
+    # not mend a damaged entry of theirs, and the image never carries it.
+    hashes, version = password_hashes(store, stack, every_entry=False)
     if version is not None:
         primary = site.primary.name
+        carried = {user: hashes[user] for user in site.recipients.users if user in hashes}
+        _refuse_malformed_entries(password_hashes_id(stack), carried)
         result[primary] = replace(
             result[primary],
-            password_hashes={user: SecretStr(hashes[user]) for user in site.recipients.users if user in hashes},
+            password_hashes={user: SecretStr(hashed) for user, hashed in carried.items()},
             password_hashes_version=version.version,
         )
     return result

@@ -6,7 +6,7 @@ from __future__ import annotations
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from pydantic import SecretStr
 
-from .store import CURRENT, PENDING, SecretVersion, secret_error
+from .store import CURRENT, PENDING, SecretVersion, refuse_if_too_large, secret_error
 
 _NEEDED = {
     "GetSecretValue": "secretsmanager:GetSecretValue",
@@ -47,11 +47,13 @@ class AwsStore:
         return SecretVersion(SecretStr(answer["SecretString"]), answer["VersionId"])
 
     def create(self, secret_id: str, value: str, description: str = "smtpd queue encryption key (mailsite)") -> SecretVersion:
+        refuse_if_too_large(secret_id, value)
         answer = self._call(secret_id, "CreateSecret", Name=secret_id, SecretString=value,
                             Description=description, Tags=[{"Key": "mailsite", "Value": "key"}])
         return SecretVersion(SecretStr(value), answer["VersionId"])
 
     def put_current(self, secret_id: str, value: str) -> SecretVersion:
+        refuse_if_too_large(secret_id, value)
         # Without VersionStages the new version takes AWSCURRENT, and Secrets Manager moves
         # AWSPREVIOUS onto the old one, in one call.
         answer = self._call(secret_id, "PutSecretValue", SecretId=secret_id, SecretString=value)
@@ -60,6 +62,7 @@ class AwsStore:
         return SecretVersion(SecretStr(value), answer["VersionId"])
 
     def put_pending(self, secret_id: str, value: str) -> SecretVersion:
+        refuse_if_too_large(secret_id, value)
         answer = self._call(secret_id, "PutSecretValue", SecretId=secret_id, SecretString=value, VersionStages=[PENDING])
         if answer is None:
             raise secret_error(secret_id, "does not exist; create it with: python -m mailsite secrets init")

@@ -15,16 +15,21 @@ from pydantic import SecretStr
 
 from ..dirs import private_directories
 from ..problems import Problem, SiteConfigError
-from .store import CURRENT, PENDING, PREVIOUS, SecretVersion, secret_error
+from .store import CURRENT, MAX_SECRET_BYTES, PENDING, PREVIOUS, SecretVersion, refuse_if_too_large, secret_error
 
 # Versions are named by uuid4().hex; a label pointing at anything else is a damaged file, and
 # never a path to follow.
 _VERSION = re.compile(r"[0-9a-f]{32}")
 
 
-# Labels and versions are a few bytes; a FIFO or a device put in their place is refused, not waited on.
-_MAX_FILE = 1 << 16
+# A version file holds a value and its newline; a FIFO or a device put in its place is refused, not
+# waited on, and a longer file is refused, never cut short (a cut JSON object reads as a damaged one).
+_MAX_FILE = MAX_SECRET_BYTES + 1
 _OWNERS = {0, os.geteuid()}
+
+
+class _TooLarge(ValueError):
+    pass
 
 
 def _read_private(path: Path) -> bytes:
@@ -32,7 +37,12 @@ def _read_private(path: Path) -> bytes:
     with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY), "rb", buffering=0) as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
             raise ValueError("not a regular file")
-        return handle.read(_MAX_FILE)
+        content = b""
+        while len(content) <= _MAX_FILE and (chunk := handle.read(_MAX_FILE + 1 - len(content))):
+            content += chunk
+        if len(content) > _MAX_FILE:
+            raise _TooLarge()
+        return content
 
 
 def _unsafe(found: os.stat_result, sticky_allowed: bool) -> str | None:
@@ -124,11 +134,16 @@ class FileStore:
             return None
         try:
             value = _read_private(self._dir(secret_id) / "versions" / labels[label]).decode("utf-8").strip()
+        except _TooLarge:
+            raise secret_error(secret_id, f"version {labels[label]} is larger than the {MAX_SECRET_BYTES} bytes a secret may "
+                                          "hold (Secrets Manager's limit, kept by the file backend); make its previous "
+                                          "version current again") from None
         except (OSError, ValueError) as error:
             raise secret_error(secret_id, f"version {labels[label]} is unreadable ({type(error).__name__}); restore it from a backup") from None
         return SecretVersion(SecretStr(value), labels[label])
 
     def _new_version(self, secret_id: str, value: str) -> str:
+        refuse_if_too_large(secret_id, value)
         version = uuid.uuid4().hex
         self._write(self._dir(secret_id) / "versions" / version, value + "\n")
         return version

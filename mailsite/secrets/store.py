@@ -13,6 +13,10 @@ from ..problems import Problem, SiteConfigError
 # PENDING, promoted to CURRENT once the host runs with it, the old one kept as PREVIOUS.
 CURRENT, PENDING, PREVIOUS = "AWSCURRENT", "AWSPENDING", "AWSPREVIOUS"
 
+# The most a secret's value may hold, in bytes of UTF-8: Secrets Manager's limit on a SecretString,
+# which the file backend keeps so that a site can move between them.
+MAX_SECRET_BYTES = 65536
+
 
 @dataclass(frozen=True)
 class SecretVersion:
@@ -54,3 +58,10 @@ def host_label(host: str) -> str:
 
 def secret_error(secret_id: str, message: str) -> SiteConfigError:
     return SiteConfigError([Problem("secret", secret_id, message)])
+
+
+def refuse_if_too_large(secret_id: str, value: str) -> None:
+    """Said before writing, by both backends alike (Secrets Manager would refuse it less clearly)."""
+    if (size := len(value.encode())) > MAX_SECRET_BYTES:
+        raise secret_error(secret_id, f"a value of {size} bytes is past the {MAX_SECRET_BYTES} bytes a secret may hold "
+                                      "(Secrets Manager's limit, kept by the file backend); nothing was written")
