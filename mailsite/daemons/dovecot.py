@@ -90,16 +90,22 @@ def render_users(site: Site) -> str:
     return render_template("dovecot/users.j2", users=users, mail_uid=MAIL_UID)
 
 
+def logins(context: HostContext) -> list[tuple[str, str, str]]:
+    """(login name, user, hash): the names a user with a password logs in with, on IMAP and on
+    submission alike: alice and alice@<each site domain>, no other domain."""
+    return [(login, name, hashed) for name, hashed in password_hashes(context)
+            for login in [name, *(f"{name}@{domain}" for domain in context.site.domains)]]
+
+
 def files(context: HostContext) -> dict[str, RenderedFile]:
-    hashes = password_hashes(context)
+    names = logins(context)
     return {
         CONFIG: RenderedFile(render_dovecot_conf(context)),
         USERS: RenderedFile(render_users(context.site)),
-        PASSWD: RenderedFile(render_template("dovecot/passwd.j2", hashes=hashes, domains=context.site.domains,
-                                             owner=INTERNAL_USER), 0o600, secret=True, owner=INTERNAL_USER),
-        # smtpd's (listen ... auth <credentials>), made here from the same hashes as passwd.
-        CREDENTIALS: RenderedFile(render_template("dovecot/credentials.j2", hashes=hashes, domains=context.site.domains),
-                                  0o600, secret=True),
+        PASSWD: RenderedFile(render_template("dovecot/passwd.j2", logins=names, owner=INTERNAL_USER), 0o600,
+                             secret=True, owner=INTERNAL_USER),
+        # smtpd's (listen ... auth <credentials>), made here from the same logins as passwd.
+        CREDENTIALS: RenderedFile(render_template("dovecot/credentials.j2", logins=names), 0o600, secret=True),
         MAIL_USER_FILE: RenderedFile(render_template("dovecot/mail-user.j2", mail_user=MAIL_USER, mail_uid=MAIL_UID,
                                                      mailboxes=MAILBOXES)),
     }
