@@ -10,6 +10,16 @@ ANYWHERE = ("0.0.0.0/0", "::/0")
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """pf's limits per source address on a rate-limited service; a source past either lands in
+    <bruteforce>. The defaults fit logins that come and go (submission, ssh)."""
+
+    connections: int = 20  # open at once (max-src-conn)
+    new: int = 15  # new connections ... (max-src-conn-rate)
+    seconds: int = 5  # ... within this many seconds
+
+
+@dataclass(frozen=True)
 class Service:
     name: str  # as in OpenBSD's /etc/services, so pf.conf reads like an admin wrote it
     protocol: Literal["tcp", "udp"]
@@ -18,6 +28,7 @@ class Service:
     purpose: str
     greylisted: bool = False  # new IPv4 senders meet spamd first
     rate_limited: bool = False  # floods land in <bruteforce>
+    rate_limit: RateLimit = RateLimit()  # what a flood is, when rate_limited
     label: str = ""  # names the sources in pf.conf where two services share a port name
 
     @property

@@ -281,3 +281,14 @@ def test_backup_recipients_are_the_primarys_virtual_addresses(count):
     assert virtual == sorted(site.valid_recipients())
     for backup in site.backups:
         assert table(trees[backup.name], "etc/mail/recipients") == virtual, backup.name
+
+
+def test_an_office_behind_one_address_keeps_its_imap_connections(example_site):
+    """IMAP clients hold several connections each for hours (IDLE; Thunderbird caches five): the
+    primary's pf lets an office of dozens of users behind one NAT address hold them all, where
+    submission keeps its tight limit, so a normal working day never lands the office in
+    <bruteforce> (which would take IMAP, submission and ssh from it for an hour)."""
+    pf = render_site(example_site)[example_site.primary.name]["etc/pf.conf"].text
+    limits = dict(re.findall(r"port (\S+) \\\n\tkeep state \(max-src-conn (\d+),", pf))
+    assert int(limits["imaps"]) >= 30 * 5, limits
+    assert int(limits["submission"]) == int(limits["smtps"]) == 20, limits

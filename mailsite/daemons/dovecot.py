@@ -9,7 +9,7 @@ import re
 from typing import Mapping
 
 from ..model import LMTP_SOCKET, MAIL_UID, MAIL_USER, MAILBOXES, SUBADDRESS_DELIMITER, Host, HostAddresses, Site
-from ..service import ANYWHERE, Service
+from ..service import ANYWHERE, RateLimit, Service
 from ..templates import RenderedFile, UnsafeValue, render_template
 from .base import ConfigTest, Daemon, HostContext
 
@@ -111,9 +111,17 @@ def files(context: HostContext) -> dict[str, RenderedFile]:
     }
 
 
+# IMAP clients stay connected (IDLE, and a cache of several connections each: Thunderbird keeps
+# five), so an office of users behind one NAT address holds far more than submission's 20 at once;
+# past this the office would lose IMAP, submission and ssh for an hour. Password guessing is
+# slowed by Dovecot itself (auth_failure_delay, and a penalty per failing address).
+IMAPS_RATE_LIMIT = RateLimit(connections=300, new=60, seconds=10)
+
+
 def services(site: Site, host: Host, addresses: Mapping[str, HostAddresses]) -> list[Service]:
-    # Rate-limited as submission is: a source that floods 993 lands in <bruteforce>.
-    return [Service("imaps", "tcp", 993, ANYWHERE, "mailbox access (IMAP over TLS)", rate_limited=True)]
+    # A source that floods 993 lands in <bruteforce>, as one flooding submission does.
+    return [Service("imaps", "tcp", 993, ANYWHERE, "mailbox access (IMAP over TLS)", rate_limited=True,
+                    rate_limit=IMAPS_RATE_LIMIT)]
 
 
 dovecot = Daemon(
