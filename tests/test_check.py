@@ -115,11 +115,15 @@ def test_cli_render_then_check_example(tmp_path):
     assert rendered.returncode == 0, rendered.stderr
     checked = run("configtest", str(tmp_path / "out"))
     assert checked.returncode == 0, checked.stderr
-    root = daemon_root()
-    assert checked.stdout.splitlines() == [f"mx{n}: ok (smtpd -n, bgpd -n, sh -n)" for n in (1, 2, 3)] + [
-        # Which grammar passed the site: the daemon root's, in the majors OpenBSD 7.8 ships.
+    root, dovecot = daemon_root(), daemon_root("dovecot")
+    assert checked.stdout.splitlines() == [
+        "mx1: ok (smtpd -n, bgpd -n, doveconf, sh -n)",  # the primary's Dovecot, checked by 2.3
+        "mx2: ok (smtpd -n, bgpd -n, sh -n)",
+        "mx3: ok (smtpd -n, bgpd -n, sh -n)",
+        # Which grammar passed the site: the daemon roots', in the versions OpenBSD 7.8 ships.
         f"smtpd -n: opensmtpd {root.version('opensmtpd')} (Debian trixie daemon root)",
         f"bgpd -n: openbgpd {root.version('openbgpd')} (Debian trixie daemon root)",
+        f"doveconf: dovecot-core {dovecot.version('dovecot-core')} (Debian bookworm-backports daemon root)",
         f"sh -n: dash {_dash_version()} (this machine)",
     ]
     assert root.version("opensmtpd").startswith("7.") and root.version("openbgpd").startswith("8.")
