@@ -204,38 +204,32 @@ AliasTarget = Annotated[str, AfterValidator(_alias_target)]
 # A path on the host, written into smtpd.conf and rc.conf.local: letters, digits and . _ + - in
 # each component; nothing a shell or smtpd's lexer reads as quoting, expansion or a new word.
 _PATH_COMPONENT = re.compile(r"[A-Za-z0-9._+-]+")
-_PATH_EXAMPLES = {"{fqdn}": "/etc/ssl/{fqdn}.crt", None: "/var/dovecot/lmtp", "~": "~/Maildir"}
 
 
-def _host_path(value: str, placeholder: str | None = None) -> str:
-    """An absolute path of safe characters naming a file (below ~/ too, where smtpd expands it)."""
-    path = value[1:] if placeholder == "~" and value.startswith("~/") else value
-    components = path.split("/")
-    named = [c.replace("{fqdn}", "x") if placeholder == "{fqdn}" else c for c in components[1:]]
+def _host_path(value: str) -> str:
+    """An absolute path of safe characters naming a file, {fqdn} standing for the host's MX name."""
+    components = value.split("/")
+    named = [c.replace("{fqdn}", "x") for c in components[1:]]
     if components[0] != "" or not named or not all(_PATH_COMPONENT.fullmatch(c) and c not in (".", "..") for c in named):
-        start = "an absolute path (or one below ~/)" if placeholder == "~" else "an absolute path"
-        where = ", {fqdn} for the host's MX name" if placeholder == "{fqdn}" else ""
-        raise ValueError(f"must be {start} of letters, digits and . _ + - (/ between names{where}), like {_PATH_EXAMPLES[placeholder]}")
+        raise ValueError("must be an absolute path of letters, digits and . _ + - (/ between names, {fqdn} for "
+                         "the host's MX name), like /etc/ssl/{fqdn}.crt")
     return value
 
 
-CertificatePath = Annotated[str, AfterValidator(lambda value: _host_path(value, "{fqdn}"))]
+CertificatePath = Annotated[str, AfterValidator(_host_path)]
 
 
 def _key_path(value: str) -> str:
     # OpenBSD keeps keys in /etc/ssl/private (0700 root), as acme-client(1) does; install.site
     # makes a key's directory 0700 when it makes one. Anywhere else a key is readable, or a
     # system file (tls.key: /etc/pf.conf) that the first certificate would be written over.
-    if "private" not in _host_path(value, "{fqdn}").split("/")[1:-1]:
+    if "private" not in _host_path(value).split("/")[1:-1]:
         raise ValueError("not below a directory named private; keep the key in a root-only (0700) directory, "
                          "like /etc/ssl/private/{fqdn}.key")
     return value
 
 
 KeyPath = Annotated[str, AfterValidator(_key_path)]
-
-SocketPath = Annotated[str, AfterValidator(_host_path)]
-MaildirPath = Annotated[str, AfterValidator(lambda value: _host_path(value, "~"))]
 
 # bgpd keeps at most 31 characters of a neighbor's descr ("too long: max 31"); these characters
 # bgpd's quoted strings hold as they are (no quote, backslash or line end).
@@ -601,18 +595,6 @@ class Tls(Settings):
         return self.key.replace("{fqdn}", host.mx_name)
 
 
-class Delivery(Settings):
-    """How the primary hands mail to mailboxes."""
-
-    method: Literal["lmtp", "maildir"] = Field("lmtp", description=(
-        "lmtp hands the primary's mail to a mail store's LMTP socket (Dovecot's); maildir has "
-        "smtpd write it into each user's Maildir itself."))
-    lmtp_socket: SocketPath = Field("/var/dovecot/lmtp", description=(
-        "The LMTP socket smtpd delivers to when method is lmtp."))
-    maildir: MaildirPath = Field("~/Maildir", description=(
-        "The Maildir smtpd delivers to when method is maildir; ~ is the user's home."))
-
-
 class Queue(Settings):
     """smtpd's queue on every MX."""
 
@@ -963,7 +945,6 @@ class Site(Settings):
         "one with K, M or G, between 64K and 2G."))
     queue: Queue = Queue()
     tls: Tls = Tls()
-    delivery: Delivery = Delivery()
     network: Network = Network()
     secrets: Secrets = Secrets()
     images: Images = Images()
@@ -1086,10 +1067,17 @@ class Site(Settings):
         return ipaddress.IPv6Network(f"{self.primary.ipv6}/{self.network.ipv6_prefix_length}", strict=False)
 
     def valid_recipients(self) -> list[str]:
-        return [f"{part}@{domain}" for domain in self.domains for part in self.recipients.local_parts()]
+        """The recipients every MX takes, as smtpd's tables write them: each user and alias in each
+        site domain, and @domain (any local part) for a domain with a catch-all. The primary's
+        virtuals map each one somewhere, and each backup takes exactly these."""
+        return [address for domain in self.domains for address in
+                [f"{part}@{domain}" for part in self.recipients.local_parts()]
+                + ([f"@{domain}"] if domain in self.recipients.catch_all else [])]
 
     def accepts(self, address: str) -> bool:
         """Whether every MX takes mail for this address at RCPT: a site domain and a recipient,
-        plus-forms and case included. The primary and the backups must agree with it."""
+        plus-forms and case included, or any local part of a catch-all domain. The primary and
+        the backups must agree with it."""
         local_part, _, domain = address.rpartition("@")
-        return domain.lower() in self.domains and self.recipients.exists(local_part)
+        domain = domain.lower()
+        return domain in self.domains and (self.recipients.exists(local_part) or domain in self.recipients.catch_all)

@@ -129,7 +129,9 @@ def test_users_file_lists_every_user_with_uid_home_and_quota():
 
 
 def test_quota_plugin_only_when_a_user_has_a_quota_and_a_full_mailbox_is_a_temporary_failure():
-    assert "quota" not in _settings(_conf()).get("mail_plugins", "")
+    plain = example_settings()
+    plain["recipients"]["users"] = ["alice", "bob"]
+    assert "quota" not in _settings(_conf(plain)).get("mail_plugins", "")
     settings = example_settings()
     settings["recipients"]["users"] = ["alice", {"name": "bob", "quota": "5G"}]
     conf = _conf(settings)

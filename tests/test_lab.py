@@ -63,22 +63,35 @@ def test_queue_key_is_private_and_lab_secrets_stay_in_the_lab(lab):
         assert private.stat().st_mode & 0o777 == 0o600, private
 
 
-# What each lab process runs: the holders sleep, the daemons are the root's own builds.
-PROGRAMS = {"host": "usr/bin/sleep", "smtpd": "usr/sbin/smtpd", "bgpd": "usr/sbin/bgpd", "dnsmasq": "usr/sbin/dnsmasq"}
+# What each lab process runs, from which daemon root: the holders sleep, the daemons are the
+# roots' own builds (Dovecot 2.3 from the "dovecot" root, as OpenBSD ships it, in a tree of its own).
+PROGRAMS = {"host": ("daemons", "usr/bin/sleep"), "smtpd": ("daemons", "usr/sbin/smtpd"),
+            "bgpd": ("daemons", "usr/sbin/bgpd"), "dnsmasq": ("daemons", "usr/sbin/dnsmasq"),
+            "host-dovecot": ("dovecot", "usr/bin/sleep"), "dovecot": ("dovecot", "usr/sbin/dovecot")}
 
 
 def test_every_node_and_daemon_runs_from_the_daemon_root(lab):
     """No lab process runs a program of this machine nor sees its /: each is chrooted into its
-    node's tree over the daemon root, and its program is the root's file (smtpd 7, bgpd 8)."""
-    root, ours = daemon_root().path, os.stat("/")
+    node's tree over a daemon root, and its program is that root's file (smtpd 7, bgpd 8, Dovecot
+    2.3); Dovecot's tree is not smtpd's."""
+    ours = os.stat("/")
     assert {key.split("/")[1] for key in lab.state.processes} == set(PROGRAMS)
     for key, record in lab.state.processes.items():
         seen = os.stat(f"/proc/{record.pid}/root")
         assert (seen.st_dev, seen.st_ino) != (ours.st_dev, ours.st_ino), f"{key} sees this machine's /"
-        program = Path(f"/proc/{record.pid}/exe").read_bytes()
-        assert program == (root / PROGRAMS[key.split("/")[1]]).read_bytes(), f"{key} runs another program than the root's"
+        root, program = PROGRAMS[key.split("/")[1]]
+        assert Path(f"/proc/{record.pid}/exe").read_bytes() == (daemon_root(root).path / program).read_bytes(), \
+            f"{key} runs another program than the {root} root's"
+    primary = lab.plan.site.primary.name
+    trees = {(seen.st_dev, seen.st_ino) for daemon in ("smtpd", "dovecot")
+             if (seen := os.stat(f"/proc/{lab.state.processes[f'{primary}/{daemon}'].pid}/root"))}
+    assert len(trees) == 2, "smtpd and Dovecot share a tree"
     for node in lab.plan.nodes:
+        root = daemon_root().path
         assert lab.run_in(node.name, ["cat", "/etc/debian_version"]).stdout == (root / "etc/debian_version").read_text()
+    dovecot_root = daemon_root("dovecot").path
+    assert lab.run_in(primary, ["cat", "/etc/debian_version"], tree="dovecot").stdout == \
+        (dovecot_root / "etc/debian_version").read_text()
 
 
 def test_commands_on_any_node_are_the_roots_whatever_the_callers_path(lab, monkeypatch):
@@ -111,8 +124,9 @@ session.quit()
 
 
 def test_mailbox_users_log_in_with_this_ups_password_and_no_other(lab):
-    """Each mailbox user of the primary has a password of this up, checked by smtpd's `auth`
-    (PAM, the primary's /etc/shadow); another user's password, or none of its, is refused.
+    """Each mailbox user of the primary has a password of this up, checked by smtpd's `auth
+    <credentials>` (its bcrypt hash in the primary's credentials table, as the image carries it);
+    another user's password, or none of its, is refused.
     Passwords stay out of this test's locals, which a failure's report (pytest -l) prints."""
     assert _distinct_and_long(lab, "alice", "bob")
     assert _login(lab, "alice", "alice") == "accepted" and _login(lab, "bob", "bob") == "accepted"

@@ -61,7 +61,7 @@ def test_up_status_send_and_down_from_the_command_line():
     up = lab("up", "--config", str(EXAMPLE))
     assert up.returncode == 0, up.stderr
     assert "mx2" in up.stdout and "lab up in" in up.stdout
-    assert _lab_secrets_held_by(up.stdout + up.stderr) == (4, 2, []), "a key or password was printed"
+    assert _lab_secrets_held_by(up.stdout + up.stderr) == (5, 2, []), "a key, hash or password was printed"
 
     again = lab("up", "--config", str(EXAMPLE))
     assert (again.returncode, again.stderr) == (2, "error: a lab is already up or coming up; run lab down\n")
@@ -89,39 +89,30 @@ def test_up_status_send_and_down_from_the_command_line():
     assert lab("status").stderr == "error: no lab is up; run lab up\n"
 
 
-def test_up_refuses_a_mailbox_user_named_like_a_system_account_before_making_anything(tmp_path):
-    """`root` as a mailbox user would replace the primary's root account (and log in as it): up
-    says so in one line, exit 2, and makes no namespace, process, mount or state."""
-    stack = tmp_path / "Pulumi.sysaccount.yaml"
-    stack.write_text(EXAMPLE.read_text().replace("      - bob\n", "      - bob\n      - root\n", 1))
-    up = lab("up", "--config", str(stack))
-    assert (up.returncode, up.stdout) == (2, ""), up.stdout + up.stderr
-    assert up.stderr == ("error: mailsite:recipients.users = root: rename the user: the lab's primary has these"
-                         " system accounts\n")
-    assert leftovers() == []
-
-
 def _lab_secrets_held_by(text: str) -> tuple[int, int, list[str]]:
-    """How many queue keys and passwords the lab has, and which of them `text` holds (named, never
-    shown): a test keeps them out of its own locals, which a failure's report (pytest -l) prints."""
+    """How many secrets (queue keys, the spamd sync key, the users' password hashes) and passwords
+    the lab has, and which of them `text` holds (named, never shown): a test keeps them out of its
+    own locals, which a failure's report (pytest -l) prints."""
     secrets = {f"key {path.relative_to(STATE_DIR)}": path.read_text().strip() for path in (STATE_DIR / "secrets").rglob("versions/*")}
     keys = len(secrets)
+    hashes = next(json.loads(value) for name, value in secrets.items() if "password-hashes" in name)
+    secrets |= {f"password hash of {user}": hashed for user, hashed in hashes.items()}
     passwords = json.loads((STATE_DIR / "passwords.json").read_text())
     secrets |= {f"password of {user}": password for user, password in passwords.items()}
     return keys, len(passwords), [name for name, secret in secrets.items() if secret in text]
 
 
 def test_status_says_a_nodes_holder_is_gone_while_its_daemons_still_run():
-    """With mx1's holder killed its smtpd and bgpd still run (in its namespaces): status says so,
-    not that mx1 is not running, and down still stops them."""
+    """With mx1's holder killed its smtpd, bgpd and Dovecot (held by a tree of its own) still run
+    (in its namespaces): status says so, not that mx1 is not running, and down still stops them."""
     assert lab("up", "--config", str(EXAMPLE)).returncode == 0
     holder = ProcessRecord.from_json(state()["processes"]["mx1/host"])
-    daemons = [ProcessRecord.from_json(state()["processes"][f"mx1/{daemon}"]) for daemon in ("smtpd", "bgpd")]
+    daemons = [ProcessRecord.from_json(state()["processes"][f"mx1/{daemon}"]) for daemon in ("smtpd", "bgpd", "dovecot")]
     os.kill(holder.pid, signal.SIGKILL)
     assert wait_until(lambda: not alive(holder), 5)
     status = lab("status")
     assert status.returncode != 0 and status.stderr == (
-        f"error: mx1's holder (pid {holder.pid}) is gone while its bgpd, smtpd still run: no command can enter mx1;"
+        f"error: mx1's holder (pid {holder.pid}) is gone while its bgpd, dovecot, smtpd still run: no command can enter mx1;"
         " run lab down\n"), status.stderr
     assert all(alive(daemon) for daemon in daemons)
     down = lab("down")
@@ -357,11 +348,12 @@ def test_lab_needs_of_this_machine_only_its_namespace_and_mount_tools(tmp_path, 
 
 def test_leftovers_sees_each_nodes_mounts():
     """Each node's tree (its overlay over the daemon root, /proc, /run...) is mounted in its own
-    mount namespace only, which leftovers() looks into."""
+    mount namespace only, which leftovers() looks into: one per node, and one more for the
+    primary's Dovecot tree over the "dovecot" root."""
     running = Lab.up(EXAMPLE)
     try:
         held = [line for line in leftovers() if line.startswith("a lab node's mounts (over the daemon root)")]
-        assert len(held) == len(running.plan.nodes), held
+        assert len(held) == len(running.plan.nodes) + 1, held
     finally:
         assert running.down() == []
     assert leftovers() == []

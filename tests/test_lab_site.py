@@ -8,13 +8,17 @@ from pathlib import Path
 
 import pytest
 
+
 from mailsite.dns import dns_records
 from mailsite.lab.ca import LabCA
 from mailsite.lab.site import (
-    BLACKLIST, BYPASS, CA_BUNDLE, LAB_CA, LAB_IPV4, LINUX, host_environment, lab_plan, mailbox_owners, pki_files,
-    refuse_system_account_users, render_dnsmasq_conf, render_lab_host, render_route_server_conf, shadow, trust_store,
+    BLACKLIST, BYPASS, CA_BUNDLE, LAB_CA, LAB_IPV4, LINUX, account_ids, host_environment, lab_plan, pki_files,
+    render_dnsmasq_conf, render_lab_host, render_outside_smtpd_conf, render_route_server_conf, trust_store,
 )
+from mailsite.daemonroot import ROOTS
+from mailsite.daemons import DAEMONS
 from mailsite.problems import SiteConfigError
+from mailsite.model import MAIL_UID, MAIL_USER
 from mailsite.render import render_host
 from mailsite.templates import LinuxDifferences
 from tests.sites import fake_secrets, site_of, sized_settings
@@ -32,7 +36,6 @@ def test_lab_site_keeps_everything_but_addresses(example_site):
     assert lab.recipients == example_site.recipients and lab.bgp_spamd.local_as == example_site.bgp_spamd.local_as
     assert all(host.ipv4 in LAB_IPV4 for host in lab.hosts)
     assert [s.address for s in lab.bgp_spamd.route_servers] == [n.ipv4 for n in plan.of_kind("route-server")]
-    assert lab.delivery.method == "maildir"  # no Dovecot in the lab
     assert lab.secrets.backend == "file" and lab.secrets.path == str(SECRETS)
 
 
@@ -70,6 +73,35 @@ def test_dnsmasq_serves_every_dns_record(example_site):
     assert "no-resolv" in conf  # nothing beyond the site's own names resolves
 
 
+def test_the_outside_world_is_one_domain_whose_mx_is_the_internet_node(example_site):
+    """Besides the site's names the DNS answers only for outside.test, whose MX is the internet
+    node: where the primary relays a user's mail to an outside address, and an smtpd there
+    takes it for that domain only."""
+    plan = lab_plan(example_site, SECRETS)
+    lines = render_dnsmasq_conf(plan).splitlines()
+    assert "local=/outside.test/" in lines and "mx-host=outside.test,mail.outside.test,10" in lines
+    assert f"host-record=mail.outside.test,{plan.internet.ipv4}" in lines
+    conf = render_outside_smtpd_conf(plan)
+    assert f"listen on {plan.internet.link}\n" in conf
+    assert 'match from any for domain "outside.test" action "outside"' in conf and "relay" not in conf
+
+
+def test_a_site_whose_domain_is_the_labs_outside_world_is_refused_in_one_line(settings):
+    settings["domains"].append("outside.test")
+    with pytest.raises(SiteConfigError) as refused:
+        lab_plan(site_of(settings), SECRETS)
+    assert str(refused.value) == ("mailsite:domains = outside.test: the lab's outside world is that domain;"
+                                  " try the lab with another")
+
+
+def test_every_lab_run_names_a_daemon_root():
+    """A daemon's LabRun.root is a root mailsite.daemonroot builds: Dovecot's is "dovecot" (2.3,
+    as OpenBSD ships it), every other the "daemons" root."""
+    runs = {daemon.name: daemon.lab.root for daemon in DAEMONS if daemon.lab}
+    assert set(runs.values()) <= set(ROOTS)
+    assert runs["dovecot"] == "dovecot" and {root for name, root in runs.items() if name != "dovecot"} == {"daemons"}
+
+
 def test_route_server_announces_each_list_with_its_community(example_site):
     plan = lab_plan(example_site, SECRETS)
     server = plan.of_kind("route-server")[0]
@@ -81,35 +113,21 @@ def test_route_server_announces_each_list_with_its_community(example_site):
     assert "multihop 64" in conf and "allow to any" in conf and "deny from any" in conf
 
 
-def test_primary_gets_mailbox_users_beside_the_roots_accounts(example_site):
+def test_primary_gets_the_mail_user_and_dovecots_users_not_one_account_per_mailbox(example_site):
+    """Every mailbox belongs to the one virtual mail user: the primary's trees get it (smtpd
+    delivers as it, Dovecot stores as it) and Dovecot's own users, beside the root's accounts;
+    a mailbox user is no system account. A backup keeps the root's accounts."""
     plan = lab_plan(example_site, SECRETS)
-    passwd = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/sh\n"
-    group = "root:x:0:\nuser:x:1000:\n"
+    passwd = "root:x:0:0:root:/root:/bin/bash\n_vmail:x:999:999::/x:/bin/sh\n"
+    group = "root:x:0:\n"
     primary = host_environment(plan, plan.site.primary, passwd, group)
-    owners = mailbox_owners(primary)
-    assert sorted(owners) == ["alice", "bob"] and len(set(owners.values())) == 2 and 1000 not in owners.values()
-    assert primary["etc/passwd"].text.startswith(passwd)
+    ids = account_ids(primary["etc/passwd"].text)
+    assert ids == {"root": 0, MAIL_USER: MAIL_UID, "_dovecot": 518, "_dovenull": 666}
+    assert not {"alice", "bob"} & set(ids)
+    assert f"{MAIL_USER}:x:{MAIL_UID}:" in primary["etc/group"].text.splitlines()
     backup = host_environment(plan, plan.site.backups[0], passwd, group)
-    assert "etc/passwd" not in backup and mailbox_owners(backup) == {}
+    assert "etc/passwd" not in backup and "etc/group" not in backup
     assert backup["etc/resolv.conf"].text.startswith(f"nameserver {plan.dns.ipv4}\n")
-
-
-@pytest.mark.parametrize("account", ["root", "mail", "nobody", "opensmtpd"])
-def test_a_mailbox_user_named_like_a_system_account_is_refused_not_made_that_account(example_site, account):
-    """A mailbox user becomes an account of the lab's primary: one named like the root's root or
-    a daemon's user would replace it (and log in as it), so the lab refuses the site in one line."""
-    settings = sized_settings(2)
-    settings["recipients"]["users"] = ["alice", "bob", account]
-    plan = lab_plan(site_of(settings), SECRETS)
-    passwd = "root:x:0:0:root:/root:/bin/bash\nmail:x:8:8:mail:/var/mail:/usr/sbin/nologin\n" \
-             "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\nopensmtpd:x:101:102::/var/lib/opensmtpd:/usr/sbin/nologin\n"
-    with pytest.raises(SiteConfigError) as refused:
-        host_environment(plan, plan.site.primary, passwd, "")
-    assert str(refused.value) == (f"mailsite:recipients.users = {account}: rename the user: the lab's primary has"
-                                  " these system accounts")
-    with pytest.raises(SiteConfigError):
-        refuse_system_account_users(plan.site, passwd)
-    refuse_system_account_users(example_site, passwd)  # alice and bob are nobody's system account
 
 
 def test_every_node_trusts_debian_and_the_lab_ca():
@@ -130,12 +148,3 @@ def test_each_mx_gets_its_certificate_and_private_key_where_smtpd_conf_names_the
     assert f'pki {host.mx_name} cert "/{plan.site.tls.certificate_for(host).lstrip("/")}"' in smtpd
     assert certificate.text == issued.certificate.decode() and certificate.mode == 0o644 and not certificate.secret
     assert key.text == issued.key.decode() and key.mode == 0o600 and key.secret
-
-
-def test_mailbox_users_get_a_shadow_entry_each_replacing_same_named_ones():
-    root = "root:*:20000:0:99999:7:::\nalice:!:19000::::::\n"
-    hashes = {"alice": "$6$salt$hashA", "bob": "$6$salt$hashB"}
-    entry = shadow(root, hashes, 20418)
-    assert entry.text.splitlines() == ["root:*:20000:0:99999:7:::", "alice:$6$salt$hashA:20418:0:99999:7:::",
-                                       "bob:$6$salt$hashB:20418:0:99999:7:::"]
-    assert entry.secret and entry.mode == 0o640

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from mailsite.lab import mail
+from mailsite.lab import imap, mail
 from mailsite.lab.ca import LabCA
 from mailsite.lab.mail import Sent
 from mailsite.lab.procs import wait_until
@@ -166,7 +166,7 @@ def test_user_with_tls_and_password_submits_to_a_site_user(lab, protection):
     sent = mail.submit(lab, user, to, marker, password=lab.password(user), protection=protection)
     assert sent.accepted and sent.tls, f"swaks {sent.status}: {sent.refusal}"
     found = _delivered(lab, marker)
-    assert len(found) == 1 and f"/{to.split('@')[0]}/Maildir/" in str(found[0])
+    assert len(found) == 1 and mail.mailbox_of(lab, found[0]) == to.split("@")[0]
     hop = _hop_by(found[0], lab.plan.site.primary.mx_name)
     assert " with ESMTPSA " in hop and " (TLSv1." in hop, hop
 
@@ -191,16 +191,19 @@ def _holding_the_password(lab, user: str, texts: dict[str, str]) -> list[str]:
 
 
 def _submitted_then_holding_the_password(lab, user: str, to: str, unhidden: bool = False) -> tuple[bool, list[str]]:
-    """Submit on 587 and 465 as `user`; whether both were taken, and which transcripts and lab
-    logs hold the password after. `unhidden`: plus a transcript as swaks prints AUTH PLAIN
-    without --auth-hide-password, which the search must find."""
+    """Submit on 587 and 465 as `user` and log in over IMAPS; whether all were taken, and which
+    transcripts and lab logs (smtpd's, Dovecot's) hold the password after. `unhidden`: plus a
+    transcript as swaks prints AUTH PLAIN without --auth-hide-password, which the search must find."""
     sent = {protection: mail.submit(lab, user, to, _marker("secret"), password=lab.password(user), protection=protection)
             for protection in ("starttls", "smtps")}
+    if imap.login_answer(lab, user, lab.password(user)) != "accepted":
+        return False, []
     texts = {f"swaks on {protection}": s.transcript for protection, s in sent.items()}
     texts |= {str(path.relative_to(lab.dir)): path.read_text(errors="replace") for path in (lab.dir / "nodes").rglob("*.log")}
     if unhidden:
         texts["swaks without --auth-hide-password"] = " ~> AUTH PLAIN " + base64.b64encode(f"\0{user}\0{lab.password(user)}".encode()).decode()
-    return all(s.accepted for s in sent.values()) and any(name.endswith("smtpd.log") for name in texts), _holding_the_password(lab, user, texts)
+    logs = {name.rsplit("/", 1)[-1] for name in texts}
+    return all(s.accepted for s in sent.values()) and {"smtpd.log", "dovecot.log"} <= logs, _holding_the_password(lab, user, texts)
 
 
 def test_no_password_in_transcripts_or_logs(lab):

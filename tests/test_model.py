@@ -171,6 +171,20 @@ def test_cli_reports_cross_setting_problems_too(tmp_path, settings):
     ]
 
 
+def test_a_stack_file_still_choosing_a_delivery_method_is_one_line(tmp_path, settings):
+    """Dovecot is always the primary's mail store now: a stack file written when smtpd could
+    deliver to maildir itself keeps its delivery: section, and hears which setting to remove."""
+    settings["delivery"] = {"method": "maildir", "lmtpSocket": "/var/dovecot/lmtp", "maildir": "~/Maildir"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mailsite", "render", "--config", str(_write_stack(tmp_path, settings)), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: mailsite:delivery = <not shown>: unknown setting; remove it or correct its spelling (see Pulumi.example.yaml)"
+    ]
+
+
 @pytest.mark.parametrize("text,message", [
     ("config: [unclosed", "not valid YAML at line"),
     ("name: x\n", "has no config: section"),
@@ -236,12 +250,6 @@ def test_misspelt_secret_setting_never_shows_its_value(settings):
 INJECTED = [
     ("command in tls path (rc.conf.local is sourced by /etc/rc)",
      lambda s: s["tls"].update(certificate="/etc/ssl/$(touch${IFS}/tmp/pwned).crt"), "mailsite:tls.certificate", "like /etc/ssl/{fqdn}.crt"),
-    ("open relay through the lmtp socket",
-     lambda s: s["delivery"].update(lmtpSocket='/var/dovecot/lmtp"\naction "evil" relay\nmatch from any for any action "evil"\n#'),
-     "mailsite:delivery.lmtpSocket", "like /var/dovecot/lmtp"),
-    ("open relay through the maildir",
-     lambda s: s["delivery"].update(maildir='~/Maildir"\naction "evil" relay\nmatch from any for any action "evil"\n#'),
-     "mailsite:delivery.maildir", "like ~/Maildir"),
     ("a bgp neighbor through a description",
      lambda s: s["bgpSpamd"]["routeServers"][0].update(description='rs1"\n\t}\n\tneighbor 192.0.2.66 {\n\t\tdescr "evil'),
      "mailsite:bgpSpamd.routeServers[0].description", "like bgp-spamd rs1"),
@@ -288,10 +296,6 @@ WRONG = [
      "mailsite:vultr.bgp.prefixes[0]", "wider than a /24"),
     ("pf tables far below the lists", lambda s: s["bgpSpamd"].update(tableEntries=10000),
      "mailsite:bgpSpamd.tableEntries", "too small for the bgp-spamd lists"),
-    ("relative lmtp socket", lambda s: s["delivery"].update(lmtpSocket="dovecot/lmtp"), "mailsite:delivery.lmtpSocket", "absolute path"),
-    ("empty lmtp socket", lambda s: s["delivery"].update(lmtpSocket=""), "mailsite:delivery.lmtpSocket", "absolute path"),
-    ("relative maildir", lambda s: s["delivery"].update(maildir="Maildir"), "mailsite:delivery.maildir", "absolute path (or one below ~/)"),
-    ("empty maildir", lambda s: s["delivery"].update(maildir=""), "mailsite:delivery.maildir", "absolute path (or one below ~/)"),
     ("true as a network (YAML's yes)", lambda s: s["vultr"]["bgp"].update(prefixes=[True]), "mailsite:vultr.bgp.prefixes[0]",
      "not a network in CIDR form"),
     ("true as an admin network", lambda s: s["adminCidrs"].__setitem__(0, True), "mailsite:adminCidrs[0]", "not a network in CIDR form"),
@@ -317,7 +321,6 @@ def test_hostile_or_wrong_value_is_refused_in_one_line(settings, change, setting
 def test_safe_values_of_the_same_settings_are_taken(settings):
     """The types refuse what would break a file, not what a site may need."""
     settings["tls"].update(certificate="/etc/ssl/acme/{fqdn}.fullchain.pem", key="/etc/ssl/private/{fqdn}_2026.key")
-    settings["delivery"].update(lmtpSocket="/var/run/dovecot/lmtp", maildir="/var/vmail/Maildir")
     settings["bgpSpamd"]["routeServers"][0]["description"] = "bgp-spamd.net rs1 (Amsterdam)"
     settings["recipients"]["aliases"].update(sales="Bob.Smith+site@Example.NET", abuse="alice")
     settings["adminCidrs"] = ["10.0.0.0/8", "2001:db8::/32"]

@@ -26,6 +26,9 @@ class LabRun:
     listens: tuple[int, Literal["tcp", "udp"]] | None  # (port, protocol) it listens on once ready
     # The configuration argv makes it read, absolute as on the host: the host's tree carries it.
     config: str | None = None
+    # The daemon root it runs from (mailsite.daemonroot.ROOTS): a daemon of another root than the
+    # host's other daemons gets a tree over that root, in the host's network but its own mounts.
+    root: str = "daemons"
 
 
 @dataclass(frozen=True)

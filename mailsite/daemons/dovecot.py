@@ -11,7 +11,7 @@ from typing import Mapping
 from ..model import LMTP_SOCKET, MAIL_UID, MAIL_USER, MAILBOXES, SUBADDRESS_DELIMITER, Host, HostAddresses, Site
 from ..service import ANYWHERE, RateLimit, Service
 from ..templates import RenderedFile, UnsafeValue, render_template
-from .base import ConfigTest, Daemon, HostContext
+from .base import ConfigTest, Daemon, HostContext, LabRun
 
 # The users OpenBSD's package creates (its PLIST's @newuser): the auth process runs as the first,
 # the login processes as the second.
@@ -134,4 +134,8 @@ dovecot = Daemon(
     services=services,
     # doveconf -n knows every 2.3 setting by name and refuses the others (a 2.4 file among them).
     configtests=(ConfigTest("doveconf", CONFIG),),
+    # From the "dovecot" root (2.3, as OpenBSD ships it), in the foreground; its log to stderr,
+    # which the lab keeps (the lab has no syslog).
+    lab=LabRun(("dovecot", "-F", "-c", f"/{CONFIG}", "-o", "log_path=/dev/stderr"), (993, "tcp"), config=f"/{CONFIG}",
+               root="dovecot"),
 )

@@ -1,11 +1,12 @@
 """smtpd(8): the MTA on every MX (a backup relays to better MXes only, for the site's recipients
-only); on the primary also the MSA and the delivery into mailboxes."""
+only); on the primary also the MSA, checking the users' passwords against the credentials table,
+and the delivery into mailboxes, handed to Dovecot over LMTP."""
 
 from __future__ import annotations
 
 from typing import Mapping
 
-from ..model import Host, HostAddresses, Site
+from ..model import LMTP_SOCKET, MAIL_USER, Host, HostAddresses, Site
 from ..service import ANYWHERE, Service
 from ..templates import RenderedFile, render_template
 from .base import ConfigTest, Daemon, HostContext, LabRun
@@ -24,7 +25,7 @@ def render_smtpd_conf(context: HostContext) -> str:
         egress_interface=host.egress_interface,
         queue_ttl=site.queue.ttl,
         max_message_size=site.max_message_size,
-        delivery=site.delivery,
+        lmtp_socket=LMTP_SOCKET,
         tls=tls,
     )
 
@@ -38,6 +39,26 @@ def render_queue_key_conf(context: HostContext) -> str:
     )
 
 
+def virtuals(site: Site) -> list[tuple[str, str]]:
+    """The primary's virtual table: each recipient the site takes (the backups' list) and what
+    smtpd expands it to. A user's address goes to the one virtual mail user, which delivers it
+    over LMTP under that address (`rcpt-to`), so Dovecot files it in the user's mailbox; an alias
+    or a catch-all goes to the user's address in the same domain, and then on as that address does;
+    an alias onto an outside address is relayed there."""
+    recipients = site.recipients
+    table = []
+    for address in site.valid_recipients():
+        part, domain = address.rsplit("@", 1)
+        if part in recipients.users:
+            target = MAIL_USER
+        else:
+            target = recipients.aliases[part] if part else recipients.catch_all[domain]
+            if "@" not in target:
+                target = f"{target}@{domain}"
+        table.append((address, target))
+    return table
+
+
 def render_tables(site: Site, host: Host) -> dict[str, str]:
     """smtpd's tables: domains, aliases, and recipients (backup) or virtuals (primary)."""
     tables = {
@@ -45,10 +66,7 @@ def render_tables(site: Site, host: Host) -> dict[str, str]:
         "etc/mail/aliases": render_template("smtpd/aliases.j2", postmaster=f"postmaster@{site.domains[0]}"),
     }
     if host.is_primary:
-        recipients = site.recipients
-        tables["etc/mail/virtuals"] = render_template(
-            "smtpd/virtuals.j2", domains=site.domains, users=recipients.users, aliases=recipients.aliases
-        )
+        tables["etc/mail/virtuals"] = render_template("smtpd/virtuals.j2", virtuals=virtuals(site))
     else:
         tables["etc/mail/recipients"] = render_template("smtpd/recipients.j2", recipients=site.valid_recipients())
     return tables

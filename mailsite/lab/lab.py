@@ -13,14 +13,20 @@ into the node's tree, which every daemon and command of the node joins (hosts.in
 tree is an overlay: the root below, read-only and never written; above it nodes/<name>/root, the
 node's rendered files and environment, where what the node writes lands too (the update job's
 lists in /etc/mail); then its own /proc, /dev, /tmp, /run (control sockets are compiled in), on
-an MX its /var/spool (smtpd's queue path is compiled in too) and mailbox homes, and its hostname
-(OpenBSD's /etc/myname). All of it vanishes with the node's processes; nothing is mounted in this
-machine's own namespace.
+an MX its /var/spool (smtpd's queue path is compiled in too), and its hostname (OpenBSD's
+/etc/myname). All of it vanishes with the node's processes; nothing is mounted in this machine's
+own namespace.
+
+A daemon of another root (Dovecot, from the "dovecot" root: OpenBSD's 2.3, not trixie's 2.4) runs
+in a second tree of its host, made the same way over that root by a second holder, in the host's
+network namespace but a mount namespace of its own (nodes/<name>/<root>/). On the primary both
+trees share two directories of the lab's: Dovecot's base_dir, where smtpd finds the LMTP socket,
+and the one standing in for the mail volume (STATE_MOUNT), so what Dovecot stores outlives the
+trees, as mail outlives a replaced VM.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import secrets as random
@@ -28,6 +34,7 @@ import shlex
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Collection, Sequence
 
@@ -35,8 +42,10 @@ from ..config import load_site_file, stack_name
 from ..daemonroot import daemon_root
 from ..daemons import LabRun, daemons_on
 from ..errors import UserError
+from ..model import LMTP_SOCKET, MAIL_UID, MAILBOXES, STATE_MOUNT, HostSecrets, Site
+from ..passwords import hash_password
 from ..templates import HostTree, RenderedFile
-from ..secrets import init_secrets, site_secrets
+from ..secrets import host_store, init_secrets, password_hashes_id, site_secrets
 from ..trees import write_tree
 from . import net
 from .bgp import routes_received, sessions
@@ -47,9 +56,8 @@ from .procs import (
     wait_until,
 )
 from .site import (
-    BLACKLIST, BYPASS, CA_BUNDLE, MAILBOX_HOMES, WIRE, LabPlan, Node, host_environment, lab_plan, mailbox_owners,
-    node_environment, pki_files, refuse_system_account_users, render_dnsmasq_conf, render_lab_host, render_route_server_conf,
-    shadow, trust_store,
+    BLACKLIST, BYPASS, CA_BUNDLE, WIRE, LabPlan, Node, account_ids, host_environment, lab_plan, node_environment, pki_files,
+    outside, render_dnsmasq_conf, render_lab_host, render_outside_smtpd_conf, render_route_server_conf, trust_store,
 )
 from .state import ALREADY_UP, STATE_FILE, LabState, UnreadableState, lab_lock, read_state
 
@@ -58,6 +66,10 @@ STATE_DIR = Path("/var/lib/mailsite-lab")
 # and client (smtpd, smtpctl, bgpd, bgpctl, dnsmasq, swaks, openssl) is the daemon root's.
 TOOLS = {"ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux", "mount": "mount", "chroot": "coreutils"}
 PASSWORDS = "passwords.json"  # in the state directory, 0600: user -> password, for this up only
+OUTSIDE_SMTPD_CONF = "etc/mail/outside-smtpd.conf"  # on the internet node
+HOST_ROOT = "daemons"  # the daemon root every node's first tree is laid over; others get trees of their own
+# Dovecot's base_dir, which holds the LMTP socket smtpd delivers to: shared by the primary's trees.
+LMTP_DIR = os.path.dirname(LMTP_SOCKET)
 READY_TIMEOUT = 30  # seconds for every daemon to answer; the lab is up in about one
 UP_LOCK_WAIT = 3 * READY_TIMEOUT  # seconds `down` waits for another process's `up` to end
 
@@ -78,6 +90,16 @@ def _listening(pid: int, port: int, protocol: str = "tcp") -> bool:
     return False
 
 
+def holder_key(node: str, tree: str = HOST_ROOT) -> str:
+    """The state's key of the process holding a node's tree: "mx1/host", "mx1/host-dovecot"."""
+    return f"{node}/host" if tree == HOST_ROOT else f"{node}/host-{tree}"
+
+
+def is_holder(key: str) -> bool:
+    name = key.split("/", 1)[1]
+    return name == "host" or name.startswith("host-")
+
+
 class Lab:
     def __init__(self, plan: LabPlan, state_dir: Path, state: LabState):
         self.plan = plan
@@ -90,21 +112,45 @@ class Lab:
     def node_dir(self, name: str) -> Path:
         return self.dir / "nodes" / name
 
-    def root(self, node: str) -> Path:
-        """The node's own files, the upper layer of its tree over the daemon root: its rendered
-        files and environment, and what the node writes anywhere but /tmp, /run, /var/spool and
-        the homes (the update job's lists in /etc/mail land here)."""
-        return self.node_dir(node) / "root"
+    def tree_dir(self, node: str, tree: str = HOST_ROOT) -> Path:
+        """Where a node's tree over the daemon root `tree` is made: the node's first tree (over
+        the "daemons" root) in its own directory, another one below it, by its root's name."""
+        return self.node_dir(node) if tree == HOST_ROOT else self.node_dir(node) / tree
 
-    def merged(self, node: str) -> Path:
+    def root(self, node: str, tree: str = HOST_ROOT) -> Path:
+        """The node's own files, the upper layer of its tree over a daemon root: its rendered
+        files and environment, and what the node writes anywhere but /tmp, /run, /var/spool and
+        the primary's shared directories (the update job's lists in /etc/mail land here)."""
+        return self.tree_dir(node, tree) / "root"
+
+    def merged(self, node: str, tree: str = HOST_ROOT) -> Path:
         """Where the node's holder mounts its tree (in the node's mount namespace only)."""
-        return self.node_dir(node) / "merged"
+        return self.tree_dir(node, tree) / "merged"
 
     def spool(self, host: str) -> Path:
         return self.node_dir(host) / "spool"
 
-    def homes(self, host: str) -> Path:
-        return self.node_dir(host) / "home"
+    def volume(self, host: str) -> Path:
+        """The directory standing in for the primary's mail volume, mounted at STATE_MOUNT in each
+        of its trees: Dovecot's Maildirs and indexes. It outlives a replaced primary's trees."""
+        return self.node_dir(host) / "volume"
+
+    def mailboxes(self, host: str) -> Path:
+        """The users' homes on the volume, each holding its Maildir (MAILBOXES, as on the host)."""
+        return self.volume(host) / os.path.relpath(MAILBOXES, STATE_MOUNT)
+
+    def lmtp_dir(self, host: str) -> Path:
+        """Dovecot's base_dir on the primary, mounted in each of its trees: smtpd's mail.lmtp
+        connects to the LMTP socket Dovecot makes there."""
+        return self.node_dir(host) / "lmtp"
+
+    def trees(self, node: str) -> list[str]:
+        """The daemon roots a node has a tree over: "daemons" first, then any other its daemons
+        run from (an MX's LabRun.root)."""
+        if self.plan.node(node).kind != "mx":
+            return [HOST_ROOT]
+        others = {run.root for run in self.site_daemons(node).values()} - {HOST_ROOT}
+        return [HOST_ROOT, *sorted(others)]
 
     def log(self, node: str, daemon: str) -> Path:
         return self.node_dir(node) / f"{daemon}.log"
@@ -120,7 +166,8 @@ class Lab:
     def password(self, user: str) -> str:
         """The password of the primary's mailbox user `user` (a user of site.recipients) for this
         up: random, made afresh by every up, held 0600 in the state directory and never printed.
-        smtpd's `auth` listeners check it through PAM against the primary's /etc/shadow."""
+        Its bcrypt hash is the primary's (HostSecrets.password_hashes), so smtpd's `auth
+        <credentials>` and Dovecot's passwd-file check it as the image's would."""
         try:
             return json.loads((self.dir / PASSWORDS).read_text())[user]
         except KeyError:
@@ -128,16 +175,16 @@ class Lab:
         except OSError as error:
             raise LabError(f"no lab passwords ({error.strerror}); run lab up") from None
 
-    def path_on(self, node: str, path: str) -> Path:
+    def path_on(self, node: str, path: str, tree: str = HOST_ROOT) -> Path:
         """`path` as the node sees it (through its holder's root), for reading or writing what
         the node's daemons read: a file replaced here is replaced on the node."""
-        return Path(f"/proc/{self.holder(node).pid}/root") / path.lstrip("/")
+        return Path(f"/proc/{self.holder(node, tree).pid}/root") / path.lstrip("/")
 
     def record(self, key: str) -> ProcessRecord | None:
         return self.state.processes.get(key)
 
-    def holder(self, node: str) -> ProcessRecord:
-        record = self.record(f"{node}/host")
+    def holder(self, node: str, tree: str = HOST_ROOT) -> ProcessRecord:
+        record = self.record(holder_key(node, tree))
         # nsenter joins whatever the pid is in: a recorded pid in this machine's own namespaces
         # (a state.json not the lab's own) would run the lab's commands on this machine.
         if record is None:
@@ -145,7 +192,7 @@ class Lab:
         if not alive(record):
             # Its daemons keep its namespaces: the node may still take mail, but nothing enters it.
             running = [key.split("/", 1)[1] for key, daemon in self.state.processes.items()
-                       if key.startswith(f"{node}/") and key != f"{node}/host" and alive(daemon)]
+                       if key.startswith(f"{node}/") and not is_holder(key) and alive(daemon)]
             still = f" while its {', '.join(running)} still run" if running else ""
             raise LabError(f"{node}'s holder (pid {record.pid}) is gone{still}: no command can enter {node};"
                            " run lab down")
@@ -163,9 +210,8 @@ class Lab:
     def up(cls, config: Path, state_dir: Path = STATE_DIR, *, stay: bool = False) -> Lab:
         """Bring the stack's site up in the lab; `stay`: the lab outlives this process (lab up),
         otherwise a later `up` treats it as left by a killed run once this process is gone."""
-        root = preflight()
         site = load_site_file(config)
-        refuse_system_account_users(site, (root / "etc/passwd").read_text())  # before anything is made
+        preflight(site)
         stack = stack_name(config)
         # Held until the lab answers or is down again: a second `up` meanwhile refuses and touches nothing.
         with lab_lock(state_dir):
@@ -177,9 +223,9 @@ class Lab:
             started = time.monotonic()
             try:
                 lab._save()
-                lab._write_files(stack, root)
+                lab._write_files(stack)
                 lab._build_network()
-                lab._start_daemons(root)
+                lab._start_daemons()
                 lab.wait_ready()
                 state.up_seconds = round(time.monotonic() - started, 2)
                 if stay:
@@ -190,65 +236,99 @@ class Lab:
                 raise
         return lab
 
-    def _write_files(self, stack: str, root: Path) -> None:
+    def _write_files(self, stack: str) -> None:
         init_secrets(self.plan.site, stack, self.dir)  # fresh keys in the lab's own file backend
+        # The users' hashes, where `mailsite user passwd` keeps them: the primary's image is
+        # rendered with them, as a real one is.
+        host_store(self.plan.site, self.dir).create(password_hashes_id(stack), json.dumps(self._new_passwords()))
         secrets = site_secrets(self.plan.site, stack, self.dir)
         ca = LabCA.new(stack)
         ca.save(self.dir / "ca")
-        common = {**node_environment(self.plan), **trust_store((root / CA_BUNDLE).read_text(), ca.pem.decode())}
+        common = self._common(ca)
         for node in self.plan.nodes:
             if node.kind == "mx":
-                host = self.plan.site.host(node.name)
-                self._write_mx(node, root, {**render_lab_host(self.plan, host, secrets[host.name]), **common,
-                                            **pki_files(self.plan, host, ca.issue([host.mx_name]))})
+                self._write_mx(node, self._mx_tree(node.name, secrets[node.name], ca, common))
             elif node.kind == "dns":
-                self._write_node(node, {**common, "etc/dnsmasq.conf": RenderedFile(render_dnsmasq_conf(self.plan))})
+                self._write_tree(node.name, HOST_ROOT, {**common, "etc/dnsmasq.conf": RenderedFile(render_dnsmasq_conf(self.plan))})
             elif node.kind == "route-server":
-                self._write_node(node, {**common, "etc/bgpd.conf": self._route_server_conf(node)})
+                self._write_tree(node.name, HOST_ROOT, {**common, "etc/bgpd.conf": self._route_server_conf(node)})
             else:
-                self._write_node(node, common)
+                self._write_internet(node, common)
 
-    def _write_mx(self, node: Node, root: Path, tree: HostTree) -> None:
-        """An MX's files, its spool, and on the primary its mailbox users: accounts added to the
-        root's (whose packages' users own the root's files), a password each, their homes."""
+    def _common(self, ca: LabCA) -> HostTree:
+        """What every node lays over its root: its resolver and /etc/hosts, and its trust store."""
+        bundle = (daemon_root(HOST_ROOT).path / CA_BUNDLE).read_text()
+        return {**node_environment(self.plan), **trust_store(bundle, ca.pem.decode())}
+
+    def _mx_tree(self, name: str, secrets: HostSecrets, ca: LabCA, common: HostTree) -> HostTree:
+        """An MX's files: its image's, rendered, then the lab's own, and a certificate of the lab CA."""
+        host = self.plan.site.host(name)
+        return {**render_lab_host(self.plan, host, secrets), **common, **pki_files(self.plan, host, ca.issue([host.mx_name]))}
+
+    def _write_mx(self, node: Node, tree: HostTree) -> None:
+        """An MX's files, in each of its trees (every tree holds the whole host, as one image
+        does), with the root's accounts and on the primary its daemons' own; its spool; on the
+        primary the directories its trees share."""
         host = self.plan.site.host(node.name)
-        environment = host_environment(self.plan, host, (root / "etc/passwd").read_text(), (root / "etc/group").read_text())
-        owners = mailbox_owners(environment)
-        if owners:
-            environment["etc/shadow"] = shadow((root / "etc/shadow").read_text(), self._new_passwords(root, owners), _today())
-        self._write_node(node, {**tree, **environment})
-        # A key's directory private, as on the host (the upper layer's mode is the one seen).
-        self.root(node.name).joinpath(self.plan.site.tls.key_for(host).lstrip("/")).parent.chmod(0o700)
+        for name in self.trees(node.name):
+            root = daemon_root(name).path
+            environment = host_environment(self.plan, host, (root / "etc/passwd").read_text(), (root / "etc/group").read_text())
+            self._write_tree(node.name, name, {**tree, **environment})
+            # A key's directory private, as on the host (the upper layer's mode is the one seen).
+            self.root(node.name, name).joinpath(self.plan.site.tls.key_for(host).lstrip("/")).parent.chmod(0o700)
         self.spool(node.name).mkdir()
-        for user, uid in owners.items():
-            home = self.homes(node.name) / user
-            home.mkdir(parents=True, mode=0o700)
-            os.chown(home, uid, uid)
+        if host.is_primary:
+            self.lmtp_dir(node.name).mkdir(mode=0o755)
+            # A blank volume, as the image finds one at its first boot (a replaced primary finds
+            # the old one, never made again): the users' homes are made by Dovecot, as the mail
+            # user, in the directory the image gives it.
+            if not self.volume(node.name).exists():
+                self.volume(node.name).mkdir(mode=0o755)
+                self.mailboxes(node.name).mkdir(mode=0o700)
+                os.chown(self.mailboxes(node.name), MAIL_UID, MAIL_UID)
+            for name in self.trees(node.name):
+                for mount_point in (STATE_MOUNT, LMTP_DIR):
+                    self.root(node.name, name).joinpath(mount_point.lstrip("/")).mkdir(parents=True, exist_ok=True)
 
-    def _write_node(self, node: Node, tree: HostTree) -> None:
-        upper = self.root(node.name)
-        self.node_dir(node.name).mkdir(parents=True)
+    def _write_internet(self, node: Node, common: HostTree) -> None:
+        """The internet node: the sender's tools, and the outside world's MTA with its Maildir."""
+        world = outside(self.plan)
+        self._write_tree(node.name, HOST_ROOT, {**common, OUTSIDE_SMTPD_CONF: RenderedFile(render_outside_smtpd_conf(self.plan))})
+        maildir = self.root(node.name) / world.maildir.lstrip("/")
+        maildir.mkdir(parents=True)
+        owner = account_ids((daemon_root(HOST_ROOT).path / "etc/passwd").read_text())[world.user]
+        os.chown(maildir, owner, owner)
+
+    def outside_maildir(self) -> Path:
+        """Where the outside world's MTA keeps what it receives (on this machine)."""
+        return self.root(self.plan.internet.name) / outside(self.plan).maildir.lstrip("/")
+
+    def _write_tree(self, node: str, tree_root: str, tree: HostTree) -> None:
+        upper = self.root(node, tree_root)
+        self.tree_dir(node, tree_root).mkdir(parents=True, exist_ok=True)  # a replaced MX's is there
         write_tree(upper, tree)
         # The upper layer's directories are the ones seen: "/" must stay searchable by the
         # daemons' unprivileged users (write_tree makes its root 0700).
         upper.chmod(0o755)
-        self.merged(node.name).mkdir()
-        (self.node_dir(node.name) / "work").mkdir()
+        # A file a daemon reads after giving up root is that user's, as on the host.
+        passwd = tree.get("etc/passwd")
+        ids = account_ids(passwd.text if passwd else (daemon_root(tree_root).path / "etc/passwd").read_text())
+        for path, rendered in tree.items():
+            if rendered.owner != "root":
+                os.chown(upper / path, ids[rendered.owner], ids[rendered.owner])
+        self.merged(node, tree_root).mkdir()
+        (self.tree_dir(node, tree_root) / "work").mkdir()
 
-    def _new_passwords(self, root: Path, users: Collection[str]) -> dict[str, str]:
-        """A random password for each of `users`, kept 0600 in the state directory; returns their
-        crypt(3) hashes (SHA-512), made by the root's openssl with the passwords on its stdin
-        (never in an argv, which anyone on this machine may read)."""
-        passwords = {user: random.token_urlsafe(18) for user in users}
+    def _new_passwords(self) -> dict[str, str]:
+        """A random password for each mailbox user, kept 0600 in the state directory; returns
+        their bcrypt hashes, as `mailsite user passwd` makes them."""
+        passwords = {user: random.token_urlsafe(18) for user in self.plan.site.recipients.users}
         descriptor = os.open(self.dir / PASSWORDS, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             json.dump(passwords, handle)
-        result = run(["chroot", str(root), "/usr/bin/openssl", "passwd", "-6", "-stdin"],
-                     input="".join(f"{password}\n" for password in passwords.values()))
-        hashes = result.stdout.split()
-        if result.returncode != 0 or len(hashes) != len(passwords) or not all(h.startswith("$6$") for h in hashes):
-            raise LabError(f"the daemon root's openssl passwd -6 failed: {result.stderr.strip()[-200:]}")
-        return dict(zip(passwords, hashes))
+        # bcrypt takes a quarter of a second a hash, on a thread each (it releases the GIL).
+        with ThreadPoolExecutor() as pool:
+            return dict(zip(passwords, pool.map(hash_password, passwords.values())))
 
     def _route_server_conf(self, server: Node) -> RenderedFile:
         # 0600: bgpd refuses a config others can read.
@@ -261,10 +341,12 @@ class Lab:
         for index, node in enumerate(self.plan.nodes):
             net.add_node(node, f"veth{index}")
 
-    def _holder_script(self, node: Node, root: Path) -> str:
-        """The node's mounts, made in its own mount namespace, then a chroot into its tree."""
-        merged = shlex.quote(str(self.merged(node.name)))
-        layers = f"lowerdir={root},upperdir={self.root(node.name)},workdir={self.node_dir(node.name) / 'work'}"
+    def _holder_script(self, node: Node, tree: str) -> str:
+        """The node's mounts for its tree over the daemon root `tree`, made in a mount namespace
+        of its own, then a chroot into that tree."""
+        merged = shlex.quote(str(self.merged(node.name, tree)))
+        layers = (f"lowerdir={daemon_root(tree).path},upperdir={self.root(node.name, tree)},"
+                  f"workdir={self.tree_dir(node.name, tree) / 'work'}")
         lines = [
             "set -e",
             f"mount -t overlay mailsite-lab -o {shlex.quote(layers)} {merged}",
@@ -275,16 +357,19 @@ class Lab:
         ]
         name = node.name
         if node.kind == "mx":
-            lines.append(f"mount --bind {shlex.quote(str(self.spool(node.name)))} {merged}/var/spool")
-            if self.homes(node.name).exists():
-                lines.append(f"mount --bind {shlex.quote(str(self.homes(node.name)))} {merged}{MAILBOX_HOMES}")
+            if tree == HOST_ROOT:
+                lines.append(f"mount --bind {shlex.quote(str(self.spool(node.name)))} {merged}/var/spool")
+            if self.volume(node.name).exists():
+                lines += [f"mount --bind {shlex.quote(str(self.volume(node.name)))} {merged}{STATE_MOUNT}",
+                          f"mount --bind {shlex.quote(str(self.lmtp_dir(node.name)))} {merged}{LMTP_DIR}"]
             name = self.plan.site.host(node.name).mx_name
+        # bgpd chroots into its user's home, /run/openbgpd, and keeps its socket there (the
+        # root's mkdir: this machine lends only the mount and namespace tools).
+        prepare = "/bin/mkdir -m 0755 /run/openbgpd && " if tree == HOST_ROOT else ""
         lines += [
             # The uts namespace's own name (no hostname(1) needed from this machine).
             f"echo {shlex.quote(name)} > /proc/sys/kernel/hostname",
-            # bgpd chroots into its user's home, /run/openbgpd, and keeps its socket there (the
-            # root's mkdir: this machine lends only the mount and namespace tools).
-            f"exec chroot {merged} /bin/sh -c '/bin/mkdir -m 0755 /run/openbgpd && exec /bin/sleep infinity'",
+            f"exec chroot {merged} /bin/sh -c '{prepare}exec /bin/sleep infinity'",
         ]
         return "\n".join(lines)
 
@@ -295,13 +380,16 @@ class Lab:
         self._save()
         return record
 
-    def _start_holders(self, root: Path) -> None:
-        """Every node's holder at once, then a wait until each is chrooted (its mounts made)."""
+    def _start_holders(self, nodes: Sequence[Node]) -> None:
+        """The holders of every tree of `nodes` at once, then a wait until each is chrooted (its
+        mounts made)."""
         records = {}
-        for node in self.plan.nodes:
-            argv = in_network(node.namespace, ["unshare", "--mount", "--uts", "--propagation", "private",
-                                                "sh", "-c", self._holder_script(node, root)])
-            records[node.name] = self._start(node.name, "host", argv)
+        for node in nodes:
+            for tree in self.trees(node.name):
+                argv = in_network(node.namespace, ["unshare", "--mount", "--uts", "--propagation", "private",
+                                                    "sh", "-c", self._holder_script(node, tree)])
+                key = holder_key(node.name, tree)
+                records[key] = self._start(node.name, key.split("/", 1)[1], argv)
 
         def settled(record: ProcessRecord) -> bool:
             try:
@@ -309,9 +397,9 @@ class Lab:
             except OSError:
                 return True
         wait_until(lambda: all(settled(record) for record in records.values()), 10)
-        for name, record in records.items():
+        for key, record in records.items():
             if not alive(record) or not settled(record):
-                raise LabError(f"{name}: cannot set up its mounts: {self.log(name, 'host').read_text().strip()[-300:]}")
+                raise LabError(f"{key.split('/')[0]}: cannot set up its mounts: {self.log(*key.split('/')).read_text().strip()[-300:]}")
 
     def site_daemons(self, host: str) -> dict[str, LabRun]:
         """The site's daemons the lab runs on an MX, by name, in start order."""
@@ -326,19 +414,22 @@ class Lab:
                                    "--log-facility=-"]
         elif kind == "route-server" and daemon == "bgpd":
             argv = ["bgpd", "-d", "-f", "/etc/bgpd.conf"]
+        elif kind == "internet" and daemon == "smtpd":
+            argv = ["smtpd", "-d", "-f", f"/{OUTSIDE_SMTPD_CONF}"]
         else:
             run = self.site_daemons(node).get(daemon) if kind == "mx" else None
             if run is None:
                 raise LabError(f"{node} runs no {daemon} in the lab")
-            argv = run.argv
+            return in_host(self.holder(node, run.root), run.argv)
         return in_host(self.holder(node), argv)
 
     def start_daemon(self, node: str, daemon: str) -> ProcessRecord:
         return self._start(node, daemon, self.daemon_argv(node, daemon))
 
-    def _start_daemons(self, root: Path) -> None:
-        self._start_holders(root)
+    def _start_daemons(self) -> None:
+        self._start_holders(self.plan.nodes)
         self.start_daemon(self.plan.dns.name, "dnsmasq")
+        self.start_daemon(self.plan.internet.name, "smtpd")
         servers, mxes = self.plan.of_kind("route-server"), self.plan.of_kind("mx")
         # Route servers first: an MX whose first connection is refused waits bgpd's ConnectRetry.
         for server in servers:
@@ -373,6 +464,8 @@ class Lab:
     def wait_ready(self) -> None:
         dns = self.state.processes[f"{self.plan.dns.name}/dnsmasq"]
         self._wait("dnsmasq", lambda: _listening(dns.pid, 53, "udp"))
+        world = self.state.processes[f"{self.plan.internet.name}/smtpd"]
+        self._wait("the internet node's smtpd", lambda: _listening(world.pid, 25))
         mxes = [mx.name for mx in self.plan.of_kind("mx")]
         listeners = [(mx, daemon, run.listens) for mx in mxes for daemon, run in self.site_daemons(mx).items() if run.listens]
         what = sorted({f"{daemon} on {port}/{protocol}" for _, daemon, (port, protocol) in listeners})
@@ -411,11 +504,12 @@ class Lab:
                 pass
 
     def run_in(self, node: str, argv: Sequence[str], timeout: float = 30,
-               input: str | None = None) -> subprocess.CompletedProcess[str]:
+               input: str | None = None, tree: str = HOST_ROOT) -> subprocess.CompletedProcess[str]:
         """argv run as on the node, any kind (an MX, dns, internet, a route server): its network,
-        mounts and name, the daemon root's programs (smtpctl, bgpctl, swaks, openssl) and a
-        login's clean environment. `input`: its stdin (a password goes there, never in argv)."""
-        return run(in_host(self.holder(node), argv), timeout, input=input)
+        mounts and name, the daemon root's programs (smtpctl, bgpctl, swaks, openssl; doveadm
+        in the primary's "dovecot" tree) and a login's clean environment. `input`: its stdin (a
+        password goes there, never in argv)."""
+        return run(in_host(self.holder(node, tree), argv), timeout, input=input)
 
     def announce(self, blacklist: Sequence[str], bypass: Sequence[str]) -> None:
         """What the route servers announce from now on: their config is rewritten and reloaded,
@@ -434,9 +528,54 @@ class Lab:
             if result.returncode != 0:
                 raise LabError(f"{server.name}: bgpctl reload failed: {result.stderr.strip()}")
 
+    def replace_host(self, name: str) -> None:
+        """What `pulumi up` does to an MX whose image changed, done to the lab's: the old VM goes
+        (its daemons, its trees, its queue and /var/dovecot) and a new one comes from a new
+        render of the host, with the secrets the backend holds for it now (a new queue key after
+        a rotation). What outlives a VM stays: the node's network namespace (its addresses) and,
+        on the primary, the directory standing in for the mail volume. The queue must be empty,
+        as a real host is drained before it goes: a message in it would be lost."""
+        node = self.plan.node(name)
+        if node.kind != "mx":
+            raise LabError(f"{name} is not an MX")
+        if self.run_in(name, ["smtpctl", "show", "queue"], timeout=10).stdout.strip():
+            raise LabError(f"{name}'s queue is not empty; drain it before replacing {name}")
+        self._stop_node(name)
+        for tree in self.trees(name):
+            for part in ("root", "merged", "work"):
+                shutil.rmtree(self.tree_dir(name, tree) / part)
+        for gone in (self.spool(name), self.lmtp_dir(name)):
+            shutil.rmtree(gone, ignore_errors=True)
+        secrets = site_secrets(self.plan.site, self.state.stack, self.dir)[name]
+        ca = LabCA.load(self.dir / "ca")
+        self._write_mx(node, self._mx_tree(name, secrets, ca, self._common(ca)))
+        self._start_holders([node])
+        for daemon in self.site_daemons(name):
+            self.start_daemon(name, daemon)
+        self._wait(f"{name}'s daemons to listen again",
+                   lambda: all(self.listening(name, daemon) for daemon, run in self.site_daemons(name).items() if run.listens))
+        if "bgpd" in self.site_daemons(name):
+            self._wait(f"{name}'s bgpd to answer", lambda: self.start_sessions(name))
+            self._wait(f"{name}'s bgpd to hold the route servers' routes", lambda: routes_received(self, name))
+
+    def _stop_node(self, name: str) -> None:
+        """Every process of an MX's trees (its daemons, their children, its holders): the VM going."""
+        keys = [key for key in self.state.processes if key.startswith(f"{name}/")]
+        records = [self.state.processes[key] for key in keys]
+        for key in keys:
+            if is_holder(key) and alive(self.state.processes[key]):
+                inode = os.stat(f"/proc/{self.state.processes[key].pid}/ns/mnt").st_ino
+                records += [record for pid in mount_namespace_pids(inode) if (record := record_of(pid))]
+        if stuck := stop(records):
+            raise LabError(f"{name}: process {stuck[0].pid} did not stop")
+        for key in keys:
+            del self.state.processes[key]
+            self._reap(key)
+        self._save()
+
     def daemons(self) -> dict[str, bool]:
         """node/daemon -> running, holders left out."""
-        return {key: alive(record) for key, record in self.state.processes.items() if not key.endswith("/host")}
+        return {key: alive(record) for key, record in self.state.processes.items() if not is_holder(key)}
 
     # Taking it down.
 
@@ -459,19 +598,18 @@ class Lab:
         return cls(plan, state_dir, state)
 
 
-def preflight() -> Path:
-    """What the lab needs of this machine, or one line saying what is missing; the daemon root's "/"."""
+def preflight(site: Site) -> None:
+    """What the lab needs of this machine, or one line saying what is missing: root, the tools it
+    lends, and every daemon root the site's daemons run from, checked (built first when missing
+    or stale; make root builds them ahead)."""
     if os.geteuid() != 0:
         raise UserError("lab needs root (network namespaces and mounts); run it as root")
     missing = sorted({package for tool, package in TOOLS.items() if shutil.which(tool) is None})
     if missing:
         raise UserError(f"lab needs the Debian packages {', '.join(missing)}; run make deps")
-    return daemon_root().path  # built first when missing or stale (make root builds it ahead)
-
-
-def _today() -> int:
-    """Days since 1970, as /etc/shadow counts a password's last change."""
-    return (datetime.date.today() - datetime.date(1970, 1, 1)).days
+    roots = {daemon.lab.root for host in site.hosts for daemon in daemons_on(site, host) if daemon.lab}
+    for name in [HOST_ROOT, *sorted(roots - {HOST_ROOT})]:
+        daemon_root(name)
 
 
 def _readable_state(state_dir: Path) -> LabState | None:

@@ -164,10 +164,25 @@ def issued_by(ca_certificate: Path, certificate: str, name: str) -> str:
     return ""
 
 
-def received_chain(message: bytes) -> list[str]:
-    """The `Received:` headers of a delivered message, newest first, each folded onto one line."""
+def received_headers(message: bytes) -> list[str]:
+    """Every `Received:` header of a delivered message, newest first, each folded onto one line."""
     headers = message.split(b"\n\n", 1)[0].decode(errors="replace").replace("\n\t", " ").replace("\n ", " ")
     return [line for line in headers.splitlines() if line.startswith("Received:")]
+
+
+def received_chain(message: bytes) -> list[str]:
+    """The MTAs' `Received:` headers of a delivered message, newest first: the hops it made over
+    SMTP, without the one Dovecot's LMTP adds as it stores the message (stored_by)."""
+    return [hop for hop in received_headers(message) if not _LMTP_HOP.search(hop)]
+
+
+_LMTP_HOP = re.compile(r" with LMTP id ")
+
+
+def stored_by(message: bytes) -> str:
+    """The `Received:` header Dovecot wrote as it took the message over LMTP ("from localhost by
+    mx1.example.org with LMTP ..."), "" if it holds none: the store, not smtpd, wrote it to disk."""
+    return next((hop for hop in received_headers(message) if _LMTP_HOP.search(hop)), "")
 
 
 def received_by(message: bytes, mx_name: str) -> str:
@@ -182,11 +197,24 @@ def over_tls(hop: str) -> bool:
 
 
 def delivered(lab: Lab, marker: str) -> list[Path]:
-    """The messages holding `marker` in any mailbox on the primary (new and read alike). A
-    message being written sits in tmp/ and is renamed into new/ when whole: it is not delivered
-    yet, and may be gone from tmp/ by the time it would be read."""
-    homes = lab.homes(lab.plan.site.primary.name)
-    return [path for path in sorted(homes.glob("*/Maildir/*/*")) if path.parent.name in ("new", "cur") and _holds(path, marker)]
+    """The messages holding `marker` in any mailbox on the primary, in any folder (new and read
+    alike), as Dovecot stored them on the mail volume. A message being written sits in tmp/ and
+    is renamed into new/ when whole: it is not delivered yet, and may be gone from tmp/ by the
+    time it would be read."""
+    return [path for path in stored(lab) if _holds(path, marker)]
+
+
+def stored(lab: Lab) -> list[Path]:
+    """Every message in every mailbox on the primary: <user>/Maildir/{new,cur}/ for the INBOX,
+    <user>/Maildir/.<folder>/{new,cur}/ for the others."""
+    homes = lab.mailboxes(lab.plan.site.primary.name)
+    return [path for path in sorted(homes.glob("*/Maildir/*/*")) + sorted(homes.glob("*/Maildir/.*/*/*"))
+            if path.parent.name in ("new", "cur")]
+
+
+def mailbox_of(lab: Lab, path: Path) -> str:
+    """The user whose mailbox holds the stored message at `path`."""
+    return path.relative_to(lab.mailboxes(lab.plan.site.primary.name)).parts[0]
 
 
 def _holds(path: Path, marker: str) -> bool:

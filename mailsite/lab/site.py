@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
+from ..configtest import DOVECOT_HOST_ACCOUNTS
 from ..dns import dns_records, reverse_records
-from ..model import Host, HostAddresses, HostSecrets, Site
-from ..problems import Problem, SiteConfigError, few
+from ..model import MAIL_USER, MAILBOXES, Host, HostAddresses, HostSecrets, Site
+from ..problems import Problem, SiteConfigError
 from ..render import render_host
 from ..templates import HostTree, LinuxDifferences, RenderedFile, render_template
 from .ca import Issued
@@ -35,9 +36,15 @@ LINUX = LinuxDifferences(pftable=False)
 BLACKLIST = ("198.51.100.5/32", "198.51.100.77/32")
 BYPASS = ("203.0.113.7/32",)
 
-# Where the primary's mailbox users live inside its mount namespace, and their uids.
-MAILBOX_HOMES = "/home"
-_FIRST_MAILBOX_UID = 61000
+# The system accounts the primary's daemons run as that the daemon roots lack, in each of its
+# trees: those configtest lays out for doveconf, as an OpenBSD primary has them (Dovecot's own
+# users, as its package numbers them, and the mail user every mailbox belongs to, whose home is
+# the mailboxes' directory). Each gets a group of its own, of the same number.
+PRIMARY_ACCOUNTS = {name: (uid, MAILBOXES if name == MAIL_USER else "/var/empty")
+                    for name, uid in DOVECOT_HOST_ACCOUNTS if name != "root"}
+
+# A domain that is not the site's, reserved (RFC 2606) and never a site domain: the outside world.
+OUTSIDE_DOMAIN = "outside.test"
 
 _DNS, _INTERNET, _FIRST_MX, _FIRST_ROUTE_SERVER = 2, 3, 11, 201
 
@@ -94,7 +101,7 @@ def _node(name: str, kind: NodeKind, number: int, link: str = "eth0") -> Node:
 
 def lab_plan(site: Site, secrets_path: Path) -> LabPlan:
     """The site as the lab runs it: same hosts, names, preferences, domains and users; lab
-    addresses; a lab-private secrets directory; delivery to maildir (the lab has no Dovecot)."""
+    addresses; a lab-private secrets directory."""
     servers = site.bgp_spamd.route_servers
     if len(site.hosts) > _FIRST_ROUTE_SERVER - _FIRST_MX or len(servers) > 254 - _FIRST_ROUTE_SERVER:
         raise SiteConfigError([Problem("mailsite:hosts", str(len(site.hosts)), "the lab holds at most 190 MXes and 53 route servers")])
@@ -105,6 +112,8 @@ def lab_plan(site: Site, secrets_path: Path) -> LabPlan:
     clashes = sorted({name for name in names if names.count(name) > 1})
     if clashes:
         raise SiteConfigError([Problem("mailsite:hosts", ", ".join(clashes), "the lab names its own nodes dns, internet, rs1...; rename the host")])
+    if OUTSIDE_DOMAIN in site.domains:
+        raise SiteConfigError([Problem("mailsite:domains", OUTSIDE_DOMAIN, "the lab's outside world is that domain; try the lab with another")])
     hosts = [host.model_copy(update={"ipv4": mx.ipv4, "ipv6": mx.ipv6}) for host, mx in zip(site.hosts, mxes)]
     bgp = site.bgp_spamd.model_copy(update={
         "route_servers": [server.model_copy(update={"address": rs.ipv4}) for server, rs in zip(servers, route_servers)],
@@ -112,7 +121,6 @@ def lab_plan(site: Site, secrets_path: Path) -> LabPlan:
     lab = site.model_copy(update={
         "hosts": hosts,
         "bgp_spamd": bgp,
-        "delivery": site.delivery.model_copy(update={"method": "maildir"}),
         "network": site.network.model_copy(update={
             "addressing": "static", "ipv4_prefix_length": LAB_IPV4.prefixlen, "ipv4_gateway": None,
             "ipv6_prefix_length": LAB_IPV6.prefixlen, "ipv6_gateway": None,
@@ -134,7 +142,30 @@ def render_dnsmasq_conf(plan: LabPlan) -> str:
         domains=plan.site.domains,
         records=dns_records(plan.site, addresses),
         reverse=[(ipaddress.ip_address(r.address).reverse_pointer, r.name) for r in reverse_records(plan.site, addresses)],
+        outside=outside(plan),
     )
+
+
+@dataclass(frozen=True)
+class Outside:
+    """The outside world's mail domain, whose MTA is on the internet node: a site user's mail to
+    someone there leaves through the primary and arrives in its Maildir."""
+
+    domain: str
+    mx_name: str
+    address: ipaddress.IPv4Address
+    maildir: str = "/var/outside/Maildir"
+    user: str = "nobody"  # the root's own: delivery needs a system user, the lab's sender is none
+
+
+def outside(plan: LabPlan) -> Outside:
+    return Outside(OUTSIDE_DOMAIN, f"mail.{OUTSIDE_DOMAIN}", plan.internet.ipv4)
+
+
+def render_outside_smtpd_conf(plan: LabPlan) -> str:
+    world = outside(plan)
+    return render_template("lab/outside-smtpd.conf.j2", domain=world.domain, link=plan.internet.link,
+                           maildir=world.maildir, user=world.user)
 
 
 def render_route_server_conf(plan: LabPlan, server: Node, blacklist: Sequence[str], bypass: Sequence[str]) -> str:
@@ -192,47 +223,19 @@ def pki_files(plan: LabPlan, host: Host, issued: Issued) -> HostTree:
     }
 
 
-def shadow(existing: str, hashes: dict[str, str], day: int) -> RenderedFile:
-    """The root's /etc/shadow with a crypt(3) hash for each mailbox user (set on `day`, days after
-    1970): smtpd's `auth` checks a user's password through PAM, which reads it here."""
-    return RenderedFile(_accounts(existing, [f"{user}:{hash_}:{day}:0:99999:7:::" for user, hash_ in hashes.items()]),
-                        0o640, secret=True)
-
-
-def refuse_system_account_users(site: Site, passwd: str) -> None:
-    """A mailbox user becomes an account of the primary's: one named like an account of the daemon
-    root's `passwd` (root, mail, nobody, a daemon's) would replace it, and log in as it."""
-    accounts = {line.split(":", 1)[0] for line in passwd.splitlines() if ":" in line}
-    clashes = [user for user in site.recipients.users if user in accounts]
-    if clashes:
-        raise SiteConfigError([Problem("mailsite:recipients.users", few(clashes),
-                                       "rename the user: the lab's primary has these system accounts")])
-
-
 def host_environment(plan: LabPlan, host: Host, passwd: str, group: str) -> HostTree:
-    """What the lab lays over the daemon root's /etc for a host besides its rendered files: the
-    node's environment, and on the primary its mailbox users (added to the root's `passwd` and
-    `group`), since smtpd delivers a virtual user's mail as that system user into the user's home."""
+    """What the lab lays over a daemon root's /etc for a host's tree besides its rendered files:
+    the node's environment, and on the primary the accounts its daemons run as (added to that
+    root's `passwd` and `group`, in place of same-named lines)."""
     files = node_environment(plan)
     if host.is_primary:
-        refuse_system_account_users(plan.site, passwd)
-        used = {int(line.split(":")[2]) for line in passwd.splitlines() + group.splitlines() if line.count(":") >= 3}
-        free = (uid for uid in range(_FIRST_MAILBOX_UID, 65534) if uid not in used)
-        ids = {user: next(free) for user in plan.site.recipients.users}
         files["etc/passwd"] = RenderedFile(_accounts(passwd, [
-            f"{user}:x:{uid}:{uid}:lab mailbox:{MAILBOX_HOMES}/{user}:/usr/sbin/nologin" for user, uid in ids.items()
-        ]))
-        files["etc/group"] = RenderedFile(_accounts(group, [f"{user}:x:{uid}:" for user, uid in ids.items()]))
+            f"{name}:*:{uid}:{uid}:mailsite lab:{home}:/usr/sbin/nologin" for name, (uid, home) in PRIMARY_ACCOUNTS.items()]))
+        files["etc/group"] = RenderedFile(_accounts(group, [f"{name}:x:{uid}:" for name, (uid, _) in PRIMARY_ACCOUNTS.items()]))
     return files
 
 
-def mailbox_owners(environment: HostTree) -> dict[str, int]:
-    """user -> uid of the lab's mailbox users in a host's environment (none on a backup)."""
-    passwd = environment.get("etc/passwd")
-    if passwd is None:
-        return {}
-    return {
-        fields[0]: int(fields[2])
-        for fields in (line.split(":") for line in passwd.text.splitlines())
-        if fields[4:5] == ["lab mailbox"]
-    }
+def account_ids(passwd: str) -> dict[str, int]:
+    """user -> uid in an /etc/passwd: who owns a rendered file that names an owner other than root
+    (Dovecot's passwd, read by its auth process as _dovecot)."""
+    return {fields[0]: int(fields[2]) for fields in (line.split(":") for line in passwd.splitlines()) if len(fields) > 3}

@@ -3,10 +3,11 @@ is printed by mailsite.results, as doctor's checks are."""
 
 from __future__ import annotations
 
-from ..daemonroot import SUITE, daemon_root
+from ..daemonroot import ROOTS, SUITE, daemon_root
 from ..problems import printable
 from . import mail
 from .lab import Lab
+from .site import OUTSIDE_DOMAIN
 
 NOT_IN_THE_LAB = (
     "not in the lab: pf and spamd, OpenBSD only (pf.conf is checked by pfctl -nf in the image bake;",
@@ -17,14 +18,17 @@ LAB_PACKAGES = ("opensmtpd", "openbgpd", "dnsmasq-base", "swaks")
 
 
 def versions_line() -> str:
-    """Which daemons, in which versions, the lab runs: those of the machine's daemon root."""
-    return f"daemons from the Debian {SUITE} root: {daemon_root().describe(LAB_PACKAGES)}"
+    """Which daemons, in which versions, the lab runs: those of the machine's daemon roots."""
+    dovecot = daemon_root("dovecot")
+    return (f"daemons from the Debian {SUITE} root: {daemon_root().describe(LAB_PACKAGES)}; "
+            f"the primary's Dovecot from the {ROOTS['dovecot'].origin} root: {dovecot.describe(['dovecot-core'])}")
 
 
 def _role(lab: Lab, name: str) -> str:
     node = lab.plan.node(name)
     if node.kind != "mx":
-        return {"dns": "serves the site's MX, A, AAAA and PTR records", "internet": "sends mail (swaks)",
+        return {"dns": "serves the site's MX, A, AAAA and PTR records",
+                "internet": f"sends mail (swaks), reads it (IMAPS), receives it for {OUTSIDE_DOMAIN} (smtpd)",
                 "route-server": f"bgp-spamd route server, AS {lab.plan.site.bgp_spamd.route_server_as}"}[node.kind]
     host = lab.plan.site.host(name)
     return f"{host.role} MX {host.mx_name}, preference {host.preference}"
