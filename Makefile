@@ -42,7 +42,7 @@ test: deps venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m mailsite.daemonroot >/dev/null
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 example: deps venv
 	$(PY) -m mailsite secrets init --config Pulumi.example.yaml
