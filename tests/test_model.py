@@ -159,12 +159,17 @@ def test_cli_bad_stack_exits_2_with_one_line_each_and_writes_nothing(tmp_path, s
     assert not out.exists()
 
 
-def test_cli_reports_cross_setting_problems_too(tmp_path, settings):
-    settings["hosts"][1]["preference"] = 10
-    result = subprocess.run(
+def _render_cli(tmp_path, settings):
+    """`mailsite render` of these settings, as a user runs it."""
+    return subprocess.run(
         [sys.executable, "-m", "mailsite", "render", "--config", str(_write_stack(tmp_path, settings)), "--out", str(tmp_path / "o")],
         capture_output=True, text=True, cwd=ROOT,
     )
+
+
+def test_cli_reports_cross_setting_problems_too(tmp_path, settings):
+    settings["hosts"][1]["preference"] = 10
+    result = _render_cli(tmp_path, settings)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: mailsite:hosts[1].preference = 10: a backup's preference must be worse (higher) than the primary's 10; set it above 10"
@@ -175,10 +180,7 @@ def test_a_stack_file_still_choosing_a_delivery_method_is_one_line(tmp_path, set
     """Dovecot is always the primary's mail store now: a stack file written when smtpd could
     deliver to maildir itself keeps its delivery: section, and hears which setting to remove."""
     settings["delivery"] = {"method": "maildir", "lmtpSocket": "/var/dovecot/lmtp", "maildir": "~/Maildir"}
-    result = subprocess.run(
-        [sys.executable, "-m", "mailsite", "render", "--config", str(_write_stack(tmp_path, settings)), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, cwd=ROOT,
-    )
+    result = _render_cli(tmp_path, settings)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: mailsite:delivery = <not shown>: unknown setting; remove it or correct its spelling (see Pulumi.example.yaml)"
