@@ -210,7 +210,7 @@ def assert_structure_the_model_implies(setting: StringSetting, site: Site, trees
         smtpd = tree["etc/mail/smtpd.conf"].text
         assert _lines(smtpd, "listen") == (4 if host.is_primary else 2), host.name
         assert _lines(smtpd, "action") == 3 and _lines(smtpd, "match") == (4 if host.is_primary else 3), host.name
-        assert _lines(smtpd, "table") == (4 if host.is_primary else 3), host.name
+        assert _lines(smtpd, "table") == (5 if host.is_primary else 3), host.name
         bgpd = tree["etc/bgpd.conf"].text
         assert _lines(bgpd, "neighbor") == len(site.bgp_spamd.route_servers), host.name
         assert _lines(bgpd, "descr") == len(site.bgp_spamd.route_servers), host.name

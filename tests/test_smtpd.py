@@ -64,8 +64,8 @@ def test_msa_authenticates_against_the_credentials_table_only(example_site):
     assert "table credentials file:/etc/mail/credentials\n" in smtpd
     listeners = re.findall(r"^listen on .*$", smtpd, re.M)
     auth = [line for line in listeners if " auth" in line]
-    assert auth == ["listen on vmx0 port submission tls-require pki mx1.example.org auth <credentials> mask-src",
-                    "listen on vmx0 smtps pki mx1.example.org auth <credentials> mask-src"]
+    assert auth == ["listen on vmx0 port submission tls-require pki mx1.example.org auth <credentials> senders <sendas> mask-src",
+                    "listen on vmx0 smtps pki mx1.example.org auth <credentials> senders <sendas> mask-src"]
 
 
 def _smtpd_takes(table: list[str], address: str) -> bool:
@@ -101,3 +101,25 @@ def test_backups_take_exactly_the_recipients_the_primary_takes(catch_all):
         for address in PROBES:
             assert _smtpd_takes(table, address) == site.accepts(address), (backup.name, address)
     assert site.accepts("nobody@example.net") is catch_all and not site.accepts("nobody@example.org")
+
+
+def test_users_submit_only_as_their_own_site_addresses(example_site):
+    """An authenticated user may send as the site's addresses that reach that user's mailbox (own,
+    aliases onto the user, a catch-all domain's), under every name the user logs in with, and as
+    no other: 587 and 465 check MAIL FROM against the senders table (smtpd.conf.5 `senders`, table sendas)."""
+    tree = render_site(example_site)["mx1"]
+    smtpd = tree["etc/mail/smtpd.conf"].text
+    assert "table sendas file:/etc/mail/sendas\n" in smtpd
+    auth = [line for line in re.findall(r"^listen on .*$", smtpd, re.M) if " auth" in line]
+    assert len(auth) == 2 and all(" senders <sendas> " in line for line in auth)
+    senders = {login: [address.strip() for address in addresses.split(",")]
+               for login, addresses in (line.split(None, 1) for line in tree["etc/mail/sendas"].text.splitlines()
+                                        if line and not line.startswith("#"))}
+    assert set(senders) == {f"{user}{suffix}" for user in example_site.recipients.users
+                            for suffix in ["", *(f"@{domain}" for domain in example_site.domains)]}
+    alice, bob = senders["alice@example.net"], senders["bob"]
+    assert alice == senders["alice"] and _smtpd_takes(alice, "alice+x@example.net")
+    assert _smtpd_takes(alice, "postmaster@example.org") and _smtpd_takes(bob, "anything@example.net")
+    for address in ["bob@example.org", "someone@outside.test", "anything@example.net"]:
+        assert not _smtpd_takes(alice, address), address
+    assert "senders" not in render_site(example_site)["mx2"]["etc/mail/smtpd.conf"].text

@@ -59,6 +59,23 @@ def virtuals(site: Site) -> list[tuple[str, str]]:
     return table
 
 
+def senders(site: Site) -> list[tuple[str, list[str]]]:
+    """The MSA's senders table (`listen ... senders <sendas>`): each name a user logs in with
+    (alice, alice@<each site domain>, as in the credentials table) and the addresses that user may
+    send as: the site's addresses that reach the user's mailbox (the user's, the aliases onto the
+    user, @domain for a catch-all domain) and no other, so an authenticated user cannot send as
+    another user or as anyone outside the site."""
+    recipients = site.recipients
+    owned: dict[str, list[str]] = {user: [] for user in recipients.users}
+    for address, target in virtuals(site):
+        # An alias or catch-all goes to a user's address in the site, or outside it (no one's).
+        user, _, domain = (address if target == MAIL_USER else target).rpartition("@")
+        if user in owned and domain in site.domains:
+            owned[user].append(address)
+    return [(login, owned[user]) for user in recipients.users
+            for login in [user, *(f"{user}@{domain}" for domain in site.domains)]]
+
+
 def render_tables(site: Site, host: Host) -> dict[str, str]:
     """smtpd's tables: domains, aliases, and recipients (backup) or virtuals (primary)."""
     tables = {
@@ -67,6 +84,7 @@ def render_tables(site: Site, host: Host) -> dict[str, str]:
     }
     if host.is_primary:
         tables["etc/mail/virtuals"] = render_template("smtpd/virtuals.j2", virtuals=virtuals(site))
+        tables["etc/mail/sendas"] = render_template("smtpd/sendas.j2", senders=senders(site))
     else:
         tables["etc/mail/recipients"] = render_template("smtpd/recipients.j2", recipients=site.valid_recipients())
     return tables

@@ -576,6 +576,30 @@ def user_submits_with_tls_and_password(lab: Lab) -> tuple[bool, str]:
     return True, f"{user} -> {to} over {sent.tls}, delivered once (ESMTPSA); {outside} taken at RCPT"
 
 
+@scenario("submission: a user sends as the site's addresses that reach the user's mailbox, no other", proves="""
+    A site user authenticated on 587 may give as sender an address of the site that reaches the
+    user's mailbox (the user's own in another domain, an alias onto the user), and is refused
+    at MAIL FROM (530 Sender rejected, the `senders <sendas>` table) as another site user or as an address
+    outside the site, so a leaked password cannot send as the site's other users or forge
+    anyone else's mail through the site.""")
+def user_sends_only_as_own_addresses(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    user, other = site.recipients.users[0], site.recipients.users[-1]
+    to = f"{other}@{site.domains[0]}"
+    own = [f"{user}@{site.domains[-1]}"] + [f"{alias}@{site.domains[0]}" for alias, target
+                                            in site.recipients.aliases.items() if target == user]
+    foreign = [f"{other}@{site.domains[0]}", f"ceo@{outside(lab.plan).domain}"]
+    marker = _marker("senders")
+    problems = []
+    for sender in own + foreign:
+        sent = mail.submit(lab, user, to, marker, password=lab.password(user), quit_after="RCPT", sender=sender)
+        if sender in own and not sent.accepted:
+            problems.append(f"{user} may not send as {sender} (swaks {sent.status}: {sent.refusal})")
+        elif sender in foreign and (why := _refused(sent, 23, "530", "Sender rejected")):
+            problems.append(f"{user} sending as {sender}: {why}")
+    return not problems, "; ".join(problems) or f"{user} sends as {', '.join(own)}; refused as {', '.join(foreign)}"
+
+
 @scenario("smtps: 465 speaks TLS at once, with the site's certificate, verified by the lab CA", proves="""
     A mail client on the internet node that opens TLS at once on 465 (no STARTTLS) and verifies the
     certificate for the primary's MX name against the lab CA alone (swaks --tls-verify
