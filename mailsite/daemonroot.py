@@ -47,14 +47,17 @@ MIRROR = "http://deb.debian.org/debian"
 # What the checks and the lab run, and what they need around it: netbase's /etc/services (smtpd
 # refuses `port submission` without it), the CA bundle the lab adds its CA to, openssl for test
 # certificates and TLS probes, Net::SSLeay for swaks's TLS (only recommended, and mmdebstrap
-# installs no recommendations), dig for the lab's DNS queries.
+# installs no recommendations), dig for the lab's DNS queries; pebble (Let's Encrypt's ACME test
+# CA) and lego, the ACME client standing in for OpenBSD's acme-client (mailsite/lab/acme.py).
 PACKAGES = ("opensmtpd", "openbgpd", "dnsmasq-base", "swaks", "libnet-ssleay-perl", "openssl", "bind9-dnsutils",
-            "ca-certificates", "netbase")
+            "ca-certificates", "netbase", "pebble", "lego")
 # Dovecot as OpenBSD 7.8's packages ship it (2.3.21.1), from Debian 12's backports (its main
-# suite has 2.3.19.1): the server, IMAP and LMTP, nothing more. Their dependencies bring openssl;
-# the lab's IMAPS client is this machine's Python, so no CA bundle is needed in the root.
+# suite has 2.3.19.1): the server, IMAP and LMTP, and Pigeonhole's Sieve (0.5.21.1, as OpenBSD's
+# dovecot-pigeonhole; Debian builds it from Dovecot's source, so its version is Dovecot's) that files
+# marked mail into Junk, nothing more. Their dependencies bring openssl; the lab's IMAPS client is
+# this machine's Python, so no CA bundle is needed in the root.
 DOVECOT_SUITE = "bookworm"
-DOVECOT_PACKAGES = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd")
+DOVECOT_PACKAGES = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve")
 # The leading version numbers the checks rely on, per root: those of what OpenBSD 7.8 ships. For
 # Dovecot the minor too: 2.3 and 2.4 read different grammars, and a 2.3 config is never checked by 2.4.
 MAJORS: dict[str, dict[str, tuple[int, ...]]] = {
