@@ -91,6 +91,11 @@ MAILBOXES = f"{STATE_MOUNT}/mail"
 # Dovecot's LMTP socket as OpenBSD's package places it (its base_dir, /var/dovecot): smtpd
 # delivers there.
 LMTP_SOCKET = "/var/dovecot/lmtp"
+# How the primary marks mail rspamd scores as spam without rejecting it (its "add header" action):
+# filter-rspamd writes this header itself, whatever rspamd's own header settings say. Dovecot's
+# Sieve files mail carrying it into the user's JUNK_MAILBOX; rspamd must remove a sender's own.
+SPAM_HEADER = ("X-Spam", "yes")
+JUNK_MAILBOX = "Junk"
 
 # How large a site may grow. Every MX syncs spamd with every other and pf lists them all, so the
 # render grows with the square of the hosts (2,000 took minutes and gigabytes): 50, the most

@@ -193,7 +193,7 @@ def test_the_dovecot_root_takes_dovecot_from_bookworm_backports_and_the_rest_fro
     assert argv[-2:] == ["deb http://deb.debian.org/debian bookworm main",
                          "deb http://deb.debian.org/debian bookworm-backports main"]
     assert "--include=dovecot-core/bookworm-backports,dovecot-imapd/bookworm-backports," \
-           "dovecot-lmtpd/bookworm-backports" in argv
+           "dovecot-lmtpd/bookworm-backports,dovecot-sieve/bookworm-backports" in argv
 
 
 def test_what_a_killed_build_left_mounted_is_unmounted_before_it_is_removed(tmp_path, monkeypatch):
@@ -233,7 +233,8 @@ def test_the_machines_root_holds_the_daemons_openbsd_ships():
 def test_the_machines_dovecot_root_holds_dovecot_2_3_as_openbsd_ships_it():
     root = daemon_root("dovecot")
     assert root.path != daemon_root().path
-    for package in ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd"):
+    # Sieve too (Pigeonhole 0.5.21.1, built from Dovecot's source: Debian gives it Dovecot's version).
+    for package in ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve"):
         assert root.version(package).startswith("1:2.3."), root.version(package)
     # Its own dovecot says so, and doveconf reads a 2.3 config.
     said = subprocess.run(["chroot", str(root.path), "/usr/sbin/dovecot", "--version"],

@@ -1,6 +1,7 @@
 """dovecot(1): the primary's mailboxes: IMAPS for the users, LMTP for smtpd's deliveries, one
-Maildir per user on the mail volume, owned by the one virtual mail user. Also the two files made
-from the users' password hashes: Dovecot's passwd-file and smtpd's credentials table."""
+Maildir per user on the mail volume, owned by the one virtual mail user, and the site's Sieve
+script filing mail rspamd marked as spam into Junk. Also the two files made from the users'
+password hashes: Dovecot's passwd-file and smtpd's credentials table."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import posixpath
 import re
 from typing import Mapping
 
-from ..model import LMTP_SOCKET, MAIL_UID, MAIL_USER, MAILBOXES, SUBADDRESS_DELIMITER, Host, HostAddresses, Site
+from ..model import (
+    JUNK_MAILBOX, LMTP_SOCKET, MAIL_UID, MAIL_USER, MAILBOXES, SPAM_HEADER, SUBADDRESS_DELIMITER, Host, HostAddresses, Site,
+)
 from ..service import ANYWHERE, RateLimit, Service
 from ..templates import RenderedFile, UnsafeValue, render_template
 from .base import ConfigTest, Daemon, HostContext, LabRun
@@ -23,6 +26,9 @@ USERS = "etc/dovecot/users"
 PASSWD = "etc/dovecot/passwd"
 CREDENTIALS = "etc/mail/credentials"
 MAIL_USER_FILE = "etc/mailsite/mail-user"
+JUNK_SIEVE = "etc/dovecot/junk.sieve"
+# Below each user's home (beside the Maildir, not in it): the compiled JUNK_SIEVE.
+SIEVE_BINDIR = "sieve-bin"
 
 # A hash is one word of neither grammar's separators: a ":" would start a passwd-file field of
 # its own (a uid, a home), a blank a second value in smtpd's table. ($2b$ hashes never hold
@@ -75,6 +81,9 @@ def render_dovecot_conf(context: HostContext) -> str:
         mailboxes=MAILBOXES,
         recipient_delimiter=SUBADDRESS_DELIMITER,
         quota=any(account.quota for account in site.recipients.accounts),
+        junk=JUNK_MAILBOX,
+        sieve_before=f"/{JUNK_SIEVE}",
+        sieve_bindir=SIEVE_BINDIR,
     )
 
 
@@ -102,6 +111,8 @@ def files(context: HostContext) -> dict[str, RenderedFile]:
     return {
         CONFIG: RenderedFile(render_dovecot_conf(context)),
         USERS: RenderedFile(render_users(context.site)),
+        JUNK_SIEVE: RenderedFile(render_template("dovecot/junk.sieve.j2", spam_header=SPAM_HEADER[0],
+                                                 spam_mark=SPAM_HEADER[1], junk=JUNK_MAILBOX)),
         PASSWD: RenderedFile(render_template("dovecot/passwd.j2", logins=names, owner=INTERNAL_USER), 0o600,
                              secret=True, owner=INTERNAL_USER),
         # smtpd's (listen ... auth <credentials>), made here from the same logins as passwd.
