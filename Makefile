@@ -7,7 +7,7 @@ OUT ?= out
 .PHONY: deps bake-deps venv root test example lab bench clean
 
 # What the checks and the lab need on this machine; their daemons come from the daemon root (make root).
-DEBS := mmdebstrap packer iproute2 openssl python3-venv shellcheck git jq mksh original-awk openssh-client
+DEBS := mmdebstrap packer iproute2 openssl python3-venv shellcheck git jq mksh original-awk openssh-client nsd
 
 deps:
 	@dpkg -s $(DEBS) >/dev/null 2>&1 || { apt-get update -qq && \

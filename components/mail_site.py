@@ -7,16 +7,14 @@ every other component only the values it needs.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import pulumi
 
-from mailsite.dns import DnsRecord, ReverseRecord, dns_records, reverse_records
 from mailsite.firewall import cloud_rules, inbound_services
-from mailsite.model import Host, HostAddresses, HostSecrets, Site
+from mailsite.model import Host, HostSecrets, Site
 from mailsite.render import render_host
 from mailsite.templates import HostTree
 from mailsite.replacement import data_volume_resource, host_resource, image_resource
@@ -25,9 +23,8 @@ from .data_volume import DataVolume, DataVolumeArgs
 from .host_image import HostImage, HostImageArgs, ImageSettings
 from .mx_host import MxHost, MxHostArgs, drain_hook
 from .site_addresses import SiteAddresses, SiteAddressesArgs
-from .site_dns import SiteDns, SiteDnsArgs
+from .site_dns import SiteDns, SiteDnsArgs, dns_args
 from .site_firewall import SiteFirewall, SiteFirewallArgs
-from .target import DnsArgs
 from .targets import target_for
 
 
@@ -97,9 +94,7 @@ class MailSite(pulumi.ComponentResource):
 
         ipv4 = {h: mx.ipv4 for h, mx in self.hosts.items()}
         ipv6 = {h: mx.ipv6 for h, mx in self.hosts.items()}
-        records = pulumi.Output.all(ipv4=ipv4, ipv6=ipv6).apply(lambda a: _records(site, a["ipv4"], a["ipv6"]))
-        zones = DnsArgs(site.domains, site.mx_records(), site.hosts, ipv4, ipv6, records, nameserver=site.primary.mx_name)
-        SiteDns(f"{name}-dns", SiteDnsArgs(target, zones), child)
+        SiteDns(f"{name}-dns", SiteDnsArgs(target, dns_args(site, ipv4, ipv6)), child)
         self.mx_table = [
             {"domain": domain, "preference": preference, "target": mx} for domain, preference, mx in site.mx_records()
         ]
@@ -119,10 +114,3 @@ class MailSite(pulumi.ComponentResource):
 def _renderer(site: Site, host: Host, secrets: HostSecrets) -> Callable[[list[Any]], HostTree]:
     return lambda values: render_host(site, host, values[0], secrets)
 
-
-def _records(site: Site, ipv4: Mapping[str, str], ipv6: Mapping[str, str | None]) -> tuple[list[DnsRecord], list[ReverseRecord]]:
-    addresses = {
-        h: HostAddresses(ipaddress.IPv4Address(ipv4[h]), ipaddress.IPv6Address(ipv6[h]) if ipv6.get(h) else None)
-        for h in ipv4
-    }
-    return dns_records(site, addresses), reverse_records(site, addresses)

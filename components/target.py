@@ -68,14 +68,17 @@ class Vm:
 
 @dataclass(frozen=True)
 class DnsArgs:
+    """What the site's zones hold, as mailsite.dns computes it: a target only writes it down."""
+
     domains: list[str]  # the site's mail domains: one zone each
-    mx: list[tuple[str, int, str]]  # (domain, preference, MX name), best preference first
-    hosts: list[Host]  # the MXes: the A/AAAA names, and whether each has IPv6
+    named: list[DnsRecord]  # the records without an address in them (MX, SPF, DMARC, SRV, CAA, DKIM...)
+    address_names: list[tuple[str, Host]]  # each name that carries a host's A/AAAA, with that host
     ipv4: Mapping[str, pulumi.Input[str]]  # by host name, as the VMs have them
     ipv6: Mapping[str, pulumi.Input[str | None]]  # by host name
-    records: pulumi.Output[tuple[list[DnsRecord], list[ReverseRecord]]]  # the same, as zone-file records
-    nameserver: str  # the zones' primary name server: the primary MX's name
-    serial: int = 1
+    records: pulumi.Output[tuple[list[DnsRecord], list[ReverseRecord]]]  # all of them, once the addresses are known
+    ttl: int  # of every record (dns.ttl)
+    nameservers: list[str]  # dns.nameservers: empty for zone files to $INCLUDE, else complete zones with these NS
+    contact: str  # the SOA's mailbox, in a complete zone
 
 
 class Target(Protocol):

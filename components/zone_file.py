@@ -1,22 +1,29 @@
 """ZoneFile: a zone file on the machine running pulumi, for the user's own name server (libvirt).
 
 A dynamic resource rather than a write inside the program, so that preview shows it, `up` writes
-it, `destroy` removes it, and a change of records is an update like any other.
+it, `destroy` removes it, and a change of records is an update like any other. A complete zone's
+SOA serial is written in here, when the text has changed (mailsite.dns.SERIAL): the time of the
+write, and always more than the last, so a secondary sees every change and none is made by a
+preview that changes nothing.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
+from mailsite.dns import with_serial
+
 
 class _ZoneFileProvider(ResourceProvider):
     def create(self, props):
-        _write(props["path"], props["text"])
-        return CreateResult(id_=props["path"], outs=props)
+        serial = int(time.time())
+        _write(props["path"], with_serial(props["text"], serial))
+        return CreateResult(id_=props["path"], outs={**props, "serial": serial})
 
     def diff(self, _id, olds, news):
         return DiffResult(
@@ -25,9 +32,10 @@ class _ZoneFileProvider(ResourceProvider):
             delete_before_replace=False,
         )
 
-    def update(self, _id, _olds, news):
-        _write(news["path"], news["text"])
-        return UpdateResult(outs=news)
+    def update(self, _id, olds, news):
+        serial = max(int(time.time()), int(olds.get("serial") or 0) + 1)
+        _write(news["path"], with_serial(news["text"], serial))
+        return UpdateResult(outs={**news, "serial": serial})
 
     def delete(self, _id, props):
         Path(props["path"]).unlink(missing_ok=True)

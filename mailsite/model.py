@@ -600,6 +600,59 @@ class Tls(Settings):
         return self.key.replace("{fqdn}", host.mx_name)
 
 
+def _report_address(value: str) -> str:
+    local_part, at, domain = value.rpartition("@")
+    if not at or not _FOREIGN_LOCAL_PART.fullmatch(local_part) or len(local_part) > 64:
+        raise ValueError("not a mail address; write one address like postmaster@example.org")
+    try:
+        return f"{local_part}@{_domain(domain)}"
+    except ValueError:
+        raise ValueError("not a mail address (its domain); write one address like postmaster@example.org") from None
+
+
+ReportAddress = Annotated[str, AfterValidator(_report_address)]
+
+# RFC 8461 3.2: max_age is at most 31557600 seconds (a year); a day at least, so that a policy
+# outlives a short outage of the policy host.
+MTA_STS_MAX_AGE = (86400, 31557600)
+
+
+class Dns(Settings):
+    """The records that tell other mail servers how to trust the site's mail (SPF, DMARC, MTA-STS,
+    TLS-RPT, CAA, the mail clients' SRV records), in every DNS the site writes: Vultr DNS, the
+    zone files, the lab. docs/operating.md, DNS records, says what each does."""
+
+    dmarc_policy: Literal["none", "quarantine", "reject"] = Field("quarantine", description=(
+        "What the DMARC record asks receivers to do with mail in the site's domains that fails "
+        "both SPF and DKIM alignment: none (only report), quarantine (the junk folder) or reject. "
+        "The site signs and sends all its mail from the primary, so quarantine is safe from the "
+        "start; reject once the reports show nothing legitimate failing."))
+    dmarc_reports: ReportAddress | None = Field(None, description=(
+        "The address receivers send DMARC aggregate reports to (rua); null for postmaster@ the "
+        "first of domains. One outside the site's domains must publish that it takes the reports "
+        "(docs/operating.md, DNS records)."))
+    tls_reports: ReportAddress | None = Field(None, description=(
+        "The address senders send TLS reports (TLS-RPT, RFC 8460: failed STARTTLS or MTA-STS) to; "
+        "null for postmaster@ the first of domains."))
+    mta_sts_mode: Literal["enforce", "testing"] = Field("enforce", description=(
+        "The MTA-STS policy's mode: enforce (senders that support it deliver only over TLS to a "
+        "listed MX with a valid certificate) or testing (they deliver anyway and report). A "
+        "sender fetches the policy over HTTPS from mta-sts.<domain>, so before its certificate is "
+        "issued no sender applies it."))
+    mta_sts_max_age: Annotated[int, Field(ge=MTA_STS_MAX_AGE[0], le=MTA_STS_MAX_AGE[1]), _WHOLE] = Field(
+        604800, description=(
+            "Seconds a sender keeps the MTA-STS policy before fetching it again, between 86400 (a "
+            "day) and 31557600 (a year); 604800 is a week."))
+    nameservers: list[Domain] = Field([], max_length=13, description=(
+        "The name servers of the site's domains, for the libvirt target's zone files: empty writes "
+        "each domain's records as a file to $INCLUDE into your own zone; names here write complete "
+        "zones (SOA and these NS records) instead. A name server inside a site domain must be one "
+        "of the MXes, whose address the zone holds."))
+    ttl: Annotated[int, Field(ge=60, le=86400), _WHOLE] = Field(3600, description=(
+        "Seconds resolvers may keep the site's records (their TTL); a rotation of DKIM keys waits "
+        "this long before signing with a new key."))
+
+
 class Queue(Settings):
     """smtpd's queue on every MX."""
 
@@ -950,6 +1003,7 @@ class Site(Settings):
         "one with K, M or G, between 64K and 2G."))
     queue: Queue = Queue()
     tls: Tls = Tls()
+    dns: Dns = Dns()
     network: Network = Network()
     secrets: Secrets = Secrets()
     images: Images = Images()

@@ -253,6 +253,39 @@ def tls_key_its_own_file(site: Site) -> list[Problem]:
     return [_problem("mailsite:tls.key", site.tls.key, "the same file as tls.certificate; give the key its own file, like /etc/ssl/private/{fqdn}.key")]
 
 
+# -- mailsite:dns -----------------------------------------------------------------------------
+
+@rule
+def dns_reports_received(site: Site) -> list[Problem]:
+    # An address in a site domain that the site refuses would bounce every report back at the
+    # reporters, and they stop sending.
+    settings = {"dmarcReports": site.dns.dmarc_reports, "tlsReports": site.dns.tls_reports}
+    return [_problem(f"mailsite:dns.{setting}", address, "the site does not receive this address; name a user or alias of "
+                     "recipients, or an address outside the site's domains")
+            for setting, address in settings.items()
+            if address is not None and address.rpartition("@")[2] in site.domains and not site.accepts(address)]
+
+
+@rule
+def dns_nameservers_with_an_address(site: Site) -> list[Problem]:
+    # A complete zone lists its name servers; one inside the zone needs its address there too
+    # (the glue the registrar also holds), which the zone has only for an MX name.
+    mx_names = {host.mx_name for host in site.hosts}
+    inside = [ns for ns in site.dns.nameservers if zone_of(ns, site.domains) and ns not in mx_names]
+    return [_problem("mailsite:dns.nameservers", ns, "lies in a site domain but is no MX, so the zone would hold no address "
+                     "for it; name a server outside the site's domains, or leave nameservers empty and $INCLUDE the "
+                     "records into your own zone") for ns in inside]
+
+
+@rule
+def mx_names_not_mta_sts_hosts(site: Site) -> list[Problem]:
+    # mta-sts.<domain> carries the primary's addresses for the MTA-STS policy; an MX of that name
+    # would get a second set of A records.
+    taken = {f"mta-sts.{domain}" for domain in site.domains}
+    return [_problem(f"mailsite:hosts[{index}].fqdn", host.mx_name, "is the domain's MTA-STS policy host; "
+                     "give the MX another name") for index, host in enumerate(site.hosts) if host.mx_name in taken]
+
+
 # -- mailsite:bgpSpamd, vultr.bgp.prefixes ----------------------------------------------------
 
 @rule

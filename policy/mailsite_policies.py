@@ -45,9 +45,11 @@ VOLUME = "libvirt:index/volume:Volume"
 DATA_VOLUME = "mailsite:index:DataVolume"  # its children are the mail volume, not an image
 DYNAMIC = "pulumi-python:dynamic:Resource"
 
-_ZONE_MX = re.compile(r"^(\S+)\tIN\tMX\t(\d+)\t(\S+)\.$", re.M)
-_ZONE_ADDRESS = re.compile(r"^(\S+)\tIN\t(A|AAAA)\t(\S+)$", re.M)
-_ZONE_PTR = re.compile(r"^(\S+)\.\tIN\tPTR\t(\S+)\.$", re.M)
+# The zone files' records, as mailsite.dns writes them: owner, TTL, class, type, value.
+_ZONE_MX = re.compile(r"^(\S+)\t(?:\d+\t)?IN\tMX\t(\d+)\t(\S+)\.$", re.M)
+_ZONE_ADDRESS = re.compile(r"^(\S+)\t(?:\d+\t)?IN\t(A|AAAA)\t(\S+)$", re.M)
+_ZONE_PTR = re.compile(r"^(\S+)\.\t(?:\d+\t)?IN\tPTR\t(\S+)\.$", re.M)
+_ZONE_TXT = re.compile(r'^(\S+)\t(?:\d+\t)?IN\tTXT\t((?:"[^"]*" ?)+)$', re.M)
 _ORIGIN = re.compile(r"^\$ORIGIN (\S+)\.$", re.M)
 # smtpd.conf's line, however smtpd's parser would read it: any blanks, a quoted key; and as it reads
 # inside a JSON document held in a property (blanks escaped as \t or \n).
@@ -317,6 +319,105 @@ def check_forward_confirmed(args: StackValidationArgs, report: ReportViolation, 
                     report(f"{target}: {address.value} has PTR {known.get(address.value)!r}, not {target}: receivers reject mail without forward-confirmed reverse DNS")
 
 
+def _texts(resources, unseen: list[str]) -> dict[str, list[str]]:
+    """Each name's TXT records, as a receiver reads them (a zone file's strings joined)."""
+    found: dict[str, list[str]] = {}
+    for record in _of(resources, DNS_RECORD):
+        kind = _get(record.props, "type")
+        if kind is UNKNOWN:
+            unseen.append(f"{record.name}: record type")
+        if kind != "TXT":
+            continue
+        name, domain, data = (_get(record.props, k) for k in ("name", "domain", "data"))
+        if UNKNOWN in (name, domain, data):
+            unseen.append(f"{record.name}: TXT record")
+            continue
+        # Vultr takes and returns TXT data in one pair of quotes.
+        found.setdefault(f"{name}.{domain}" if name else str(domain), []).append(str(data).removeprefix('"').removesuffix('"'))
+    for text in _zone_files(resources, unseen):
+        origin = _ORIGIN.search(text)
+        zone = origin[1] if origin else "?"
+        for owner, strings in _ZONE_TXT.findall(text):
+            found.setdefault(zone if owner == "@" else f"{owner}.{zone}", []).append("".join(re.findall(r'"([^"]*)"', strings)))
+    return found
+
+
+def _spf_names(record: str, owner: str, host: str) -> bool:
+    """Whether an SPF record at `owner` lets `host`'s addresses pass by name: `a` (the owner's
+    own addresses), `a:<host>` or `mx` (every MX of the domain), each without a failing qualifier."""
+    return any(term in ("mx", f"a:{host}") or (term == "a" and owner == host)
+               for term in (t.removeprefix("+").lower() for t in record.split()[1:]))
+
+
+def check_spf_covers_mxes(args: StackValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
+    # Every MX sends under its HELO name (its bounces have an empty MAIL FROM, and receivers check
+    # that name), and each domain's mail leaves from the primary: without these, receivers that
+    # enforce SPF (and DMARC) reject or junk the site's mail.
+    texts, roles = _texts(args.resources, unseen), _roles(args.resources, unseen)
+    primaries = [name for name, role in roles.items() if role == "primary"]
+
+    def spf(name: str) -> list[str]:
+        return [t for t in texts.get(name, []) if t.lower().startswith("v=spf1 ") or t.lower() == "v=spf1"]
+
+    domains = {}
+    for domain, _, target, _ in _mx_records(args.resources, unseen):
+        domains[domain] = True
+        records = spf(target)
+        if not records:
+            report(f"{target}: an MX of {domain} without an SPF record for its HELO name; its bounces fail SPF (publish v=spf1 a -all)")
+        elif not any(_spf_names(r, target, target) for r in records):
+            report(f"{target}: its SPF record ({records[0]}) does not name its own addresses; its bounces fail SPF (publish v=spf1 a -all)")
+    for domain in domains:
+        records = spf(domain)
+        if not records:
+            report(f"{domain}: no SPF record; receivers cannot tell the site's mail from a forgery (publish v=spf1 a:<primary> -all)")
+        for primary in primaries:
+            if records and not any(_spf_names(r, domain, primary) for r in records):
+                report(f"{domain}: its SPF record ({records[0]}) does not name the primary {primary}, which sends the domain's mail")
+
+
+def check_dmarc_published(args: StackValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
+    texts = _texts(args.resources, unseen)
+    for domain in dict.fromkeys(domain for domain, *_ in _mx_records(args.resources, unseen)):
+        if not any(t.startswith("v=DMARC1") for t in texts.get(f"_dmarc.{domain}", [])):
+            report(f"{domain}: no DMARC record (_dmarc.{domain} TXT v=DMARC1; p=...): receivers get no policy for mail forged "
+                   "in the domain, and the site gets no reports")
+
+
+# A site's MTA-STS policy, as an image carries it for its httpd.
+MTA_STS_POLICY = "mta-sts.txt"
+
+
+def check_mta_sts_names_the_mxes(args: StackValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
+    # A sender that enforces the policy delivers only to the MX names it lists: an MX left out is
+    # refused mail by every such sender, and a listed name that is no MX is a stale policy.
+    targets = {target for _, _, target, _ in _mx_records(args.resources, unseen)}
+    for bake in _of(args.resources, DYNAMIC):
+        tree = _get(bake.props, "tree")
+        if tree is UNKNOWN:
+            unseen.append(f"{bake.name}: the image's files")
+            continue
+        for path in _keys(tree):
+            if not str(path).endswith(MTA_STS_POLICY):
+                continue
+            text = _get(_get(tree, path), "text")
+            if text is UNKNOWN or not isinstance(text, str):
+                unseen.append(f"{bake.name}: {path}")
+                continue
+            listed = {line.split(":", 1)[1].strip().lower() for line in text.splitlines() if line.lower().startswith("mx:")}
+
+            def matches(pattern: str, name: str) -> bool:
+                # RFC 8461 4.1: "*.example.org" matches one label to its left.
+                return pattern == name or (pattern.startswith("*.") and name.split(".", 1)[-1] == pattern[2:])
+
+            for name in sorted(listed):
+                if not any(matches(name, target) for target in targets):
+                    report(f"{bake.name}: the MTA-STS policy {path} names {name}, which is no MX of the site's domains")
+            for target in sorted(targets):
+                if not any(matches(name, target) for name in listed):
+                    report(f"{bake.name}: the MTA-STS policy {path} leaves out the MX {target}: senders that enforce it refuse to deliver there")
+
+
 def _lets_through(rule: Any, wanted: int, unseen: list[str], where: str = "") -> bool:
     """Whether a Vultr firewall rule lets tcp/udp port `wanted` in. Vultr reads `a:b` as a range
     and a tcp/udp rule without a port as every port; icmp, gre, esp and ah have no ports, so a port
@@ -507,6 +608,9 @@ def _stack(name: str, description: str, validate: Callable) -> StackValidationPo
 POLICIES = [
     _stack("primary-mx-preference", "The primary's MX preference is strictly better than every backup's.", check_primary_preference),
     _stack("mx-forward-confirmed", "Every MX target has A/AAAA and a PTR answering its name.", check_forward_confirmed),
+    _stack("mx-spf-covered", "Every MX target has SPF for its HELO name, and each domain's SPF names the primary.", check_spf_covers_mxes),
+    _stack("dmarc-published", "Every mail domain publishes a DMARC record.", check_dmarc_published),
+    _stack("mta-sts-names-the-mxes", "The MTA-STS policy lists exactly the MX names.", check_mta_sts_names_the_mxes),
     _resource("no-world-spamd-sync-or-bgp", "No firewall rule opens udp/8025 or tcp/179 to the world.", check_no_world_sync_or_bgp),
     _stack("backups-mta-only", f"Backups do not expose {'/'.join(map(str, PRIMARY_ONLY_PORTS))}.", check_backups_no_msa),
     _resource("baked-images-only", "Every instance boots from a baked image of this project.", check_baked_image),

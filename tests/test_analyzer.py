@@ -364,8 +364,10 @@ def test_a_new_site_reports_no_violation_and_names_what_waits_for_up(analyzer, n
     findings = analyzer.preview(new_vultr_site)
     assert findings.diagnostics == []
     waiting = {policy for policy, _ in findings.not_applicable}
-    assert waiting <= {"no-world-spamd-sync-or-bgp", "backups-mta-only"}
-    assert all("not verifiable before `up`" in reason and "port" in reason for _, reason in findings.not_applicable)
+    assert waiting <= {"no-world-spamd-sync-or-bgp", "backups-mta-only", "mta-sts-names-the-mxes"}
+    # The images' files (the MTA-STS policy among them) hold the addresses, known at `up`.
+    assert all("not verifiable before `up`" in reason and ("port" in reason or "the image's files" in reason)
+               for _, reason in findings.not_applicable)
 
 
 def test_what_waits_for_up_is_printed_where_the_preview_shows_it(new_vultr_site, tmp_path):
@@ -399,7 +401,8 @@ def test_a_backup_rule_is_matched_to_its_new_firewall_group_by_where_the_id_come
 @pytest.mark.parametrize("record, key, policies", [
     (lambda r: r.inputs.get("type") == "MX", "priority", ["primary-mx-preference"]),
     # An A record whose type is unknown might be an MX, and might be the target's only address.
-    (lambda r: r.inputs.get("type") == "A", "type", ["primary-mx-preference", "mx-forward-confirmed"]),
+    (lambda r: r.inputs.get("type") == "A", "type", ["primary-mx-preference", "mx-forward-confirmed", "mx-spf-covered",
+                                                     "dmarc-published", "mta-sts-names-the-mxes"]),
 ], ids=["mx-preference", "record-type"])
 def test_an_unknown_that_decides_a_policy_is_named_not_guessed(analyzer, vultr_image_change, record, key, policies):
     # The program never leaves these unknown; should a change do so, the policy neither fails the

@@ -75,6 +75,10 @@ CASES = {
     "inline_queue_keys_one_per_host": (lambda s: _inline(s)["secrets"]["queueKeys"].pop("mx2"), "mailsite:secrets.queueKeys.mx2"),
     "inline_spamd_sync_key": (lambda s: _inline(s, spamdSyncKey="ABC"), "mailsite:secrets.spamdSyncKey"),
     "disk_holds_the_partitions": (lambda s: s["images"].update(diskSize="4G"), "mailsite:images.diskSize"),
+    "dns_reports_received": (lambda s: s.update(dns={"tlsReports": "tls-reports@example.org"}), "mailsite:dns.tlsReports"),
+    "dns_nameservers_with_an_address": (lambda s: s.update(dns={"nameservers": ["ns1.example.com", "ns1.example.net"]}),
+                                        "mailsite:dns.nameservers"),
+    "mx_names_not_mta_sts_hosts": (lambda s: _host(s, 2).update(fqdn="mta-sts.example.net"), "mailsite:hosts[2].fqdn"),
 }
 
 

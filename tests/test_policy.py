@@ -15,6 +15,7 @@ from tests.test_analyzer import DYNAMIC, Analyzer, Registered, _find, policy_pac
 from tests.test_program import inline_secrets, vultr_settings
 
 import mailsite_policies  # noqa: E402  (on sys.path through tests.test_analyzer)
+from mailsite.mta_sts import policy_text  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +285,64 @@ def test_an_unprotected_mail_volume_is_caught(pack, stack, component):
     volume.protect = False
     assert list(violations(pack, broken)) == ["mail-volume-protected"]
     assert violations(pack, broken)["mail-volume-protected"][0].startswith(f"{volume.name} holds the site's mail: it must be protected")
+
+
+# -- the DNS records that make the site's mail trusted (issue 16.3) --------------------------------
+
+def _record(resources, name: str, domain: str, kind: str) -> Registered:
+    return _find(resources, mailsite_policies.DNS_RECORD,
+                 lambda r: r.inputs.get("type") == kind and r.inputs.get("name") == name and r.inputs["domain"] == domain)
+
+
+def test_an_mx_without_spf_for_its_helo_name_is_caught(pack, vultr_stack, libvirt_stack):
+    broken = copy.deepcopy(vultr_stack)
+    broken.remove(_record(broken, "mx2", "example.org", "TXT"))
+    assert violations(pack, broken) == {"mx-spf-covered": [
+        f"mx2.example.org: an MX of {domain} without an SPF record for its HELO name; its bounces fail SPF (publish v=spf1 a -all)"
+        for domain in ("example.org", "example.net")]}
+    broken = copy.deepcopy(libvirt_stack)
+    zone = _zone(broken, "example.org.zone")
+    zone.set("text", zone.inputs["text"].replace('mx3\t3600\tIN\tTXT\t"v=spf1 a -all"', 'mx3\t3600\tIN\tTXT\t"v=spf1 a:mx1.example.org -all"'))
+    assert violations(pack, broken) == {"mx-spf-covered": [
+        "mx3.example.org: its SPF record (v=spf1 a:mx1.example.org -all) does not name its own addresses; its bounces fail SPF (publish v=spf1 a -all)"] * 2}
+
+
+def test_a_domain_whose_spf_leaves_out_the_primary_is_caught(pack, vultr_stack):
+    broken = copy.deepcopy(vultr_stack)
+    _record(broken, "", "example.net", "TXT").set("data", '"v=spf1 a:mx2.example.org -all"')
+    assert violations(pack, broken) == {"mx-spf-covered": [
+        "example.net: its SPF record (v=spf1 a:mx2.example.org -all) does not name the primary mx1.example.org, which sends the domain's mail"]}
+
+
+def test_a_domain_without_dmarc_is_caught(pack, vultr_stack, libvirt_stack):
+    broken = copy.deepcopy(vultr_stack)
+    broken.remove(_record(broken, "_dmarc", "example.org", "TXT"))
+    assert list(violations(pack, broken)) == ["dmarc-published"]
+    broken = copy.deepcopy(libvirt_stack)
+    zone = _zone(broken, "example.net.zone")
+    zone.set("text", "\n".join(line for line in zone.inputs["text"].splitlines() if not line.startswith("_dmarc")))
+    assert violations(pack, broken) == {"dmarc-published": [
+        "example.net: no DMARC record (_dmarc.example.net TXT v=DMARC1; p=...): receivers get no policy for mail forged "
+        "in the domain, and the site gets no reports"]}
+
+
+def _with_policy_file(resources, text: str) -> Registered:
+    """The primary's image carrying an MTA-STS policy, as its httpd serves it."""
+    bake = _find(resources, DYNAMIC, lambda r: "tree" in r.inputs and r.name.startswith("mail-mx1-"))
+    tree = copy.deepcopy(bake.inputs["tree"])
+    files = tree["value"] if isinstance(tree, dict) and "value" in tree else tree
+    files["var/www/mta-sts/.well-known/mta-sts.txt"] = {"text": text, "mode": 0o644, "secret": False}
+    bake.set("tree", tree)
+    return bake
+
+
+def test_an_mta_sts_policy_naming_a_name_that_is_no_mx_is_caught(pack, stack, example_site):
+    fine = copy.deepcopy(stack)
+    _with_policy_file(fine, policy_text(example_site))
+    assert violations(pack, fine) == {}
+    broken = copy.deepcopy(stack)
+    bake = _with_policy_file(broken, policy_text(example_site).replace("mx: mx3.example.org", "mx: mx9.example.org"))
+    path = "var/www/mta-sts/.well-known/mta-sts.txt"
+    assert violations(pack, broken) == {"mta-sts-names-the-mxes": [
+        f"{bake.name}: the MTA-STS policy {path} names mx9.example.org, which is no MX of the site's domains",
+        f"{bake.name}: the MTA-STS policy {path} leaves out the MX mx3.example.org: senders that enforce it refuse to deliver there"]}

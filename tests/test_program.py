@@ -254,15 +254,30 @@ def test_turning_dhcp_off_does_not_replace_an_existing_network(libvirt_site):
     assert "dhcp" in libvirt_site.registered.ignore_changes[network.name]
 
 
-def test_libvirt_zone_files_hold_mx_a_aaaa_and_ptr(libvirt_site):
+def test_libvirt_zone_files_hold_every_record_and_ptr(libvirt_site):
     zones = {r.inputs["path"]: r.inputs["text"] for r in libvirt_site.of(DYNAMIC) if "path" in r.inputs and r.inputs["path"].endswith(".zone")}
     org = zones["zones/example.org.zone"]
-    assert "@\tIN\tMX\t10\tmx1.example.org." in org and "@\tIN\tMX\t30\tmx3.example.org." in org
-    assert "mx2\tIN\tA\t192.0.2.20" in org and "mx2\tIN\tAAAA\t2001:db8::20" in org
-    assert "@\tIN\tMX\t20\tmx2.example.org." in zones["zones/example.net.zone"]
-    assert "20.2.0.192.in-addr.arpa.\tIN\tPTR\tmx2.example.org." in zones["zones/2.0.192.in-addr.arpa.zone"]
+    assert "@\t3600\tIN\tMX\t10\tmx1.example.org." in org and "@\t3600\tIN\tMX\t30\tmx3.example.org." in org
+    assert "mx2\t3600\tIN\tA\t192.0.2.20" in org and "mx2\t3600\tIN\tAAAA\t2001:db8::20" in org
+    assert '_dmarc\t3600\tIN\tTXT\t"v=DMARC1; p=quarantine; rua=mailto:postmaster@example.org"' in org
+    assert "@\t3600\tIN\tMX\t20\tmx2.example.org." in zones["zones/example.net.zone"]
+    assert "20.2.0.192.in-addr.arpa.\t3600\tIN\tPTR\tmx2.example.org." in zones["zones/2.0.192.in-addr.arpa.zone"]
     ptr6 = zones["zones/0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.zone"]
-    assert ipaddress.ip_address("2001:db8::30").reverse_pointer + ".\tIN\tPTR\tmx3.example.org." in ptr6
+    assert ipaddress.ip_address("2001:db8::30").reverse_pointer + ".\t3600\tIN\tPTR\tmx3.example.org." in ptr6
+    # Without dns.nameservers, files to $INCLUDE: the user's zone keeps its SOA (tests/test_dns.py loads them with nsd).
+    assert all("\tSOA\t" not in text for text in zones.values())
+
+
+def test_vultr_dns_takes_every_record_in_its_apis_shapes(vultr_site):
+    records = {(r.inputs["domain"], r.inputs["name"], r.inputs["type"]): r.inputs for r in vultr_site.of("vultr:index/dnsRecord:DnsRecord")}
+    assert records[("example.org", "", "TXT")]["data"] == '"v=spf1 a:mx1.example.org -all"'
+    assert records[("example.org", "mx2", "TXT")]["data"] == '"v=spf1 a -all"'
+    submissions = records[("example.net", "_submissions._tcp", "SRV")]
+    assert (submissions["priority"], submissions["data"]) == (0, "1 465 mx1.example.org")
+    assert records[("example.net", "_imap._tcp", "SRV")]["data"] == "0 0 ."
+    assert records[("example.org", "mx3", "CAA")]["data"] == '0 issue "letsencrypt.org"'
+    assert records[("example.net", "mta-sts", "A")]["data"] == "203.0.113.10", "the primary serves the MTA-STS policy"
+    assert {r["ttl"] for r in records.values()} == {3600}
 
 
 def test_vultr_site_instances_boot_from_baked_snapshots_with_reserved_ips(vultr_site):
@@ -286,8 +301,8 @@ def test_vultr_dns_mx_preferences_point_at_names_with_a_aaaa_and_ptr(vultr_site)
     records = vultr_site.of("vultr:index/dnsRecord:DnsRecord")
     mx = sorted((r.inputs["domain"], r.inputs["priority"], r.inputs["data"]) for r in records if r.inputs["type"] == "MX")
     assert mx == [(d, p, f"mx{p // 10}.example.org") for d in ("example.net", "example.org") for p in (10, 20, 30)]
-    a = {r.inputs["name"]: r.inputs["data"] for r in records if r.inputs["type"] == "A"}
-    aaaa = {r.inputs["name"]: r.inputs["data"] for r in records if r.inputs["type"] == "AAAA"}
+    a = {r.inputs["name"]: r.inputs["data"] for r in records if r.inputs["type"] == "A" and r.inputs["name"] != "mta-sts"}
+    aaaa = {r.inputs["name"]: r.inputs["data"] for r in records if r.inputs["type"] == "AAAA" and r.inputs["name"] != "mta-sts"}
     assert a == {"mx1": "203.0.113.10", "mx2": "203.0.113.20", "mx3": "203.0.113.30"}
     assert set(aaaa) == {"mx1", "mx2", "mx3"}
     ptr4 = {r.inputs["ip"]: r.inputs["reverse"] for r in vultr_site.of("vultr:index/reverseIpv4:ReverseIpv4")}

@@ -1,4 +1,8 @@
-"""Zone files for the user's own name server: each site domain, and the reverse zone of each network."""
+"""Zone files for the user's own name server: each site domain, and the reverse zone of each network.
+
+Files to $INCLUDE into the user's zones by default (which hold the SOA, the NS set and the
+domain's other names); complete zones when dns.nameservers names the NS set.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +23,12 @@ Records = tuple[list[DnsRecord], list[ReverseRecord]]
 def zone_files(name: str, args: DnsArgs, directory: Path, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
                opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output[str]]:
     written: dict[str, pulumi.Output[str]] = {}
-    ns = args.nameserver
 
     def forward(domain: str) -> Callable[[Records], str]:
-        return lambda records: render_zone(domain, records[0], ns, args.serial)
+        return lambda records: render_zone(domain, records[0], args.ttl, args.nameservers, args.contact)
 
     def reverse(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Callable[[Records], str]:
-        return lambda records: render_reverse_zone(network, records[1], ns, args.serial)
+        return lambda records: render_reverse_zone(network, records[1], args.ttl, args.nameservers, args.contact)
 
     for domain in args.domains:
         text = args.records.apply(forward(domain))
