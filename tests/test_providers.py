@@ -8,6 +8,7 @@ import base64
 import copy
 import json
 import re
+import subprocess
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -109,7 +110,16 @@ def _libvirt(tmp_path) -> dict:
     settings = inline_secrets(example_settings())
     settings["images"] = {"cacheDir": str(tmp_path / "cache")}
     settings["libvirt"]["zoneDir"] = str(tmp_path / "zones")  # the zone files' provider writes there
+    settings["dns"] = {"nameservers": ["ns1.example.com"]}  # complete zones, whose SOA serial the provider writes
     return settings
+
+
+def _zone_serial(tmp_path, zone: str = "example.org") -> int:
+    """The serial of a zone file the provider wrote, as nsd's own parser reads it."""
+    path = tmp_path / "zones" / f"{zone}.zone"
+    checked = subprocess.run(["nsd-checkzone", "-p", zone, str(path)], capture_output=True, text=True, timeout=20)
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+    return int(re.search(r"\bSOA\b[^(]*\(\s*(\d+)", checked.stdout)[1])
 
 
 def _vultr(tmp_path, moto_endpoint) -> dict:
@@ -168,10 +178,12 @@ def test_libvirt_bake_creates_the_image_and_replaces_it_only_when_its_identity_c
             assert "url" not in outputs and "objectKey" not in outputs
         images = {h: v["imageId"] for h, v in first.outputs["hosts"].items()}
         assert all(Path(path).is_file() for path in images.values()), "each volume is made from its baked image"
+        serial = _zone_serial(tmp_path)
 
         again = run_program(settings, CloudMocks(), provider, previous=first)
         assert again.ops("create") == [] and again.ops("delete") == []
         assert all(again.diffs[u].changes == provider_pb2.DiffResponse.DIFF_NONE and not again.diffs[u].replaces for u in bakes)
+        assert _zone_serial(tmp_path) == serial, "no change, no new serial"
 
         settings["hosts"][2]["fqdn"] = "mx3.example.net"
         changed = run_program(settings, CloudMocks(), provider, previous=again)
@@ -180,6 +192,8 @@ def test_libvirt_bake_creates_the_image_and_replaces_it_only_when_its_identity_c
         assert list(changed.diffs[mx3].replaces) == ["identity"]
         assert [u for u in changed.ops("create") if u in bakes] == [mx3] and changed.ops("delete") == [mx3]
         assert changed.state[mx3].id != again.state[mx3].id
+        # The zone's records changed (mx3's name): its secondaries see a greater serial.
+        assert _zone_serial(tmp_path) > serial
         _secrets_absent(provider.log())
 
 
