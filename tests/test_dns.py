@@ -24,7 +24,7 @@ import spf
 
 from mailsite.daemonroot import daemon_root
 from mailsite.dns import (
-    DnsRecord, ReverseRecord, dns_records, dnsmasq_options, render_reverse_zone, render_zone, reverse_records,
+    DnsRecord, ReverseRecord, dns_records, dnsmasq_options, presentation, render_reverse_zone, render_zone, reverse_records,
     reverse_zone_name, with_serial, zone_of,
 )
 from mailsite.lab.site import lab_plan, render_dnsmasq_conf
@@ -275,3 +275,13 @@ def test_the_primarys_address_still_points_back_at_its_mx_name_only(lab_dns):
     for address in (plan.site.primary.ipv4, plan.site.primary.ipv6):
         answer = resolver.resolve(ipaddress.ip_address(address).reverse_pointer, "PTR")
         assert {_served(r) for r in answer} == {plan.site.primary.mx_name}
+
+
+def test_the_lab_dns_answers_exactly_the_computed_records_as_the_dns_scenario_reads_them(lab_dns):
+    # The lab's dns scenario compares `dig +short` with presentation(); dig prints what dnspython does.
+    plan, resolver = lab_dns
+    want: dict[tuple[str, str], set[str]] = {}
+    for record in dns_records(plan.site, plan.addresses()):
+        want.setdefault((record.name, record.type), set()).add(presentation(record))
+    got = {key: {r.to_text() for r in resolver.resolve(key[0], key[1])} for key in want}
+    assert got == want
