@@ -1,3 +1,4 @@
+import asyncio
 import contextlib
 import os
 import signal
@@ -6,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,34 @@ from tests.sites import EXAMPLE, example_settings, site_of
 # would every tool it starts: the tests that press Ctrl-C on the tool would see it ignored. Python
 # resets a handler (never an ignore) on exec, so this gives each child the default Ctrl-C again.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# This machine has one lab: its state directory, the mslab namespaces and their mounts are global
+# names, and teardown and leftovers() look at every one of them. So the tests that bring a lab up
+# or look for one (the lab fixture's, and every test_lab*/test_rotation module's) run one after
+# another on one pytest-xdist worker (make test: -n with --dist loadgroup, pytest.ini), the
+# biggest group, so it starts first; every other test spreads over the other workers alone.
+LAB_GROUP = "lab"
+_LAB_MODULES = ("test_lab", "test_rotation")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name.startswith(_LAB_MODULES) or "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(LAB_GROUP))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Pulumi's mocks make their futures on the main thread's current event loop, as a program's
+    own process has one; an asyncio.run() earlier in the same process (tests/test_rotation.py)
+    leaves none. Before any fixture of a test (a module's evaluated stack too): one, if none is set."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:
+            asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 @pytest.fixture(scope="module")

@@ -334,7 +334,9 @@ def test_site_set_is_byte_identical_and_holds_tree_without_keys(example_site):
 def test_bake_runs_packer_then_reuses_the_cached_image(example_site, tmp_path):
     request = _request(example_site, tmp_path)
     shown: list[str] = []
-    before = set(Path("/tmp").glob("mailsite-bake-*"))
+    # This process's work directories only: other tests may bake beside this one (pytest -n).
+    ours = f"mailsite-bake-{os.getpid()}-*"
+    before = set(Path("/tmp").glob(ours))
     baked = bake(request, progress=shown.append)
     assert not baked.cached and baked.path.is_file()
     assert any("Running local shell script" in line for line in shown), shown
@@ -350,7 +352,7 @@ def test_bake_runs_packer_then_reuses_the_cached_image(example_site, tmp_path):
     cached = bake(request, progress=again.append)
     assert cached.cached and cached.path == baked.path and cached.identity == baked.identity
     assert again == [f"mx2: image {baked.identity[:12]} already baked, reused"], "packer must not run again"
-    assert set(Path("/tmp").glob("mailsite-bake-*")) <= before, "the private work directory must be gone"
+    assert set(Path("/tmp").glob(ours)) <= before, "the private work directory must be gone"
 
 
 def _key_forms(request: BakeRequest) -> list[str]:
