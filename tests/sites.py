@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,14 @@ EXAMPLE = ROOT / "Pulumi.example.yaml"
 
 
 def example_settings() -> dict:
-    return copy.deepcopy(read_stack_settings(EXAMPLE))
+    return copy.deepcopy(_example_as_read())
+
+
+@functools.cache
+def _example_as_read() -> dict:
+    # Read once per test process: the YAML reader takes about 0.1 s a read, and hundreds of tests
+    # (and every hypothesis example) start from the example stack; each gets its own deep copy.
+    return read_stack_settings(EXAMPLE)
 
 
 def sized_settings(count: int) -> dict:
