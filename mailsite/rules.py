@@ -278,6 +278,15 @@ def dns_nameservers_with_an_address(site: Site) -> list[Problem]:
 
 
 @rule
+def dns_nameservers_only_for_zone_files(site: Site) -> list[Problem]:
+    # Vultr DNS answers from Vultr's own name servers: the setting would change nothing there.
+    if not site.runs_on("vultr") or not site.dns.nameservers:
+        return []
+    return [_problem("mailsite:dns.nameservers", site.dns.nameservers, "Vultr DNS serves the zones from its own name "
+                     "servers (ns1.vultr.com, ns2.vultr.com); leave nameservers empty on the vultr target")]
+
+
+@rule
 def mx_names_not_mta_sts_hosts(site: Site) -> list[Problem]:
     # mta-sts.<domain> carries the primary's addresses for the MTA-STS policy; an MX of that name
     # would get a second set of A records.
