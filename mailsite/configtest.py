@@ -19,7 +19,9 @@ tree. configtest runs as root on any directory, so what it reads of a tree on th
 never a link (that would hand the parser a file of this machine) nor a special file, and it
 writes only in its scratch directory, which it made. bgpd -n runs on the file as rendered, except that Linux has no pf:
 its `set pftable` lines are blanked, keeping line numbers. doveconf -n looks up the users the
-config runs Dovecot as, so it reads the accounts an OpenBSD primary has (not Debian's). sh -n is
+config runs Dovecot as, so it reads the accounts an OpenBSD primary has (not Debian's). rspamadm
+configtest reads the package's own /etc/rspamd (trixie's rspamd 3) with the tree's local.d and
+override.d over it. sh -n is
 this machine's sh (no daemon).
 """
 
@@ -408,6 +410,54 @@ def check_doveconf(host: str, tree: Path, path: str) -> list[CheckProblem]:
     return problems
 
 
+# The package's rspamd.conf resolves rspamd's public fuzzy servers as it loads, and the check's
+# namespace has no DNS: /etc/hosts gives these names an address of the benchmarking range, so
+# that --strict fails on the tree's own problems alone (the bake checks on the real network). Its
+# resolver needs a nameserver to start: one on loopback, where nothing answers.
+RSPAMD_RESOLVED_AT_LOAD = ("fuzzy1.rspamd.com", "fuzzy2.rspamd.com")
+# "failed to load config: ucl parser error: error while parsing /etc/rspamd/local.d/actions.conf:
+# line: 1, column: 9 - 'string value must not be empty', character: ';'". Used with search.
+_RSPAMADM_WHERE = re.compile(r"error while parsing (?P<file>/\S+): line: (?P<line>\d+), column: \d+ - (?P<message>.*)")
+_RSPAMADM_TALLY = re.compile(r"syntax OK|syntax BAD|\d+ errors? found")
+_LONGEST = 300  # a module's schema error spells its whole schema out: the start says what is wrong
+
+
+def rspamadm_problems(host: str, output: str) -> list[CheckProblem]:
+    """One problem per complaint of rspamadm configtest (its tally lines aside): a parse error
+    names the local.d file and line, a module's schema error only itself."""
+    problems = []
+    for raw in output.splitlines():
+        text = raw.strip()
+        if not text or _RSPAMADM_TALLY.fullmatch(text):
+            continue
+        if where := _RSPAMADM_WHERE.search(text):
+            problems.append(CheckProblem(host, where["file"].lstrip("/"), int(where["line"]), where["message"]))
+        else:
+            problems.append(CheckProblem(host, "etc/rspamd/local.d", None,
+                                         text if len(text) <= _LONGEST else text[:_LONGEST] + " ..."))
+    return problems
+
+
+def check_rspamd(host: str, tree: Path, path: str) -> list[CheckProblem]:
+    local_d = str(Path(path).parent)
+    # local.d, and override.d where the tree has one (what replaces a default rather than adds to it).
+    dirs = tuple(str(Path(local_d).parent / name) for name in ("local.d", "override.d")
+                 if (tree / Path(local_d).parent / name).is_dir() or name == "local.d")
+    hosts = "127.0.0.1\tlocalhost\n" + "".join(f"198.18.0.1\t{name}\n" for name in RSPAMD_RESOLVED_AT_LOAD)
+    try:
+        # The package's /etc/rspamd (Debian's, of the same major) with the tree's files laid over it.
+        result = run_shaped_like_host(tree, dirs, ["rspamadm", "configtest", "--strict"],
+                                      written={"etc/hosts": hosts, "etc/resolv.conf": "nameserver 127.0.0.1\n"})
+    except TreeFileRefused as refused:
+        return [CheckProblem(host, refused.file, None, str(refused))]
+    except NamespaceSetupFailed as failed:
+        return [CheckProblem(host, local_d, None, str(failed))]
+    problems = rspamadm_problems(host, result.stdout + result.stderr)
+    if result.returncode != 0 and not problems:
+        problems.append(CheckProblem(host, local_d, None, f"rspamadm configtest failed with status {result.returncode}"))
+    return problems
+
+
 def check_shell(host: str, tree: Path, path: str) -> list[CheckProblem]:
     try:
         script = _regular_file(tree, path)
@@ -436,6 +486,7 @@ _PARSERS: dict[str, Parser] = {
     "smtpd -n": Parser("smtpd", "opensmtpd", check_smtpd),
     "bgpd -n": Parser("bgpd", "openbgpd", check_bgpd),
     "doveconf": Parser("doveconf", "dovecot-core", check_doveconf, root="dovecot"),
+    "rspamadm configtest": Parser("rspamadm", "rspamd", check_rspamd),
     # A shell script's syntax, no daemon's grammar: this machine's sh will do.
     "sh -n": Parser("sh", "dash", check_shell, root=None),
 }

@@ -50,7 +50,7 @@ MIRROR = "http://deb.debian.org/debian"
 # installs no recommendations), dig for the lab's DNS queries; pebble (Let's Encrypt's ACME test
 # CA) and lego, the ACME client standing in for OpenBSD's acme-client (mailsite/lab/acme.py).
 PACKAGES = ("opensmtpd", "openbgpd", "dnsmasq-base", "swaks", "libnet-ssleay-perl", "openssl", "bind9-dnsutils",
-            "ca-certificates", "netbase", "pebble", "lego")
+            "ca-certificates", "netbase", "rspamd", "redis-server", "opensmtpd-filter-rspamd", "pebble", "lego")
 # Dovecot as OpenBSD 7.8's packages ship it (2.3.21.1), from Debian 12's backports (its main
 # suite has 2.3.19.1): the server, IMAP and LMTP, and Pigeonhole's Sieve (0.5.21.1, as OpenBSD's
 # dovecot-pigeonhole; Debian builds it from Dovecot's source, so its version is Dovecot's) that files
@@ -60,8 +60,12 @@ DOVECOT_SUITE = "bookworm"
 DOVECOT_PACKAGES = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve")
 # The leading version numbers the checks rely on, per root: those of what OpenBSD 7.8 ships. For
 # Dovecot the minor too: 2.3 and 2.4 read different grammars, and a 2.3 config is never checked by 2.4.
+# rspamd is 3 on both (trixie 3.12.1, OpenBSD 7.8 3.13.1): rspamadm configtest checks the local.d
+# files with the grammar and module options of 3.12, a minor below the image's. redis is not held
+# to a major: OpenBSD 7.8 ships 6.2, trixie 8.0, and nothing checks redis.conf here (the lab runs
+# it, on directives both read alike); the bake starts the image's own.
 MAJORS: dict[str, dict[str, tuple[int, ...]]] = {
-    "daemons": {"opensmtpd": (7,), "openbgpd": (8,)},
+    "daemons": {"opensmtpd": (7,), "openbgpd": (8,), "rspamd": (3,), "opensmtpd-filter-rspamd": (0, 1)},
     "dovecot": {package: (2, 3) for package in DOVECOT_PACKAGES},
 }
 CACHE = Path("/var/cache/mailsite/daemon-root")

@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -865,6 +866,25 @@ def _dovecot_package(value: str) -> str:
     return value
 
 
+def _package_of(stem: str, major: tuple[int, ...] | None, example: str, why: str = ""):
+    """A validator of an images.packages pin for the package `stem`: its name as pkg_info -Q
+    lists it (stem, version, revision, epoch, a flavour), of the `major` the site's files are
+    written for (None: any)."""
+    pattern = re.compile(rf"{re.escape(stem)}-([0-9]+(?:\.[0-9]+)*)(p[0-9]+)?(v[0-9]+)?(-[a-z_][a-z0-9_]*)?")
+
+    def check(value: str) -> str:
+        match = pattern.fullmatch(value)
+        if not match:
+            raise ValueError(f"not a {stem} package's name; write it as pkg_info -Q {stem} lists it, like {example}")
+        found = tuple(int(number) for number in match[1].split("."))
+        if major is not None and found[:len(major)] != major:
+            wanted = ".".join(map(str, major))
+            raise ValueError(f"{stem} {match[1]}, while {why} {wanted} (OpenBSD 7.8's); use a {stem} {wanted} package, "
+                             f"like {example}")
+        return value
+    return AfterValidator(check)
+
+
 class Packages(Settings):
     """The OpenBSD packages the images install with pkg_add(1): where from, and exactly which
     version of each, so that two bakes of one stack install the same programs."""
@@ -877,13 +897,31 @@ class Packages(Settings):
         "it (pkg_info -Q dovecot): OpenBSD 7.8's is dovecot-2.3.21.1p1v0. A Dovecot 2.3 one, as "
         "the site's dovecot.conf is written in 2.3's grammar; the bake fails when the mirror "
         "lacks it."))
+    # The primary's spam filtering (OpenBSD 7.8's packages; docs/operating.md, Spam filtering).
+    rspamd: Annotated[str, _package_of("rspamd", (3,), "rspamd-3.13.1", "the site's local.d files are written for rspamd")] = Field(
+        "rspamd-3.13.1", description=(
+            "The rspamd package the primary's image installs, as pkg_info -Q rspamd names it: "
+            "OpenBSD 7.8's is rspamd-3.13.1. An rspamd 3, whose grammar the site's local.d files use."))
+    redis: Annotated[str, _package_of("redis", None, "redis-6.2.20")] = Field("redis-6.2.20", description=(
+        "The redis package holding rspamd's state on the primary, as pkg_info -Q redis names it: "
+        "OpenBSD 7.8's is redis-6.2.20."))
+    opensmtpd_filter_rspamd: Annotated[str, _package_of("opensmtpd-filter-rspamd", None, "opensmtpd-filter-rspamd-0.1.8")] = Field(
+        "opensmtpd-filter-rspamd-0.1.8", description=(
+            "The package of the filter through which the primary's smtpd asks rspamd, as pkg_info -Q "
+            "opensmtpd-filter-rspamd names it on your mirror (check the revision there: a pN suffix)."))
+    dovecot_pigeonhole: Annotated[str, _package_of("dovecot-pigeonhole", (0, 5), "dovecot-pigeonhole-0.5.21.1v1",
+                                                   "Dovecot 2.3 loads Pigeonhole")] = Field(
+        "dovecot-pigeonhole-0.5.21.1v1", description=(
+            "The Sieve plugin the primary's Dovecot files marked mail into Junk with, as pkg_info -Q "
+            "dovecot-pigeonhole names it: OpenBSD 7.8's is dovecot-pigeonhole-0.5.21.1v1 (0.5, for Dovecot 2.3)."))
 
     def pinned(self, package: str) -> str:
         """The exact package name for a daemon's package (its Daemon.package). A package without
         a setting here is a bug: the image would install whatever version the mirror has."""
-        if package not in type(self).model_fields or package == "mirror":
+        field = package.replace("-", "_")  # opensmtpd-filter-rspamd: images.packages.opensmtpdFilterRspamd
+        if field not in type(self).model_fields or field == "mirror":
             raise KeyError(f"no images.packages setting pins the package {package}: add one to Packages in mailsite/model.py")
-        return str(getattr(self, package))
+        return str(getattr(self, field))
 
 
 # /var beside the queue: logs between newsyslog turns, spamd's database, /var/db and backups.
@@ -975,6 +1013,27 @@ class Images(Settings):
         return max(0, needed - size_bytes(self.disk_size))
 
 
+class Spam(Settings):
+    """rspamd's verdicts on the primary's incoming and submitted mail, by score (rspamd's
+    actions): what is refused outright, and what is delivered marked, into the user's Junk."""
+
+    reject_score: Annotated[float, Field(gt=0, le=1000), _WHOLE] = Field(15, description=(
+        "The score from which smtpd refuses a message at the end of DATA, with rspamd's reason "
+        "(550): the sender's MTA tells the sender, nothing is stored. rspamd's own default, 15."))
+    junk_score: Annotated[float, Field(gt=0, le=1000), _WHOLE] = Field(6, description=(
+        "The score from which a message is delivered marked (X-Spam: yes) and Dovecot files it in "
+        "the user's Junk folder; below rejectScore. rspamd's own default, 6."))
+
+    @field_validator("junk_score")
+    @classmethod
+    def _below_reject(cls, value: float, info: ValidationInfo) -> float:
+        reject = info.data.get("reject_score")
+        if reject is not None and value >= reject:
+            raise ValueError(f"not below rejectScore ({reject:g}): a message that scores this much is refused, "
+                             f"never filed in Junk; choose a junkScore below {reject:g}, like 6")
+        return value
+
+
 class Site(Settings):
     """A whole mail site: the `mailsite:` namespace of a Pulumi stack file."""
 
@@ -997,6 +1056,7 @@ class Site(Settings):
         "provider."))
     recipients: Recipients
     greylist: Greylist = Greylist()
+    spam: Spam = Spam()
     bgp_spamd: BgpSpamd
     max_message_size: str = Field("50M", description=(
         "The largest message every MX accepts (smtpd max-message-size), a whole number of bytes or "

@@ -155,7 +155,8 @@ def test_a_root_is_checked_against_its_own_majors_only():
     """The dovecot root holds no smtpd: the daemons' majors are not asked of it, nor Dovecot's of them."""
     daemonroot._check_majors(DaemonRoot(Path("/nonexistent"), dict.fromkeys(daemonroot.DOVECOT_PACKAGES, DOVECOT_23),
                                         "dovecot"))
-    daemonroot._check_majors(DaemonRoot(Path("/nonexistent"), {"opensmtpd": "7.6.0p1-1", "openbgpd": "8.8-1"}))
+    daemonroot._check_majors(DaemonRoot(Path("/nonexistent"), {"opensmtpd": "7.6.0p1-1", "openbgpd": "8.8-1", "rspamd": "3.12.1-1",
+                                                               "opensmtpd-filter-rspamd": "0.1.8-1+b10"}))
 
 
 def _failing_mmdebstrap(tmp_path, monkeypatch):

@@ -42,7 +42,11 @@ def test_lab_starts_each_daemon_on_the_config_file_the_host_carries(example_site
         runs = {daemon.name: daemon.lab for daemon in daemons_on(example_site, host) if daemon.lab}
         assert {"smtpd", "bgpd"} <= set(runs), host.name
         for name, run in runs.items():
-            assert isinstance(run, LabRun) and run.argv[0] == name and run.config, (host.name, name)
+            # redis's program is redis-server.
+            assert isinstance(run, LabRun) and run.argv[0] in (name, f"{name}-server"), (host.name, name)
+            if run.config is None:  # its package's own config, which reads the tree's (rspamd's local.d)
+                assert any(path.startswith(f"etc/{name}/") for path in tree), f"{host.name}: no etc/{name}/ for {name}"
+                continue
             assert run.config in run.argv, f"{name}'s argv does not name {run.config}"
             assert run.config.lstrip("/") in tree, f"{host.name}: the lab starts {name} on {run.config}, which the host does not carry"
 
@@ -138,20 +142,21 @@ def test_package_daemons_start_from_one_pkg_scripts_line_in_start_order(monkeypa
     """rc(8) starts a package's daemon only when pkg_scripts names it, and every package daemon
     shares that one variable: one line, in registry order, on the hosts that run them; none on
     a host whose daemons all come with the base system."""
-    # Their package is Dovecot's, the one package images.packages pins: this is about pkg_scripts.
+    # Their package is Dovecot's, which images.packages pins: this is about pkg_scripts.
     first, second = _package_daemon("mailbox-test", "dovecot"), _package_daemon("filter-test", "dovecot")
     monkeypatch.setattr(mailsite.daemons, "DAEMONS", (*DAEMONS[:-1], first, second, DAEMONS[-1]))
     for host, tree in render_site(example_site).items():
         rc = tree["etc/rc.conf.local"].text
-        expected = [["dovecot", "mailbox-test", "filter-test"]] if example_site.host(host).is_primary else []
+        expected = [["redis", "rspamd", "dovecot", "mailbox-test", "filter-test"]] if example_site.host(host).is_primary else []
         assert _pkg_scripts(rc) == expected, (host, rc)
         result = subprocess.run(["sh", "-c", f"{rc}\necho \"$pkg_scripts\""], capture_output=True, text=True, check=True)
         assert result.stdout.split() == (expected[0] if expected else []), host
 
 
 def test_only_the_primary_starts_a_package_daemon(example_site):
-    """Dovecot is the one daemon from packages, and the backups run none: no pkg_scripts there."""
-    assert [daemon.name for daemon in DAEMONS if daemon.package] == ["dovecot"]
+    """redis, rspamd and Dovecot are the daemons from packages, and the backups run none: no
+    pkg_scripts there."""
+    assert [daemon.name for daemon in DAEMONS if daemon.package] == ["redis", "rspamd", "dovecot"]
     trees = render_site(example_site)
     for host in example_site.hosts:
-        assert _pkg_scripts(trees[host.name]["etc/rc.conf.local"].text) == ([["dovecot"]] if host.is_primary else []), host.name
+        assert _pkg_scripts(trees[host.name]["etc/rc.conf.local"].text) == ([["redis", "rspamd", "dovecot"]] if host.is_primary else []), host.name

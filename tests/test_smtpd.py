@@ -64,8 +64,10 @@ def test_msa_authenticates_against_the_credentials_table_only(example_site):
     assert "table credentials file:/etc/mail/credentials\n" in smtpd
     listeners = re.findall(r"^listen on .*$", smtpd, re.M)
     auth = [line for line in listeners if " auth" in line]
-    assert auth == ["listen on vmx0 port submission tls-require pki mx1.example.org auth <credentials> senders <sendas> mask-src",
-                    "listen on vmx0 smtps pki mx1.example.org auth <credentials> senders <sendas> mask-src"]
+    # (and through rspamd, as every listener that takes mail from outside: tests/test_rspamd.py)
+    assert auth == ["listen on vmx0 port submission tls-require pki mx1.example.org auth <credentials> senders <sendas> mask-src"
+                    ' filter "rspamd"',
+                    'listen on vmx0 smtps pki mx1.example.org auth <credentials> senders <sendas> mask-src filter "rspamd"']
 
 
 def _smtpd_takes(table: list[str], address: str) -> bool:

@@ -56,4 +56,25 @@ if [ -f /etc/dovecot/dovecot.conf ]; then
 	doveconf -n >/dev/null
 	checked="$checked, doveconf -n"
 fi
+if [ -d /etc/rspamd/local.d ]; then
+	# rspamd's own reading of the package's rspamd.conf with the site's local.d and override.d,
+	# strict: a module's schema error fails it as a syntax error does. Without DNS here it also
+	# names rspamd's public fuzzy servers it could not resolve: those lines alone fail nothing.
+	if ! report=$(rspamadm configtest --strict 2>&1); then
+		problems=
+		while IFS= read -r line; do
+			case $line in
+			"address resolution for "*" failed"* | "cannot read servers definition" | "syntax BAD" | *" errors found") ;;
+			*) problems="$problems$line; " ;;
+			esac
+		done <<EOF
+$report
+EOF
+		if [ -n "$problems" ]; then
+			echo "mailsite: rspamadm configtest refused the site's rspamd files: $problems" >&2
+			exit 1
+		fi
+	fi
+	checked="$checked, rspamadm configtest"
+fi
 echo "mailsite: $(cat /etc/myname) checked by $checked"

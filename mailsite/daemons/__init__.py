@@ -13,6 +13,8 @@ from .bgpd import bgpd
 from .dovecot import dovecot
 from .mail_volume import mail_volume
 from .pf import pf
+from .redis import redis
+from .rspamd import rspamd
 from .smtpd import smtpd
 from .spamd import spamd
 from .spamlogd import spamlogd
@@ -21,8 +23,9 @@ from .sshd import sshd
 # In start order (the lab starts those with a LabRun in this order). The same order puts together
 # the files several daemons add to (rc.conf.local, root's crontab) and, after the services open
 # to the whole internet, pf.conf's rules: pf comes last, as its rule set is everyone else's.
-# Dovecot before smtpd, which delivers to its LMTP socket.
-DAEMONS: tuple[Daemon, ...] = (basics, mail_volume, spamd, spamlogd, bgpd, bgp_spamd_update, dovecot, smtpd, sshd, pf)
+# redis before rspamd, its store; both and Dovecot before smtpd, which asks rspamd through
+# filter-rspamd and delivers to Dovecot's LMTP socket.
+DAEMONS: tuple[Daemon, ...] = (basics, mail_volume, spamd, spamlogd, bgpd, bgp_spamd_update, redis, rspamd, dovecot, smtpd, sshd, pf)
 
 
 def daemons_on(site: Site, host: Host) -> tuple[Daemon, ...]:

@@ -25,6 +25,7 @@ class LabRun:
     argv: tuple[str, ...]  # in the foreground, so the lab holds its pid and its log
     listens: tuple[int, Literal["tcp", "udp"]] | None  # (port, protocol) it listens on once ready
     # The configuration argv makes it read, absolute as on the host: the host's tree carries it.
+    # None: its package's own, which reads the tree's files (rspamd's rspamd.conf, its local.d).
     config: str | None = None
     # The daemon root it runs from (mailsite.daemonroot.ROOTS): a daemon of another root than the
     # host's other daemons gets a tree over that root, in the host's network but its own mounts.
@@ -35,7 +36,7 @@ class LabRun:
 class ConfigTest:
     """A daemon's own parser run on one file of a rendered tree (mailsite.configtest runs it)."""
 
-    parser: Literal["smtpd -n", "bgpd -n", "sh -n", "doveconf"]
+    parser: Literal["smtpd -n", "bgpd -n", "sh -n", "doveconf", "rspamadm configtest"]
     path: str  # below the tree's root: etc/mail/smtpd.conf
 
 
@@ -90,6 +91,9 @@ class Daemon:
     # a package's rc.d script only when it is listed in pkg_scripts, the one variable every
     # package daemon shares: the host basics write it, in registry order, from this field.
     package: str | None = None
+    # Other packages it needs that start no daemon of their own (the filter smtpd runs for rspamd,
+    # Dovecot's Sieve plugin): the image installs them too, pinned in images.packages like `package`.
+    packages: tuple[str, ...] = ()
     runs_on: Callable[[Site, Host], bool] = every_host
     files: Callable[[HostContext], dict[str, RenderedFile]] = no_files  # path below / -> file
     services: Callable[[Site, Host, Mapping[str, HostAddresses]], list[Service]] = no_services

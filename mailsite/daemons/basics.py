@@ -48,7 +48,8 @@ def files(context: HostContext) -> dict[str, RenderedFile]:
         "etc/mailsite/crontab": RenderedFile(render_crontab(context)),
         # The mirror (the image's /etc/installurl: pkg_add's and syspatch's) and the packages' exact versions.
         PACKAGES: RenderedFile(render_template("basics/packages.j2", mirror=site.images.packages.mirror, packages=list(
-            dict.fromkeys(site.images.packages.pinned(daemon.package) for daemon in context.daemons if daemon.package)))),
+            dict.fromkeys(site.images.packages.pinned(package) for daemon in context.daemons
+                          for package in ((daemon.package,) if daemon.package else ()) + daemon.packages)))),
         # Which keys the image carries, by version, never by value: rotation checks it on the host.
         KEY_VERSIONS: RenderedFile(render_template(
             "basics/key-versions.j2",

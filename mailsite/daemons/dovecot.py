@@ -140,6 +140,8 @@ dovecot = Daemon(
     # From packages: the basics name it in rc.conf.local's one pkg_scripts line, and the image
     # installs the version images.packages.dovecot pins.
     package="dovecot",
+    # Pigeonhole: the Sieve plugin the LMTP delivery runs (a plugin, no daemon of its own).
+    packages=("dovecot-pigeonhole",),
     runs_on=on_the_primary,
     files=files,
     services=services,

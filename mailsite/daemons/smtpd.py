@@ -10,6 +10,7 @@ from ..model import LMTP_SOCKET, MAIL_USER, Host, HostAddresses, Site
 from ..service import ANYWHERE, Service
 from ..templates import RenderedFile, render_template
 from .base import ConfigTest, Daemon, HostContext, LabRun
+from .rspamd import FILTER_COMMAND as RSPAMD_FILTER
 
 
 def render_smtpd_conf(context: HostContext) -> str:
@@ -27,6 +28,7 @@ def render_smtpd_conf(context: HostContext) -> str:
         max_message_size=site.max_message_size,
         lmtp_socket=LMTP_SOCKET,
         tls=tls,
+        rspamd_filter=RSPAMD_FILTER,
     )
 
 

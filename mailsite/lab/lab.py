@@ -41,6 +41,8 @@ from typing import Collection, Sequence
 from ..config import load_site_file, stack_name
 from ..daemonroot import daemon_root
 from ..daemons import LabRun, daemons_on
+from ..daemons.redis import DIRECTORY as REDIS_DIRECTORY
+from ..daemons.rspamd import FILTER as RSPAMD_FILTER
 from ..errors import UserError
 from ..model import LMTP_SOCKET, MAIL_UID, MAILBOXES, STATE_MOUNT, HostSecrets, Site
 from ..passwords import hash_password
@@ -70,6 +72,21 @@ OUTSIDE_SMTPD_CONF = "etc/mail/outside-smtpd.conf"  # on the internet node
 HOST_ROOT = "daemons"  # the daemon root every node's first tree is laid over; others get trees of their own
 # Dovecot's base_dir, which holds the LMTP socket smtpd delivers to: shared by the primary's trees.
 LMTP_DIR = os.path.dirname(LMTP_SOCKET)
+# smtpd.conf names OpenBSD's filter-rspamd; Debian's package puts it where Debian's smtpd looks.
+DEBIAN_RSPAMD_FILTER = "/usr/libexec/opensmtpd/filter-rspamd"
+# The lab's additions to rspamd's rendered config. GTUBE's test variants besides the one that
+# rejects, so that a scenario can send a message rspamd marks (YJS...: add header) as one of
+# junkScore would be; never on a host: another variant (AJS...) lets any sender skip every check.
+# And no Hyperscan for the rules: they would be compiled anew at each lab up; PCRE matches the same.
+# rspamd compiles its URL matcher (ten thousand TLD suffixes) with Hyperscan as it starts: half a
+# minute of a CPU, after which it listens. The compiled databases are kept on this machine and
+# lent to every lab's primary (its hs_cache_dir: with a slash, which rspamd's file names follow
+# at once), so only a machine's first lab up waits for it.
+RSPAMD_CACHE = Path("/var/cache/mailsite/rspamd-hyperscan")
+RSPAMD_CACHE_ON_NODE = "/var/cache/mailsite-rspamd"
+RSPAMD_FIRST_START = 180  # seconds for a first start, the compiling included, on a loaded machine
+LAB_RSPAMD_OPTIONS = ("etc/rspamd/local.d/options.inc",
+                      f'gtube_patterns = "all";\ndisable_hyperscan = true;\nhs_cache_dir = "{RSPAMD_CACHE_ON_NODE}/";\n')
 READY_TIMEOUT = 30  # seconds for every daemon to answer; the lab is up in about one
 UP_LOCK_WAIT = 3 * READY_TIMEOUT  # seconds `down` waits for another process's `up` to end
 
@@ -263,7 +280,11 @@ class Lab:
     def _mx_tree(self, name: str, secrets: HostSecrets, ca: LabCA, common: HostTree) -> HostTree:
         """An MX's files: its image's, rendered, then the lab's own, and a certificate of the lab CA."""
         host = self.plan.site.host(name)
-        return {**render_lab_host(self.plan, host, secrets), **common, **pki_files(self.plan, host, ca.issue([host.mx_name]))}
+        tree = {**render_lab_host(self.plan, host, secrets), **common, **pki_files(self.plan, host, ca.issue([host.mx_name]))}
+        if "rspamd" in self.site_daemons(name):
+            path, text = LAB_RSPAMD_OPTIONS
+            tree[path] = RenderedFile(text)
+        return tree
 
     def _write_mx(self, node: Node, tree: HostTree) -> None:
         """An MX's files, in each of its trees (every tree holds the whole host, as one image
@@ -277,6 +298,16 @@ class Lab:
             # A key's directory private, as on the host (the upper layer's mode is the one seen).
             self.root(node.name, name).joinpath(self.plan.site.tls.key_for(host).lstrip("/")).parent.chmod(0o700)
         self.spool(node.name).mkdir()
+        if "rspamd" in self.site_daemons(node.name):
+            root = self.root(node.name)
+            # Where OpenBSD's package puts the filter, and redis's directory (pkg_add makes it there).
+            root.joinpath(RSPAMD_FILTER.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            root.joinpath(RSPAMD_FILTER.lstrip("/")).symlink_to(DEBIAN_RSPAMD_FILTER)
+            root.joinpath(REDIS_DIRECTORY.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            root.joinpath(RSPAMD_CACHE_ON_NODE.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            RSPAMD_CACHE.mkdir(mode=0o755, parents=True, exist_ok=True)
+            rspamd_uid = account_ids((daemon_root(HOST_ROOT).path / "etc/passwd").read_text())["_rspamd"]
+            os.chown(RSPAMD_CACHE, rspamd_uid, rspamd_uid)
         if host.is_primary:
             self.lmtp_dir(node.name).mkdir(mode=0o755)
             # A blank volume, as the image finds one at its first boot (a replaced primary finds
@@ -359,6 +390,8 @@ class Lab:
         if node.kind == "mx":
             if tree == HOST_ROOT:
                 lines.append(f"mount --bind {shlex.quote(str(self.spool(node.name)))} {merged}/var/spool")
+                if "rspamd" in self.site_daemons(node.name):
+                    lines.append(f"mount --bind {shlex.quote(str(RSPAMD_CACHE))} {merged}{RSPAMD_CACHE_ON_NODE}")
             if self.volume(node.name).exists():
                 lines += [f"mount --bind {shlex.quote(str(self.volume(node.name)))} {merged}{STATE_MOUNT}",
                           f"mount --bind {shlex.quote(str(self.lmtp_dir(node.name)))} {merged}{LMTP_DIR}"]
@@ -469,8 +502,11 @@ class Lab:
         mxes = [mx.name for mx in self.plan.of_kind("mx")]
         listeners = [(mx, daemon, run.listens) for mx in mxes for daemon, run in self.site_daemons(mx).items() if run.listens]
         what = sorted({f"{daemon} on {port}/{protocol}" for _, daemon, (port, protocol) in listeners})
+        # rspamd's first start on this machine compiles what later ones find in RSPAMD_CACHE.
+        cold = any("rspamd" in self.site_daemons(mx) for mx in mxes) and not any(RSPAMD_CACHE.glob("*.hsmp"))
         self._wait(f"every MX's daemons to listen ({', '.join(what)})",
-                   lambda: all(_listening(self.holder(mx).pid, *listens) for mx, _, listens in listeners))
+                   lambda: all(_listening(self.holder(mx).pid, *listens) for mx, _, listens in listeners),
+                   RSPAMD_FIRST_START if cold else READY_TIMEOUT)
         speakers = [mx for mx in mxes if "bgpd" in self.site_daemons(mx)]
         self._wait("every MX's bgpd to answer", lambda: all(self.start_sessions(mx) for mx in speakers))
         self._wait("every MX's bgpd to hold the route servers' routes", lambda: all(routes_received(self, mx) for mx in mxes))

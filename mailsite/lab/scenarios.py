@@ -334,6 +334,101 @@ def backups_relay_to_primary(lab: Lab) -> tuple[bool, str]:
     return not problems, "; ".join(problems) or f"via {', '.join(backups)}: each delivered once on {primary}, stored by its Dovecot"
 
 
+# GTUBE, as rspamd 3 reads it (its "GTUBE-like test patterns", rspamd_check_gtube): this one it
+# rejects; with gtube_patterns = "all" (the lab's, never a host's) the same string starting YJS
+# gets "add header", marked as junkScore would.
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+GTUBE_MARKED = "Y" + GTUBE[1:]
+RSPAMD_LOG = "/var/log/rspamd/rspamd.log"  # the package's log on the primary (OpenBSD's too)
+
+
+def _bounced_to(lab: Lab, marker: str, saying: str, timeout: float = DELIVERY_TIMEOUT) -> list[Path]:
+    """The bounces of `marker` in the outside domain's Maildir that say `saying`."""
+    def found() -> list[Path]:
+        return [path for path in lab.outside_maildir().glob("*/*") if path.parent.name in ("new", "cur")
+                and marker.encode() in (data := path.read_bytes()) and saying.encode() in data]
+    wait_until(found, timeout, 0.1)
+    return found()
+
+
+@scenario("spam: rspamd's GTUBE is refused by the primary, and bounces to its sender through a backup", proves="""
+    A message carrying GTUBE (the standard test string rspamd rejects) sent from the internet
+    straight to the primary is refused at the end of DATA with rspamd's reply (550 Gtube
+    pattern), from smtpd's filter-rspamd, and stored nowhere. Sent through a backup, which runs
+    no rspamd, it is taken (250), relayed, refused by the primary in the same way, and the backup
+    returns it to its sender (a bounce naming the 550 arrives at the sender's MTA in the outside
+    domain), as any refused relay is: nothing is lost silently, nothing reaches the mailbox.""")
+def gtube_is_rejected(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    primary, backups = _host_names(lab)
+    to = f"{site.recipients.users[0]}@{site.domains[0]}"
+    marker = _marker("gtube")
+    direct = mail.send(lab, primary, to, marker, GTUBE)
+    if direct.accepted or not direct.refusal.startswith("550") or "Gtube pattern" not in direct.refusal:
+        return False, f"{primary} answered GTUBE with {direct.refusal or 'acceptance'} (swaks {direct.status}), want 550 Gtube pattern"
+    seen = [f"{primary}: {direct.refusal}"]
+    if not backups:
+        return not mail.delivered(lab, marker), seen[0]
+    backup = backups[0]
+    sender = f"sender@{outside(lab.plan).domain}"
+    relayed_marker = _marker("gtube-relayed")
+    relayed = mail.send(lab, backup, to, relayed_marker, GTUBE, sender=sender)
+    if not relayed.accepted:
+        return False, f"{backup} refused GTUBE ({relayed.refusal}): a backup runs no rspamd and takes it"
+    bounces = _bounced_to(lab, relayed_marker, "Gtube pattern")
+    if len(bounces) != 1:
+        return False, (f"{len(bounces)} bounces naming Gtube pattern reached {sender} from {backup}, want 1; "
+                       f"{backup}'s queue: {mail.queue(lab, backup)}")
+    if delivered := mail.delivered(lab, marker) + mail.delivered(lab, relayed_marker):
+        return False, f"GTUBE delivered into a mailbox: {delivered[0]}"
+    seen.append(f"via {backup}: taken, refused by {primary} on relay, bounced to {sender}")
+    return True, "; ".join(seen)
+
+
+def rspamd_client_ip(lab: Lab, message_id: str, timeout: float = 10) -> str:
+    """The address rspamd on the primary scored the message `message_id` as coming from, by its
+    log line (ip: ...), "" if none."""
+    log = lab.path_on(lab.plan.site.primary.name, RSPAMD_LOG)
+    line = re.compile(rf"id: <{re.escape(message_id)}>, qid: <[^>]*>, ip: ([^,\s]+),")
+
+    def found() -> str:
+        match = line.search(log.read_text(errors="replace")) if log.exists() else None
+        return match[1] if match else ""
+    wait_until(found, timeout, 0.1)
+    return found()
+
+
+@scenario("spam: mail a backup relays is scored on the sender it came from, not on the backup", proves="""
+    A message from the internet node through a backup reaches the primary's rspamd from the
+    backup's address; rspamd's external_relay (ip_map of the backups' addresses, from the model)
+    reads the Received: header the backup wrote and scores the message on the internet node's
+    address, as rspamd's own log line for it says (ip:), not the backup's. A message sent
+    straight to the primary is scored on the same address.""")
+def relayed_mail_is_scored_on_its_sender(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    primary, backups = _host_names(lab)
+    if not backups:
+        raise NotTried("needs a backup; this site has none")
+    sender_ip = str(lab.plan.internet.ipv4)
+    to = f"{site.recipients.users[0]}@{site.domains[0]}"
+    seen = []
+    for via in (backups[0], primary):
+        marker = _marker(f"scored-via-{via}")
+        message_id = f"{marker}@{mail.SENDER_HELO}"
+        sent = mail.send(lab, via, to, marker, headers=[f"Message-Id: <{message_id}>"])
+        if not sent.accepted:
+            return False, f"{via} refused a plain message ({sent.refusal})"
+        if not _delivered_once(lab, marker):
+            return False, f"via {via}: not delivered on {primary} within {DELIVERY_TIMEOUT} s"
+        scored = rspamd_client_ip(lab, message_id)
+        if scored != sender_ip:
+            relay = str(lab.plan.node(via).ipv4)
+            return False, (f"via {via}: rspamd scored it as from {scored or 'nothing (no log line)'}"
+                           f"{' (the backup itself)' if scored == relay else ''}, want the sender's {sender_ip}")
+        seen.append(f"via {via}: {scored}")
+    return True, f"rspamd on {primary} scored the internet node's mail on its address {sender_ip} ({'; '.join(seen)})"
+
+
 def _connections_from(lab: Lab, host: str, source: str) -> list[str]:
     """Lines of `host`'s smtpd log where `source` (a lab node) connected to it."""
     node = lab.plan.node(source)
@@ -850,8 +945,8 @@ def _relayed_once_when_back(lab: Lab, backup: str, marker: str) -> str:
     return ""
 
 
-# The port-25 listener, as rendered: `listen on IFACE tls pki NAME` (STARTTLS offered).
-_STARTTLS_LISTENER = re.compile(r"^(listen on \S+) tls pki \S+$", re.M)
+# The port-25 listener, as rendered: `listen on IFACE tls pki NAME [filter NAME]` (STARTTLS offered).
+_STARTTLS_LISTENER = re.compile(r"^(listen on \S+) tls pki \S+((?: filter \S+)?)$", re.M)
 
 
 @scenario("tls: a backup holds mail for a primary that offers no STARTTLS", proves="""
@@ -866,7 +961,7 @@ def backup_holds_mail_without_starttls(lab: Lab) -> tuple[bool, str]:
     backup = backups[0]  # its only better MX is the primary: nowhere else to take the mail
     config = lab.path_on(primary, lab.site_daemons(primary)["smtpd"].config or "/etc/mail/smtpd.conf")
     own = config.read_bytes()
-    stripped, listeners = _STARTTLS_LISTENER.subn(r"\1", own.decode())
+    stripped, listeners = _STARTTLS_LISTENER.subn(r"\1\2", own.decode())
     if listeners != 1:
         return False, f"{primary}'s smtpd.conf has {listeners} port-25 listeners with `tls pki`, want 1"
     to = f"{site.recipients.users[0]}@{site.domains[0]}"
