@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import os
 import resource
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mailsite.cli import main as mailsite_main
 from tests.sites import ROOT, example_settings
 
 KEY = "fedcba9876543210fedcba9876543210"
@@ -41,13 +43,28 @@ def _limited() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
 
-def _tool(*args: str, cwd: Path = ROOT, umask: int | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
+def _process(*args: str, cwd: Path = ROOT, umask: int | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
+    """`python -m mailsite ARGS` in a process of its own: for what only a process shows, under a
+    memory limit (a stack file bomb), a umask, a timeout (a read that would wait forever), and
+    configtest (it takes SIGTERM as Ctrl-C, for the rest of the process)."""
     def start():
         _limited()
         if umask is not None:
             os.umask(umask)
     return subprocess.run([sys.executable, "-m", "mailsite", *args], capture_output=True, text=True, cwd=cwd,
                           preexec_fn=start, timeout=timeout)
+
+
+def _tool(*args: str) -> subprocess.CompletedProcess:
+    """What `python -m mailsite ARGS` prints and its exit status, from the same main() run in this
+    process: the interpreter and the commands' imports cost a second of CPU a call otherwise."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = mailsite_main(list(args), prog="python -m mailsite")
+        except SystemExit as exit:  # argparse's refusal of the command line
+            status = exit.code if isinstance(exit.code, int) else 2
+    return subprocess.CompletedProcess(["python", "-m", "mailsite", *args], status, out.getvalue(), err.getvalue())
 
 
 def _one_line(result: subprocess.CompletedProcess, *words: str) -> str:
@@ -155,7 +172,7 @@ def test_tests_only_inline_backend_is_refused_by_the_tool(tmp_path):
 def _render_text(tmp_path: Path, text: str | bytes) -> subprocess.CompletedProcess:
     path = tmp_path / "Pulumi.odd.yaml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    return _tool("render", "--config", str(path), "--out", str(tmp_path / "out"))
+    return _process("render", "--config", str(path), "--out", str(tmp_path / "out"))
 
 
 def test_non_utf8_stack_file_is_one_line(tmp_path):
@@ -202,7 +219,7 @@ def test_a_stack_file_that_is_not_a_file_is_one_line_at_once(tmp_path, kind):
     else:
         path.mkdir()
     expected = "cannot read it (Is a directory)" if kind == "directory" else "not a regular file"
-    _one_line(_tool("render", "--config", str(path), "--out", str(tmp_path / "out"), timeout=10), expected,
+    _one_line(_process("render", "--config", str(path), "--out", str(tmp_path / "out"), timeout=10), expected,
               "give the path of a Pulumi.<stack>.yaml")
 
 
@@ -415,14 +432,14 @@ def test_modes_do_not_depend_on_the_umask(tmp_path, umask):
     store = tmp_path / "made" / "by" / "init" / "keys"
     settings["secrets"] = {"backend": "file", "path": str(store)}
     stack = _stack(tmp_path, settings)
-    assert _tool("secrets", "init", "--config", str(stack), umask=umask).returncode == 0
+    assert _process("secrets", "init", "--config", str(stack), umask=umask).returncode == 0
     for directory in [tmp_path / "made", *[p for p in (tmp_path / "made").rglob("*") if p.is_dir()]]:
         assert directory.stat().st_mode & 0o777 == 0o700, directory
     for file in [p for p in (tmp_path / "made").rglob("*") if p.is_file()]:
         assert file.stat().st_mode & 0o777 == 0o600, file
 
     out = tmp_path / "rendered" / "site"
-    assert _tool("render", "--config", str(stack), "--out", str(out), umask=umask).returncode == 0
+    assert _process("render", "--config", str(stack), "--out", str(out), umask=umask).returncode == 0
     assert (tmp_path / "rendered").stat().st_mode & 0o777 == 0o700
     assert out.stat().st_mode & 0o777 == 0o700, "the site holds keys"
     from mailsite.local import render_stack
@@ -554,7 +571,7 @@ def test_a_label_or_key_file_that_is_not_a_plain_file_is_one_line_at_once(tmp_pa
     elsewhere.write_bytes(target.read_bytes())
     target.unlink()
     os.mkfifo(target) if kind == "fifo" else target.symlink_to(elsewhere)
-    _one_line(_tool("render", "--config", str(stack), "--out", str(tmp_path / "out"), timeout=10),
+    _one_line(_process("render", "--config", str(stack), "--out", str(tmp_path / "out"), timeout=10),
               "secret = mailsite/edge/mx1/queue-key: ", "unreadable", "restore")
 
 
@@ -572,7 +589,7 @@ def test_drain_minutes_outside_the_settings_bounds_is_one_line(tmp_path, minutes
 def test_configtest_shows_a_directory_name_escaped(tmp_path):
     odd = tmp_path / "\x1b]0;owned\x07"
     odd.mkdir()
-    line = _one_line(_tool("configtest", str(odd)), "\\x1b]0;owned\\x07 holds no rendered host")
+    line = _one_line(_process("configtest", str(odd)), "\\x1b]0;owned\\x07 holds no rendered host")
     assert line.isprintable()
 
 
@@ -594,7 +611,7 @@ def test_configtest_knows_a_host_by_its_name_file_and_reports_what_its_tree_lack
     assert [str(p) for p in missing_files("mx2", out / "mx2")] == [
         "mx2: etc/mail/smtpd.conf: missing, so smtpd -n could not check it; render the site again"]
     (tmp_path / "empty").mkdir()
-    _one_line(_tool("configtest", str(tmp_path / "empty")), "holds no rendered host", "run render first")
+    _one_line(_process("configtest", str(tmp_path / "empty")), "holds no rendered host", "run render first")
 
 
 def test_parser_output_loses_the_running_parsers_own_name():
@@ -665,7 +682,7 @@ def test_a_marker_that_is_not_a_plain_file_is_refused_at_once(tmp_path, marker):
     out = tmp_path / "out"
     out.mkdir()
     os.mkfifo(out / ".mailsite-render") if marker == "fifo" else (out / ".mailsite-render").symlink_to("/dev/zero")
-    _one_line(_tool("render", "--config", str(stack), "--out", str(out), timeout=20), "holds .mailsite-render, which mailsite did not render")
+    _one_line(_process("render", "--config", str(stack), "--out", str(out), timeout=20), "holds .mailsite-render, which mailsite did not render")
 
 
 def test_out_that_is_a_mount_point_says_to_render_inside_it(tmp_path):
