@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import textwrap
 import time
 import uuid
@@ -25,7 +26,8 @@ from ..dns import dns_records, presentation, reverse_records
 from ..keys import new_key
 from ..results import Result, Status, timed
 from ..secrets import host_store, queue_key_id
-from . import bgp, imap, mail
+from . import acme, bgp, imap, mail
+from . import mta_sts as lab_mta_sts
 from .lab import Lab
 from .procs import LabError, wait_until
 from .site import outside
@@ -1035,6 +1037,65 @@ def backup_relays_to_a_self_signed_primary(lab: Lab) -> tuple[bool, str]:
             _replace_file(path, data)
         _restart_smtpd(lab, primary)
     return True, f"{primary} self-signed ({presented.certificate_check}); {backup} relayed it once over smtp+tls://, certificate {_certificate_checks(sessions)}"
+
+
+@scenario("acme: each MX gets a certificate for its name from an ACME CA over http-01", proves="""
+    pebble (Let's Encrypt's ACME test CA) on the internet node issues each MX a certificate for its
+    MX name, asked for by lego on that MX (standing in for acme-client) and validated over
+    http-01: pebble looks the name up in the lab's DNS and fetches the token from the MX's port
+    80, where a web server answers from the challenge directory (Python's http.server standing in
+    for httpd). Installed at the site's pki paths and smtpd restarted, as the renewal cron does,
+    each MX presents it on port 25 after STARTTLS to a sender on the internet node that trusts
+    pebble's root alone and checks the MX name: it verifies, and it is for that name and no
+    other. The lab CA's certificates are put back after.""")
+def certificates_issued_by_acme(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    names = [host.name for host in site.hosts]
+    own = {path: path.read_bytes() for host in site.hosts
+           for path in (lab.path_on(host.name, site.tls.certificate_for(host)), lab.path_on(host.name, site.tls.key_for(host)))}
+    problems = []
+    try:
+        with acme.running_pebble(lab) as ca, acme.challenge_servers(lab, names):
+            acme.issue_all(lab, names, ca.directory_url)
+            root = ca.root()
+        for name in names:
+            _restart_smtpd(lab, name)
+        for host in site.hosts:
+            try:
+                presented = acme.starttls_certificate(lab, host.mx_name, root)
+            except ssl.SSLError as error:
+                problems.append(f"{host.mx_name}: STARTTLS did not verify under pebble's root: {error}")
+                continue
+            installed = site.tls.certificate_for(host)
+            if not acme.is_leaf_of(presented, lab.path_on(host.name, installed).read_text()):
+                problems.append(f"{host.mx_name} presented another certificate than {installed}")
+            elif (named := acme.names_in(presented)) != [host.mx_name]:
+                problems.append(f"{host.mx_name}'s certificate is for {named}")
+    finally:
+        for path, data in own.items():
+            _replace_file(path, data)
+        for name in names:
+            _restart_smtpd(lab, name)
+    mx_names = ", ".join(host.mx_name for host in site.hosts)
+    return not problems, "; ".join(problems) or (f"{mx_names}: issued over http-01, each presented on 25 and"
+                                                 " verified under pebble's root for its name alone")
+
+
+@scenario("mta-sts: each domain's policy is served over verified TLS and names exactly its MXes", proves="""
+    For each site domain, an MTA-STS sender on the internet node fetches
+    https://mta-sts.<domain>/.well-known/mta-sts.txt from the primary (the address from the lab's
+    DNS, the certificate verified for that name against the lab CA; Python's HTTPS server standing
+    in for httpd), gets 200 and text/plain, parses it with checkdmarc's MTA-STS parser, and its
+    `mx:` patterns are exactly the domain's MX names that the lab's DNS answers (dnspython).""")
+def mta_sts_policy_names_exactly_the_mxes(lab: Lab) -> tuple[bool, str]:
+    problems, seen = [], []
+    with lab_mta_sts.policy_served(lab):
+        for domain in lab.plan.site.domains:
+            mxes = lab_mta_sts.mx_names(lab, domain)
+            fetched = lab_mta_sts.fetch_policy(lab, domain)
+            problems += [f"{domain}: {problem}" for problem in lab_mta_sts.policy_mx_problems(fetched, mxes)]
+            seen.append(f"{domain}: {len(mxes)} MX")
+    return not problems, "; ".join(problems) or f"{', '.join(seen)}, each its policy's mx patterns exactly"
 
 
 @scenario("primary down: a backup queues (encrypted), then delivers once", proves="""
