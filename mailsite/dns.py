@@ -17,8 +17,6 @@ from .mta_sts import policy_hosts, policy_id
 
 RecordType = Literal["MX", "A", "AAAA", "TXT", "SRV", "CAA"]
 
-# The CA whose certificates the hosts carry, by the domain CAA records name it with (RFC 8659).
-LETS_ENCRYPT = "letsencrypt.org"
 # The most a TXT record's one character-string holds (RFC 1035 3.3.14): longer text (a 2048-bit
 # DKIM key) is served as several strings, which a reader joins.
 TXT_STRING_BYTES = 255
@@ -44,9 +42,9 @@ class ReverseRecord:
 
 
 def certificate_authority(site: Site) -> str:
-    """The CA that issues the hosts' certificates, as CAA names it: Let's Encrypt, where
-    acme-client gets them."""
-    return LETS_ENCRYPT
+    """The CA that issues the hosts' certificates, as CAA names it (RFC 8659): acme.directory's,
+    where acme-client gets them (letsencrypt.org, or acme.caaIssuer)."""
+    return site.acme.issuer
 
 
 def report_addresses(site: Site) -> tuple[str, str]:

@@ -253,6 +253,17 @@ def tls_key_its_own_file(site: Site) -> list[Problem]:
     return [_problem("mailsite:tls.key", site.tls.key, "the same file as tls.certificate; give the key its own file, like /etc/ssl/private/{fqdn}.key")]
 
 
+# -- mailsite:acme ----------------------------------------------------------------------------
+
+@rule
+def caa_issuer_known(site: Site) -> list[Problem]:
+    # CAA records name the CA that may issue: Let's Encrypt's is known, another CA's is not.
+    if site.acme.issuer_known:
+        return []
+    return [Problem("mailsite:acme.caaIssuer", "null", "no CAA issuer is known for acme.directory's CA; set the "
+                    "domain name the CA's documentation gives for CAA records, like letsencrypt.org")]
+
+
 # -- mailsite:dns -----------------------------------------------------------------------------
 
 @rule

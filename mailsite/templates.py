@@ -99,7 +99,8 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
         finalize=_one_line,
     )
-    environment.filters.update(smtpd_string=_quoted("smtpd.conf"), bgpd_string=_quoted("bgpd.conf"), sh_word=_sh_word)
+    environment.filters.update(smtpd_string=_quoted("smtpd.conf"), bgpd_string=_quoted("bgpd.conf"), sh_word=_sh_word,
+                               acme_string=_quoted("acme-client.conf"), httpd_string=_quoted("httpd.conf"))
     return environment
 
 

@@ -59,9 +59,10 @@ _KEY_IN_TEXT = re.compile(r'queue(?:\s|\\[tn])+encryption(?:\s|\\[tn])+(?:\\?")?
 KEY_PROPERTIES = ("queueKey", "spamdSyncKey", "tree", "passwordHashes")
 # A bcrypt hash as the primary's images carry them: whoever reads one can guess its password offline.
 _PASSWORD_HASH = re.compile(r"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
-# The ports only the primary opens (smtpd's MSA, Dovecot's IMAPS): a backup MX is an MTA only. The
-# daemons (mailsite.daemons) decide who opens what; tests/test_policy.py fails when this list drifts.
-PRIMARY_ONLY_PORTS = (465, 587, 993)
+# The ports only the primary opens (smtpd's MSA, Dovecot's IMAPS, httpd's MTA-STS policy): a backup
+# MX is an MTA only. The daemons (mailsite.daemons) decide who opens what; tests/test_policy.py
+# fails when this list drifts.
+PRIMARY_ONLY_PORTS = (443, 465, 587, 993)
 # Of those, the ones that are a key itself: its value must appear nowhere else in clear.
 KEY_VALUES = ("queueKey", "spamdSyncKey")
 

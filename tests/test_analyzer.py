@@ -395,7 +395,7 @@ def test_a_backup_rule_is_matched_to_its_new_firewall_group_by_where_the_id_come
     findings = analyzer.preview(broken)
     assert list(findings.mandatory()) == ["backups-mta-only"]
     assert findings.mandatory()["backups-mta-only"] == [
-        f"Backups do not expose 465/587/993.\n{rule.name}: a backup MX exposes port 587; a backup is an MTA only (tcp/25)"]
+        f"Backups do not expose 443/465/587/993.\n{rule.name}: a backup MX exposes port 587; a backup is an MTA only (tcp/25)"]
 
 
 @pytest.mark.parametrize("record, key, policies", [

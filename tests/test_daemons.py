@@ -124,7 +124,8 @@ def test_configtest_runs_the_checks_of_the_daemons_whose_files_a_host_carries(tm
     write_trees(tmp_path, render_site(example_site))
     tests = [(test.parser, test.path) for test in host_configtests(tmp_path / "mx2")]
     assert sorted(tests) == [("bgpd -n", "etc/bgpd.conf"), ("sh -n", "etc/rc.conf.local"),
-                             ("sh -n", "usr/local/sbin/bgp-spamd-update"), ("smtpd -n", "etc/mail/smtpd.conf")]
+                             ("sh -n", "usr/local/sbin/bgp-spamd-update"), ("sh -n", "usr/local/sbin/mailsite-certificates"),
+                             ("smtpd -n", "etc/mail/smtpd.conf")]
     (tmp_path / "mx2/etc/bgpd.conf").unlink()
     assert "bgpd -n" not in [test.parser for test in host_configtests(tmp_path / "mx2")]
 

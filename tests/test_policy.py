@@ -143,7 +143,7 @@ def test_backup_exposing_submission_through_a_range_or_every_port_is_caught(pack
     rule = _find(broken, mailsite_policies.FIREWALL_RULE, lambda r: r.name.startswith("mail-firewall-mx2-smtp-"))
     rule.set("port", opening) if opening else _unset(rule, "port")
     found = violations(pack, broken)
-    assert "a backup MX exposes port 465 and 587" in found.pop("backups-mta-only")[0]
+    assert "a backup MX exposes port 443 and 465 and 587" in found.pop("backups-mta-only")[0]
     # The smtp rule is open to the world: every port includes spamd-sync's and bgp's.
     assert list(found) == ([] if opening else ["no-world-spamd-sync-or-bgp"])
 

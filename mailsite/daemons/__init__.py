@@ -6,11 +6,13 @@ configs/<daemon>/, and its place in DAEMONS.
 from __future__ import annotations
 
 from ..model import Host, Site
+from .acme import acme
 from .base import ConfigTest, Daemon, HostContext, LabRun
 from .basics import basics
 from .bgp_spamd_update import bgp_spamd_update
 from .bgpd import bgpd
 from .dovecot import dovecot
+from .httpd import httpd
 from .mail_volume import mail_volume
 from .pf import pf
 from .redis import redis
@@ -24,8 +26,9 @@ from .sshd import sshd
 # the files several daemons add to (rc.conf.local, root's crontab) and, after the services open
 # to the whole internet, pf.conf's rules: pf comes last, as its rule set is everyone else's.
 # redis before rspamd, its store; both and Dovecot before smtpd, which asks rspamd through
-# filter-rspamd and delivers to Dovecot's LMTP socket.
-DAEMONS: tuple[Daemon, ...] = (basics, mail_volume, spamd, spamlogd, bgpd, bgp_spamd_update, redis, rspamd, dovecot, smtpd, sshd, pf)
+# filter-rspamd and delivers to Dovecot's LMTP socket; httpd before acme-client, whose
+# challenges it answers.
+DAEMONS: tuple[Daemon, ...] = (basics, mail_volume, spamd, spamlogd, bgpd, bgp_spamd_update, redis, rspamd, dovecot, smtpd, httpd, acme, sshd, pf)
 
 
 def daemons_on(site: Site, host: Host) -> tuple[Daemon, ...]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..model import MAIL_UID, MAIL_USER, MAILBOXES, STATE_MOUNT, Host, Site
 from ..templates import RenderedFile, render_template
+from .acme import JOB as CERTIFICATES_JOB
 from .base import ConfigTest, Daemon, HostContext
 
 RC_SECURELEVEL = "etc/rc.securelevel"
@@ -27,6 +28,7 @@ def render_rc_securelevel(site: Site, host: Host) -> str:
         mail_uid=MAIL_UID,
         spamd_db=SPAMD_DB,
         spamd_on_volume=SPAMD_ON_VOLUME,
+        certificates_job=f"/{CERTIFICATES_JOB}",
     )
 
 
