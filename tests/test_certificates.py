@@ -480,3 +480,35 @@ def test_job_passes_sh_n_and_shellcheck(site, tmp_path):
         for check in (["mksh", "-n"], ["shellcheck", "-s", "sh"]):
             result = subprocess.run([*check, str(job)], capture_output=True, text=True, timeout=60)
             assert result.returncode == 0, (host.name, check[0], result.stdout + result.stderr)
+
+
+def _self_signed(cert: Path, key: Path, name: str, san: bool = False) -> None:
+    """A pair as install.site makes one (no subjectAltName), or with one, as a CA's has."""
+    extra = ["-addext", f"subjectAltName=DNS:{name}"] if san else []
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
+                    *extra, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+
+
+def _public_key(path: Path, kind: str) -> str:
+    command = ["openssl", "x509", "-pubkey", "-noout"] if kind == "cert" else ["openssl", "pkey", "-pubout"]
+    return subprocess.run([*command, "-in", str(path)], check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+def test_a_new_vm_gets_its_certificate_for_a_key_of_its_own_not_the_images(site, tmp_path):
+    """Every copy of the image holds install.site's self-signed key: at boot, before acme-client
+    asks the CA, the job makes the VM a pair of its own; a CA's certificate (one with a
+    subjectAltName, restored from the volume say) and its key stay as they are."""
+    primary = Host(tmp_path, site, site.primary)
+    mx, mta_sts = site.primary, policy_hosts(site)[0]
+    cert, key = primary.root / site.tls.certificate_for(mx).lstrip("/"), primary.root / site.tls.key_for(mx).lstrip("/")
+    _self_signed(cert, key, mx.mx_name)
+    image_key = key.read_text()
+    issued = primary.root / site.tls.certificate_named(mta_sts).lstrip("/")
+    issued_key = primary.root / site.tls.key_named(mta_sts).lstrip("/")
+    _self_signed(issued, issued_key, mta_sts, san=True)
+    kept = (issued.read_text(), issued_key.read_text())
+    assert primary.run("boot").returncode == 0
+    assert key.read_text() != image_key and key.stat().st_mode & 0o777 == 0o600
+    assert _public_key(cert, "cert") == _public_key(key, "key"), "the new certificate is the new key's"
+    assert (issued.read_text(), issued_key.read_text()) == kept
+    assert primary.calls("acme-client") == [f"acme-client {mx.mx_name}", f"acme-client {mta_sts}"]
