@@ -712,57 +712,6 @@ def _directory_host(url: str) -> str:
     return url.split("/", 3)[2].split(":")[0].lower()
 
 
-LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
-LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
-# The name each known CA looks for in a domain's CAA records (its own documentation): the CA of
-# the directory's host, whose CAA records must allow it to issue.
-_CAA_ISSUERS = {"acme-v02.api.letsencrypt.org": "letsencrypt.org", "acme-staging-v02.api.letsencrypt.org": "letsencrypt.org"}
-
-
-def _directory(value: str) -> str:
-    if not _URL.fullmatch(value) or not value.startswith("https://"):
-        raise ValueError(f"not an ACME directory URL; write one over https, like {LETS_ENCRYPT}")
-    return value
-
-
-class Acme(Settings):
-    """The certificate authority every MX gets its certificate from with acme-client(1), over
-    http-01 (docs/operating.md, Certificates)."""
-
-    directory: Annotated[str, AfterValidator(_directory)] = Field(LETS_ENCRYPT, description=(
-        "The CA's ACME directory URL: Let's Encrypt's production one by default; Let's Encrypt's "
-        f"staging one ({LETS_ENCRYPT_STAGING}) issues certificates nobody trusts, with higher rate "
-        "limits, for trying a new site out."))
-    contact: ReportAddress | None = Field(None, description=(
-        "A mail address the CA may write to about the site's ACME account (expiry notices, "
-        "incidents); null for none. Best outside the site's own domains."))
-    caa_issuer: Domain | None = Field(None, description=(
-        "The CA's name in the domains' CAA records, which allow only it to issue certificates for "
-        "them: null for the one the directory's CA documents (letsencrypt.org for Let's Encrypt); "
-        "another CA's directory needs it here."))
-
-    @property
-    def issuer_known(self) -> bool:
-        """Whether the CAA issuer is known: given, or the directory's a known CA's (the rules
-        refuse a site without it, so `issuer` is always known past them)."""
-        return self.caa_issuer is not None or _directory_host(self.directory) in _CAA_ISSUERS
-
-    @property
-    def issuer(self) -> str:
-        """The CAA issuer domain (RFC 8659 issue tag) of the site's CA."""
-        return self.caa_issuer or _CAA_ISSUERS[_directory_host(self.directory)]
-
-    @property
-    def authority(self) -> str:
-        """The name acme-client.conf gives the CA (its authority block), as OpenBSD's own example
-        names Let's Encrypt's two."""
-        return {LETS_ENCRYPT: "letsencrypt", LETS_ENCRYPT_STAGING: "letsencrypt-staging"}.get(self.directory, "site-ca")
-
-
-def _directory_host(url: str) -> str:
-    return url.split("/", 3)[2].split(":")[0].lower()
-
-
 class Queue(Settings):
     """smtpd's queue on every MX."""
 
@@ -1172,7 +1121,6 @@ class Site(Settings):
         "one with K, M or G, between 64K and 2G."))
     queue: Queue = Queue()
     tls: Tls = Tls()
-    acme: Acme = Acme()
     acme: Acme = Acme()
     dns: Dns = Dns()
     network: Network = Network()

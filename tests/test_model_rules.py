@@ -80,7 +80,6 @@ CASES = {
                                         "mailsite:dns.nameservers"),
     "mx_names_not_mta_sts_hosts": (lambda s: _host(s, 2).update(fqdn="mta-sts.example.net"), "mailsite:hosts[2].fqdn"),
     "caa_issuer_known": (lambda s: s.update(acme={"directory": "https://acme.example.net/directory"}), "mailsite:acme.caaIssuer"),
-    "caa_issuer_known": (lambda s: s.update(acme={"directory": "https://acme.example.net/directory"}), "mailsite:acme.caaIssuer"),
     "dns_nameservers_only_for_zone_files": (lambda s: _vultr(s).update(dns={"nameservers": ["ns1.example.com"]}),
                                             "mailsite:dns.nameservers"),
 }

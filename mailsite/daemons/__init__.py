@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from ..model import Host, Site
 from .acme import acme
-from .acme import acme
 from .base import ConfigTest, Daemon, HostContext, LabRun
 from .basics import basics
 from .bgp_spamd_update import bgp_spamd_update
 from .bgpd import bgpd
 from .dovecot import dovecot
-from .httpd import httpd
 from .httpd import httpd
 from .mail_volume import mail_volume
 from .pf import pf
