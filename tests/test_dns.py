@@ -12,9 +12,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import checkdmarc.dmarc
-import checkdmarc.mta_sts
-import checkdmarc.smtp_tls_reporting
 import dns.exception
 import dns.rdatatype
 import dns.resolver
@@ -222,7 +219,16 @@ def test_spf_passes_each_mx_by_its_helo_name_for_its_bounces(spf_asks_lab_dns):
         assert spf.check2(i=str(other.ipv4), s="", h=host.mx_name)[0] == "fail", host.name
 
 
-def test_dmarc_and_tls_reporting_records_parse_as_served(lab_dns):
+@pytest.fixture(scope="module")
+def checkdmarc():
+    # Imported here, not at the top: it takes a second, which every test worker would pay at collection.
+    import checkdmarc.dmarc
+    import checkdmarc.mta_sts
+    import checkdmarc.smtp_tls_reporting
+    return checkdmarc
+
+
+def test_dmarc_and_tls_reporting_records_parse_as_served(lab_dns, checkdmarc):
     plan, resolver = lab_dns
     for domain in plan.site.domains:
         found = checkdmarc.dmarc.query_dmarc_record(domain, resolver=resolver)
@@ -237,7 +243,7 @@ def test_dmarc_and_tls_reporting_records_parse_as_served(lab_dns):
         assert rua == ["mailto:postmaster@example.org"]
 
 
-def test_mta_sts_id_is_the_served_policys_and_the_policy_names_exactly_the_mxes(lab_dns):
+def test_mta_sts_id_is_the_served_policys_and_the_policy_names_exactly_the_mxes(lab_dns, checkdmarc):
     plan, resolver = lab_dns
     policy = checkdmarc.mta_sts.parse_mta_sts_policy(policy_text(plan.site))["policy"]
     assert policy["mode"] == "enforce" and policy["max_age"] == 604800
