@@ -192,3 +192,13 @@ def test_a_daemons_root_whose_rspamd_is_another_major_than_openbsds_is_refused()
     with pytest.raises(DaemonRootError) as refused:
         daemonroot._check_majors(DaemonRoot(Path("/nonexistent"), versions))
     assert "has rspamd 4.0.0-1, but the checks rely on major 3 (what OpenBSD 7.8 ships)" in str(refused.value)
+
+
+def test_the_verdicts_a_message_brings_are_removed_whoever_sent_it():
+    """milter_headers skips a "local" sender's message unless told not to: a verdict it brought
+    would then reach the mailbox (rspamd's remove-headers routine, checked by hand with the
+    root's smtpd, filter-rspamd and rspamd; the lab's relayed-mail scenario checks it end to end)."""
+    conf = _trees()["mx1"]["etc/rspamd/local.d/milter_headers.conf"].text
+    assert _ucl(conf)["skip_local"] == "false" and _ucl(conf)["remove_upstream_spam_flag"] == "true"
+    assert set(re.findall(r'^\s+"(X-[A-Za-z-]+)" = 0;$', conf, re.M)) == {"X-Spam-Flag", "X-Spam-Score", "X-Spam-Status",
+                                                                          "X-Spam-Level"}

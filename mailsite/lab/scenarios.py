@@ -405,7 +405,8 @@ def rspamd_client_ip(lab: Lab, message_id: str, timeout: float = 10) -> str:
     backup's address; rspamd's external_relay (ip_map of the backups' addresses, from the model)
     reads the Received: header the backup wrote and scores the message on the internet node's
     address, as rspamd's own log line for it says (ip:), not the backup's. A message sent
-    straight to the primary is scored on the same address.""")
+    straight to the primary is scored on the same address. The spam verdict each arrives with
+    (an X-Spam-Status of the sender's) is gone from the copy stored in the mailbox.""")
 def relayed_mail_is_scored_on_its_sender(lab: Lab) -> tuple[bool, str]:
     site = lab.plan.site
     primary, backups = _host_names(lab)
@@ -417,18 +418,22 @@ def relayed_mail_is_scored_on_its_sender(lab: Lab) -> tuple[bool, str]:
     for via in (backups[0], primary):
         marker = _marker(f"scored-via-{via}")
         message_id = f"{marker}@{mail.SENDER_HELO}"
-        sent = mail.send(lab, via, to, marker, headers=[f"Message-Id: <{message_id}>"])
+        upstream = f"{marker}-upstream-verdict"
+        sent = mail.send(lab, via, to, marker, headers=[f"Message-Id: <{message_id}>", f"X-Spam-Status: Yes, {upstream}"])
         if not sent.accepted:
             return False, f"{via} refused a plain message ({sent.refusal})"
-        if not _delivered_once(lab, marker):
+        if not (delivered := _delivered_once(lab, marker)):
             return False, f"via {via}: not delivered on {primary} within {DELIVERY_TIMEOUT} s"
+        if upstream.encode() in delivered[0].read_bytes():
+            return False, f"via {via}: the X-Spam-Status the message came with reached the mailbox"
         scored = rspamd_client_ip(lab, message_id)
         if scored != sender_ip:
             relay = str(lab.plan.node(via).ipv4)
             return False, (f"via {via}: rspamd scored it as from {scored or 'nothing (no log line)'}"
                            f"{' (the backup itself)' if scored == relay else ''}, want the sender's {sender_ip}")
         seen.append(f"via {via}: {scored}")
-    return True, f"rspamd on {primary} scored the internet node's mail on its address {sender_ip} ({'; '.join(seen)})"
+    return True, (f"rspamd on {primary} scored the internet node's mail on its address {sender_ip} ({'; '.join(seen)}); "
+                  "its own X-Spam-Status removed")
 
 
 def _connections_from(lab: Lab, host: str, source: str) -> list[str]:
