@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from mailsite.images.bake import TEMPLATE, BakeRequest, bake, identity_of
 from mailsite.images.packer import BakeError
 from mailsite.images.publish import delete_image, object_key, object_store, presigned_url, upload_image
-from mailsite.model import Host, HostSecrets, Images, ObjectStorage
+from mailsite.model import DkimKey, Host, HostSecrets, Images, ObjectStorage
 from mailsite.templates import HostTree, RenderedFile
 
 from .target import BakedImage, Target
@@ -77,6 +77,9 @@ def _request(props: dict[str, Any]) -> BakeRequest:
             # Absent from a backup's inputs, and from those of images made before passwords existed.
             {user: SecretStr(hashed) for user, hashed in (props.get("passwordHashes") or {}).items()},
             props.get("passwordHashesVersion", HostSecrets.password_hashes_version),
+            # Absent from images made before DKIM signing; empty on a backup.
+            tuple(DkimKey(key["domain"], key["selector"], SecretStr(key["privateKey"]), key["fingerprint"])
+                  for key in props.get("dkimKeys") or []),
         ),
         settings=Images.model_validate(props["images"]),
         image_format=props["format"],
@@ -169,11 +172,16 @@ class HostImage(pulumi.ComponentResource):
                 # of every input that carries a key.
                 "passwordHashes": pulumi.Output.secret({user: hashed.get_secret_value() for user, hashed in secrets.password_hashes.items()}),
                 "passwordHashesVersion": secrets.password_hashes_version,
+                # The primary's DKIM private keys, one per domain: a declared secret like the hashes.
+                # None (dropped by the SDK) on a backup, whose inputs stay as they were.
+                "dkimKeys": pulumi.Output.secret([{"domain": key.domain, "selector": key.selector, "fingerprint": key.fingerprint,
+                                                   "privateKey": key.private_key.get_secret_value()} for key in secrets.dkim_keys])
+                if secrets.dkim_keys else None,
                 "images": settings.images.model_dump(mode="json"),
                 "format": settings.image_format,
                 "upload": upload,
             },
-            pulumi.ResourceOptions(parent=self, additional_secret_outputs=["tree", "queueKey", "spamdSyncKey", "passwordHashes", "url"]),
+            pulumi.ResourceOptions(parent=self, additional_secret_outputs=["tree", "queueKey", "spamdSyncKey", "passwordHashes", "dkimKeys", "url"]),
         )
         published = BakedImage(args.host.name, baked, baked.path, baked.url, baked.objectKey, upload)
         self.image_id = args.target.publish_image(name, published, pulumi.ResourceOptions(parent=self))

@@ -8,11 +8,12 @@ every other component only the values it needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pulumi
 
+from mailsite.dns import DnsRecord
 from mailsite.firewall import cloud_rules, inbound_services
 from mailsite.model import Host, HostSecrets, Site
 from mailsite.render import render_host
@@ -32,6 +33,9 @@ from .targets import target_for
 class MailSiteArgs:
     site: Site  # the stack's `mailsite:` settings, validated
     secrets: Mapping[str, HostSecrets]  # by host name; read from the backend by the program
+    # The DKIM keys' TXT records, every selector still valid (mailsite.dkim): public, read from
+    # the backend by the program too, so the primary's keys and DNS come from one stored state.
+    dkim: Sequence[DnsRecord] = ()
 
 
 class MailSite(pulumi.ComponentResource):
@@ -94,7 +98,7 @@ class MailSite(pulumi.ComponentResource):
 
         ipv4 = {h: mx.ipv4 for h, mx in self.hosts.items()}
         ipv6 = {h: mx.ipv6 for h, mx in self.hosts.items()}
-        SiteDns(f"{name}-dns", SiteDnsArgs(target, dns_args(site, ipv4, ipv6)), child)
+        SiteDns(f"{name}-dns", SiteDnsArgs(target, dns_args(site, ipv4, ipv6, args.dkim)), child)
         self.mx_table = [
             {"domain": domain, "preference": preference, "target": mx} for domain, preference, mx in site.mx_records()
         ]

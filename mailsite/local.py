@@ -4,6 +4,7 @@ keys from the secrets backend."""
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -39,7 +40,7 @@ def fixed_addresses(site: Site, stand_ins: bool = False) -> dict[str, HostAddres
 
 
 def render_stack(config: Path, redacted: bool = False, secrets_base: Path | None = None) -> tuple[Site, dict[str, HostTree], dict[str, HostSecrets]]:
-    """Every host's tree. Redacted: keys and password hashes replaced by <redacted>, versions kept
+    """Every host's tree. Redacted: keys (DKIM's too) and password hashes replaced by <redacted>, versions kept
     where the backend answers (a reviewer's machine may not reach it; then they read "unknown")."""
     site = load_site_file(config)
     stack = stack_name(config)
@@ -53,7 +54,8 @@ def render_stack(config: Path, redacted: bool = False, secrets_base: Path | None
     if redacted:
         secrets = {
             name: HostSecrets(SecretStr(REDACTED), s.queue_key_version, SecretStr(REDACTED), s.spamd_sync_key_version,
-                              {user: SecretStr(REDACTED) for user in s.password_hashes}, s.password_hashes_version)
+                              {user: SecretStr(REDACTED) for user in s.password_hashes}, s.password_hashes_version,
+                              tuple(replace(key, private_key=SecretStr(REDACTED)) for key in s.dkim_keys))
             for name, s in secrets.items()
         }
     trees = {host.name: render_host(site, host, addresses, secrets[host.name]) for host in site.hosts}

@@ -133,6 +133,16 @@ class HostAddresses:
 
 
 @dataclass(frozen=True)
+class DkimKey:
+    """A domain's signing key, as the primary carries it (mailsite.dkim keeps the selectors)."""
+
+    domain: str
+    selector: str
+    private_key: SecretStr  # PEM
+    fingerprint: str  # of its public key: names the key without revealing it
+
+
+@dataclass(frozen=True)
 class HostSecrets:
     """The secrets a host's image carries; each version names its secret without revealing it."""
 
@@ -144,6 +154,14 @@ class HostSecrets:
     # smtpd's credentials table and Dovecot's passwd-file are both made from them, on the primary.
     password_hashes: Mapping[str, SecretStr] = field(default_factory=dict)
     password_hashes_version: str = "none"
+    # The primary's DKIM signing keys, one per domain (rspamd signs there alone).
+    dkim_keys: tuple[DkimKey, ...] = ()
+
+    @property
+    def dkim_keys_version(self) -> str:
+        """Which keys sign, by selector and fingerprint: a new signing key replaces the primary,
+        a key merely published (or withdrawn) for a rotation does not."""
+        return " ".join(f"{key.domain}={key.selector}/{key.fingerprint}" for key in self.dkim_keys) or "none"
 
 
 class Settings(BaseModel):
@@ -760,6 +778,23 @@ class Network(Settings):
         "DNS on its own address."))
 
 
+class Dkim(Settings):
+    """DKIM signing on the primary: one key per domain, kept in the secrets backend (made by
+    secrets init), rotated with overlapping selectors by rotate-dkim-key."""
+
+    selector_prefix: Annotated[str, _matching(re.compile(r"[a-z][a-z0-9]{0,39}"), "not a selector prefix; use a lower-case "
+                                              "letter, then at most 39 lower-case letters or digits, like mailsite")] = Field("mailsite", description=(
+        "The start of every selector name; a key's selector is this and the day it was made "
+        "(mailsite20261126._domainkey.example.org), so a new key never reuses a published name."))
+    key_bits: Literal[2048, 3072, 4096] = Field(2048, description=(
+        "The size of each new RSA key. 2048 is what every receiver verifies and fits one DNS "
+        "record; a change applies to keys made after it (secrets init, rotate-dkim-key)."))
+    retire_after_days: Annotated[int, Field(ge=1, le=90), _WHOLE] = Field(7, description=(
+        "Days a rotated-out key stays published after the primary signs with its successor, so "
+        "mail in flight and a receiver's later re-check still verify; then rotate-dkim-key "
+        "withdraws it."))
+
+
 class Secrets(Settings):
     """Where queue keys (one per host) and the spamd sync key (one per site) come from.
 
@@ -1113,6 +1148,7 @@ class Site(Settings):
         "file each. Baked into each image: a VM made from a snapshot gets no keys from the "
         "provider."))
     recipients: Recipients
+    dkim: Dkim = Dkim()
     greylist: Greylist = Greylist()
     spam: Spam = Spam()
     bgp_spamd: BgpSpamd

@@ -56,9 +56,12 @@ _ORIGIN = re.compile(r"^\$ORIGIN (\S+)\.$", re.M)
 _KEY_IN_TEXT = re.compile(r'queue(?:\s|\\[tn])+encryption(?:\s|\\[tn])+(?:\\?")?[0-9a-f]{32}')
 # The bake's inputs that carry keys (and the primary's, its users' password hashes); the program
 # marks them secret.
-KEY_PROPERTIES = ("queueKey", "spamdSyncKey", "tree", "passwordHashes")
+KEY_PROPERTIES = ("queueKey", "spamdSyncKey", "tree", "passwordHashes", "dkimKeys")
 # A bcrypt hash as the primary's images carry them: whoever reads one can guess its password offline.
 _PASSWORD_HASH = re.compile(r"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
+# A private key in PEM (the primary's DKIM keys are RSA ones), whatever its body: no resource
+# property may hold one in clear.
+_PRIVATE_KEY = re.compile(r"-----BEGIN (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----")
 # The ports only the primary opens (smtpd's MSA, Dovecot's IMAPS, httpd's MTA-STS policy): a backup
 # MX is an MTA only. The daemons (mailsite.daemons) decide who opens what; tests/test_policy.py
 # fails when this list drifts.
@@ -554,6 +557,11 @@ def _key_values(resource) -> set[str]:
     values = {_get(resource.props, name) for name in KEY_VALUES if name in secret}
     if "passwordHashes" in secret:
         values |= {value for _, value in _leaves(_get(resource.props, "passwordHashes"))}
+    if "dkimKeys" in secret:
+        # A DKIM key as a whole, and its body's first line: a key copied without its PEM lines
+        # (into a user-data script, say) is as much in clear.
+        pems = [value for path, value in _leaves(_get(resource.props, "dkimKeys")) if path[-1:] == ("privateKey",)]
+        values |= {part for pem in pems if isinstance(pem, str) for part in (pem, *pem.splitlines()[1:2])}
     return {v for v in values if isinstance(v, str) and v}
 
 
@@ -573,6 +581,8 @@ def check_keys_secret(args: ResourceValidationArgs, report: ReportViolation, uns
             report(f"{args.name}: property {path} holds a key in clear")
         elif isinstance(value, str) and _PASSWORD_HASH.search(value):
             report(f"{args.name}: property {path} holds a password hash in clear")
+        elif isinstance(value, str) and _PRIVATE_KEY.search(value):
+            report(f"{args.name}: property {path} holds a private key in clear")
 
 
 def check_keys_not_elsewhere(args: StackValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
@@ -617,6 +627,6 @@ POLICIES = [
     _resource("baked-images-only", "Every instance boots from a baked image of this project.", check_baked_image),
     _stack("baked-images-from-this-project", "Every VM's snapshot or disk is made by this project's bake.", check_images_from_bakes),
     _resource("mail-volume-protected", "The primary's mail volume is protected: nothing deletes it unasked.", check_mail_volume_protected),
-    _resource("queue-keys-secret", "Queue keys and password hashes reach resources only as secrets.", check_keys_secret),
+    _resource("queue-keys-secret", "Queue keys, DKIM keys and password hashes reach resources only as secrets.", check_keys_secret),
     _stack("keys-not-in-clear-elsewhere", "A key is nowhere in the stack in clear.", check_keys_not_elsewhere),
 ]

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from mailsite.config import load_site, read_stack_settings
 from mailsite.local import REDACTED
-from mailsite.model import HostAddresses, HostSecrets, Site
+from mailsite.model import DkimKey, HostAddresses, HostSecrets, Site
 from mailsite.problems import SiteConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,14 +51,16 @@ def fake_key(label: str) -> str:
 
 
 def fake_secrets(site: Site) -> dict[str, HostSecrets]:
-    """Keys fixed per host; on the primary, every user's password hash as <redacted>, as a review
-    render shows it: golden files hold no hash, not even a test password's."""
+    """Keys fixed per host; on the primary, every user's password hash and DKIM key as <redacted>,
+    as a review render shows them: golden files hold no hash or private key, not even a test one's."""
     sync = SecretStr(fake_key("spamd-sync"))
     secrets = {h.name: HostSecrets(SecretStr(fake_key(h.name)), f"test-{h.name}", sync, "test-sync") for h in site.hosts}
     secrets[site.primary.name] = replace(
         secrets[site.primary.name],
         password_hashes={user: SecretStr(REDACTED) for user in site.recipients.users},
         password_hashes_version="test-passwords",
+        # A DKIM key per domain, as a review render shows them: golden files hold no private key.
+        dkim_keys=tuple(DkimKey(domain, "mailsite20261126", SecretStr(REDACTED), fake_key(f"dkim {domain}")[:12]) for domain in site.domains),
     )
     return secrets
 

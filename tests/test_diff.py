@@ -3,6 +3,7 @@ no secret, and the hosts whose images (so VMs) `pulumi up` would replace."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -76,7 +77,10 @@ def test_diff_shows_changed_lines_of_changed_hosts_and_replacements(tmp_path):
     assert added == [line.replace("30", "40").replace("-", "+", 1) for line in removed]
     assert out.endswith("hosts pulumi up will replace (new image): mx3\n")
     keys = _keys(repo)
-    assert len(keys) == 4 and not any(key in out for key in keys)
+    assert len(keys) == 6 and not any(key in out for key in keys)
+    # The two domains' DKIM secrets are JSON: no line of a private key shows either.
+    pems = [selector["privateKey"] for key in keys if key.startswith("{") for selector in json.loads(key)["selectors"]]
+    assert len(pems) == 2 and not any(line in out for pem in pems for line in pem.splitlines()[1:-1])
 
     _git(repo, "commit", "-q", "-am", "mx3 to 40")
     unchanged = _diff(repo)

@@ -17,7 +17,7 @@ from mailsite.config import load_site
 from mailsite.keys import new_key
 from mailsite.problems import SiteConfigError
 from mailsite.secrets import (
-    CURRENT, PENDING, PREVIOUS, host_label, host_store, init_secrets, queue_key_id, site_secrets, spamd_sync_key_id,
+    CURRENT, PENDING, PREVIOUS, dkim_keys_id, host_label, host_store, init_secrets, queue_key_id, site_secrets, spamd_sync_key_id,
 )
 from mailsite.secrets.aws import AwsStore
 from tests.conftest import moto_server
@@ -38,7 +38,8 @@ def backend(request, tmp_path, moto_endpoint):
 def test_init_creates_every_key_once_and_reads_them_back(backend):
     site, stack = backend
     created = init_secrets(site, stack, ROOT)
-    assert created == [spamd_sync_key_id(stack)] + [queue_key_id(stack, h) for h in ("mx1", "mx2", "mx3")]
+    assert created == [spamd_sync_key_id(stack)] + [queue_key_id(stack, h) for h in ("mx1", "mx2", "mx3")] + [
+        dkim_keys_id(stack, domain) for domain in ("example.org", "example.net")]
     assert init_secrets(site, stack, ROOT) == [], "init never replaces a key"
     secrets = site_secrets(site, stack, ROOT)
     keys = {h: s.queue_key.get_secret_value() for h, s in secrets.items()}

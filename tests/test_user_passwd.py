@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import bcrypt
@@ -294,10 +295,8 @@ def test_identity_follows_the_hashes_version_on_the_primary_only(example_site, t
     secrets = fake_secrets(example_site)
     base = {host: identity_of(_request(example_site, tmp_path, host, secrets=secrets), "1.6.6") for host in ("mx1", "mx2")}
     mx1 = secrets["mx1"]
-    same_version = {**secrets, "mx1": mx1.__class__(mx1.queue_key, mx1.queue_key_version, mx1.spamd_sync_key,
-                                                    mx1.spamd_sync_key_version, {}, mx1.password_hashes_version)}
-    new_version = {**secrets, "mx1": mx1.__class__(mx1.queue_key, mx1.queue_key_version, mx1.spamd_sync_key,
-                                                   mx1.spamd_sync_key_version, mx1.password_hashes, "v2")}
+    same_version = {**secrets, "mx1": replace(mx1, password_hashes={})}
+    new_version = {**secrets, "mx1": replace(mx1, password_hashes_version="v2")}
     assert identity_of(_request(example_site, tmp_path, "mx1", secrets=same_version), "1.6.6") == base["mx1"], \
         "hashes count by version: the identity shows none"
     assert identity_of(_request(example_site, tmp_path, "mx1", secrets=new_version), "1.6.6") != base["mx1"]

@@ -55,6 +55,7 @@ def files(context: HostContext) -> dict[str, RenderedFile]:
             "basics/key-versions.j2",
             queue_key_version=secrets.queue_key_version,
             spamd_sync_key_version=secrets.spamd_sync_key_version,
+            dkim_keys=secrets.dkim_keys,
         )),
     }
     network = site.network

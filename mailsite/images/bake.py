@@ -81,6 +81,10 @@ def key_versions(secrets: HostSecrets) -> dict[str, str]:
     versions = {"queue-key": secrets.queue_key_version, "spamd-sync-key": secrets.spamd_sync_key_version}
     if secrets.password_hashes_version != HostSecrets.password_hashes_version:
         versions["password-hashes"] = secrets.password_hashes_version
+    # Likewise the DKIM signing keys: on the primary, counted by which key signs (a key only
+    # published or withdrawn during a rotation changes DNS, not the image).
+    if secrets.dkim_keys:
+        versions["dkim-keys"] = secrets.dkim_keys_version
     return versions
 
 
@@ -136,7 +140,8 @@ def _bake(request: BakeRequest, identity: str, progress: Callable[[str], None]) 
     os.chmod(root, 0o700)  # images hold keys
     log_path = root / "logs" / f"{request.host.name}-{identity[:12]}.log"
     keys = [request.secrets.queue_key.get_secret_value(), request.secrets.spamd_sync_key.get_secret_value(),
-            *(hashed.get_secret_value() for hashed in request.secrets.password_hashes.values())]
+            *(hashed.get_secret_value() for hashed in request.secrets.password_hashes.values()),
+            *(key.private_key.get_secret_value() for key in request.secrets.dkim_keys)]
     hidden = keys + [rendered.text for rendered in request.tree.values() if rendered.secret]
     work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))  # mode 0700 by mkdtemp
     try:

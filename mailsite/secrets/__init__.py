@@ -2,7 +2,8 @@
 
 Secret ids follow one scheme in every backend: `mailsite/<stack>/<host>/queue-key` per host,
 `mailsite/<stack>/spamd-sync-key` and `mailsite/<stack>/password-hashes` (the mailbox users'
-bcrypt hashes, a JSON object of user: hash) per site. The file backend keeps AWS Secrets Manager's shape
+bcrypt hashes, a JSON object of user: hash) per site, `mailsite/<stack>/dkim/<domain>` (the domain's
+DKIM selectors and their private keys: mailsite.dkim) per domain. The file backend keeps AWS Secrets Manager's shape
 (versions, and a label naming the current one) so that both behave alike.
 """
 
@@ -11,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import SecretStr
 
+from ..dkim import DomainKeys, MalformedKeys, first_keys, parse_domain_keys, serialize_domain_keys
 from ..keys import key_problem, new_key
 from ..model import HostSecrets, Site
 from ..passwords import is_password_hash
@@ -22,8 +25,8 @@ from ..problems import show
 from .file import FileStore
 from .store import CURRENT, PENDING, PREVIOUS, SecretStore, SecretVersion, host_label, secret_error
 
-__all__ = ["CURRENT", "PENDING", "PREVIOUS", "FileStore", "SecretStore", "SecretVersion", "host_label", "host_store",
-           "init_secrets", "password_hashes", "password_hashes_id", "queue_key_id", "site_secrets", "spamd_sync_key_id"]
+__all__ = ["CURRENT", "PENDING", "PREVIOUS", "FileStore", "SecretStore", "SecretVersion", "dkim_keys_id", "domain_keys",
+           "host_label", "host_store", "init_secrets", "site_dkim_keys", "password_hashes", "password_hashes_id", "queue_key_id", "site_secrets", "spamd_sync_key_id"]
 
 
 def queue_key_id(stack: str, host: str) -> str:
@@ -36,6 +39,42 @@ def spamd_sync_key_id(stack: str) -> str:
 
 def password_hashes_id(stack: str) -> str:
     return f"mailsite/{stack}/password-hashes"
+
+
+def dkim_keys_id(stack: str, domain: str) -> str:
+    return f"mailsite/{stack}/dkim/{domain}"
+
+
+def domain_keys(store: SecretStore, stack: str, domain: str) -> tuple[DomainKeys, SecretVersion] | None:
+    """A domain's DKIM selectors as stored now (None: none yet)."""
+    secret_id = dkim_keys_id(stack, domain)
+    found = store.read(secret_id, CURRENT)
+    if found is None:
+        return None
+    try:
+        return parse_domain_keys(domain, found.value.get_secret_value()), found
+    except MalformedKeys as error:
+        # Never the value: only what is wrong with it.
+        raise secret_error(secret_id, f"malformed DKIM keys ({error}); make its previous version current again in the backend") from None
+
+
+def _site_dkim_keys(store: SecretStore, site: Site, stack: str) -> dict[str, DomainKeys]:
+    found = {}
+    for domain in site.domains:
+        stored = domain_keys(store, stack, domain)
+        if stored is None:
+            raise secret_error(dkim_keys_id(stack, domain), "not in the secrets backend; create it with: "
+                                                             "python -m mailsite secrets init --config <stack file>")
+        found[domain] = stored[0]
+    return found
+
+
+def site_dkim_keys(site: Site, stack: str, base: Path) -> dict[str, DomainKeys]:
+    """Every domain's DKIM selectors, by domain: the program publishes each one's record. The
+    inline backend (tests) keeps none: its site signs nothing."""
+    if site.secrets.backend == "inline":
+        return {}
+    return _site_dkim_keys(host_store(site, base), site, stack)
 
 
 def _checked(secret_id: str, found: SecretVersion | None) -> SecretVersion:
@@ -109,6 +148,9 @@ def site_secrets(site: Site, stack: str, base: Path) -> dict[str, HostSecrets]:
         rolled = store.read(sync_id, host_label(host.name))
         host_sync = _checked(sync_id, rolled) if rolled else current_sync
         result[host.name] = HostSecrets(key.value, key.version, host_sync.value, host_sync.version)
+    # rspamd signs on the primary alone: a backup's image holds no DKIM key.
+    signing = tuple(keys.signing_key() for keys in _site_dkim_keys(store, site, stack).values())
+    result[site.primary.name] = replace(result[site.primary.name], dkim_keys=signing)
     # Only the primary authenticates (IMAP, submission); a backup's image holds no hash. Users
     # since removed from the stack are left out: they can no longer log in.
     # Only their entries are checked: user passwd refuses a user who has left the stack, so it could
@@ -135,5 +177,12 @@ def init_secrets(site: Site, stack: str, base: Path) -> list[str]:
     for secret_id in [spamd_sync_key_id(stack)] + [queue_key_id(stack, h.name) for h in site.hosts]:
         if store.read(secret_id) is None:
             store.create(secret_id, new_key())
+            created.append(secret_id)
+    now = datetime.now(timezone.utc)
+    for domain in site.domains:
+        secret_id = dkim_keys_id(stack, domain)
+        if store.read(secret_id) is None:
+            keys = first_keys(domain, site.dkim.selector_prefix, site.dkim.key_bits, now)
+            store.create(secret_id, serialize_domain_keys(keys), description=f"DKIM keys of {domain} (mailsite)")
             created.append(secret_id)
     return created

@@ -1,0 +1,138 @@
+"""DKIM keys: made by secrets init in the backend, one signing key per domain carried by the
+primary alone, as files only rspamd's user reads, never in a review render or a non-secret file;
+their TXT records checked by a real DKIM verifier (dkimpy), not by comparing strings."""
+
+from __future__ import annotations
+
+import json
+
+import dkim
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+
+from mailsite.config import load_site
+from mailsite.daemons.dkim import CONFIG, RSPAMD_USER
+from mailsite.dkim import SIGNING, dkim_records, key_path
+from mailsite.local import REDACTED, render_stack
+from mailsite.problems import SiteConfigError
+from mailsite.render import render_host
+from mailsite.secrets import dkim_keys_id, host_store, init_secrets, site_dkim_keys, site_secrets
+from tests.sites import ROOT, addresses, example_settings
+
+MESSAGE = b"From: alice@example.org\r\nTo: someone@outside.test\r\nSubject: hello\r\n\r\nSigned by the site.\r\n"
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """The example site with a file backend that secrets init filled."""
+    directory = tmp_path_factory.mktemp("dkim")
+    settings = example_settings()
+    settings["secrets"] = {"backend": "file", "path": str(directory / "keys")}
+    site = load_site(settings)
+    created = init_secrets(site, "test", ROOT)
+    return site, settings, directory, created
+
+
+def _dnsfunc(records):
+    texts = {record.name: record.value for record in records if record.type == "TXT"}
+    return lambda name, timeout=5: texts.get(name.decode().rstrip("."), "").encode()
+
+
+def test_secrets_init_makes_one_signing_rsa_2048_key_per_domain_and_never_replaces_one(stored):
+    site, _, _, created = stored
+    assert [i for i in created if "/dkim/" in i] == [dkim_keys_id("test", d) for d in ("example.org", "example.net")]
+    assert [i for i in init_secrets(site, "test", ROOT) if "/dkim/" in i] == []
+    for keys in site_dkim_keys(site, "test", ROOT).values():
+        (selector,) = keys.selectors
+        assert selector.state == SIGNING and selector.name.startswith("mailsite2")
+        key = serialization.load_pem_private_key(selector.private_key.get_secret_value().encode(), None)
+        assert key.key_size == 2048
+
+
+def test_published_record_verifies_mail_the_primary_key_signs_and_no_other(stored):
+    site, _, _, _ = stored
+    secrets = site_secrets(site, "test", ROOT)
+    records = dkim_records(site_dkim_keys(site, "test", ROOT).values())
+    key = next(k for k in secrets["mx1"].dkim_keys if k.domain == "example.org")
+    assert any(r.name == f"{key.selector}._domainkey.example.org" and r.value.startswith("v=DKIM1; k=rsa; p=") for r in records)
+    signed = dkim.sign(MESSAGE, key.selector.encode(), b"example.org", key.private_key.get_secret_value().encode()) + MESSAGE
+    assert dkim.verify(signed, dnsfunc=_dnsfunc(records))
+    other = next(k for k in secrets["mx1"].dkim_keys if k.domain == "example.net")
+    forged = dkim.sign(MESSAGE, key.selector.encode(), b"example.org", other.private_key.get_secret_value().encode()) + MESSAGE
+    assert not dkim.verify(forged, dnsfunc=_dnsfunc(records)), "another key under the same selector fails"
+
+
+def test_primary_alone_carries_the_keys_as_files_only_rspamd_reads(stored):
+    site, _, _, _ = stored
+    secrets = site_secrets(site, "test", ROOT)
+    assert secrets["mx2"].dkim_keys == () and secrets["mx3"].dkim_keys == ()
+    for host in site.hosts:
+        tree = render_host(site, host, addresses(site), secrets[host.name])
+        keys = secrets[site.primary.name].dkim_keys
+        pems = [k.private_key.get_secret_value() for k in keys]
+        holders = {path for path, rendered in tree.items() if any(pem.strip() in rendered.text for pem in pems)}
+        if not host.is_primary:
+            assert holders == set() and CONFIG not in tree
+            continue
+        assert holders == {key_path(k.domain, k.selector) for k in keys}
+        for path in holders:
+            assert tree[path].secret and tree[path].mode == 0o400 and tree[path].owner == RSPAMD_USER
+        config = tree[CONFIG].text
+        for k in keys:
+            assert f'selector = "{k.selector}";' in config and f'path = "/{key_path(k.domain, k.selector)}";' in config
+        versions = tree["etc/mailsite/key-versions"].text.splitlines()
+        assert {f"dkim-{k.domain} {k.selector}/{k.fingerprint}" for k in keys} <= set(versions)
+
+
+def test_only_users_and_loopback_are_signed_never_mail_a_backup_relays(stored):
+    """rspamd counts private networks as local (its local_addrs): a libvirt site's backups sit
+    there, and a forger's mail through them must not leave signed."""
+    site, _, _, _ = stored
+    config = render_host(site, site.primary, addresses(site), site_secrets(site, "test", ROOT)["mx1"])[CONFIG].text
+    lines = {line.split(" = ")[0]: line.split(" = ")[1] for line in config.splitlines() if " = " in line and not line.startswith(" ")}
+    assert lines["sign_local"] == "false;" and lines["sign_inbound"] == "false;" and lines["sign_authenticated"] == "true;"
+    assert lines["sign_networks"] == '["127.0.0.0/8", "::1"];' and lines["try_fallback"] == "false;"
+
+
+def test_review_render_shows_no_private_key(stored):
+    site, settings, directory, _ = stored
+    config = directory / "Pulumi.test.yaml"
+    document = yaml.safe_load((ROOT / "Pulumi.example.yaml").read_text())
+    document["config"]["mailsite:secrets"] = settings["secrets"]
+    config.write_text(yaml.safe_dump(document))
+    _, trees, _ = render_stack(config, redacted=True, secrets_base=ROOT)
+    pems = [k.private_key.get_secret_value() for k in site_secrets(site, "test", ROOT)["mx1"].dkim_keys]
+    assert not any(pem.splitlines()[1] in rendered.text for tree in trees.values() for rendered in tree.values() for pem in pems)
+    assert all(trees["mx1"][path].text == REDACTED + "\n" for path in trees["mx1"] if path.startswith("etc/mail/dkim/"))
+
+
+def test_a_damaged_dkim_secret_is_one_line_that_never_shows_it(tmp_path):
+    settings = example_settings()
+    settings["secrets"] = {"backend": "file", "path": str(tmp_path / "keys")}
+    site = load_site(settings)
+    init_secrets(site, "test", ROOT)
+    store = host_store(site, ROOT)
+    secret_id = dkim_keys_id("test", "example.net")
+    value = json.loads(store.read(secret_id).value.get_secret_value())
+    value["selectors"][0]["privateKey"] = value["selectors"][0]["privateKey"][:200]
+    store.put_current(secret_id, json.dumps(value))
+    with pytest.raises(SiteConfigError) as raised:
+        site_secrets(site, "test", ROOT)
+    (problem,) = raised.value.problems
+    assert str(problem).startswith(f"secret = {secret_id}: malformed DKIM keys") and "not an unencrypted PEM key" in str(problem)
+    assert value["selectors"][0]["privateKey"][40:80] not in str(problem)
+
+
+def test_a_site_without_dkim_keys_is_told_to_run_secrets_init(tmp_path):
+    settings = example_settings()
+    settings["secrets"] = {"backend": "file", "path": str(tmp_path / "keys")}
+    site = load_site(settings)
+    init_secrets(site, "test", ROOT)
+    store = host_store(site, ROOT)
+    store.unlabel(dkim_keys_id("test", "example.org"), "AWSCURRENT")
+    with pytest.raises(SiteConfigError) as raised:
+        site_secrets(site, "test", ROOT)
+    assert [str(p) for p in raised.value.problems] == [
+        f"secret = {dkim_keys_id('test', 'example.org')}: not in the secrets backend; create it with: "
+        "python -m mailsite secrets init --config <stack file>"]
