@@ -87,16 +87,24 @@ def _short(name: str, mechanisms: Mapping[str, None]) -> list[str]:
 
 
 def dmarc_records(site: Site) -> list[DnsRecord]:
-    """DMARC (RFC 7489) for each domain, and the authorization a site domain that receives
-    another's reports must publish (7.1): reports for example.net sent to an address in
-    example.org are only sent if example.org says it takes them."""
+    """DMARC (RFC 7489) for each domain, and the authorization the report address's domain must
+    publish (7.1): reports for example.net sent to an address in example.org (or in
+    reports.example.org) are only sent if that name says it takes them. The site writes it
+    when the name lies in a zone of its own; in anyone else's, the user publishes it."""
     rua, _ = report_addresses(site)
     report_domain = rua.rpartition("@")[2]
     records = [DnsRecord(f"_dmarc.{domain}", "TXT", f"v=DMARC1; p={site.dns.dmarc_policy}; rua=mailto:{rua}")
                for domain in site.domains]
-    records += [DnsRecord(f"{domain}._report._dmarc.{report_domain}", "TXT", "v=DMARC1")
-                for domain in site.domains if domain != report_domain and report_domain in site.domains]
+    if zone_of(report_domain, site.domains) is not None:
+        records += [DnsRecord(f"{domain}._report._dmarc.{report_domain}", "TXT", "v=DMARC1")
+                    for domain in site.domains if not _one_organization(domain, report_domain)]
     return records
+
+
+def _one_organization(domain: str, other: str) -> bool:
+    # Reports within one organizational domain need no authorization (7.1): a name and the names
+    # below it, as far as the site's own domains tell (they are registered domains or below one).
+    return domain == other or domain.endswith("." + other) or other.endswith("." + domain)
 
 
 def mta_sts_records(site: Site) -> list[DnsRecord]:

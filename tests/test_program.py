@@ -326,8 +326,10 @@ def test_vultr_firewall_is_exactly_the_rule_set_and_nothing_wider(vultr_site):
         ("v4", "tcp", "198.51.100.100/32", "179"), ("v4", "tcp", "203.0.113.100/32", "179"),
         ("v4", "tcp", "198.51.100.0/28", "22"), ("v6", "tcp", "2001:db8:ad::/48", "22"),
     }
-    # Submission and IMAPS: the primary's alone.
-    msa = {(family, "tcp", world, port) for family, world in (("v4", "0.0.0.0/0"), ("v6", "::/0")) for port in ("465", "587", "993")}
+    # http for the CA's http-01 challenges: every MX.
+    common |= {("v4", "tcp", "0.0.0.0/0", "80"), ("v6", "tcp", "::/0", "80")}
+    # Submission, IMAPS and the MTA-STS policy (https): the primary's alone.
+    msa = {(family, "tcp", world, port) for family, world in (("v4", "0.0.0.0/0"), ("v6", "::/0")) for port in ("443", "465", "587", "993")}
     sync = lambda *peers: {("v4", "udp", f"203.0.113.{p}/32", "8025") for p in peers}
     assert _rules(vultr_site, "mx1") == common | msa | sync(20, 30)
     assert _rules(vultr_site, "mx2") == common | sync(10, 30)
@@ -517,8 +519,11 @@ def test_spamd_key_rollout_changes_one_host_image_at_a_time(tmp_path):
 def test_config_change_on_one_host_changes_its_image_only():
     settings = inline_secrets(example_settings())
     before = _identities(settings)
-    settings["hosts"][2]["fqdn"] = "mx3.example.net"
+    settings["hosts"][2]["preference"] = 40
     assert _changed(before, _identities(settings)) == {"mx3"}
+    # A new MX name changes the primary's too: its httpd serves the MTA-STS policy naming every MX.
+    settings["hosts"][2]["fqdn"] = "mx3.example.net"
+    assert _changed(before, _identities(settings)) == {"mx1", "mx3"}
 
 
 def test_site_wide_change_changes_every_image():

@@ -185,14 +185,14 @@ def test_libvirt_bake_creates_the_image_and_replaces_it_only_when_its_identity_c
         assert all(again.diffs[u].changes == provider_pb2.DiffResponse.DIFF_NONE and not again.diffs[u].replaces for u in bakes)
         assert _zone_serial(tmp_path) == serial, "no change, no new serial"
 
-        settings["hosts"][2]["fqdn"] = "mx3.example.net"
+        settings["hosts"][2]["preference"] = 40
         changed = run_program(settings, CloudMocks(), provider, previous=again)
         mx3 = next(urn for urn in bakes if "mx3" in urn)
         assert {u for u in bakes if changed.diffs[u].replaces} == {mx3}
         assert list(changed.diffs[mx3].replaces) == ["identity"]
         assert [u for u in changed.ops("create") if u in bakes] == [mx3] and changed.ops("delete") == [mx3]
         assert changed.state[mx3].id != again.state[mx3].id
-        # The zone's records changed (mx3's name): its secondaries see a greater serial.
+        # The zone's records changed (mx3's MX preference): its secondaries see a greater serial.
         assert _zone_serial(tmp_path) > serial
         _secrets_absent(provider.log())
 
