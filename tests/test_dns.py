@@ -167,11 +167,19 @@ def _free_port() -> int:
 def lab_dns(site, tmp_path_factory):
     """The lab's dnsmasq.conf, served by the daemon root's dnsmasq on 127.0.0.1; a resolver that
     asks it. dnsmasq stops with the module, or by itself after two minutes."""
-    plan = lab_plan(site, tmp_path_factory.mktemp("secrets"))
+    with serving_lab_dns(site, tmp_path_factory.mktemp("lab-dns")) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serving_lab_dns(site, directory: Path):
+    """`site`'s lab DNS (dnsmasq on 127.0.0.1) while the block runs: its plan and a resolver."""
+    (directory / "secrets").mkdir()
+    plan = lab_plan(site, directory / "secrets")
     port = _free_port()
     argv = ["timeout", "120", "chroot", str(daemon_root().path), "dnsmasq", "--keep-in-foreground", "--conf-file=-",
             f"--port={port}", "--pid-file=", "--log-facility=-"]
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
+    log = directory / "dnsmasq.log"
     with open(log, "w") as out:
         server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=out, text=True)
     server.stdin.write(render_dnsmasq_conf(plan, listen="127.0.0.1"))
@@ -219,12 +227,21 @@ def test_spf_passes_each_mx_by_its_helo_name_for_its_bounces(spf_asks_lab_dns):
         assert spf.check2(i=str(other.ipv4), s="", h=host.mx_name)[0] == "fail", host.name
 
 
+@contextlib.contextmanager
+def _finally(cleanup):
+    try:
+        yield
+    finally:
+        cleanup()
+
+
 @pytest.fixture(scope="module")
 def checkdmarc():
     # Imported here, not at the top: it takes a second, which every test worker would pay at collection.
     import checkdmarc.dmarc
     import checkdmarc.mta_sts
     import checkdmarc.smtp_tls_reporting
+    import checkdmarc.utils
     return checkdmarc
 
 
@@ -241,6 +258,23 @@ def test_dmarc_and_tls_reporting_records_parse_as_served(lab_dns, checkdmarc):
         tls = checkdmarc.smtp_tls_reporting.query_smtp_tls_reporting_record(domain, resolver=resolver)
         rua = checkdmarc.smtp_tls_reporting.parse_smtp_tls_reporting_record(tls["record"])["tags"]["rua"]["value"]
         assert rua == ["mailto:postmaster@example.org"]
+
+
+def test_dmarc_reports_to_a_name_inside_a_site_domain_are_authorized_for_every_other_domain(checkdmarc, tmp_path):
+    # reports.example.org is no site domain but lies in example.org's zone, which the site writes:
+    # example.net's reports go there only if that zone says it takes them (RFC 7489 7.1), and
+    # nobody else can publish that record in a zone the site owns (Vultr DNS).
+    settings = example_settings()
+    settings["dns"] = {"dmarcReports": "dmarc@reports.example.org"}
+    # checkdmarc keeps answers by name whatever the resolver: none from the module's lab DNS here,
+    # and none of this one's left for the tests after.
+    checkdmarc.utils.DNS_CACHE.clear()
+    with serving_lab_dns(site_of(settings), tmp_path) as (plan, resolver), _finally(checkdmarc.utils.DNS_CACHE.clear):
+        for domain in plan.site.domains:
+            record = checkdmarc.dmarc.query_dmarc_record(domain, resolver=resolver)["record"]
+            parsed = checkdmarc.dmarc.parse_dmarc_record(record, domain, resolver=resolver)
+            assert [uri["address"] for uri in parsed["tags"]["rua"]["value"]] == ["dmarc@reports.example.org"]
+            assert not [w for w in parsed["warnings"] if "accepts DMARC reports" in w], (domain, parsed["warnings"])
 
 
 def test_mta_sts_id_is_the_served_policys_and_the_policy_names_exactly_the_mxes(lab_dns, checkdmarc):
