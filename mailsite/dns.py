@@ -132,9 +132,9 @@ def srv_records(site: Site) -> list[DnsRecord]:
 
 def caa_records(site: Site, issuer: str) -> list[DnsRecord]:
     """CAA (RFC 8659) on the names the site gets certificates for (each MX name, each MTA-STS
-    host): only `issuer` may issue for them. Not at the domain itself, where it would also bind
-    the user's other names (www) to this CA."""
-    names = dict.fromkeys([name for name, _ in address_names(site)])
+    host): only `issuer` may issue for them. Not at a domain itself, not even for an MX named
+    by it: there it would also bind the user's other names (www) to this CA."""
+    names = dict.fromkeys([name for name, _ in address_names(site) if name not in site.domains])
     return [DnsRecord(name, "CAA", f'0 issue "{issuer}"') for name in names]
 
 

@@ -125,6 +125,18 @@ def test_reverse_zones_answer_each_address_with_its_mx_name(site, tmp_path, comp
                           if ipaddress.ip_address(p.address) in network}
 
 
+def test_an_mx_named_by_its_domain_puts_no_caa_on_the_domain(tmp_path):
+    # CAA at example.org binds every name below it without its own (www, the user's web host's
+    # certificate) to the site's CA: an MX named example.org gets none, the other mail names do.
+    settings = example_settings()
+    settings["hosts"][0]["fqdn"] = "example.org"
+    site = site_of(settings)
+    zone = render_zone("example.org", dns_records(site, addresses(site)), 3600, ["ns1.example.com"], "postmaster@example.org")
+    served = _zone_as_nsd_reads_it(tmp_path, "example.org", with_serial(zone, 1))
+    caa = {name for name, kind, _ in served if kind == "CAA"}
+    assert "example.org" not in caa and {"mx2.example.org", "mta-sts.example.org"} <= caa
+
+
 def test_zone_file_holds_one_record_per_line():
     text = render_zone("example.org", [DnsRecord("example.org", "MX", "mx1.example.org", 10),
                                        DnsRecord("mx1.example.org", "AAAA", "2001:db8::10")], 3600)
