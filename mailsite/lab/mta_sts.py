@@ -23,11 +23,6 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
-import dns.message
-import dns.query
-import dns.rdatatype
-from checkdmarc.mta_sts import parse_mta_sts_policy  # type: ignore[import-untyped]
-
 from ..mta_sts import WELL_KNOWN_PATH, policy_hosts, policy_text
 from .acme import socket_in
 from .imap import connect_in
@@ -96,6 +91,10 @@ def policy_served(lab: Lab) -> Iterator[None]:
 def ask(lab: Lab, name: str, rdtype: str) -> list[str]:
     """The lab DNS's answer for `name` (its text, names without the final dot), asked with
     dnspython from the internet node."""
+    import dns.message  # here, not at import: the scenarios' module is imported by every test worker
+    import dns.query
+    import dns.rdatatype
+
     query = dns.message.make_query(name, rdtype)
     sock = socket_in(lab.plan.internet.namespace, socket.SOCK_DGRAM, family=socket.AF_INET)
     try:
@@ -145,6 +144,9 @@ def fetch_policy(lab: Lab, domain: str) -> Fetched:
 def policy_mx_problems(fetched: Fetched, mxes: list[str]) -> list[str]:
     """What an MTA-STS client would refuse in a fetched policy, or where its mx patterns are not
     exactly the domain's MX names (each MX matched, no pattern without an MX)."""
+    # Here, not at import: checkdmarc takes half a second to import, in every test worker otherwise.
+    from checkdmarc.mta_sts import parse_mta_sts_policy  # type: ignore[import-untyped]
+
     if fetched.status != 200:
         return [f"HTTP {fetched.status}"]
     if fetched.content_type.split(";")[0].strip().lower() != "text/plain":
