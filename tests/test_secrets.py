@@ -99,7 +99,8 @@ def test_file_backend_modes(tmp_path):
     root = tmp_path / "keys"
     assert root.stat().st_mode & 0o777 == 0o700
     versions = list(root.rglob("versions/*"))
-    assert len(versions) == 4 and all(v.stat().st_mode & 0o777 == 0o600 for v in versions)
+    # The sync key, three queue keys and two domains' DKIM keys: each private to the user.
+    assert len(versions) == 6 and all(v.stat().st_mode & 0o777 == 0o600 for v in versions)
 
 
 def test_denied_access_is_one_line_naming_the_permission(moto_endpoint):
