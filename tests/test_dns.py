@@ -109,6 +109,35 @@ def test_complete_zones_carry_the_nameservers_setting_and_a_serial(site, records
         assert {r for r in served if r[1] not in ("SOA", "NS")} == _expected(records, domain)
 
 
+def _later(serial: int, than: int) -> bool:
+    """RFC 1982 serial arithmetic, as a secondary compares the SOA serials it sees."""
+    return serial != than and (serial - than) % 2**32 < 2**31
+
+
+def test_a_complete_zone_that_replaces_the_users_own_has_a_greater_serial_than_its_dated_one(site, records, tmp_path):
+    # A user who served example.org with the usual YYYYMMDDnn serial (RFC 1912 2.2; yesterday's
+    # last, 2026112599 say) and now serves the file `up` writes: unless the new serial is greater,
+    # the secondaries keep the old zone for good. Written as the engine writes it: the zone
+    # file's provider in `python -m pulumi.dynamic`.
+    from pulumi.dynamic.dynamic import serialize_provider
+    from pulumi.runtime.proto import provider_pb2
+    from google.protobuf import struct_pb2
+    from components.zone_file import _ZoneFileProvider
+    from tests.dynamic_engine import provider_process
+
+    path = tmp_path / "example.org.zone"
+    props = struct_pb2.Struct()
+    props.update({"__provider": serialize_provider(_ZoneFileProvider()), "path": str(path),
+                  "text": render_zone("example.org", records, 3600, ["ns1.example.com"], "postmaster@example.org")})
+    with provider_process({}) as provider:
+        provider.configure({"mailsite:target": "libvirt"})
+        provider.stub.Create(provider_pb2.CreateRequest(urn="urn:pulumi:test::mailsite::pulumi-python:dynamic:Resource::zone",
+                                                        properties=props))
+    (serial,) = {int(v.split()[2]) for _, kind, v in _zone_as_nsd_reads_it(tmp_path, "example.org", path.read_text()) if kind == "SOA"}
+    yesterday = time.gmtime(time.time() - 86400)
+    assert _later(serial, int(time.strftime("%Y%m%d", yesterday)) * 100 + 99), serial
+
+
 @pytest.mark.parametrize("complete", [False, True], ids=["include", "complete"])
 def test_reverse_zones_answer_each_address_with_its_mx_name(site, tmp_path, complete):
     pointers = reverse_records(site, addresses(site))
