@@ -343,9 +343,14 @@ class Lab:
         upper.chmod(0o755)
         # A file a daemon reads after giving up root is that user's, as on the host.
         passwd = tree.get("etc/passwd")
-        ids = account_ids(passwd.text if passwd else (daemon_root(tree_root).path / "etc/passwd").read_text())
+        # A user of another root's daemon (rspamd's, owning the DKIM keys, in the primary's
+        # dovecot tree) keeps the number the daemons root gives it: that tree never reads the file.
+        ids = {**account_ids((daemon_root(HOST_ROOT).path / "etc/passwd").read_text()),
+               **account_ids(passwd.text if passwd else (daemon_root(tree_root).path / "etc/passwd").read_text())}
         for path, rendered in tree.items():
-            if rendered.owner != "root":
+            # A tree over another root holds the whole host for its own daemons: a file of a user
+            # that root lacks is none of theirs (rspamd's DKIM keys in the dovecot tree).
+            if rendered.owner != "root" and (rendered.owner in ids or tree_root == HOST_ROOT):
                 os.chown(upper / path, ids[rendered.owner], ids[rendered.owner])
         self.merged(node, tree_root).mkdir()
         (self.tree_dir(node, tree_root) / "work").mkdir()
