@@ -351,7 +351,11 @@ def test_http_is_open_on_every_mx_and_https_only_on_the_primary(site, trees):
 _STAND_INS = {
     "acme-client": 'echo "acme-client $*" >> "$FAKE/calls"\n'
                    'code=$(cat "$FAKE/acme-$1" 2>/dev/null || echo 2)\n'
-                   '[ "$code" = 0 ] && echo "issued for $1" > "$MAILSITE_ROOT/etc/ssl/$1.crt"\n'
+                   # A certificate for the block's key, when there is one, as the CA's is.
+                   'key="$MAILSITE_ROOT/etc/ssl/private/$1.key" cert="$MAILSITE_ROOT/etc/ssl/$1.crt"\n'
+                   'if [ "$code" = 0 ] && [ -f "$key" ]; then\n'
+                   '  openssl req -x509 -key "$key" -subj "/CN=$1" -addext "subjectAltName=DNS:$1" -days 90 -out "$cert" 2>/dev/null\n'
+                   'elif [ "$code" = 0 ]; then echo "issued for $1" > "$cert"; fi\n'
                    'exit "$code"\n',
     "rcctl": 'echo "rcctl $*" >> "$FAKE/calls"\n',
     "logger": 'eval "message=\\${$#}"\necho "$message" >> "$FAKE/log"\n',
@@ -427,14 +431,15 @@ def test_new_certificate_is_kept_on_the_volume_and_a_replaced_primary_starts_wit
     old = Host(tmp_path / "old", site, site.primary)
     (old.fake / "mounted").write_text(f"/dev/sd1a on {old.root}/var/mailsite type ffs (local)\n")
     (old.root / account_key(site).lstrip("/")).write_text("account key\n")
-    (old.root / site.tls.key_for(site.primary).lstrip("/")).write_text("key\n")
+    # What acme-client leaves: a key and the CA's certificate for it (a subjectAltName).
+    issued, key = old.root / certificate.lstrip("/"), old.root / site.tls.key_for(site.primary).lstrip("/")
+    _self_signed(issued, key, site.primary.mx_name, san=True)
     (old.fake / f"acme-{site.primary.mx_name}").write_text("0\n")
     assert old.run("renew").returncode == 0
     kept = old.root / ACME_STATE.lstrip("/")
-    assert (kept / certificate.lstrip("/")).read_text() == f"issued for {site.primary.mx_name}\n"
+    assert (kept / certificate.lstrip("/")).read_text() == issued.read_text()
     assert (kept / account_key(site).lstrip("/")).read_text() == "account key\n"
-    assert (kept / site.tls.key_for(site.primary).lstrip("/")).stat().st_mode & 0o777 == (
-        (old.root / site.tls.key_for(site.primary).lstrip("/")).stat().st_mode & 0o777)
+    assert (kept / site.tls.key_for(site.primary).lstrip("/")).stat().st_mode & 0o777 == key.stat().st_mode & 0o777
 
     # Its replacement boots from an image with a self-signed certificate; rc.securelevel mounts
     # the volume (holding what the old primary kept) and puts the kept files back first.
@@ -449,7 +454,8 @@ def test_new_certificate_is_kept_on_the_volume_and_a_replaced_primary_starts_wit
     job.parent.mkdir(parents=True)
     job.write_text(render_job(site, site.primary))
     boot.run()
-    assert (boot.root / certificate.lstrip("/")).read_text() == f"issued for {site.primary.mx_name}\n"
+    assert (boot.root / certificate.lstrip("/")).read_text() == issued.read_text()
+    assert (boot.root / site.tls.key_for(site.primary).lstrip("/")).read_text() == key.read_text()
     assert (boot.root / account_key(site).lstrip("/")).read_text() == "account key\n"
     assert "certificates restored from the mail volume" in boot.log
 
@@ -512,3 +518,70 @@ def test_a_new_vm_gets_its_certificate_for_a_key_of_its_own_not_the_images(site,
     assert _public_key(cert, "cert") == _public_key(key, "key"), "the new certificate is the new key's"
     assert (issued.read_text(), issued_key.read_text()) == kept
     assert primary.calls("acme-client") == [f"acme-client {mx.mx_name}", f"acme-client {mta_sts}"]
+
+
+# -- the volume's state, as a careful admin distrusts it (issue 16.4, found in review) -----------
+
+def _volume_host(tmp_path: Path, site) -> Host:
+    primary = Host(tmp_path, site, site.primary)
+    (primary.fake / "mounted").write_text(f"/dev/sd1a on {primary.root}/var/mailsite type ffs (local)\n")
+    return primary
+
+
+def _on_volume(host: Host, path: str) -> Path:
+    kept = host.root / ACME_STATE.lstrip("/") / path.lstrip("/")
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    return kept
+
+
+def test_restore_installs_keys_as_roots_own_whatever_mode_and_owner_the_volume_gave_them(site, tmp_path):
+    """A key restored with the volume's mode and owner (cp -p) is world-readable when the volume
+    says 0644, and writable by whoever the volume names as its owner: restored, every key is
+    root's, 0600, and every certificate root's, 0644."""
+    primary = _volume_host(tmp_path, site)
+    mx = site.primary
+    key, cert = _on_volume(primary, site.tls.key_for(mx)), _on_volume(primary, site.tls.certificate_for(mx))
+    _self_signed(cert, key, mx.mx_name, san=True)
+    account = _on_volume(primary, account_key(site))
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(account)],
+                   check=True, capture_output=True, timeout=60)
+    for path in (key, cert, account):
+        path.chmod(0o666)
+        import os
+        os.chown(path, 2000, 2000)
+    assert primary.run("restore").returncode == 0
+    for path, mode in ((site.tls.key_for(mx), 0o600), (account_key(site), 0o600), (site.tls.certificate_for(mx), 0o644)):
+        restored = (primary.root / path.lstrip("/")).stat()
+        assert (restored.st_mode & 0o777, restored.st_uid, restored.st_gid) == (mode, 0, 0), path
+    assert (primary.root / site.tls.key_for(mx).lstrip("/")).read_text() == key.read_text()
+
+
+def test_restore_keeps_the_images_pair_when_the_volumes_certificate_is_not_for_its_key(site, tmp_path):
+    """A certificate whose key is not beside it (a save cut short, a volume of another site) would
+    keep smtpd from starting (its pki's key does not match): the image's pair stays."""
+    primary = _volume_host(tmp_path, site)
+    mx = site.primary
+    image_cert, image_key = primary.root / site.tls.certificate_for(mx).lstrip("/"), primary.root / site.tls.key_for(mx).lstrip("/")
+    _self_signed(image_cert, image_key, mx.mx_name)
+    image = (image_cert.read_text(), image_key.read_text())
+    key, cert = _on_volume(primary, site.tls.key_for(mx)), _on_volume(primary, site.tls.certificate_for(mx))
+    _self_signed(cert, key, mx.mx_name, san=True)
+    _self_signed(tmp_path / "other.crt", key, mx.mx_name, san=True)  # a new key: the kept cert is the old one's
+    assert primary.run("restore").returncode == 0
+    assert (image_cert.read_text(), image_key.read_text()) == image
+    assert f"not restoring {site.tls.certificate_for(mx)}" in (primary.fake / "log").read_text()
+
+
+def test_restore_follows_no_symbolic_link_on_the_volume(site, tmp_path):
+    """The volume is data: a link in its ACME state pointing at a file of the root disk would have
+    rc.securelevel copy that file (as root) into a certificate path. Nothing is restored."""
+    primary = _volume_host(tmp_path, site)
+    mx = site.primary
+    secret = primary.root / "etc/master.passwd"
+    secret.write_text("root:$2b$secret\n")
+    _on_volume(primary, site.tls.certificate_for(mx)).symlink_to(secret)
+    _on_volume(primary, site.tls.key_for(mx)).symlink_to(secret)
+    assert primary.run("restore").returncode == 0
+    for path in (site.tls.certificate_for(mx), site.tls.key_for(mx)):
+        assert not (primary.root / path.lstrip("/")).exists(), path
+    assert "symbolic link" in (primary.fake / "log").read_text()
