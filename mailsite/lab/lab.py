@@ -47,7 +47,8 @@ from ..errors import UserError
 from ..model import LMTP_SOCKET, MAIL_UID, MAILBOXES, STATE_MOUNT, HostSecrets, Site
 from ..passwords import hash_password
 from ..templates import HostTree, RenderedFile
-from ..secrets import host_store, init_secrets, password_hashes_id, site_secrets
+from ..dkim import dkim_records
+from ..secrets import host_store, init_secrets, password_hashes_id, site_dkim_keys, site_secrets
 from ..trees import write_tree
 from . import net
 from .bgp import routes_received, sessions
@@ -266,11 +267,25 @@ class Lab:
             if node.kind == "mx":
                 self._write_mx(node, self._mx_tree(node.name, secrets[node.name], ca, common))
             elif node.kind == "dns":
-                self._write_tree(node.name, HOST_ROOT, {**common, "etc/dnsmasq.conf": RenderedFile(render_dnsmasq_conf(self.plan))})
+                self._write_tree(node.name, HOST_ROOT, {**common, "etc/dnsmasq.conf": RenderedFile(self._dnsmasq_conf(stack))})
             elif node.kind == "route-server":
                 self._write_tree(node.name, HOST_ROOT, {**common, "etc/bgpd.conf": self._route_server_conf(node)})
             else:
                 self._write_internet(node, common)
+
+    def _dnsmasq_conf(self, stack: str) -> str:
+        # The DKIM records as the program publishes them: every selector the backend holds now.
+        return render_dnsmasq_conf(self.plan, dkim=dkim_records(site_dkim_keys(self.plan.site, stack, self.dir).values()))
+
+    def publish_dns(self) -> None:
+        """What `pulumi up` does to the site's DNS, done to the lab's: its records computed again
+        (a DKIM key published or withdrawn), dnsmasq restarted on them."""
+        conf = self.path_on(self.plan.dns.name, "/etc/dnsmasq.conf")
+        conf.with_suffix(".new").write_text(self._dnsmasq_conf(self.state.stack))
+        conf.with_suffix(".new").replace(conf)
+        self.stop_daemon(self.plan.dns.name, "dnsmasq")
+        dns = self.start_daemon(self.plan.dns.name, "dnsmasq")
+        self._wait("dnsmasq", lambda: _listening(dns.pid, 53, "udp"))
 
     def _common(self, ca: LabCA) -> HostTree:
         """What every node lays over its root: its resolver and /etc/hosts, and its trust store."""

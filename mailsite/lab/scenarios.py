@@ -919,6 +919,137 @@ def user_mail_reaches_the_outside_world(lab: Lab) -> tuple[bool, str]:
     return True, f"{user} -> {to} through {site.primary.name} (ESMTPSA), stored once by {outside(lab.plan).mx_name}"
 
 
+def _lab_txt(lab: Lab, name: str) -> list[str]:
+    """The TXT texts the lab's DNS serves at `name`, asked from the internet node (each record's
+    strings joined, as a verifier reads them)."""
+    argv = ["dig", "+short", "+time=2", "+tries=1", f"@{lab.plan.dns.ipv4}", "TXT", name]
+    lines = lab.run_in(lab.plan.internet.name, argv, timeout=10).stdout.splitlines()
+    return ["".join(re.findall(r'"((?:[^"\\]|\\.)*)"', line)) for line in lines if line.strip()]
+
+
+def _dkim_verdict(lab: Lab, message: bytes) -> tuple[bool, str]:
+    """dkimpy's verdict on a stored message, keys looked up in the lab's DNS as a receiver would,
+    and the d= and s= of its first signature ("" without one)."""
+    import dkim  # type: ignore[import-untyped]
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        texts = _lab_txt(lab, name.decode().rstrip("."))
+        return texts[0].encode() if texts else b""
+
+    signature = re.search(rb"^DKIM-Signature:(.*?)\r?\n(?![ \t])", message, re.M | re.S)
+    tags = dict(re.findall(rb"\b([ds])=([^;\s]+)", signature[1])) if signature else {}
+    where = f"d={tags.get(b'd', b'').decode()} s={tags.get(b's', b'').decode()}" if signature else ""
+    return bool(signature) and bool(dkim.verify(message, dnsfunc=dnsfunc)), where
+
+
+def _mail_out(lab: Lab, label: str) -> tuple[bytes | None, str]:
+    """A site user's message to the outside world, as the outside MTA stored it."""
+    site = lab.plan.site
+    user = site.recipients.users[0]
+    marker = _marker(label)
+    sent = mail.submit(lab, user, f"someone@{outside(lab.plan).domain}", marker, password=lab.password(user))
+    if not sent.accepted:
+        return None, f"{user} could not submit (swaks {sent.status}: {sent.refusal})"
+    arrived = lambda: [path for path in lab.outside_maildir().glob("*/*") if path.parent.name in ("new", "cur")
+                       and marker.encode() in path.read_bytes()]
+    if not wait_until(arrived, DELIVERY_TIMEOUT, 0.1):
+        return None, f"not at the outside MTA {DELIVERY_TIMEOUT} s later; {site.primary.name}'s queue: {mail.queue(lab, site.primary.name)}"
+    return arrived()[0].read_bytes(), ""
+
+
+@scenario("dkim: a user's mail leaves signed, and a receiver verifies it against the lab's DNS", proves="""
+    A site user submits (587, STARTTLS, AUTH) to an outside address; the message the outside MTA
+    stores carries the primary's DKIM-Signature (rspamd's dkim_signing) for the user's domain
+    with the domain's current selector, and dkimpy, a real verifier, accepts it with the key the
+    lab's DNS serves at <selector>._domainkey.<domain> (asked from the internet node).""")
+def user_mail_leaves_dkim_signed(lab: Lab) -> tuple[bool, str]:
+    from ..secrets import site_dkim_keys
+
+    message, problem = _mail_out(lab, "dkim")
+    if message is None:
+        return False, problem
+    domain = lab.plan.site.domains[0]
+    selector = site_dkim_keys(lab.plan.site, lab.state.stack, lab.dir)[domain].signing.name
+    verified, where = _dkim_verdict(lab, message)
+    if where != f"d={domain} s={selector}":
+        return False, f"signed {where or 'not at all'}, want d={domain} s={selector}"
+    return verified, f"signed {where}, " + ("verified by dkimpy against the lab's DNS" if verified else "but dkimpy refuses it")
+
+
+@scenario("dkim: mail from outside in a site address's name is never signed, through a backup or not", proves="""
+    A stranger sends, from the internet, a message whose envelope and From: are a site user's
+    address to that user, through each backup and directly to the primary: each copy is delivered
+    without a DKIM-Signature of the site (rspamd signs only what a user submitted or the host
+    itself sent over loopback, never what a backup relays in).""")
+def forged_site_mail_is_not_signed(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    user = site.recipients.users[0]
+    address = f"{user}@{site.domains[0]}"
+    signed = []
+    for via in [host.name for host in site.backups] + [site.primary.name]:
+        marker = _marker("forged")
+        sent = mail.send(lab, via, address, marker, sender=address)
+        if not sent.accepted:
+            return False, f"{via} refused the stranger's mail to {address} (swaks {sent.status})"
+        found = _delivered_once(lab, marker)
+        if len(found) != 1:
+            return False, f"via {via}: {len(found)} copies delivered, want 1"
+        if re.search(rb"^DKIM-Signature:", found[0].read_bytes(), re.M | re.I):
+            signed.append(via)
+    return not signed, f"signed when sent through {', '.join(signed)}" if signed else (
+        f"from outside as {address}: delivered unsigned through every MX")
+
+
+@scenario("dkim: after rotate-dkim-key, mail signed before and after the switch both verify", proves="""
+    rotate-dkim-key's steps on the lab's backend, each followed by what `pulumi up` does (the
+    lab's DNS published again; the primary replaced when its signing key changes): a message
+    signed with the old key before the rotation and one signed with the new key after the
+    switch both verify while both selectors are published; once the old one is retired and
+    withdrawn, the new one's still verifies and the old one's no longer does. --now stands in for
+    the waits (the record's TTL, dkim.retireAfterDays), which tests/test_dkim_rotation.py proves.""")
+def dkim_rotation_keeps_mail_verifying(lab: Lab) -> tuple[bool, str]:
+    from datetime import datetime, timezone
+
+    from ..dkim_rotation import rotate_domain
+    from ..facts import parse_key_versions
+
+    site, domain = lab.plan.site, lab.plan.site.domains[0]
+    store = host_store(site, lab.dir)
+    primary = site.primary.name
+
+    def step(expect: str) -> str:
+        done = rotate_domain(site, lab.state.stack, store, domain, datetime.now(timezone.utc), lambda name: _lab_txt(lab, name),
+                             lambda d: parse_key_versions(lab.run_in(primary, ["cat", "/etc/mailsite/key-versions"]).stdout).get(f"dkim-{d}"),
+                             hurry=True)
+        if done.outcome != expect:
+            raise LabError(f"rotate-dkim-key: {done.message}")
+        return done.message
+
+    before, problem = _mail_out(lab, "dkim-before")
+    if before is None:
+        return False, problem
+    step("advanced")  # a new key, published
+    lab.publish_dns()
+    step("advanced")  # seen in DNS: the new key signs
+    if not wait_until(lambda: not mail.queue(lab, primary), DELIVERY_TIMEOUT, 0.2):
+        return False, f"{primary}'s queue did not empty before its replacement"
+    lab.replace_host(primary)
+    after, problem = _mail_out(lab, "dkim-after")
+    if after is None:
+        return False, problem
+    verdicts = {name: _dkim_verdict(lab, message) for name, message in (("before", before), ("after", after))}
+    if not all(ok for ok, _ in verdicts.values()) or verdicts["before"][1] == verdicts["after"][1]:
+        return False, "during the overlap: " + "; ".join(f"{name} {where or 'unsigned'} {'verifies' if ok else 'fails'}"
+                                                         for name, (ok, where) in verdicts.items())
+    step("advanced")  # the primary seen signing with the new key; --now: the old one retired at once
+    lab.publish_dns()
+    old_ok, new_ok = _dkim_verdict(lab, before)[0], _dkim_verdict(lab, after)[0]
+    if old_ok or not new_ok:
+        return False, f"after retiring: the old key's mail {'still verifies' if old_ok else 'fails'}, the new key's {'verifies' if new_ok else 'fails'}"
+    return True, (f"{verdicts['before'][1]} and {verdicts['after'][1]} both verified during the overlap; "
+                  "after retirement only the new key's mail verifies")
+
+
 def _replace_file(path: Path, data: bytes) -> None:
     """`data` in place of `path`, with its mode (a key stays 0600: smtpd refuses one others read)."""
     descriptor = os.open(path.with_name(path.name + ".new"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path.stat().st_mode & 0o777)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from ..configtest import DOVECOT_HOST_ACCOUNTS
-from ..dns import dns_records, dnsmasq_options, reverse_records
+from ..dns import DnsRecord, dns_records, dnsmasq_options, reverse_records
 from ..model import MAIL_USER, MAILBOXES, Host, HostAddresses, HostSecrets, Site
 from ..problems import Problem, SiteConfigError
 from ..render import render_host
@@ -134,14 +134,15 @@ def render_lab_host(plan: LabPlan, host: Host, secrets: HostSecrets) -> HostTree
     return render_host(plan.site, host, plan.addresses(), secrets, LINUX)
 
 
-def render_dnsmasq_conf(plan: LabPlan, listen: str | None = None) -> str:
-    """The lab DNS's dnsmasq.conf; `listen`: another address than the dns node's (a test's loopback)."""
+def render_dnsmasq_conf(plan: LabPlan, listen: str | None = None, dkim: Sequence[DnsRecord] = ()) -> str:
+    """The lab DNS's dnsmasq.conf; `listen`: another address than the dns node's (a test's loopback);
+    `dkim`: the DKIM keys' records, from the lab's secrets backend as the program reads them."""
     addresses = plan.addresses()
     return render_template(
         "lab/dnsmasq.conf.j2",
         listen=listen or plan.dns.ipv4,
         domains=plan.site.domains,
-        records=dnsmasq_options(dns_records(plan.site, addresses)),
+        records=dnsmasq_options(dns_records(plan.site, addresses, dkim)),
         reverse=[(ipaddress.ip_address(r.address).reverse_pointer, r.name) for r in reverse_records(plan.site, addresses)],
         outside=outside(plan),
     )
