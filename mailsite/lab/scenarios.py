@@ -24,6 +24,7 @@ from pathlib import Path
 from ..daemons.dovecot import quota_rule
 from ..dns import dns_records, presentation, reverse_records
 from ..keys import new_key
+from ..model import JUNK_MAILBOX, SPAM_HEADER
 from ..results import Result, Status, timed
 from ..secrets import host_store, queue_key_id
 from . import acme, bgp, imap, mail
@@ -765,11 +766,12 @@ def verifying_client_accepts_each_mx_name(lab: Lab) -> tuple[bool, str]:
 
 # Mailboxes: Dovecot on the primary, reached as a user's mail client reaches it.
 
-def _in_mailbox(lab: Lab, user: str, subjects: list[str], timeout: float = DELIVERY_TIMEOUT) -> dict[str, int]:
-    """How many messages with each of `subjects` the user's INBOX holds, read over IMAPS with the
-    user's password, waiting (bounded) until each is there once."""
+def _in_mailbox(lab: Lab, user: str, subjects: list[str], timeout: float = DELIVERY_TIMEOUT,
+                folder: str = "INBOX") -> dict[str, int]:
+    """How many messages with each of `subjects` the user's INBOX (or `folder`) holds, read over
+    IMAPS with the user's password, waiting (bounded) until each is there once."""
     counts: dict[str, int] = {}
-    with imap.mailbox(lab, user, lab.password(user)) as box:
+    with imap.mailbox(lab, user, lab.password(user), folder) as box:
         def arrived() -> bool:
             box.noop()
             counts.update({subject: len(box.uids(subject)) for subject in subjects})
@@ -857,6 +859,32 @@ def aliases_and_tags_reach_the_right_mailbox(lab: Lab) -> tuple[bool, str]:
         problems += [f"{markers[marker][0]}: {why}" for marker in mine if (why := _only_in(lab, marker, user))]
     said = ", ".join(f"{address} -> {user}" for address, user in wanted.items())
     return not problems, "; ".join(problems) or f"{said}: each once, in that INBOX"
+
+
+@scenario("junk: mail rspamd marks lands in the user's Junk folder, read over IMAPS", proves="""
+    A stranger's message that rspamd marks without refusing it (GTUBE's add-header variant, which
+    the lab's rspamd alone knows, standing for a score from spam.junkScore), sent to a user through
+    the primary, is taken and stored once, and the user's mail client finds it over IMAPS in the
+    Junk folder, not in the INBOX: smtpd's rspamd filter marked it (X-Spam: yes) and Dovecot's
+    Sieve script filed it.""")
+def marked_message_lands_in_junk(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    primary, user = site.primary.name, site.recipients.users[0]
+    to = f"{user}@{site.domains[-1]}"
+    marker = _marker("junk")
+    sent = mail.send(lab, primary, to, marker, GTUBE_MARKED)
+    if not sent.accepted:
+        return False, f"{primary} refused {marker} ({sent.refusal or f'swaks {sent.status}'}), want it taken marked"
+    count = _in_mailbox(lab, user, [marker], folder=JUNK_MAILBOX)[marker]
+    if count != 1:
+        return False, f"{user}'s {JUNK_MAILBOX} holds {count} copies of {marker}, want 1"
+    if why := _only_in(lab, marker, user):
+        return False, why
+    with imap.mailbox(lab, user, lab.password(user)) as box:
+        if box.uids(marker):
+            return False, f"{marker} is in {user}'s INBOX too"
+    name, mark = SPAM_HEADER
+    return True, f"GTUBE's add-header variant to {to}: marked {name}: {mark}, in {user}'s {JUNK_MAILBOX} over IMAPS, not the INBOX"
 
 
 @scenario("imap and submission: a wrong password is refused, the user's own taken", proves="""
