@@ -323,18 +323,23 @@ def check_forward_confirmed(args: StackValidationArgs, report: ReportViolation, 
                     report(f"{target}: {address.value} has PTR {known.get(address.value)!r}, not {target}: receivers reject mail without forward-confirmed reverse DNS")
 
 
-def _texts(resources, unseen: list[str]) -> dict[str, list[str]]:
-    """Each name's TXT records, as a receiver reads them (a zone file's strings joined)."""
-    found: dict[str, list[str]] = {}
+def _texts(resources, unseen: list[str]) -> dict[str | None, list[Any]]:
+    """Each name's TXT records, as a receiver reads them (a zone file's strings joined). A record
+    whose text is unknown is UNKNOWN at its name; one whose name (or type) is unknown, at None:
+    it may be any name's (_may_hold)."""
+    found: dict[str | None, list[Any]] = {}
     for record in _of(resources, DNS_RECORD):
         kind = _get(record.props, "type")
         if kind is UNKNOWN:
             unseen.append(f"{record.name}: record type")
+            found.setdefault(None, []).append(UNKNOWN)
         if kind != "TXT":
             continue
         name, domain, data = (_get(record.props, k) for k in ("name", "domain", "data"))
         if UNKNOWN in (name, domain, data):
             unseen.append(f"{record.name}: TXT record")
+            owner = None if UNKNOWN in (name, domain) else (f"{name}.{domain}" if name else str(domain))
+            found.setdefault(owner, []).append(UNKNOWN)
             continue
         # Vultr takes and returns TXT data in one pair of quotes.
         found.setdefault(f"{name}.{domain}" if name else str(domain), []).append(str(data).removeprefix('"').removesuffix('"'))
@@ -344,6 +349,11 @@ def _texts(resources, unseen: list[str]) -> dict[str, list[str]]:
         for owner, strings in _ZONE_TXT.findall(text):
             found.setdefault(zone if owner == "@" else f"{owner}.{zone}", []).append("".join(re.findall(r'"([^"]*)"', strings)))
     return found
+
+
+def _may_hold(texts: dict[str | None, list[Any]], name: str) -> bool:
+    """Whether a TXT record at `name` is unknown in this preview: a missing one may be it."""
+    return UNKNOWN in texts.get(name, []) or UNKNOWN in texts.get(None, [])
 
 
 def _spf_names(record: str, owner: str, host: str) -> bool:
@@ -361,18 +371,22 @@ def check_spf_covers_mxes(args: StackValidationArgs, report: ReportViolation, un
     primaries = [name for name, role in roles.items() if role == "primary"]
 
     def spf(name: str) -> list[str]:
-        return [t for t in texts.get(name, []) if t.lower().startswith("v=spf1 ") or t.lower() == "v=spf1"]
+        return [t for t in texts.get(name, []) if t is not UNKNOWN and (t.lower().startswith("v=spf1 ") or t.lower() == "v=spf1")]
 
     domains = {}
     for domain, _, target, _ in _mx_records(args.resources, unseen):
         domains[domain] = True
         records = spf(target)
+        if not records and _may_hold(texts, target):
+            continue  # named by _texts (not-applicable)
         if not records:
             report(f"{target}: an MX of {domain} without an SPF record for its HELO name; its bounces fail SPF (publish v=spf1 a -all)")
         elif not any(_spf_names(r, target, target) for r in records):
             report(f"{target}: its SPF record ({records[0]}) does not name its own addresses; its bounces fail SPF (publish v=spf1 a -all)")
     for domain in domains:
         records = spf(domain)
+        if not records and _may_hold(texts, domain):
+            continue
         if not records:
             report(f"{domain}: no SPF record; receivers cannot tell the site's mail from a forgery (publish v=spf1 a:<primary> -all)")
         for primary in primaries:
@@ -383,7 +397,8 @@ def check_spf_covers_mxes(args: StackValidationArgs, report: ReportViolation, un
 def check_dmarc_published(args: StackValidationArgs, report: ReportViolation, unseen: list[str]) -> None:
     texts = _texts(args.resources, unseen)
     for domain in dict.fromkeys(domain for domain, *_ in _mx_records(args.resources, unseen)):
-        if not any(t.startswith("v=DMARC1") for t in texts.get(f"_dmarc.{domain}", [])):
+        found = [t for t in texts.get(f"_dmarc.{domain}", []) if t is not UNKNOWN]
+        if not any(t.startswith("v=DMARC1") for t in found) and not _may_hold(texts, f"_dmarc.{domain}"):
             report(f"{domain}: no DMARC record (_dmarc.{domain} TXT v=DMARC1; p=...): receivers get no policy for mail forged "
                    "in the domain, and the site gets no reports")
 
