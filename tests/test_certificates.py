@@ -367,7 +367,7 @@ _STAND_INS = {
 class Host:
     def __init__(self, tmp_path: Path, site, host):
         self.fake, self.root, bin_ = tmp_path / "fake", tmp_path / "root", tmp_path / "bin"
-        for directory in (self.fake, self.root / "etc/ssl/private", self.root / "etc/acme", bin_):
+        for directory in (self.fake, self.root / "etc/ssl/private", self.root / "etc/acme", self.root / "var/run", bin_):
             directory.mkdir(parents=True, exist_ok=True)
         for name, body in _STAND_INS.items():
             (bin_ / name).write_text("#!/bin/sh\n" + body)
@@ -585,3 +585,42 @@ def test_restore_follows_no_symbolic_link_on_the_volume(site, tmp_path):
     for path in (site.tls.certificate_for(mx), site.tls.key_for(mx)):
         assert not (primary.root / path.lstrip("/")).exists(), path
     assert "symbolic link" in (primary.fake / "log").read_text()
+
+
+def test_an_hourly_run_before_the_boot_run_still_has_the_ca_certify_a_key_of_the_vms_own(site, tmp_path):
+    """cron runs the hourly job at its random minute whether or not the boot run has made the
+    VM's own keys yet (the boot run waits up to a minute for a route first): the hourly run
+    must not have the CA certify the image's key, which every copy of the image holds. And the
+    VM's own self-signed pair is its own: a later run, the CA still failing, keeps it."""
+    backup = site.backups[0]
+    host = Host(tmp_path, site, backup)
+    cert, key = host.root / site.tls.certificate_for(backup).lstrip("/"), host.root / site.tls.key_for(backup).lstrip("/")
+    _self_signed(cert, key, backup.mx_name)
+    image_key = key.read_text()
+    (host.fake / f"acme-{backup.mx_name}").write_text("1\n")
+    host.run("renew")
+    own = key.read_text()
+    assert own != image_key and host.calls("acme-client") == [f"acme-client {backup.mx_name}"]
+    host.run("renew")
+    assert key.read_text() == own, "the VM's own key is kept from one run to the next"
+
+
+def test_a_run_while_another_is_at_work_asks_the_ca_nothing_and_a_dead_runs_lock_is_taken_over(site, tmp_path):
+    """The boot run and an hourly run at the same time: one replacing the image's key while the
+    other's acme-client has the CA certify it leaves a certificate beside a key that is not its
+    own, and smtpd, restarted on that pair, does not start. One run at a time."""
+    import os
+
+    backup = site.backups[0]
+    host = Host(tmp_path, site, backup)
+    lock = host.root / "var/run/mailsite-certificates.lock"
+    lock.mkdir()
+    (lock / "pid").write_text(f"{os.getpid()}\n")  # a run at work: this test's own process
+    assert host.run("renew").returncode == 0
+    assert host.calls("acme-client") == []
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (lock / "pid").write_text(f"{dead.pid}\n")  # a run that died holding it
+    assert host.run("renew").returncode == 0
+    assert host.calls("acme-client") == [f"acme-client {backup.mx_name}"]
+    assert not lock.exists(), "the lock goes with the run"
