@@ -24,7 +24,7 @@ def challenge_server(tmp_path):
     directory.mkdir()
     listener = socket.create_server(("127.0.0.1", 0))
     server = acme._ChallengeServer(listener, directory, tmp_path / "http-01.log")
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(acme.SHUTDOWN_POLL,), daemon=True).start()
     try:
         yield directory, listener.getsockname()[1]
     finally:

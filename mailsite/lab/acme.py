@@ -67,6 +67,9 @@ CHALLENGE_DIR = WEBROOT + CHALLENGE_PREFIX.rstrip("/")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 ISSUE_TIMEOUT = 30  # seconds for lego to register, order, be validated and fetch a certificate
 _CLONE_NEWNET = 0x40000000
+# How often a test web server looks whether it is to stop: shutdown() waits up to this long (the
+# library's default, half a second, would cost the scenario that much per server).
+SHUTDOWN_POLL = 0.02
 
 
 def pebble_config(listen: str, certificate: str, key: str) -> dict[str, object]:
@@ -248,7 +251,7 @@ def challenge_servers(lab: Lab, hosts: Sequence[str]) -> Iterator[None]:
             listener = socket_in(lab.plan.node(host).namespace, listen_on=HTTP_PORT)
             server = _ChallengeServer(listener, directory, lab.log(host, "http-01"))
             servers.append(server)
-            threading.Thread(target=server.serve_forever, name=f"http-01-{host}", daemon=True).start()
+            threading.Thread(target=server.serve_forever, args=(SHUTDOWN_POLL,), name=f"http-01-{host}", daemon=True).start()
         yield
     finally:
         for server in servers:
@@ -261,7 +264,8 @@ def challenge_servers(lab: Lab, hosts: Sequence[str]) -> Iterator[None]:
 def lego_argv(directory_url: str, name: str, contact: str) -> list[str]:
     """lego's command for one MX name, as acme-client is run for one domain: register, order,
     answer http-01 through the web root, fetch the full chain; an ECDSA P-256 key. lego will not
-    register without a contact address (acme-client may)."""
+    register without a contact address (acme-client may: without acme.contact the lab gives it the
+    site's postmaster)."""
     return ["lego", "--accept-tos", "--email", contact, "--server", directory_url, "--domains", name,
             "--key-type", "ec256", "--http", "--http.webroot", WEBROOT, "--path", LEGO_DIR, "run"]
 
@@ -274,7 +278,7 @@ def issue(lab: Lab, host: str, directory_url: str) -> None:
     name = site.host(host).mx_name
     # An account of an earlier pebble is unknown to this one (pebble forgets all when it stops).
     lab.run_in(host, ["rm", "-rf", LEGO_DIR], timeout=10)
-    contact = f"postmaster@{site.domains[0]}"
+    contact = site.acme.contact or f"postmaster@{site.domains[0]}"  # the site's, as acme-client.conf has it
     result = lab.run_in(host, lego_argv(directory_url, name, contact), timeout=ISSUE_TIMEOUT)
     if result.returncode != 0:
         said = (result.stderr or result.stdout).strip().splitlines()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 from ..mta_sts import WELL_KNOWN_PATH, policy_hosts, policy_text
-from .acme import socket_in
+from .acme import SHUTDOWN_POLL, socket_in
 from .imap import connect_in
 from .procs import LabError
 
@@ -80,7 +80,7 @@ def policy_served(lab: Lab) -> Iterator[None]:
     context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
     listener = socket_in(lab.plan.node(site.primary.name).namespace, listen_on=HTTPS)
     server = _PolicyServer(context.wrap_socket(listener, server_side=True), hosts, policy_text(site))
-    threading.Thread(target=server.serve_forever, name="mta-sts", daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(SHUTDOWN_POLL,), name="mta-sts", daemon=True).start()
     try:
         yield
     finally:
