@@ -624,3 +624,22 @@ def test_a_run_while_another_is_at_work_asks_the_ca_nothing_and_a_dead_runs_lock
     assert host.run("renew").returncode == 0
     assert host.calls("acme-client") == [f"acme-client {backup.mx_name}"]
     assert not lock.exists(), "the lock goes with the run"
+
+
+def test_certificates_issued_while_the_volume_was_away_are_kept_once_it_is_back(site, tmp_path):
+    """A new primary's first boot on Vultr runs without its volume (attached with a restart):
+    the certificates the boot run got could not be kept, and acme-client then exits 2 for two
+    months, so the volume would stay empty and a primary replaced meanwhile would ask the CA
+    again. The next run with the volume mounted keeps what the volume lacks."""
+    primary = Host(tmp_path, site, site.primary)
+    mx = site.primary
+    cert, key = primary.root / site.tls.certificate_for(mx).lstrip("/"), primary.root / site.tls.key_for(mx).lstrip("/")
+    _self_signed(cert, key, mx.mx_name, san=True)  # the CA's, got while the volume was away
+    (primary.root / account_key(site).lstrip("/")).write_text("account key\n")
+    (primary.fake / "mounted").write_text(f"/dev/sd1a on {primary.root}/var/mailsite type ffs (local)\n")
+    assert primary.run("renew").returncode == 0  # nothing due: acme-client exits 2
+    kept = primary.root / ACME_STATE.lstrip("/")
+    assert (kept / site.tls.certificate_for(mx).lstrip("/")).read_text() == cert.read_text()
+    assert (kept / site.tls.key_for(mx).lstrip("/")).read_text() == key.read_text()
+    assert (kept / account_key(site).lstrip("/")).read_text() == "account key\n"
+    assert primary.calls("rcctl") == [], "keeping them restarts nothing"
