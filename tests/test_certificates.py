@@ -375,6 +375,8 @@ class Host:
         self.job = tmp_path / "mailsite-certificates"
         self.job.write_text(render_job(site, host))
         self.env = {"PATH": f"{bin_}:/usr/bin:/bin", "FAKE": str(self.fake), "MAILSITE_ROOT": str(self.root)}
+        if host.is_primary:  # its mail volume mounted, as on every boot but a new VM's first on Vultr
+            (self.fake / "mounted").write_text(f"/dev/sd1a on {self.root}/var/mailsite type ffs (local)\n")
 
     def run(self, action: str) -> subprocess.CompletedProcess:
         return subprocess.run(["mksh", str(self.job), action], env=self.env, capture_output=True, text=True, timeout=30)
@@ -462,11 +464,27 @@ def test_new_certificate_is_kept_on_the_volume_and_a_replaced_primary_starts_wit
 
 def test_without_the_volume_the_primary_keeps_nothing_and_restores_nothing(site, tmp_path):
     primary = Host(tmp_path, site, site.primary)
+    (primary.fake / "mounted").unlink()
     (primary.fake / f"acme-{site.primary.mx_name}").write_text("0\n")
     assert primary.run("renew").returncode == 0
     assert not (primary.root / ACME_STATE.lstrip("/")).exists()
     assert primary.run("restore").returncode == 0
     assert "the mail volume is not mounted" in (primary.fake / "log").read_text()
+
+
+def test_a_primary_without_its_volume_asks_the_ca_nothing_until_the_volume_is_back(site, tmp_path):
+    """A replaced primary's first boot on Vultr runs without its volume (attached with a
+    restart), which holds the certificates the old primary got: asking the CA then would spend
+    one of the 5 certificates a week for the same names at every rotation, for certificates the
+    next boot restores anyway (and mail cannot be delivered without the volume meanwhile)."""
+    primary = Host(tmp_path, site, site.primary)
+    (primary.fake / "mounted").unlink()
+    assert primary.run("boot").returncode == 0
+    assert primary.calls("acme-client") == []
+    assert "the mail volume is not mounted" in (primary.fake / "log").read_text()
+    (primary.fake / "mounted").write_text(f"/dev/sd1a on {primary.root}/var/mailsite type ffs (local)\n")
+    assert primary.run("renew").returncode == 0
+    assert len(primary.calls("acme-client")) == len(policy_hosts(site)[:1]) + 1
 
 
 def test_caa_records_name_the_ca_acme_client_uses():
