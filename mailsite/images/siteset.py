@@ -45,7 +45,9 @@ def site_set(tree: HostTree, install_site: bytes | None = None) -> bytes:
     files["install.site"] = (install_site if install_site is not None else (PACKER_DIR / "install.site").read_bytes(), 0o755, "root")
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as archive:
-        for directory in _directories(list(files)):
+        # The key files' directories too: the key archive, unpacked under umask 077, would make a
+        # missing one root's 0700, and a daemon that owns its key (rspamd's DKIM keys) never reaches it.
+        for directory in _directories([*files, *tree]):
             # root/ stays private, as OpenBSD ships it.
             archive.addfile(_info(directory, 0o700 if directory.startswith("root") else 0o755, directory=True))
         for path in sorted(files):
