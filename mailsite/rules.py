@@ -253,7 +253,17 @@ def tls_key_its_own_file(site: Site) -> list[Problem]:
     return [_problem("mailsite:tls.key", site.tls.key, "the same file as tls.certificate; give the key its own file, like /etc/ssl/private/{fqdn}.key")]
 
 
-# -- mailsite:acme ----------------------------------------------------------------------------
+@rule
+def tls_paths_name_each_certificate(site: Site) -> list[Problem]:
+    # acme-client refuses its whole configuration when two domain blocks name one file (parse.y:
+    # "domain key file already used"), and the primary has two at least: its MX name's and the
+    # MTA-STS names', each at these paths with {fqdn} its first name.
+    return [_problem(f"mailsite:tls.{setting}", path, "names no {fqdn}, so the primary's certificates for its MX name "
+                     "and for the MTA-STS names would share one file, and acme-client refuses a file used twice; "
+                     f"write it like {example}")
+            for setting, path, example in (("certificate", site.tls.certificate, "/etc/ssl/{fqdn}.crt"),
+                                           ("key", site.tls.key, "/etc/ssl/private/{fqdn}.key"))
+            if "{fqdn}" not in path]
 
 @rule
 def caa_issuer_known(site: Site) -> list[Problem]:

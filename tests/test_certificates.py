@@ -661,3 +661,23 @@ def test_certificates_issued_while_the_volume_was_away_are_kept_once_it_is_back(
     assert (kept / site.tls.key_for(mx).lstrip("/")).read_text() == key.read_text()
     assert (kept / account_key(site).lstrip("/")).read_text() == "account key\n"
     assert primary.calls("rcctl") == [], "keeping them restarts nothing"
+
+
+@pytest.mark.parametrize("tls, line", [
+    ({"certificate": "/etc/ssl/mail.crt"},
+     "mailsite:tls.certificate = /etc/ssl/mail.crt: names no {fqdn}, so the primary's certificates for its MX name "
+     "and for the MTA-STS names would share one file, and acme-client refuses a file used twice; write it like "
+     "/etc/ssl/{fqdn}.crt"),
+    ({"key": "/etc/ssl/private/mail.key"},
+     "mailsite:tls.key = /etc/ssl/private/mail.key: names no {fqdn}, so the primary's certificates for its MX name "
+     "and for the MTA-STS names would share one file, and acme-client refuses a file used twice; write it like "
+     "/etc/ssl/private/{fqdn}.key"),
+], ids=["certificate", "key"])
+def test_a_certificate_path_without_fqdn_is_refused_in_one_line(tls, line):
+    """acme-client.conf(5) (parse.y: "domain key file already used"): a key or certificate file
+    named by two domain blocks makes acme-client refuse its whole configuration, so no MX would
+    ever get a certificate from the CA. The primary has two at least (its MX name's and the
+    MTA-STS names'), each at tls.certificate and tls.key with {fqdn} their first name."""
+    settings = example_settings()
+    settings["tls"] = tls
+    assert refusal_lines(settings) == [line]

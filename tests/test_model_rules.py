@@ -41,6 +41,7 @@ CASES = {
     "postmaster_received": (lambda s: s["recipients"]["aliases"].pop("postmaster"), "mailsite:recipients"),
     "aliases_reach_a_user": (lambda s: s["recipients"]["aliases"].update(abuse="carol"), "mailsite:recipients.aliases.abuse"),
     "tls_key_its_own_file": (lambda s: s["tls"].update(certificate="/etc/ssl/private/{fqdn}.key"), "mailsite:tls.key"),
+    "tls_paths_name_each_certificate": (lambda s: s["tls"].update(certificate="/etc/ssl/mail.crt"), "mailsite:tls.certificate"),
     "bgp_spamd_sessions_are_ebgp": (lambda s: s["bgpSpamd"].update(localAs=65066), "mailsite:bgpSpamd.localAs"),
     "route_servers_outside_the_site": (lambda s: s["bgpSpamd"]["routeServers"][1].update(address="192.0.2.20"),
                                        "mailsite:bgpSpamd.routeServers[1].address"),
