@@ -98,7 +98,8 @@ class MailSite(pulumi.ComponentResource):
 
         ipv4 = {h: mx.ipv4 for h, mx in self.hosts.items()}
         ipv6 = {h: mx.ipv6 for h, mx in self.hosts.items()}
-        SiteDns(f"{name}-dns", SiteDnsArgs(target, dns_args(site, ipv4, ipv6, args.dkim)), child)
+        dns = dns_args(site, ipv4, ipv6, args.dkim, policy_server=self.hosts[site.primary.name].vm)
+        SiteDns(f"{name}-dns", SiteDnsArgs(target, dns), child)
         self.mx_table = [
             {"domain": domain, "preference": preference, "target": mx} for domain, preference, mx in site.mx_records()
         ]

@@ -32,11 +32,13 @@ class SiteDns(pulumi.ComponentResource):
 
 
 def dns_args(site: Site, ipv4: Mapping[str, pulumi.Output[str]], ipv6: Mapping[str, pulumi.Output[str | None]],
-             dkim: Sequence[DnsRecord] = ()) -> DnsArgs:
-    """The zones' contents for the VMs' addresses; `dkim`: the DKIM keys' TXT records (mailsite.dkim)."""
+             dkim: Sequence[DnsRecord] = (), policy_server: pulumi.Resource | None = None) -> DnsArgs:
+    """The zones' contents for the VMs' addresses; `dkim`: the DKIM keys' TXT records (mailsite.dkim);
+    `policy_server`: the primary's VM (DnsArgs.policy_server)."""
     records = pulumi.Output.all(ipv4=ipv4, ipv6=ipv6).apply(lambda a: _records(site, a["ipv4"], a["ipv6"], dkim))
     return DnsArgs(site.domains, named_records(site, dkim), address_names(site), ipv4, ipv6, records,
-                   ttl=site.dns.ttl, nameservers=list(site.dns.nameservers), contact=zone_contact(site))
+                   ttl=site.dns.ttl, nameservers=list(site.dns.nameservers), contact=zone_contact(site),
+                   policy_server=policy_server)
 
 
 def _records(site: Site, ipv4: Mapping[str, str], ipv6: Mapping[str, str | None],

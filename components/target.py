@@ -79,6 +79,9 @@ class DnsArgs:
     ttl: int  # of every record (dns.ttl)
     nameservers: list[str]  # dns.nameservers: empty for zone files to $INCLUDE, else complete zones with these NS
     contact: str  # the SOA's mailbox, in a complete zone
+    # The primary's VM, whose httpd serves the MTA-STS policy: the policy's id changes after it is
+    # up, or a sender fetches the old policy under the new id and keeps it for max_age.
+    policy_server: pulumi.Resource | None = None
 
 
 class Target(Protocol):

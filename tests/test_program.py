@@ -57,8 +57,12 @@ class SiteMocks(pulumi.runtime.Mocks):
             self.recorded.resources.append(args)
             return [f"{args.name}-id", outputs]
         if args.typ == "vultr:index/reservedIp:ReservedIp":
-            outputs["subnet"] = str(self.next_ipv4)
-            self.next_ipv4 += 10
+            # mxN's is 203.0.113.N0, whatever order the SDK registers them in (each resource's
+            # inputs resolve in their own time); another name's, the next free one.
+            numbered = re.fullmatch(r".*-mx(\d+)-ipv4", args.name)
+            address = ipaddress.IPv4Address("203.0.113.0") + 10 * int(numbered[1]) if numbered else self.next_ipv4
+            outputs["subnet"] = str(address)
+            self.next_ipv4 = max(self.next_ipv4, address) + 10
         if args.typ == "vultr:index/instance:Instance":
             outputs["v6MainIp"] = f"2001:db8:77::{len(self.recorded.of(args.typ)) + 1}"
         if args.typ == DYNAMIC and "identity" in args.inputs:

@@ -27,9 +27,10 @@ def vultr_data(record: DnsRecord) -> tuple[str, int | None]:
 def vultr_dns(name: str, args: DnsArgs, opts: pulumi.ResourceOptions) -> None:
     domains = {d: vultr.DnsDomain(f"{name}-{d}", domain=d, opts=opts) for d in args.domains}
 
-    def record(resource: str, zone: str, owner: str, kind: str, data: pulumi.Input[str], priority: int | None = None) -> None:
+    def record(resource: str, zone: str, owner: str, kind: str, data: pulumi.Input[str], priority: int | None = None,
+               after: list[pulumi.Resource] | None = None) -> None:
         vultr.DnsRecord(resource, domain=domains[zone].domain, type=kind, name=relative_name(owner, zone), data=data,
-                        priority=priority, ttl=args.ttl, opts=pulumi.ResourceOptions(parent=domains[zone]))
+                        priority=priority, ttl=args.ttl, opts=pulumi.ResourceOptions(parent=domains[zone], depends_on=after))
 
     seen: set[str] = set()
     for entry in args.named:
@@ -42,7 +43,11 @@ def vultr_dns(name: str, args: DnsArgs, opts: pulumi.ResourceOptions) -> None:
         assert resource not in seen, f"two {entry.type} records at {entry.name}"
         seen.add(resource)
         data, priority = vultr_data(entry)
-        record(resource, zone, entry.name, entry.type, data, priority)
+        # A new MTA-STS id only once the primary made from the new image serves the new policy: a
+        # sender that saw the id early would fetch the old policy, keep it under the new id for
+        # max_age, and refuse a renamed or added MX until then.
+        after = [args.policy_server] if entry.name.startswith("_mta-sts.") and args.policy_server is not None else None
+        record(resource, zone, entry.name, entry.type, data, priority, after)
     for owner, host in args.address_names:
         zone = zone_of(owner, args.domains)
         assert zone is not None, "the model keeps MX names inside a site domain on Vultr DNS"
