@@ -67,6 +67,7 @@ def test_queue_key_is_private_and_lab_secrets_stay_in_the_lab(lab):
 # roots' own builds (Dovecot 2.3 from the "dovecot" root, as OpenBSD ships it, in a tree of its own).
 PROGRAMS = {"host": ("daemons", "usr/bin/sleep"), "smtpd": ("daemons", "usr/sbin/smtpd"),
             "bgpd": ("daemons", "usr/sbin/bgpd"), "dnsmasq": ("daemons", "usr/sbin/dnsmasq"),
+            "redis": ("daemons", "usr/bin/redis-server"), "rspamd": ("daemons", "usr/bin/rspamd"),
             "host-dovecot": ("dovecot", "usr/bin/sleep"), "dovecot": ("dovecot", "usr/sbin/dovecot")}
 
 

@@ -23,6 +23,7 @@ def render_smtpd_conf(context: HostContext) -> str:
         preference=host.preference,
         primary=host.is_primary,
         relay_backup_mx=None if host.is_primary else site.relay_backup_mx(host),
+        relay_source=context.own.ipv4,
         egress_interface=host.egress_interface,
         queue_ttl=site.queue.ttl,
         max_message_size=site.max_message_size,
