@@ -15,7 +15,7 @@ import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -1117,13 +1117,22 @@ class Spam(Settings):
         "The score from which a message is delivered marked (X-Spam: yes) and Dovecot files it in "
         "the user's Junk folder; below rejectScore. rspamd's own default, 6."))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_junk_score_checked(cls, data: Any) -> Any:
+        # A rejectScore at or below the default junkScore is refused too, named as the stack names it.
+        if isinstance(data, dict) and not {"junkScore", "junk_score"} & data.keys():
+            data = {**data, "junkScore": cls.model_fields["junk_score"].default}
+        return data
+
     @field_validator("junk_score")
     @classmethod
     def _below_reject(cls, value: float, info: ValidationInfo) -> float:
         reject = info.data.get("reject_score")
         if reject is not None and value >= reject:
             raise ValueError(f"not below rejectScore ({reject:g}): a message that scores this much is refused, "
-                             f"never filed in Junk; choose a junkScore below {reject:g}, like 6")
+                             f"never filed in Junk; set junkScore below {reject:g} (rspamd's defaults: 6, "
+                             f"rejectScore 15)")
         return value
 
 

@@ -34,3 +34,14 @@ def test_a_backup_with_a_provider_allocated_ipv6_relays_to_the_primary_from_an_a
         sources = re.findall(r' src "?([^" ]+)"?', action)
         assert sources == [str(known[backup.name].ipv4)], action
         assert sources[0] in believed, (sources, believed)
+
+
+def test_a_reject_score_at_or_below_the_default_junk_score_is_one_line_naming_junk_score():
+    # rejectScore 5 alone left junkScore at its default 6: rspamd got add_header above reject, and
+    # nothing was ever filed in Junk. The refusal names the setting left out and its value.
+    from tests.sites import refusal_lines
+    settings = example_settings()
+    settings["spam"] = {"rejectScore": 5}
+    lines = refusal_lines(settings)
+    assert len(lines) == 1 and lines[0].startswith("mailsite:spam.junkScore = 6: not below rejectScore (5)"), lines
+    assert "like 6" not in lines[0], lines  # a fix the user can take: not the refused value itself
