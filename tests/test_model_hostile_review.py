@@ -181,7 +181,7 @@ def test_tls_key_is_not_the_certificate_file():
     _refused(settings, "mailsite:tls.key", "tls.certificate", "its own file")
 
 
-@pytest.mark.parametrize("key", ["/etc/ssl/private/{fqdn}.key", "/etc/ssl/private/mail.key", "/etc/mail/private/{fqdn}.key"])
+@pytest.mark.parametrize("key", ["/etc/ssl/private/{fqdn}.key", "/etc/ssl/private/mail-{fqdn}.key", "/etc/mail/private/{fqdn}.key"])
 def test_tls_key_below_a_private_directory_is_taken(key):
     settings = example_settings()
     settings["tls"]["key"] = key
