@@ -117,8 +117,10 @@ def test_lab_host_is_read_as_a_real_one_through_the_same_control(lab):
         assert isinstance(reached, HostControl) and reached.reachable()
         assert answers_smtp(reached), f"{host.name}: {lab.run_in(host.name, ['smtpctl', 'show', 'status'])}"
         assert "SMTP running" in smtp_status(reached)
+        # The primary's image also names the DKIM key it signs with, a domain's a line.
         assert key_versions(reached) == {"queue-key": secrets[host.name].queue_key_version,
-                                         "spamd-sync-key": secrets[host.name].spamd_sync_key_version}
+                                         "spamd-sync-key": secrets[host.name].spamd_sync_key_version} | {
+            f"dkim-{key.domain}": f"{key.selector}/{key.fingerprint}" for key in secrets[host.name].dkim_keys}
     marker = _queued_for_the_primary(lab, "mx3")
     try:
         held = queue(control(lab, "mx3"))
