@@ -61,7 +61,8 @@ def test_up_status_send_and_down_from_the_command_line():
     up = lab("up", "--config", str(EXAMPLE))
     assert up.returncode == 0, up.stderr
     assert "mx2" in up.stdout and "lab up in" in up.stdout
-    assert _lab_secrets_held_by(up.stdout + up.stderr) == (5, 2, []), "a key, hash or password was printed"
+    # Queue keys of three MXes, the spamd sync key, the password hashes, a DKIM key of each domain.
+    assert _lab_secrets_held_by(up.stdout + up.stderr) == (7, 2, []), "a key, hash or password was printed"
 
     again = lab("up", "--config", str(EXAMPLE))
     assert (again.returncode, again.stderr) == (2, "error: a lab is already up or coming up; run lab down\n")
@@ -97,6 +98,9 @@ def _lab_secrets_held_by(text: str) -> tuple[int, int, list[str]]:
     keys = len(secrets)
     hashes = next(json.loads(value) for name, value in secrets.items() if "password-hashes" in name)
     secrets |= {f"password hash of {user}": hashed for user, hashed in hashes.items()}
+    # A DKIM secret is a JSON record: each private key inside it is looked for on its own, by its body.
+    secrets |= {f"DKIM key {entry['selector']}": "".join(entry["privateKey"].splitlines()[1:-1])[:64]
+                for name, value in secrets.items() if "/dkim/" in name for entry in json.loads(value)["selectors"]}
     passwords = json.loads((STATE_DIR / "passwords.json").read_text())
     secrets |= {f"password of {user}": password for user, password in passwords.items()}
     return keys, len(passwords), [name for name, secret in secrets.items() if secret in text]
@@ -107,12 +111,12 @@ def test_status_says_a_nodes_holder_is_gone_while_its_daemons_still_run():
     (in its namespaces): status says so, not that mx1 is not running, and down still stops them."""
     assert lab("up", "--config", str(EXAMPLE)).returncode == 0
     holder = ProcessRecord.from_json(state()["processes"]["mx1/host"])
-    daemons = [ProcessRecord.from_json(state()["processes"][f"mx1/{daemon}"]) for daemon in ("smtpd", "bgpd", "dovecot")]
+    daemons = [ProcessRecord.from_json(state()["processes"][f"mx1/{daemon}"]) for daemon in ("smtpd", "bgpd", "dovecot", "redis", "rspamd")]
     os.kill(holder.pid, signal.SIGKILL)
     assert wait_until(lambda: not alive(holder), 5)
     status = lab("status")
     assert status.returncode != 0 and status.stderr == (
-        f"error: mx1's holder (pid {holder.pid}) is gone while its bgpd, dovecot, smtpd still run: no command can enter mx1;"
+        f"error: mx1's holder (pid {holder.pid}) is gone while its bgpd, redis, rspamd, dovecot, smtpd still run: no command can enter mx1;"
         " run lab down\n"), status.stderr
     assert all(alive(daemon) for daemon in daemons)
     down = lab("down")
@@ -192,6 +196,20 @@ def test_lab_starts_each_daemon_the_registry_gives_a_host_and_waits_for_it(monke
         assert {"mx1/smtpd", "mx1/bgpd", "mx2/smtpd", "mx2/bgpd"} <= set(daemons)
     finally:
         assert running.down() == []
+
+
+def test_down_stops_what_a_daemon_forks_as_it_is_told_to_stop(monkeypatch):
+    """A daemon that starts one more process as SIGTERM reaches it (a worker replaced, a delivery
+    begun) leaves nothing behind: down stops what appeared in a lab namespace meanwhile too."""
+    # Perl, as the daemon root has it: on TERM it forks a child that outlives it, then exits.
+    serve = ("my $s = IO::Socket::INET->new(LocalAddr => '0.0.0.0:8025', Listen => 5, ReuseAddr => 1) or die $!; "
+             "$SIG{TERM} = sub { if (!fork) { $SIG{TERM} = 'DEFAULT'; sleep 600; exit } exit }; sleep 600")
+    forker = Daemon("forker", runs_on=lambda site, host: host.is_primary,
+                    lab=LabRun(("perl", "-MIO::Socket::INET", "-e", serve), (8025, "tcp")))
+    monkeypatch.setattr(mailsite.daemons, "DAEMONS", (*mailsite.daemons.DAEMONS, forker))
+    running = Lab.up(EXAMPLE)
+    assert running.down() == []
+    assert leftovers() == []
 
 
 def test_down_leaves_alone_a_namespace_state_json_names_that_the_lab_does_not_make():

@@ -700,6 +700,9 @@ def _claim(state_dir: Path) -> int | None:
     return state.owner.pid if state and state.owner else 0
 
 
+_STOP_ROUNDS = 3
+
+
 def teardown(state_dir: Path = STATE_DIR) -> list[str]:
     """Stop every lab process, delete every lab namespace and the state; what is left, if any.
     An `up` under way in another process is waited for, never torn down half-built."""
@@ -716,15 +719,22 @@ def _teardown(state_dir: Path) -> list[str]:
     records = [record for record in state.processes.values() if net.in_a_lab_network(record.pid)] if state else []
     # Whatever runs in a lab namespace is the lab's, recorded or not (a daemon's children, swaks).
     inodes = {net.namespace_inode(name) for name in existing}
-    for inode in inodes:
-        records += [record for pid in network_namespace_pids(inode) if (record := record_of(pid))]
     # And whatever joined a node's files only (`nsenter -m`, in this machine's network): found
     # before anything is removed, since removing a node's mount point detaches its tree from
     # every namespace's view (not from a process inside it, which still reads its keys).
     mount_inodes = _node_mount_namespaces(state_dir)
-    for inode in mount_inodes:
-        records += [record for pid in mount_namespace_pids(inode) if (record := record_of(pid))]
-    stuck = stop(records)
+
+    def inside() -> list[ProcessRecord]:
+        return [record for inode in inodes for pid in network_namespace_pids(inode) if (record := record_of(pid))] + [
+            record for inode in mount_inodes for pid in mount_namespace_pids(inode) if (record := record_of(pid))]
+
+    stuck = stop(records + inside())
+    # A daemon told to stop may fork once more first (a worker replaced, a delivery started):
+    # stopped too, until nothing runs in a lab namespace or a few rounds pass.
+    for _ in range(_STOP_ROUNDS):
+        if stuck or not (late := inside()):
+            break
+        stuck = stop(late)
     for name in existing:
         net.delete_namespace(name)
     shutil.rmtree(state_dir, ignore_errors=True)
