@@ -88,9 +88,9 @@ def policy_served(lab: Lab) -> Iterator[None]:
         server.server_close()
 
 
-def ask(lab: Lab, name: str, rdtype: str) -> list[str]:
-    """The lab DNS's answer for `name` (its text, names without the final dot), asked with
-    dnspython from the internet node."""
+def answers(lab: Lab, name: str, rdtype: str) -> list:
+    """The lab DNS's records of type `rdtype` at `name` (dnspython's rdata), asked from the
+    internet node, as any receiver out there asks."""
     import dns.message  # here, not at import: the scenarios' module is imported by every test worker
     import dns.query
     import dns.rdatatype
@@ -102,7 +102,13 @@ def ask(lab: Lab, name: str, rdtype: str) -> list[str]:
     finally:
         sock.close()
     wanted = dns.rdatatype.from_text(rdtype)
-    return [item.to_text().rstrip(".") for rrset in answer.answer if rrset.rdtype == wanted for item in rrset]
+    return [item for rrset in answer.answer if rrset.rdtype == wanted for item in rrset]
+
+
+def ask(lab: Lab, name: str, rdtype: str) -> list[str]:
+    """The lab DNS's answer for `name` (its text, names without the final dot), asked with
+    dnspython from the internet node."""
+    return [item.to_text().rstrip(".") for item in answers(lab, name, rdtype)]
 
 
 def mx_names(lab: Lab, domain: str) -> list[str]:

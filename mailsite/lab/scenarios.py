@@ -970,6 +970,32 @@ def _dkim_verdict(lab: Lab, message: bytes) -> tuple[bool, str]:
     return bool(signature) and bool(dkim.verify(message, dnsfunc=dnsfunc)), where
 
 
+def _spf_verdict(lab: Lab, message: bytes, sender: str) -> tuple[str, str]:
+    """pyspf's verdict (pass, fail, ...) on the hop that brought `message` to the outside MTA: the
+    client address and HELO name that MTA wrote in its Received: header, `sender` as MAIL FROM,
+    every lookup asked of the lab's DNS from the internet node; and that hop's client address."""
+    import spf  # type: ignore[import-untyped]
+
+    hop = mail.received_chain(message)[0] if mail.received_chain(message) else ""
+    found = re.match(r"Received: from (\S+) \((?:\S+ )?\[(?:IPv6:)?([0-9A-Fa-f.:]+)\]\)", hop)
+    if not found:
+        return "none", f"no client address in the outside MTA's Received: {hop or 'none'}"
+    helo, address = found[1], found[2]
+
+    def lookup(name: str, qtype: str, tcpfallback: bool = True, timeout: int = 30) -> list:
+        # pyspf's own DNSLookup's shape (spf.DNSLookup_dnspython), asked where a receiver asks.
+        shaped = {"A": lambda r: r.address, "AAAA": lambda r: r.address, "MX": lambda r: (r.preference, r.exchange),
+                  "PTR": lambda r: r.target.to_text(True), "TXT": lambda r: r.strings}
+        return [((name, qtype), shaped[qtype](r)) for r in lab_mta_sts.answers(lab, name, qtype)] if qtype in shaped else []
+
+    real, spf.DNSLookup = spf.DNSLookup, lookup
+    try:
+        verdict = spf.check2(i=address, s=sender, h=helo)[0]
+    finally:
+        spf.DNSLookup = real
+    return verdict, address
+
+
 def _mail_out(lab: Lab, label: str) -> tuple[bytes | None, str]:
     """A site user's message to the outside world, as the outside MTA stored it."""
     site = lab.plan.site
@@ -989,7 +1015,9 @@ def _mail_out(lab: Lab, label: str) -> tuple[bytes | None, str]:
     A site user submits (587, STARTTLS, AUTH) to an outside address; the message the outside MTA
     stores carries the primary's DKIM-Signature (rspamd's dkim_signing) for the user's domain
     with the domain's current selector, and dkimpy, a real verifier, accepts it with the key the
-    lab's DNS serves at <selector>._domainkey.<domain> (asked from the internet node).""")
+    lab's DNS serves at <selector>._domainkey.<domain> (asked from the internet node); and pyspf,
+    a real SPF checker, passes the address the outside MTA took it from for the user's domain,
+    asking the lab's DNS too.""")
 def user_mail_leaves_dkim_signed(lab: Lab) -> tuple[bool, str]:
     from ..secrets import site_dkim_keys
 
@@ -1001,7 +1029,9 @@ def user_mail_leaves_dkim_signed(lab: Lab) -> tuple[bool, str]:
     verified, where = _dkim_verdict(lab, message)
     if where != f"d={domain} s={selector}":
         return False, f"signed {where or 'not at all'}, want d={domain} s={selector}"
-    return verified, f"signed {where}, " + ("verified by dkimpy against the lab's DNS" if verified else "but dkimpy refuses it")
+    spf_verdict, address = _spf_verdict(lab, message, f"{lab.plan.site.recipients.users[0]}@{domain}")
+    return verified and spf_verdict == "pass", f"signed {where}, " + (
+        "verified by dkimpy against the lab's DNS" if verified else "but dkimpy refuses it") + f"; SPF {spf_verdict} for {address}"
 
 
 @scenario("dkim: mail from outside in a site address's name is never signed, through a backup or not", proves="""
