@@ -720,6 +720,13 @@ class Acme(Settings):
         return self.caa_issuer or _CAA_ISSUERS[_directory_host(self.directory)]
 
     @property
+    def trusted(self) -> bool:
+        """Whether its certificates verify against the CA bundle every MX has (/etc/ssl/cert.pem):
+        not Let's Encrypt's staging ones, whose roots no system trusts. Another CA's directory is
+        taken for a public CA's."""
+        return self.directory != LETS_ENCRYPT_STAGING
+
+    @property
     def authority(self) -> str:
         """The name acme-client.conf gives the CA (its authority block), as OpenBSD's own example
         names Let's Encrypt's two."""

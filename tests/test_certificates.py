@@ -258,6 +258,20 @@ def test_contact_and_another_ca_reach_the_authority_block():
     assert other.acme.issuer == "ca.example.net"
 
 
+@pytest.mark.parametrize("directory, relay", [
+    ("https://acme-v02.api.letsencrypt.org/directory", " tls helo "),
+    ("https://acme-staging-v02.api.letsencrypt.org/directory", " tls no-verify helo "),
+])
+def test_backups_verify_the_primary_unless_its_certificates_come_from_a_staging_ca(directory, relay):
+    # Staging's roots are in no CA bundle: a verifying backup would hold the site's mail until ttl.
+    settings = example_settings()
+    settings["acme"] = {"directory": directory}
+    trees = render_site(site_of(settings))
+    for backup in ("mx2", "mx3"):
+        lines = [line for line in trees[backup]["etc/mail/smtpd.conf"].text.splitlines() if line.startswith('action "relay_backup"')]
+        assert len(lines) == 1 and relay in lines[0], lines
+
+
 def test_caa_issuer_is_the_lets_encrypt_name_for_its_directories(site):
     assert site.acme.issuer == "letsencrypt.org"
     settings = example_settings()

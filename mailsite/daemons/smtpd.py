@@ -24,6 +24,7 @@ def render_smtpd_conf(context: HostContext) -> str:
         primary=host.is_primary,
         relay_backup_mx=None if host.is_primary else site.relay_backup_mx(host),
         relay_source=context.own.ipv4,
+        relay_verifies=site.acme.trusted,
         egress_interface=host.egress_interface,
         queue_ttl=site.queue.ttl,
         max_message_size=site.max_message_size,
