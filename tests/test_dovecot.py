@@ -262,6 +262,8 @@ _STUBS = {
     "smtpd": 'echo "smtpd $*" >> /calls.log',
     "bgpd": 'echo "bgpd $*" >> /calls.log',
     "doveconf": 'echo "doveconf $*" >> /calls.log',
+    "httpd": 'echo "httpd $*" >> /calls.log',
+    "acme-client": 'echo "acme-client $*" >> /calls.log',
     # What /rspamadm-says holds is its complaint (and it fails); else it passes.
     "rspamadm": 'echo "rspamadm $*" >> /calls.log\n[ -e /rspamadm-says ] && { cat /rspamadm-says; exit 1; }\nexit 0',
 }

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import stat
 import re
 import shutil
 import subprocess
@@ -480,7 +481,7 @@ def test_packer_past_its_timeout_is_stopped_with_a_clear_error(tmp_path):
 # finish.sh on a stand-in for the freshly installed system: a chroot holding a pdksh shell (mksh,
 # the nearest to OpenBSD's /bin/sh here) as /bin/sh, tar and gzip, and for the OpenBSD commands
 # stand-ins that log their arguments (and fail when /fail-<name> exists).
-_FINISH_STUBS = ("usermod", "pfctl", "smtpd", "bgpd")
+_FINISH_STUBS = ("usermod", "pfctl", "smtpd", "bgpd", "httpd", "acme-client")
 
 
 def _chroot_with(root: Path, programs: dict[str, str]) -> None:
@@ -504,6 +505,8 @@ def _run_finish(tmp_path, site_tgz: bytes, keys_tar: bytes, fail: str | None = N
         stub.write_text(f'#!/bin/sh\necho "{name} $*" >> /calls.log\n[ ! -e /fail-{name} ] || exit 3\n')
         stub.chmod(0o755)
     (root / "etc").mkdir()
+    (root / "dev").mkdir()
+    os.mknod(root / "dev/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     (root / "etc/myname").write_text("mx2.example.org\n")
     (root / "tmp").mkdir(mode=0o1777)
     (root / "root").mkdir(mode=0o700)
@@ -522,13 +525,13 @@ def _install_site_set(install_site: str, tree) -> bytes:
     return site_set(tree, install_site=install_site.encode())
 
 
-@pytest.mark.parametrize("failure", ["install.site", "key archive", "smtpd -n"])
+@pytest.mark.parametrize("failure", ["install.site", "key archive", "smtpd -n", "httpd -n", "acme-client -n"])
 def test_key_archive_is_gone_from_the_guest_when_finish_fails(example_site, tmp_path, failure):
     tree = render_site(example_site)["mx2"]
     install_site = "#!/bin/sh\nexit 1\n" if failure == "install.site" else "#!/bin/sh\nexit 0\n"
     keys = b"not a tar archive" if failure == "key archive" else key_archive(tree)
     root, result = _run_finish(tmp_path, _install_site_set(install_site, tree), keys,
-                               fail="smtpd" if failure == "smtpd -n" else None)
+                               fail=failure.removesuffix(" -n") if failure.endswith(" -n") else None)
     assert result.returncode != 0, "a failed step fails the bake"
     assert not (root / "root/mailsite-keys.tar").exists(), f"after a failed {failure}, the key archive stays in the VM"
 
@@ -543,8 +546,9 @@ def test_finish_unpacks_the_site_set_and_keys_then_checks_with_the_real_parsers(
     assert (root / "etc/mail/queue-key.conf").read_text() == tree["etc/mail/queue-key.conf"].text
     assert (root / "install-site-ran").exists() and not (root / "install.site").exists()
     assert not (root / "root/mailsite-keys.tar").exists() and not (root / "tmp/site.tgz").exists()
-    assert (root / "calls.log").read_text().splitlines() == ["usermod -p * root", "pfctl -nf /etc/pf.conf", "smtpd -n", "bgpd -n"]
-    assert result.stdout.strip() == "mailsite: mx2.example.org checked by pfctl -nf, smtpd -n, bgpd -n"
+    assert (root / "calls.log").read_text().splitlines() == ["usermod -p * root", "pfctl -nf /etc/pf.conf", "smtpd -n", "bgpd -n",
+                                                             "httpd -n", "acme-client -n mx2.example.org"]
+    assert result.stdout.strip() == "mailsite: mx2.example.org checked by pfctl -nf, smtpd -n, bgpd -n, httpd -n, acme-client -n"
 
 
 def _disklabel_allocate(template: str, disk_bytes: int) -> dict[str, int] | None:

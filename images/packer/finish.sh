@@ -77,4 +77,15 @@ EOF
 	fi
 	checked="$checked, rspamadm configtest"
 fi
+if [ -f /etc/httpd.conf ]; then
+	# httpd answers http-01 on every MX (and the MTA-STS policy on the primary, with the
+	# self-signed pairs install.site made until acme-client's): its own reading, keys loaded.
+	httpd -n
+	checked="$checked, httpd -n"
+fi
+if [ -f /etc/acme-client.conf ]; then
+	# acme-client's own reading of the whole file (it takes a domain: this MX's name, which has a block).
+	acme-client -n "$(cat /etc/myname)" >/dev/null
+	checked="$checked, acme-client -n"
+fi
 echo "mailsite: $(cat /etc/myname) checked by $checked"
