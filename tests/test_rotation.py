@@ -124,7 +124,9 @@ def test_lab_host_is_read_as_a_real_one_through_the_same_control(lab):
     marker = _queued_for_the_primary(lab, "mx3")
     try:
         held = queue(control(lab, "mx3"))
-        assert len(held) == 1 and USER in held[0] and held == queued_envelopes("\n".join(mail.queue(lab, "mx3")))
+        direct = queued_envelopes("\n".join(mail.queue(lab, "mx3")))
+        # The same envelope (id, type, sender, recipient), whatever its retry state did between the two reads.
+        assert len(held) == 1 and USER in held[0] and [e.split("|")[:6] for e in held] == [e.split("|")[:6] for e in direct]
     finally:
         assert mail.flush(lab, "mx3", lambda: len(mail.delivered(lab, marker)) == 1, 60)
     # A lab host that is gone answers as an unreachable real one does: no shell, no smtpd, no versions.
