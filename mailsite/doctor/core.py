@@ -1,0 +1,64 @@
+"""A check and how checks run: concurrently, each within its time, in the order given.
+
+A dead host must not stall the rest: every check runs in a thread of its own and is waited for
+until its deadline; one still running then is reported as a FAIL and left behind (a daemon
+thread, never joined at exit), since a thread blocked in a connect cannot be stopped from here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..results import Result, Status
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str  # the admin's words: "mx1.example.org: port 25 answers as mx1.example.org over IPv4"
+    area: str  # "dns" | "smtp" | "blocklists" | "inside" | "backup"
+    host: str | None  # the host (its name in the stack, "mx1") the check is about; None: the site's
+    run: Callable[[], tuple[Status, str, str]]  # status, what was seen, the fix
+
+
+def _outcome(check: Check) -> tuple[Status, str, str]:
+    try:
+        return check.run()
+    except Exception as error:  # a surprise in one check: the others still run and print
+        return Status.FAIL, f"the check itself failed: {type(error).__name__}: {error}", \
+            "report it as a mailsite bug, with this line"
+
+
+def run_checks(checks: Sequence[Check], timeout: float,
+               report: Callable[[Result], None] | None = None) -> list[Result]:
+    """Every check at once, each given `timeout` seconds from the start; results in the order of
+    `checks`, each reported as soon as it and those before it are known (a monitor reading the
+    JSON lines sees them in a stable order)."""
+    started = time.monotonic()
+    outcomes: list[tuple[Status, str, str] | None] = [None] * len(checks)
+    finished = [threading.Event() for _ in checks]
+    seconds = [0.0] * len(checks)
+
+    def work(index: int) -> None:
+        begun = time.monotonic()
+        outcomes[index] = _outcome(checks[index])
+        seconds[index] = round(time.monotonic() - begun, 1)
+        finished[index].set()
+
+    for index in range(len(checks)):
+        threading.Thread(target=work, args=(index,), daemon=True, name=f"doctor-{index}").start()
+    results = []
+    for index, check in enumerate(checks):
+        left = max(0.0, started + timeout - time.monotonic())
+        outcome = outcomes[index] if finished[index].wait(left) else None
+        if outcome is None:
+            result = Result(check.name, Status.FAIL, f"no answer within {timeout:.0f} s",
+                            "the host or service named does not answer: see the other checks of it", round(timeout, 1))
+        else:
+            result = Result(check.name, *outcome, seconds[index])
+        results.append(result)
+        if report is not None:
+            report(result)
+    return results
