@@ -701,8 +701,9 @@ class Acme(Settings):
         f"staging one ({LETS_ENCRYPT_STAGING}) issues certificates nobody trusts, with higher rate "
         "limits, for trying a new site out."))
     contact: ReportAddress | None = Field(None, description=(
-        "A mail address the CA may write to about the site's ACME account (expiry notices, "
-        "incidents); null for none. Best outside the site's own domains."))
+        "A mail address the CA may write to about the site's ACME account (incidents, changes "
+        "of its terms); null for none. Let's Encrypt sends no expiry notices since 2025: `doctor` "
+        "warns of a certificate close to expiry. Best outside the site's own domains."))
     caa_issuer: Domain | None = Field(None, description=(
         "The CA's name in the domains' CAA records, which allow only it to issue certificates for "
         "them: null for the one the directory's CA documents (letsencrypt.org for Let's Encrypt); "
