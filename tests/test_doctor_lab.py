@@ -1,0 +1,138 @@
+"""`lab doctor` against the running lab: the healthy site passes, and each fault a mail admin
+meets (mailsite/lab/faults.py) is reported as the FAIL that names it, with a fix, while the other
+hosts' checks stay as they were; once the fault is undone the site passes again.
+
+The faults are first checked on their own, as a client sees them (swaks, dig, bgpctl, smtpctl),
+so that a FAIL below is known to come from a real fault, and each is checked to leave the lab
+exactly as it found it: one lab serves the whole module."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from mailsite.facts import KEY_VERSIONS, parse_key_versions
+from mailsite.lab import faults, mail
+from mailsite.lab.bgp import routes_received, sessions
+from mailsite.lab.lab import Lab
+
+PRIMARY, BACKUP, WORST = "mx1", "mx2", "mx3"  # the example site's
+ROUTE_SERVER = "rs1"
+STRANGER = "probe@relay-test.invalid"  # no site domain: an MX that takes it is an open relay
+
+
+def _dig(lab: Lab, rdtype: str, name: str) -> set[str]:
+    argv = ["dig", "+short", "+time=2", "+tries=1", f"@{lab.plan.dns.ipv4}", rdtype, name]
+    return set(lab.run_in(lab.plan.internet.name, argv, timeout=10).stdout.split("\n")) - {""}
+
+
+def _user(lab: Lab) -> str:
+    site = lab.plan.site
+    return f"{site.recipients.users[0]}@{site.domains[0]}"
+
+
+@dataclass(frozen=True)
+class Fault:
+    id: str
+    inject: Callable[[Lab], contextlib.AbstractContextManager]
+    seen: Callable[[Lab], str]  # "": a client sees the fault; else what it saw instead
+
+
+def _refused_or_unanswered(lab: Lab) -> str:
+    sent = mail.recipient_taken(lab, PRIMARY, _user(lab))
+    return "" if not sent.accepted and not lab.smtpd_listening(PRIMARY) else f"{PRIMARY} still takes mail (swaks {sent.status})"
+
+
+def _mx_names(lab: Lab) -> str:
+    names = _dig(lab, "MX", lab.plan.site.domains[0])
+    return "" if not any("mx3." in name for name in names) else f"MX still served: {sorted(names)}"
+
+
+def _spf(lab: Lab) -> str:
+    texts = _dig(lab, "TXT", lab.plan.site.domains[0])
+    return "" if texts == {'"v=spf1 +all"'} else f"TXT served: {sorted(texts)}"
+
+
+def _certificate_refused(saying: str) -> Callable[[Lab], str]:
+    def seen(lab: Lab) -> str:
+        sent = mail.verifying(lab, BACKUP, lab.plan.site.host(BACKUP).mx_name)
+        return "" if sent.status == 29 and saying in sent.transcript else \
+            f"swaks {sent.status}: {sent.certificate_check or sent.transcript[-300:]}"
+    return seen
+
+
+def _relays(lab: Lab) -> str:
+    sent = mail.recipient_taken(lab, WORST, STRANGER)
+    return "" if sent.accepted else f"{WORST} refused {STRANGER}: {sent.refusal}"
+
+
+def _session_down(lab: Lab) -> str:
+    state = sessions(lab, BACKUP).get(str(lab.plan.node(ROUTE_SERVER).ipv4))
+    return "" if state not in (None, "Established") else f"{BACKUP}'s session with {ROUTE_SERVER}: {state}"
+
+
+def _held(lab: Lab) -> str:
+    queued = mail.queue(lab, WORST)
+    return "" if len(queued) == 1 and _user(lab) in queued[0] else f"{WORST}'s queue: {queued}"
+
+
+def _behind(lab: Lab) -> str:
+    versions = parse_key_versions(lab.run_in(BACKUP, ["cat", KEY_VERSIONS]).stdout)
+    return "" if set(versions.get("queue-key", "")) == {"0"} else f"{BACKUP} says {versions}"
+
+
+FAULTS = [
+    Fault("primary_down", faults.primary_down, _refused_or_unanswered),
+    Fault("mx_record_missing", lambda lab: faults.dns_record_missing(lab, faults.dns_option(lab, "mx-host=example.org,mx3.")),
+          _mx_names),
+    Fault("spf_record_wrong", lambda lab: faults.dns_record_wrong(
+        lab, faults.dns_option(lab, "txt-record=example.org,"), 'txt-record=example.org,"v=spf1 +all"'), _spf),
+    Fault("certificate_expired", lambda lab: faults.certificate_expired(lab, BACKUP), _certificate_refused("expired")),
+    Fault("certificate_wrong_name", lambda lab: faults.certificate_wrong_name(lab, BACKUP),
+          _certificate_refused("failed host verification")),
+    Fault("open_relay", lambda lab: faults.open_relay(lab, WORST), _relays),
+    Fault("bgp_session_down", lambda lab: faults.bgp_session_down(lab, BACKUP, ROUTE_SERVER), _session_down),
+    Fault("queue_stuck", lambda lab: faults.queue_stuck(lab, WORST), _held),
+    Fault("key_version_behind", lambda lab: faults.key_version_behind(lab, BACKUP), _behind),
+]
+
+
+def _state(lab: Lab) -> dict[str, object]:
+    """What a fault may touch, as it is now: every file faults change (bytes), every daemon,
+    each MX's queue, smtpd's own status (MTA paused or not) and bgp routes."""
+    site = lab.plan.site
+    files = {"dns:/etc/dnsmasq.conf": lab.path_on(lab.plan.dns.name, "/etc/dnsmasq.conf").read_bytes()}
+    for host in site.hosts:
+        for path in ("/etc/mail/smtpd.conf", site.tls.certificate_for(host), site.tls.key_for(host), KEY_VERSIONS):
+            files[f"{host.name}:{path}"] = lab.path_on(host.name, path).read_bytes()
+    return {
+        "files": files,
+        "daemons": lab.daemons(),
+        "queues": {host.name: mail.queue(lab, host.name) for host in site.hosts},
+        "smtpd": {host.name: lab.run_in(host.name, ["smtpctl", "show", "status"], timeout=10).stdout for host in site.hosts},
+        "routes": {host.name: routes_received(lab, host.name) for host in site.hosts},
+    }
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=lambda fault: fault.id)
+def test_each_fault_is_seen_by_a_client_and_undone_exactly(lab: Lab, fault: Fault):
+    before = _state(lab)
+    assert all(before["daemons"].values()) and all(before["routes"].values()), before
+    with fault.inject(lab):
+        assert fault.seen(lab) == ""
+    after = _state(lab)
+    changed = [path for path, data in before["files"].items() if after["files"][path] != data]
+    assert not changed, f"{fault.id} left these files changed: {changed}"
+    assert {key: after[key] for key in before if key != "files"} == {key: before[key] for key in before if key != "files"}
+    assert fault.seen(lab) != "", f"{fault.id} is still seen after it was undone"
+
+
+def test_a_fault_is_undone_when_the_body_fails(lab: Lab):
+    before = _state(lab)
+    with pytest.raises(RuntimeError, match="the test's own"):
+        with faults.open_relay(lab, WORST):
+            raise RuntimeError("the test's own failure")
+    assert _state(lab) == before and mail.recipient_taken(lab, WORST, STRANGER).refused_permanently
