@@ -763,6 +763,28 @@ class Queue(Settings):
         return value
 
 
+class Doctor(Settings):
+    """What `doctor` looks up and where it draws its lines between PASS, WARN and FAIL."""
+
+    blocklists: list[Domain] = Field(
+        ["zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org", "psbl.surriel.com"], max_length=20,
+        description=(
+            "The DNS blocklists every MX address is looked up in, by zone; empty for none. A list "
+            "that refuses to answer the resolver doctor asks (Spamhaus refuses public and cloud "
+            "resolvers with an error code) is reported as cannot tell, never as listed."))
+    certificate_warn_days: Annotated[int, Field(ge=1, le=89), _WHOLE] = Field(14, description=(
+        "A certificate (an MX's STARTTLS, IMAPS, the files on a host) that expires within this "
+        "many days is a WARN, an expired one a FAIL: acme-client renews a third of the lifetime "
+        "ahead (30 days of Let's Encrypt's 90), so one this close has missed its renewals."))
+    queue_age_warn_minutes: Annotated[int, Field(ge=1, le=43200), _WHOLE] = Field(60, description=(
+        "An MX whose oldest queued message is older than this is a WARN (mail not moving), and a "
+        "FAIL once it is older than half of queue.ttl (smtpd bounces it at ttl)."))
+    free_space_warn_percent: Annotated[int, Field(ge=1, le=50), _WHOLE] = Field(10, description=(
+        "Free space below this percentage on the file system holding an MX's queue or the "
+        "primary's mail is a WARN, below half of it a FAIL: a full /var stops smtpd queueing "
+        "mail, a full mail volume stops delivery into the mailboxes."))
+
+
 class Network(Settings):
     """How each host's egress interface gets its address."""
 
@@ -1180,6 +1202,7 @@ class Site(Settings):
     secrets: Secrets = Secrets()
     images: Images = Images()
     mail_volume: MailVolume = MailVolume()
+    doctor: Doctor = Doctor()
 
     @field_validator("max_message_size")
     @classmethod
