@@ -1,0 +1,378 @@
+"""doctor's DNS checks against a real name server: the daemon root's dnsmasq on loopback, serving
+the lab's own configuration for the example site (what `lab doctor` asks) and, beside it, one
+zone per fault, each a copy of the site's records with one thing wrong. One dnsmasq for the
+module (a second, for the zone's own name server, in the test of a resolver behind); both stop
+with the module, or by themselves after two minutes."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dns.exception
+import dns.name
+import dns.resolver
+import pytest
+from pydantic import SecretStr
+
+from mailsite.daemonroot import daemon_root
+from mailsite.dkim import SIGNING, DkimSelector, DomainKeys, dkim_records, new_private_key, serialize_domain_keys
+from mailsite.dns import DnsRecord, ReverseRecord, dns_records, dnsmasq_options, reverse_records
+from mailsite.doctor.core import run_checks
+from mailsite.doctor.dns import checks
+from mailsite.doctor.view import SiteView
+from mailsite.lab.site import lab_plan, render_dnsmasq_conf
+from mailsite.model import Site
+from mailsite.mta_sts import policy_id
+from mailsite.results import Result, Status
+from mailsite.secrets import FileStore, dkim_keys_id, init_secrets
+from tests.sites import addresses, example_settings, site_of
+
+STACK = "doctor-dns"
+SELECTOR = "mailsite20261126"
+# The zone's own name server in the test of a resolver behind it: its address in the resolver's
+# NS answer; asked on the resolver's port, as doctor asks name servers on the resolver's (53).
+ZONE_SERVER = "127.0.53.1"
+# The TTL dnsmasq gives its records: a resolver behind says how long it may keep an old answer.
+TTL = 300
+
+
+def _free_port() -> int:
+    """A UDP and TCP port free on 127.0.0.1 and on ZONE_SERVER."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with contextlib.ExitStack() as stack:
+            try:
+                for address in ("127.0.0.1", ZONE_SERVER):
+                    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                        stack.enter_context(socket.socket(socket.AF_INET, kind)).bind((address, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port on loopback")
+
+
+@contextlib.contextmanager
+def _dnsmasq(conf: str, address: str, port: int, log: Path, ask: str) -> Iterator[None]:
+    argv = ["timeout", "120", "chroot", str(daemon_root().path), "dnsmasq", "--keep-in-foreground", "--conf-file=-",
+            f"--port={port}", "--pid-file=", "--log-facility=-"]
+    with open(log, "w") as out:
+        server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=out, text=True)
+    assert server.stdin is not None
+    server.stdin.write(conf)
+    server.stdin.close()
+    try:
+        resolver = _resolver(address, port)
+        for _ in range(100):
+            with contextlib.suppress(dns.exception.DNSException):
+                resolver.resolve(ask, "MX", lifetime=0.1)
+                break
+            assert server.poll() is None, log.read_text()
+            time.sleep(0.05)
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _resolver(address: str, port: int) -> dns.resolver.Resolver:
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port, resolver.lifetime = [address], port, 2.0
+    return resolver
+
+
+# -- the zones served ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Zone:
+    """A site and what the name server serves of it."""
+
+    site: Site
+    records: list[DnsRecord]
+    reverse: list[ReverseRecord]
+    store: Path
+
+    def lines(self) -> list[str]:
+        # dnsmasq's host-record answers the address's PTR too: an address without one is served
+        # by address=, which answers A/AAAA alone.
+        pointed = {r.address for r in self.reverse}
+        bare = [r for r in self.records if r.type in ("A", "AAAA") and r.value not in pointed]
+        return [*(f"local=/{domain}/" for domain in self.site.domains),
+                *dnsmasq_options([r for r in self.records if r not in bare]),
+                *(f"address=/{r.name}/{r.value}" for r in bare),
+                *(f"ptr-record={_pointer(r.address)},{r.name}" for r in self.reverse)]
+
+
+def _pointer(address: str) -> str:
+    import ipaddress
+    return ipaddress.ip_address(address).reverse_pointer
+
+
+Fault = Callable[[Site, list[DnsRecord], list[ReverseRecord]], tuple[list[DnsRecord], list[ReverseRecord]]]
+
+
+def _without(predicate: Callable[[DnsRecord], bool]) -> Fault:
+    return lambda site, records, reverse: ([r for r in records if not predicate(r)], reverse)
+
+
+def _changed(predicate: Callable[[DnsRecord], bool], change: Callable[[DnsRecord], DnsRecord]) -> Fault:
+    return lambda site, records, reverse: ([change(r) if predicate(r) else r for r in records], reverse)
+
+
+def _is(name: str, rdtype: str, start: str = "") -> Callable[[DnsRecord], bool]:
+    return lambda r: r.name == name and r.type == rdtype and r.value.startswith(start)
+
+
+OTHER_KEY = new_private_key(2048)
+
+# Each fault's zone is <fault>.example, the example site's hosts at addresses of its own.
+FAULTS: dict[str, Fault] = {
+    "fine": lambda site, records, reverse: (records, reverse),
+    # The same records written otherwise: mechanisms and tags in another order, blanks, case.
+    "rewritten": lambda site, records, reverse: ([replace(r, value=_rewritten(r.value)) if r.type == "TXT" else r
+                                                  for r in records], reverse),
+    "missing-mx": _without(_is("missing-mx.example", "MX", "mx2.")),
+    "wrong-preference": _changed(_is("wrong-preference.example", "MX", "mx2."), lambda r: replace(r, priority=25)),
+    "missing-spf": _without(_is("missing-spf.example", "TXT", "v=spf1")),
+    "two-spf": lambda site, records, reverse: (
+        records + [DnsRecord("two-spf.example", "TXT", "v=spf1 a:mx9.two-spf.example -all")], reverse),
+    "wrong-dkim": _changed(_is(f"{SELECTOR}._domainkey.wrong-dkim.example", "TXT"),
+                           lambda r: replace(r, value=dkim_records([_keys(r.name.split("._domainkey.")[1], OTHER_KEY)])[0].value)),
+    "missing-dmarc": _without(_is("_dmarc.missing-dmarc.example", "TXT")),
+    "old-sts-id": _changed(_is("_mta-sts.old-sts-id.example", "TXT"), lambda r: replace(r, value="v=STSv1; id=20250101old")),
+    "missing-ptr": lambda site, records, reverse: (records, [r for r in reverse if r.name != f"mx2.{site.domains[0]}"]),
+    # (its reverse DNS right: only the address is wrong)
+    "wrong-address": lambda site, records, reverse: (
+        _changed(_is("mx3.wrong-address.example", "A"), lambda r: replace(r, value="10.99.0.3"))(site, records, reverse)[0],
+        [*reverse, ReverseRecord("10.99.0.3", "mx3.wrong-address.example")]),
+    "wrong-caa": _changed(_is("mx1.wrong-caa.example", "CAA"), lambda r: replace(r, value='0 issue "ca.attacker.example"')),
+}
+# Not served at all: the resolver refuses it (dnsmasq asks no upstream).
+UNSERVED = "unserved"
+# Served old by the resolver (an MTA-STS id from before a change), new by the zone's own name server.
+BEHIND = "behind"
+
+
+def _rewritten(text: str) -> str:
+    """`text` as someone else might write it, meaning the same to a receiver."""
+    if text.startswith("v=spf1 "):
+        *mechanisms, closing = text.split(" ")[1:]
+        return " ".join(["v=spf1", *(f"+{m.upper()}" for m in reversed(mechanisms)), closing])
+    version, *tags = text.split("; ")
+    return ";".join([version, *(f"  {tag} " for tag in reversed(tags))]).replace("quarantine", "Quarantine")
+
+
+def _keys(domain: str, pem: str) -> DomainKeys:
+    now = datetime.now(timezone.utc)
+    return DomainKeys(domain, (DkimSelector(SELECTOR, SecretStr(pem), now, SIGNING, since=now),))
+
+
+def _fault_site(name: str, index: int, secrets: Path) -> Site:
+    settings = example_settings()
+    settings["domains"] = [f"{name}.example"]
+    settings["recipients"].pop("catchAll", None)
+    settings["hosts"] = [{"name": f"mx{n}", "role": "primary" if n == 1 else "backup",
+                          "ipv4": f"10.{index}.0.{n}", "ipv6": f"2001:db8:{index}::{n}"} for n in (1, 2, 3)]
+    settings["secrets"] = {"backend": "file", "path": str(secrets)}
+    settings["network"].update(ipv4Gateway=f"10.{index}.0.254", ipv6Gateway=f"2001:db8:{index}::ffff")
+    return site_of(settings)
+
+
+def _zone(name: str, index: int, secrets: Path, key: str, fault: Fault) -> Zone:
+    site = _fault_site(name, index, secrets)
+    domain = site.domains[0]
+    FileStore(secrets).create(dkim_keys_id(STACK, domain), serialize_domain_keys(_keys(domain, key)))
+    records, reverse = fault(site, dns_records(site, addresses(site), dkim_records([_keys(domain, key)])),
+                             reverse_records(site, addresses(site)))
+    return Zone(site, records, reverse, secrets)
+
+
+@dataclass(frozen=True)
+class Served:
+    port: int
+    lab: Zone  # the example site as the lab's dnsmasq.conf serves it
+    zones: dict[str, Zone]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[Served]:
+    directory = tmp_path_factory.mktemp("doctor-dns")
+    lab_secrets, secrets = directory / "lab-secrets", directory / "secrets"
+    secrets.mkdir(mode=0o700)
+    plan = lab_plan(site_of(example_settings()), lab_secrets)
+    init_secrets(plan.site, STACK, directory)
+    lab_dkim = dkim_records([_domain_keys(plan.site, lab_secrets, d) for d in plan.site.domains])
+    lab = Zone(plan.site, [], [], lab_secrets)
+    key = new_private_key(2048)
+    zones = {name: _zone(name, index + 1, secrets, key, fault) for index, (name, fault) in enumerate(FAULTS.items())}
+    zones[UNSERVED] = _zone(UNSERVED, 90, secrets, key, FAULTS["fine"])
+    zones[BEHIND] = _zone(BEHIND, 91, secrets, key, FAULTS["fine"])
+    behind = zones[BEHIND]
+    old = [replace(r, value="v=STSv1; id=20250101old") if r.name == f"_mta-sts.{BEHIND}.example" else r for r in behind.records]
+    port = _free_port()
+    resolver_conf = "\n".join([
+        render_dnsmasq_conf(plan, listen="127.0.0.1", dkim=lab_dkim),
+        f"local-ttl={TTL}",
+        # A PTR the server does not hold is answered NXDOMAIN, as the internet's reverse zones do.
+        "local=/in-addr.arpa/", "local=/ip6.arpa/",
+        *(line for name, zone in zones.items() if name not in (UNSERVED, BEHIND) for line in zone.lines()),
+        *Zone(behind.site, old, behind.reverse, secrets).lines(),
+        f"dns-rr={BEHIND}.example,2,{_wire(f'ns1.{BEHIND}.example')}",
+        f"host-record=ns1.{BEHIND}.example,{ZONE_SERVER}",
+    ]) + "\n"
+    zone_conf = "\n".join(["no-resolv", "no-hosts", "bind-interfaces", f"listen-address={ZONE_SERVER}",
+                           *behind.lines()]) + "\n"
+    with _dnsmasq(resolver_conf, "127.0.0.1", port, directory / "dnsmasq.log", plan.site.domains[0]), \
+            _dnsmasq(zone_conf, ZONE_SERVER, port, directory / "zone-server.log", behind.site.domains[0]):
+        yield Served(port, lab, zones)
+
+
+def _wire(name: str) -> str:
+    wire = dns.name.from_text(name).to_wire()
+    assert wire is not None
+    return wire.hex()
+
+
+def _domain_keys(site: Site, secrets: Path, domain: str) -> DomainKeys:
+    from mailsite.secrets import domain_keys
+    found = domain_keys(FileStore(secrets), STACK, domain)
+    assert found is not None
+    return found[0]
+
+
+def _doctor(served: Served, zone: Zone, port: int | None = None, timeout: float = 2.0) -> dict[str, Result]:
+    """Every DNS check of `zone`'s site, asking the module's dnsmasq (or what listens on `port`)."""
+    view = SiteView(zone.site, STACK, _resolver("127.0.0.1", port or served.port), control=lambda host: None,  # type: ignore[arg-type,return-value]
+                    store=lambda: FileStore(zone.store), cafile=None, now=datetime.now(timezone.utc), timeout=timeout)
+    found = checks(view)
+    assert {check.area for check in found} == {"dns"}
+    return {result.name: result for result in run_checks(found, timeout=20)}
+
+
+def _failed_only(results: dict[str, Result], name: str) -> Result:
+    """The one check that failed, named `name`; every other one passed."""
+    others = {n: (r.status, r.seen) for n, r in results.items() if n != name and r.status is not Status.PASS}
+    assert others == {}
+    result = results[name]
+    assert result.status is Status.FAIL, result
+    return result
+
+
+# -- what the admin relies on --------------------------------------------------------------------
+
+def test_the_lab_dns_passes_every_dns_check(served):
+    results = _doctor(served, served.lab)
+    assert {n: (r.status, r.seen, r.fix) for n, r in results.items() if r.status is not Status.PASS} == {}
+    names = "\n".join(results)
+    for what in ("MX records", "SPF record", "DKIM records", "DMARC record", "MTA-STS record", "TLS-RPT record",
+                 "mail client SRV records", "CAA record", "A/AAAA records", "reverse DNS"):
+        assert what in names
+    assert all(f"{host.mx_name}: reverse DNS names it (forward-confirmed)" in results for host in served.lab.site.hosts)
+
+
+def test_records_written_otherwise_but_meaning_the_same_pass(served):
+    zone = served.zones["rewritten"]
+    assert 'txt-record=rewritten.example,"v=spf1 +A:MX1.REWRITTEN.EXAMPLE -all"' in zone.lines()
+    results = _doctor(served, zone)
+    assert {n: (r.status, r.seen) for n, r in results.items() if r.status is not Status.PASS} == {}
+
+
+def test_a_missing_mx_fails_naming_the_record_to_publish(served):
+    result = _failed_only(_doctor(served, served.zones["missing-mx"]), "missing-mx.example: MX records (each MX and its preference)")
+    assert "publish missing-mx.example. 3600 IN MX 20 mx2.missing-mx.example." in result.fix
+    assert "missing-mx.example.zone" in result.fix  # where: the libvirt target's zone file
+
+
+def test_a_wrong_mx_preference_fails_naming_both_records(served):
+    result = _failed_only(_doctor(served, served.zones["wrong-preference"]), "wrong-preference.example: MX records (each MX and its preference)")
+    assert "publish wrong-preference.example. 3600 IN MX 20 mx2.wrong-preference.example." in result.fix
+    assert "remove wrong-preference.example. IN MX 25 mx2.wrong-preference.example." in result.fix
+    assert f"up to {TTL} s" in result.fix
+
+
+def test_a_missing_spf_record_fails_naming_it(served):
+    result = _failed_only(_doctor(served, served.zones["missing-spf"]), "missing-spf.example: SPF record")
+    assert 'publish missing-spf.example. 3600 IN TXT "v=spf1 a:mx1.missing-spf.example -all"' in result.fix
+    assert "none served" in result.seen
+
+
+def test_a_second_spf_record_fails_asking_to_remove_it(served):
+    result = _failed_only(_doctor(served, served.zones["two-spf"]), "two-spf.example: SPF record")
+    assert 'remove two-spf.example. IN TXT "v=spf1 a:mx9.two-spf.example -all"' in result.fix
+
+
+def test_a_wrong_dkim_key_fails_naming_the_selector_and_its_record(served):
+    zone = served.zones["wrong-dkim"]
+    result = _failed_only(_doctor(served, zone), "wrong-dkim.example: DKIM records of the keys in the secrets backend")
+    right = dkim_records([_domain_keys(zone.site, zone.store, "wrong-dkim.example")])[0]
+    assert f"selector {SELECTOR}" in result.seen and "receivers fail its signatures" in result.seen
+    assert f"publish {SELECTOR}._domainkey.wrong-dkim.example. 3600 IN TXT" in result.fix
+    assert right.value[-40:] in result.fix  # the key in the backend, not the one served
+    assert "PRIVATE" not in result.seen + result.fix
+
+
+def test_a_missing_dmarc_record_fails_naming_it(served):
+    result = _failed_only(_doctor(served, served.zones["missing-dmarc"]), "missing-dmarc.example: DMARC record")
+    assert ('publish _dmarc.missing-dmarc.example. 3600 IN TXT '
+            '"v=DMARC1; p=quarantine; rua=mailto:postmaster@missing-dmarc.example"') in result.fix
+
+
+def test_an_mta_sts_id_that_is_not_the_policys_fails_naming_the_right_one(served):
+    zone = served.zones["old-sts-id"]
+    result = _failed_only(_doctor(served, zone), "old-sts-id.example: MTA-STS record (the policy's id)")
+    assert f'publish _mta-sts.old-sts-id.example. 3600 IN TXT "v=STSv1; id={policy_id(zone.site)}"' in result.fix
+    assert 'remove _mta-sts.old-sts-id.example. IN TXT "v=STSv1; id=20250101old"' in result.fix
+
+
+def test_a_missing_ptr_fails_naming_the_address_and_the_ptr_record(served):
+    zone = served.zones["missing-ptr"]
+    result = _failed_only(_doctor(served, zone), "mx2.missing-ptr.example: reverse DNS names it (forward-confirmed)")
+    mx2 = zone.site.host("mx2")
+    assert f"{mx2.ipv4} has no PTR record" in result.seen and f"{mx2.ipv6} has no PTR record" in result.seen
+    assert "IN PTR mx2.missing-ptr.example." in result.fix
+    assert "reverse zone" in result.fix
+
+
+def test_an_mx_address_other_than_the_stacks_fails(served):
+    result = _failed_only(_doctor(served, served.zones["wrong-address"]), "mx3.wrong-address.example: A/AAAA records")
+    assert "publish mx3.wrong-address.example. 3600 IN A" in result.fix
+    assert "remove mx3.wrong-address.example. IN A 10.99.0.3" in result.fix
+
+
+def test_a_caa_record_naming_another_ca_fails(served):
+    result = _failed_only(_doctor(served, served.zones["wrong-caa"]), "mx1.wrong-caa.example: CAA record")
+    assert 'publish mx1.wrong-caa.example. 3600 IN CAA 0 issue "letsencrypt.org"' in result.fix
+
+
+def test_a_resolver_that_refuses_is_cannot_tell_never_pass(served):
+    results = _doctor(served, served.zones[UNSERVED])
+    assert results and {r.status for r in results.values()} == {Status.WARN}
+    assert all(r.seen.startswith("cannot tell") for r in results.values()), [r.seen for r in results.values()]
+
+
+def test_a_resolver_behind_the_zones_name_servers_warns_with_its_ttl(served):
+    results = _doctor(served, served.zones[BEHIND])
+    result = results[f"{BEHIND}.example: MTA-STS record (the policy's id)"]
+    assert result.status is Status.WARN, result
+    assert "already serve the stack's" in result.seen and f"up to {TTL} s" in result.fix
+    assert {n for n, r in results.items() if r.status is not Status.PASS} == {result.name}
+
+
+
+def test_a_resolver_that_does_not_answer_is_cannot_tell_within_the_timeout(served):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        started = time.monotonic()
+        results = _doctor(served, served.zones["fine"], port=silent.getsockname()[1], timeout=0.3)
+        took = time.monotonic() - started
+    assert {r.status for r in results.values()} == {Status.WARN}
+    assert all(r.seen.startswith("cannot tell") and "no answer within 0.3 s" in r.seen for r in results.values())
+    assert took < 5  # concurrently, each within its own time
