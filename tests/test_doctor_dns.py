@@ -7,6 +7,7 @@ with the module, or by themselves after two minutes."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
 import subprocess
 import time
@@ -22,17 +23,17 @@ import pytest
 from pydantic import SecretStr
 
 from mailsite.daemonroot import daemon_root
-from mailsite.dkim import SIGNING, DkimSelector, DomainKeys, dkim_records, new_private_key, serialize_domain_keys
+from mailsite.dkim import PUBLISHED, SIGNING, DkimSelector, DomainKeys, dkim_records, new_private_key, serialize_domain_keys
 from mailsite.dns import DnsRecord, ReverseRecord, dns_records, dnsmasq_options, reverse_records
 from mailsite.doctor.core import run_checks
 from mailsite.doctor.dns import checks
 from mailsite.doctor.view import SiteView
 from mailsite.lab.site import lab_plan, render_dnsmasq_conf
-from mailsite.model import Site
+from mailsite.model import HostAddresses, Site
 from mailsite.mta_sts import policy_id
 from mailsite.results import Result, Status
 from mailsite.secrets import FileStore, dkim_keys_id, init_secrets
-from tests.sites import addresses, example_settings, site_of
+from tests.sites import example_settings, site_of
 
 STACK = "doctor-dns"
 SELECTOR = "mailsite20261126"
@@ -112,7 +113,6 @@ class Zone:
 
 
 def _pointer(address: str) -> str:
-    import ipaddress
     return ipaddress.ip_address(address).reverse_pointer
 
 
@@ -170,28 +170,43 @@ def _rewritten(text: str) -> str:
     return ";".join([version, *(f"  {tag} " for tag in reversed(tags))]).replace("quarantine", "Quarantine")
 
 
-def _keys(domain: str, pem: str) -> DomainKeys:
+def _keys(domain: str, pem: str, new_pem: str | None = None) -> DomainKeys:
+    """The domain's key signing, and with `new_pem` a new one published to sign next (a rotation)."""
     now = datetime.now(timezone.utc)
-    return DomainKeys(domain, (DkimSelector(SELECTOR, SecretStr(pem), now, SIGNING, since=now),))
+    signing = DkimSelector(SELECTOR, SecretStr(pem), now, SIGNING, since=now)
+    if new_pem is None:
+        return DomainKeys(domain, (signing,))
+    return DomainKeys(domain, (signing, DkimSelector(f"{SELECTOR}b", SecretStr(new_pem), now, PUBLISHED)))
 
 
-def _fault_site(name: str, index: int, secrets: Path) -> Site:
+def _fault_site(name: str, index: int, secrets: Path, vultr: bool = False) -> Site:
     settings = example_settings()
     settings["domains"] = [f"{name}.example"]
     settings["recipients"].pop("catchAll", None)
+    settings["secrets"] = {"backend": "file", "path": str(secrets)}
+    if vultr:  # addresses the provider allocates: the stack knows none of them
+        settings.update(target="vultr")
+        settings["network"]["addressing"] = "autoconf"
+        settings["hosts"] = [{"name": f"mx{n}", "role": "primary" if n == 1 else "backup", "ipv4": "allocate",
+                              "ipv6": "allocate", "egressInterface": "vio0"} for n in (1, 2, 3)]
+        return site_of(settings)
     settings["hosts"] = [{"name": f"mx{n}", "role": "primary" if n == 1 else "backup",
                           "ipv4": f"10.{index}.0.{n}", "ipv6": f"2001:db8:{index}::{n}"} for n in (1, 2, 3)]
-    settings["secrets"] = {"backend": "file", "path": str(secrets)}
     settings["network"].update(ipv4Gateway=f"10.{index}.0.254", ipv6Gateway=f"2001:db8:{index}::ffff")
     return site_of(settings)
 
 
-def _zone(name: str, index: int, secrets: Path, key: str, fault: Fault) -> Zone:
-    site = _fault_site(name, index, secrets)
+def _zone(name: str, index: int, secrets: Path, key: str, fault: Fault, *, vultr: bool = False,
+          new_key: str | None = None, stored: bool = True) -> Zone:
+    """The zone <name>.example as `fault` leaves it; `stored`: its DKIM keys in the secrets backend."""
+    site = _fault_site(name, index, secrets, vultr)
     domain = site.domains[0]
-    FileStore(secrets).create(dkim_keys_id(STACK, domain), serialize_domain_keys(_keys(domain, key)))
-    records, reverse = fault(site, dns_records(site, addresses(site), dkim_records([_keys(domain, key)])),
-                             reverse_records(site, addresses(site)))
+    keys = _keys(domain, key, new_key)
+    if stored:
+        FileStore(secrets).create(dkim_keys_id(STACK, domain), serialize_domain_keys(keys))
+    allocated = {host.name: HostAddresses(ipaddress.IPv4Address(f"10.{index}.0.{n}"), ipaddress.IPv6Address(f"2001:db8:{index}::{n}"))
+                 for n, host in enumerate(site.hosts, start=1)}
+    records, reverse = fault(site, dns_records(site, allocated, dkim_records([keys])), reverse_records(site, allocated))
     return Zone(site, records, reverse, secrets)
 
 
@@ -214,6 +229,13 @@ def served(tmp_path_factory) -> Iterator[Served]:
     key = new_private_key(2048)
     zones = {name: _zone(name, index + 1, secrets, key, fault) for index, (name, fault) in enumerate(FAULTS.items())}
     zones[UNSERVED] = _zone(UNSERVED, 90, secrets, key, FAULTS["fine"])
+    zones["new-key-unpublished"] = _zone("new-key-unpublished", 92, secrets, key, _without(
+        _is(f"{SELECTOR}b._domainkey.new-key-unpublished.example", "TXT")), new_key=OTHER_KEY)
+    zones["no-dkim-keys"] = _zone("no-dkim-keys", 93, secrets, key, FAULTS["fine"], stored=False)
+    # On Vultr: mx3's A record gone, mx2's reverse DNS unset.
+    zones["on-vultr"] = _zone("on-vultr", 94, secrets, key, lambda site, records, reverse: (
+        [r for r in records if not _is("mx3.on-vultr.example", "A")(r)],
+        [r for r in reverse if r.name != "mx2.on-vultr.example"]), vultr=True)
     zones[BEHIND] = _zone(BEHIND, 91, secrets, key, FAULTS["fine"])
     behind = zones[BEHIND]
     old = [replace(r, value="v=STSv1; id=20250101old") if r.name == f"_mta-sts.{BEHIND}.example" else r for r in behind.records]
@@ -376,3 +398,30 @@ def test_a_resolver_that_does_not_answer_is_cannot_tell_within_the_timeout(serve
     assert {r.status for r in results.values()} == {Status.WARN}
     assert all(r.seen.startswith("cannot tell") and "no answer within 0.3 s" in r.seen for r in results.values())
     assert took < 5  # concurrently, each within its own time
+
+
+def test_a_new_key_not_yet_in_dns_warns_that_the_rotation_waits(served):
+    results = _doctor(served, served.zones["new-key-unpublished"])
+    result = results["new-key-unpublished.example: DKIM records of the keys in the secrets backend"]
+    assert result.status is Status.WARN, result
+    assert f"selector {SELECTOR}b" in result.seen and "not signing yet" in result.seen
+    assert f"publish {SELECTOR}b._domainkey.new-key-unpublished.example. 3600 IN TXT" in result.fix
+    assert {n for n, r in results.items() if r.status is not Status.PASS} == {result.name}
+
+
+def test_a_domain_without_dkim_keys_in_the_backend_fails_saying_how_to_make_them(served):
+    result = _failed_only(_doctor(served, served.zones["no-dkim-keys"]),
+                          "no-dkim-keys.example: DKIM records of the keys in the secrets backend")
+    assert "secrets init" in result.fix
+
+
+def test_on_vultr_a_missing_a_record_and_reverse_dns_name_vultr_and_pulumi_up(served):
+    results = _doctor(served, served.zones["on-vultr"])
+    failed = {n: r for n, r in results.items() if r.status is not Status.PASS}
+    assert set(failed) == {"mx3.on-vultr.example: A/AAAA records", "mx2.on-vultr.example: reverse DNS names it (forward-confirmed)"}, failed
+    missing = failed["mx3.on-vultr.example: A/AAAA records"]
+    assert missing.status is Status.FAIL and "no A record" in missing.seen and "pulumi up" in missing.fix
+    assert "Vultr DNS" in missing.fix
+    reverse = failed["mx2.on-vultr.example: reverse DNS names it (forward-confirmed)"]
+    assert reverse.status is Status.FAIL and "10.94.0.2 has no PTR record" in reverse.seen
+    assert "reverse DNS to mx2.on-vultr.example at Vultr" in reverse.fix
