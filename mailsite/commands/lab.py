@@ -1,4 +1,4 @@
-"""lab up|status|send|down|demo: the site on the real daemons, in network namespaces, from the
+"""lab up|status|send|down|demo|doctor: the site on the real daemons, in network namespaces, from the
 command line."""
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ import sys
 import time
 
 from ..errors import UserError
+from ..lab.doctor import run_doctor
 from ..lab.lab import Lab, teardown
 from ..lab.mail import send
 from ..lab.scenarios import DEMONSTRATION
 from ..lab.summary import NOT_IN_THE_LAB, node_lines, up_lines, versions_line
 from ..problems import printable
 from ..results import Result, Status, exit_status, print_result, print_results, summary_line
+from .doctor import options as doctor_options
 from .options import Parents
 
 _TAKEN_DOWN = "interrupted; the lab was taken down"
@@ -37,6 +39,9 @@ def register(commands: argparse._SubParsersAction, parents: Parents) -> None:
     demo.add_argument("--json", action="store_true",
                       help="print each scenario's result as one JSON object a line; the rest goes to stderr")
     demo.set_defaults(run=run, interrupted=_TAKEN_DOWN)
+    doctor = verbs.add_parser("doctor", help="doctor against the running lab, from its internet node (its DNS, its CA)")
+    doctor_options(doctor)
+    doctor.set_defaults(run=run, interrupted="interrupted")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,15 +73,19 @@ def _up(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     lab = Lab.attach()
+    _refuse_if_abandoned(lab)
+    up = f"up in {lab.state.up_seconds} s" if lab.state.up_seconds is not None else "still coming up"
+    print(f"lab of stack {printable(lab.state.stack)}, {up}, {versions_line()}:")
+    print("\n".join(node_lines(lab, with_queues=True)))
+    return 0 if all(lab.daemons().values()) else 1
+
+
+def _refuse_if_abandoned(lab: Lab) -> None:
     killed = lab.state.killed_owner()
     if killed is not None:
         # Its daemons may still answer, but nobody runs it: the next `up` cleans it away.
         raise UserError(f"the lab of stack {printable(lab.state.stack)} was left by a killed run (pid {killed.pid});"
                         " run lab down")
-    up = f"up in {lab.state.up_seconds} s" if lab.state.up_seconds is not None else "still coming up"
-    print(f"lab of stack {printable(lab.state.stack)}, {up}, {versions_line()}:")
-    print("\n".join(node_lines(lab, with_queues=True)))
-    return 0 if all(lab.daemons().values()) else 1
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -133,4 +142,12 @@ def _demo(args: argparse.Namespace) -> int:
     return exit_status(results)
 
 
-_VERBS = {"up": _up, "status": _status, "send": _send, "down": _down, "demo": _demo}
+def _doctor(args: argparse.Namespace) -> int:
+    lab = Lab.attach()
+    _refuse_if_abandoned(lab)
+    options = ["--timeout", args.timeout, *(["--host", args.host] if args.host is not None else []),
+               *(["--json"] if args.json else [])]
+    return run_doctor(lab, *options)
+
+
+_VERBS = {"up": _up, "status": _status, "send": _send, "down": _down, "demo": _demo, "doctor": _doctor}

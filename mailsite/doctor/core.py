@@ -11,8 +11,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..results import Result, Status
+
+if TYPE_CHECKING:
+    from .view import SiteView
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ def run_checks(checks: Sequence[Check], timeout: float,
         left = max(0.0, started + timeout - time.monotonic())
         outcome = outcomes[index] if finished[index].wait(left) else None
         if outcome is None:
-            result = Result(check.name, Status.FAIL, f"no answer within {timeout:.0f} s",
+            result = Result(check.name, Status.FAIL, f"no answer within {timeout:g} s",
                             "the host or service named does not answer: see the other checks of it", round(timeout, 1))
         else:
             result = Result(check.name, *outcome, seconds[index])
@@ -62,3 +67,34 @@ def run_checks(checks: Sequence[Check], timeout: float,
         if report is not None:
             report(result)
     return results
+
+
+def areas() -> list[ModuleType]:
+    """Each area's module, in the order an admin reads their checks: the names first (nothing
+    else works without them), what a sender sees, the lists, then the hosts from inside."""
+    # Imported here, not above: every area imports Check from this module.
+    from . import blocklists
+
+    return [blocklists]
+
+
+def all_checks(view: SiteView, only_host: str | None = None,
+               modules: Sequence[ModuleType] | None = None) -> list[Check]:
+    """Every area's checks of the site; `only_host`: only those about that host (its name in the
+    stack), none of the site's own (MX set, SPF, DMARC), which a run of the whole site makes."""
+    found: list[Check] = []
+    for module in areas() if modules is None else modules:
+        try:
+            built = list(module.checks(view))
+        except Exception as error:  # one area's bug: the other areas still run, and this one is a FAIL
+            found.append(_unbuilt(module, error))
+            continue
+        found += [check for check in built if only_host is None or check.host == only_host]
+    return found
+
+
+def _unbuilt(module: ModuleType, error: Exception) -> Check:
+    area = module.__name__.rsplit(".", 1)[-1]
+    seen = f"its checks could not be made from the stack: {type(error).__name__}: {error}"
+    return Check(f"doctor's {area} checks", area, None,
+                 lambda: (Status.FAIL, seen, "report it as a mailsite bug, with this line"))
