@@ -151,6 +151,7 @@ class Served:
     texts: tuple[str, ...] = ()  # each record's data (TXT: its strings joined); () for none
     ttl: int | None = None  # how long the answer (or the absence) may be kept, when known
     trouble: str | None = None  # why nothing is known: no answer, SERVFAIL, refused
+    timed_out: bool = False  # the trouble took the whole time: asking again would too
 
 
 def _texts(rrset) -> tuple[str, ...]:
@@ -178,7 +179,7 @@ def ask(resolver: dns.resolver.Resolver, name: str, rdtype: str, timeout: float)
         responses = list(error.responses().values())
         return Served((), _negative_ttl(responses[0]) if responses else None)
     except dns.resolver.LifetimeTimeout:
-        return Served(trouble=f"no answer within {timeout:g} s")
+        return Served(trouble=f"no answer within {timeout:g} s", timed_out=True)
     except dns.resolver.NoNameservers as error:
         return Served(trouble=_servers_trouble(error))
     except dns.exception.DNSException as error:
@@ -234,6 +235,7 @@ class Finding:
     status: Status
     seen: str
     fixes: tuple[str, ...] = ()
+    timed_out: bool = False
 
 
 def _shown(kind: Kind, text: str) -> str:
@@ -296,8 +298,7 @@ class Comparer:
         expected = [_text(record) for record in want.records]
         if served.trouble:
             return Finding(Status.WARN, f"cannot tell: {name} {kind.rdtype}: {served.trouble}",
-                           (f"check that {zone_of(name, self.view.site.domains) or name}'s name servers answer, or ask "
-                            "another resolver (--nameserver)",))
+                           (cannot_tell_fix(self.view.site, name),), served.timed_out)
         got = [text for text in served.texts if kind.selects(text)]
         problem = self._difference(kind, expected, got)
         if problem is None:
@@ -361,6 +362,11 @@ def _safe_key(kind: Kind, text: str) -> Hashable:
         return ("unreadable", text)
 
 
+def cannot_tell_fix(site: Site, name: str) -> str:
+    return (f"check that {zone_of(name, site.domains) or name}'s name servers answer, or ask another resolver "
+            "(--nameserver)")
+
+
 def zone_line(site: Site, record: DnsRecord) -> str:
     """The record as a zone file line (what to publish, whatever the DNS host's form)."""
     return f"{record.name}. {site.dns.ttl} IN {record.type} {presentation(record)}"
@@ -388,8 +394,20 @@ def _outcome(findings: Sequence[Finding]) -> tuple[Status, str, str]:
     return worst, "; ".join(f.seen for f in shown), "; ".join(fixes)
 
 
+def findings(comparer: Comparer, wants: Sequence[Want]) -> list[Finding]:
+    """Each name's finding, one after the other, until the resolver has once not answered in
+    time: a check of six names would otherwise take six timeouts, past its deadline, and say
+    nothing where it can say it cannot tell."""
+    found = []
+    for want in wants:
+        found.append(comparer.find(want))
+        if found[-1].timed_out:
+            break
+    return found
+
+
 def compared(comparer: Comparer, wants: Sequence[Want]) -> Callable[[], tuple[Status, str, str]]:
-    return lambda: _outcome([comparer.find(want) for want in wants])
+    return lambda: _outcome(findings(comparer, wants))
 
 
 def wants_of(records: Sequence[DnsRecord], kind: Kind | None = None) -> list[Want]:
@@ -468,7 +486,7 @@ def _dkim(view: SiteView, comparer: Comparer, domain: str) -> tuple[Status, str,
         record, = dkim_records([DomainKeys(domain, (selector,))])
         severity, note = _DKIM_SEVERITY[selector.state]
         wants.append(Want(record.name, DKIM, (record,), severity, f"selector {selector.name}, {note}"))
-    status, seen, fix = _outcome([comparer.find(want) for want in wants])
+    status, seen, fix = _outcome(findings(comparer, wants))
     if status is Status.PASS:
         states = ", ".join(f"{s.name} ({s.state})" for s in keys.selectors)
         seen = f"every selector's key published: {states}"
@@ -484,6 +502,19 @@ def _fixed_addresses(site: Site, host: Host) -> HostAddresses | None:
     return HostAddresses(host.ipv4, host.ipv6 if isinstance(host.ipv6, ipaddress.IPv6Address) else None)
 
 
+def _own_addresses(comparer: Comparer, host: Host) -> list[tuple[str, ...]] | tuple[Status, str, str]:
+    """The MX name's A and AAAA records, or the check's WARN when the resolver does not answer.
+    Asked here rather than through view.addresses, which cannot tell no address from no answer."""
+    found = []
+    for rdtype in ("A", "AAAA"):
+        served = comparer.ask(host.mx_name, rdtype)
+        if served.trouble:
+            return (Status.WARN, f"cannot tell: {host.mx_name} {rdtype}: {served.trouble}",
+                    cannot_tell_fix(comparer.view.site, host.mx_name))
+        found.append(served.texts)
+    return found
+
+
 def _addresses(view: SiteView, comparer: Comparer, host: Host) -> tuple[Status, str, str]:
     site = view.site
     names = [name for name, owner in address_names(site) if owner.name == host.name]
@@ -494,12 +525,12 @@ def _addresses(view: SiteView, comparer: Comparer, host: Host) -> tuple[Status, 
         wants = [want for want in wants_of(records)]
         # No AAAA in the stack: none must be served (a sender would try an address the MX lacks).
         wants += [Want(name, AAAA, ()) for name in names if fixed.ipv6 is None]
-        return _outcome([comparer.find(want) for want in wants])
+        return _outcome(findings(comparer, wants))
     # Addresses the provider allocates: the MX name must have them, the MTA-STS hosts the same.
-    own = [comparer.ask(host.mx_name, rdtype) for rdtype in ("A", "AAAA")]
-    if any(served.trouble for served in own):
-        return Status.WARN, f"cannot tell: {host.mx_name}: {next(s.trouble for s in own if s.trouble)}", ""
-    ipv4, ipv6 = own[0].texts, own[1].texts
+    own = _own_addresses(comparer, host)
+    if isinstance(own, tuple):
+        return own
+    ipv4, ipv6 = own
     if not ipv4:
         return (Status.FAIL, f"{host.mx_name} has no A record: no sender can reach it (spamd and its sync are IPv4 only)",
                 f"run pulumi up: it publishes {host.mx_name}'s A record ({where_published(site, host.mx_name)})")
@@ -508,7 +539,7 @@ def _addresses(view: SiteView, comparer: Comparer, host: Host) -> tuple[Status, 
                 f"run pulumi up: it publishes {host.mx_name}'s AAAA record ({where_published(site, host.mx_name)})")
     wants = [Want(name, kind, tuple(DnsRecord(name, kind.rdtype, text) for text in texts))  # type: ignore[arg-type]
              for name in names if name != host.mx_name for kind, texts in ((A, ipv4), (AAAA, ipv6))]
-    status, seen, fix = _outcome([comparer.find(want) for want in wants])
+    status, seen, fix = _outcome(findings(comparer, wants))
     addresses = ", ".join([*ipv4, *ipv6])
     if status is Status.PASS:
         return Status.PASS, f"{host.mx_name} {addresses}" + (f"; {', '.join(n for n in names if n != host.mx_name)} the same" if len(names) > 1 else ""), ""
@@ -520,11 +551,10 @@ def _addresses(view: SiteView, comparer: Comparer, host: Host) -> tuple[Status, 
 
 def _reverse(view: SiteView, comparer: Comparer, host: Host) -> tuple[Status, str, str]:
     site = view.site
-    # Asked here rather than through view.addresses, which cannot tell no address from no answer.
-    own = [comparer.ask(host.mx_name, rdtype) for rdtype in ("A", "AAAA")]
-    if any(served.trouble for served in own):
-        return Status.WARN, f"cannot tell: {host.mx_name}: {next(s.trouble for s in own if s.trouble)}", ""
-    addresses = [ipaddress.ip_address(text) for served in own for text in served.texts]
+    own = _own_addresses(comparer, host)
+    if isinstance(own, tuple):
+        return own
+    addresses = [ipaddress.ip_address(text) for texts in own for text in texts]
     if not addresses:
         return (Status.FAIL, f"{host.mx_name} has no address to look up the reverse DNS of",
                 f"publish {host.mx_name}'s A/AAAA records first (the A/AAAA check says which)")
@@ -534,6 +564,8 @@ def _reverse(view: SiteView, comparer: Comparer, host: Host) -> tuple[Status, st
         served = comparer.ask(address.reverse_pointer, "PTR")
         if served.trouble:
             unknown.append(f"{address}: {served.trouble}")
+            if served.timed_out:
+                break
             continue
         names = [_name(text) for text in served.texts]
         if host.mx_name.lower() in names and len(names) == 1:
@@ -553,7 +585,8 @@ def _reverse(view: SiteView, comparer: Comparer, host: Host) -> tuple[Status, st
     if problems:
         return Status.FAIL, "; ".join(p for p, _ in problems), "; ".join(dict.fromkeys(f for _, f in problems))
     if unknown:
-        return Status.WARN, "cannot tell: " + "; ".join(unknown), ""
+        return (Status.WARN, "cannot tell: " + "; ".join(unknown),
+                "check that the reverse zones' name servers (your provider's) answer, or ask another resolver (--nameserver)")
     shown = ", ".join(str(a) for a in addresses)
     return Status.PASS, f"{shown} answer {host.mx_name}, which answers them", ""
 
