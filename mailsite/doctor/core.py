@@ -73,9 +73,9 @@ def areas() -> list[ModuleType]:
     """Each area's module, in the order an admin reads their checks: the names first (nothing
     else works without them), what a sender sees, the lists, then the hosts from inside."""
     # Imported here, not above: every area imports Check from this module.
-    from . import blocklists
+    from . import blocklists, dns
 
-    return [blocklists]
+    return [dns, blocklists]
 
 
 def all_checks(view: SiteView, only_host: str | None = None,
