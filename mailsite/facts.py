@@ -1,5 +1,6 @@
 """What a host says about itself, read through its HostControl and never changed: smtpd's state
-and queue, the key versions its image carries. Rotation and the drain read these; `doctor` will.
+and queue, the key versions its image carries, bgpd's sessions, file systems, certificates. Rotation, the
+drain and `doctor` read these.
 
 Each fact is a pure parser of a command's output and a reader that runs the command, so the
 parsing is tested on text and the reading on real hosts (the lab).
@@ -7,7 +8,11 @@ parsing is tested on text and the reading on real hosts (the lab).
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from .daemons.basics import KEY_VERSIONS as KEY_VERSIONS_FILE
 from .hosts import ControlError, HostControl
@@ -60,3 +65,122 @@ def key_versions(host: HostControl) -> dict[str, str]:
         return parse_key_versions(host.run("cat", KEY_VERSIONS))
     except ControlError:
         return {}
+
+
+# What `doctor` reads on a host (mailsite.doctor.inside), each a parser of one command's output
+# as the lab's daemons print it, and a reader that runs that command.
+
+@dataclass(frozen=True)
+class Envelope:
+    """One `smtpctl show queue` line: `evpid|source|agent|flags|sender|recipient|destination|
+    creation|expiry|last try|retries|run state|run state's seconds|last error` (smtpctl.c's
+    show_queue_envelope)."""
+
+    id: str
+    agent: str  # mta: to relay; mda: to deliver here; bounce
+    flags: str  # "", or some of bounce, auth, internal, suspend, hold
+    sender: str
+    recipient: str
+    created: datetime
+    retries: int
+    error: str  # smtpd's last error for it, "" before a failed try
+
+
+def parse_envelope(line: str) -> Envelope:
+    parts = line.split("|", 13)
+    if len(parts) < 13 or not _ENVELOPE.match(line) or not parts[7].isdigit():
+        raise ValueError(f"not a `smtpctl show queue` line: {line[:120]!r}")
+    return Envelope(parts[0], parts[2], parts[3], parts[4], parts[5],
+                    datetime.fromtimestamp(int(parts[7]), timezone.utc),
+                    int(parts[10]) if parts[10].isdigit() else 0, parts[13].strip() if len(parts) > 13 else "")
+
+
+def envelopes(host: HostControl) -> list[Envelope]:
+    return [parse_envelope(line) for line in queue(host)]
+
+
+def paused(show_status: str) -> list[str]:
+    """What `smtpctl show status` says is paused: "MDA", "MTA" (nothing queued leaves), "SMTP"
+    (no mail taken)."""
+    return [line.split()[0] for line in show_status.splitlines() if line.strip().endswith(" paused")]
+
+
+def bgp_sessions(summary_json: str) -> dict[str, str]:
+    """Neighbor address -> session state, from `bgpctl -j show summary` (the update job reads the
+    same answer). bgpd with no neighbor answers nothing at all."""
+    neighbors = json.loads(summary_json or "{}").get("neighbors", [])
+    return {str(neighbor["remote_addr"]): str(neighbor["state"]) for neighbor in neighbors}
+
+
+def bgp_summary(host: HostControl) -> dict[str, str]:
+    return bgp_sessions(host.run("bgpctl", "-j", "show", "summary"))
+
+
+@dataclass(frozen=True)
+class FileSystem:
+    """One `df -kP` line: POSIX's portable format, the same on OpenBSD and Linux."""
+
+    device: str
+    used_kb: int
+    available_kb: int  # BSD's df says less than zero once root's reserve is in use
+    mounted_on: str
+
+    @property
+    def free_percent(self) -> float:
+        """What users may still write, of what they may write at all (df's own Capacity is the
+        rest of it, rounded up): root's reserve counts as full."""
+        room = self.used_kb + max(self.available_kb, 0)
+        return 100.0 * max(self.available_kb, 0) / room if room else 0.0
+
+
+_DF_LINE = re.compile(r"^(?P<device>.+?)\s+\d+\s+(?P<used>\d+)\s+(?P<available>-?\d+)\s+\d+%\s+(?P<mounted>/.*)$")
+
+
+def parse_df(text: str) -> FileSystem:
+    """The file system of the one path given to `df -kP`."""
+    lines = [line for line in text.splitlines()[1:] if line.strip()]
+    found = _DF_LINE.match(lines[-1]) if lines else None
+    if found is None:
+        raise ValueError(f"not a `df -kP` answer: {text.strip()[:200]!r}")
+    return FileSystem(found["device"], int(found["used"]), int(found["available"]), found["mounted"])
+
+
+def file_system(host: HostControl, path: str) -> FileSystem:
+    return parse_df(host.run("df", "-kP", path))
+
+
+_MONTHS = {name: number for number, name in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)}
+
+
+def parse_end_date(text: str) -> datetime:
+    """`openssl x509 -noout -enddate`: `notAfter=Dec  3 11:40:12 2026 GMT` (OpenSSL and LibreSSL
+    alike); read without the locale's month names."""
+    words = text.strip().removeprefix("notAfter=").split()
+    if len(words) != 5 or words[0] not in _MONTHS or words[4] != "GMT":
+        raise ValueError(f"not an `openssl x509 -enddate` answer: {text.strip()[:120]!r}")
+    hour, minute, second = (int(part) for part in words[2].split(":"))
+    return datetime(int(words[3]), _MONTHS[words[0]], int(words[1]), hour, minute, second, tzinfo=timezone.utc)
+
+
+def certificate_end(host: HostControl, path: str) -> datetime:
+    return parse_end_date(host.run("openssl", "x509", "-noout", "-enddate", "-in", path))
+
+
+def parse_line_counts(text: str) -> dict[str, int]:
+    """`wc -l FILE...`: lines by file (its "total" line left out)."""
+    counts = {}
+    for line in text.splitlines():
+        words = line.split(None, 1)
+        if len(words) == 2 and words[0].isdigit() and words[1] != "total":
+            counts[words[1].strip()] = int(words[0])
+    return counts
+
+
+def spamd_sync(flags: str) -> tuple[list[str], list[str]]:
+    """spamd's flags (`rcctl get spamd flags`): the addresses it listens for sync on (-y) and
+    sends its greylist to (-Y)."""
+    words = shlex.split(flags)
+    listen = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "-y"]
+    peers = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "-Y"]
+    return listen, peers

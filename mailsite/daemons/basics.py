@@ -4,6 +4,7 @@ crontab. The daemons' lines come in registry order after a header of the host's 
 
 from __future__ import annotations
 
+from ..model import HostSecrets
 from ..templates import RenderedFile, render_template
 from .base import ConfigTest, Daemon, HostContext
 
@@ -38,6 +39,17 @@ def render_crontab(context: HostContext) -> str:
     return render_template("basics/crontab.j2") + "".join(daemon.crontab(context) for daemon in context.daemons)
 
 
+def render_key_versions(secrets: HostSecrets) -> str:
+    """Which keys an image carries, by version (doctor compares a host's file with this render of
+    the backend's versions now)."""
+    return render_template(
+        "basics/key-versions.j2",
+        queue_key_version=secrets.queue_key_version,
+        spamd_sync_key_version=secrets.spamd_sync_key_version,
+        dkim_keys=secrets.dkim_keys,
+    )
+
+
 def files(context: HostContext) -> dict[str, RenderedFile]:
     site, host, secrets = context.site, context.host, context.secrets
     tree = {
@@ -51,12 +63,7 @@ def files(context: HostContext) -> dict[str, RenderedFile]:
             dict.fromkeys(site.images.packages.pinned(package) for daemon in context.daemons
                           for package in ((daemon.package,) if daemon.package else ()) + daemon.packages)))),
         # Which keys the image carries, by version, never by value: rotation checks it on the host.
-        KEY_VERSIONS: RenderedFile(render_template(
-            "basics/key-versions.j2",
-            queue_key_version=secrets.queue_key_version,
-            spamd_sync_key_version=secrets.spamd_sync_key_version,
-            dkim_keys=secrets.dkim_keys,
-        )),
+        KEY_VERSIONS: RenderedFile(render_key_versions(secrets)),
     }
     network = site.network
     if network.addressing == "static":  # autoconf: the gateways and resolvers come from DHCP/SLAAC

@@ -129,8 +129,9 @@ def _refuse_malformed_entries(secret_id: str, hashes: dict[str, str]) -> None:
                                       f"password again: python -m mailsite user passwd {show(bad[0])} --config <stack file>")
 
 
-def site_secrets(site: Site, stack: str, base: Path) -> dict[str, HostSecrets]:
-    """Each host's keys, read from the backend; `base` anchors a relative file-backend path."""
+def site_secrets(site: Site, stack: str, base: Path, store: SecretStore | None = None) -> dict[str, HostSecrets]:
+    """Each host's keys, read from the backend; `base` anchors a relative file-backend path.
+    `store`: the backend already opened (doctor's), in place of the one `base` finds."""
     if site.secrets.backend == "inline":
         sync = site.secrets.spamd_sync_key
         assert sync is not None, "validated by the model"
@@ -138,7 +139,7 @@ def site_secrets(site: Site, stack: str, base: Path) -> dict[str, HostSecrets]:
             host.name: HostSecrets(site.secrets.queue_keys[host.name], "inline", sync, "inline")
             for host in site.hosts
         }
-    store = host_store(site, base)
+    store = store or host_store(site, base)
     sync_id = spamd_sync_key_id(stack)
     current_sync = _checked(sync_id, store.read(sync_id, CURRENT))
     result = {}
