@@ -41,6 +41,8 @@ SELECTOR = "mailsite20261126"
 # The zone's own name server in the test of a resolver behind it: its address in the resolver's
 # NS answer; asked on the resolver's port, as doctor asks name servers on the resolver's (53).
 ZONE_SERVER = "127.0.53.1"
+# A name server that never answers, named by the NS records of the zone dead-ns.example.
+SILENT_SERVER = "127.0.53.2"
 # The TTL dnsmasq gives its records: a resolver behind says how long it may keep an old answer.
 TTL = 300
 
@@ -53,7 +55,7 @@ def _free_port() -> int:
             port = probe.getsockname()[1]
         with contextlib.ExitStack() as stack:
             try:
-                for address in ("127.0.0.1", ZONE_SERVER):
+                for address in ("127.0.0.1", ZONE_SERVER, SILENT_SERVER):
                     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
                         stack.enter_context(socket.socket(socket.AF_INET, kind)).bind((address, port))
             except OSError:
@@ -236,6 +238,8 @@ def served(tmp_path_factory) -> Iterator[Served]:
     zones[UNSERVED] = _zone(UNSERVED, 90, secrets, key, FAULTS["fine"])
     zones["new-key-unpublished"] = _zone("new-key-unpublished", 92, secrets, key, _without(
         _is(f"{SELECTOR}b._domainkey.new-key-unpublished.example", "TXT")), new_key=_other_key())
+    # Every SRV record gone, and the zone's name server silent.
+    zones["dead-ns"] = _zone("dead-ns", 95, secrets, key, _without(lambda r: r.type == "SRV"))
     zones["no-dkim-keys"] = _zone("no-dkim-keys", 93, secrets, key, FAULTS["fine"], stored=False)
     # On Vultr: mx3's A record gone, mx2's reverse DNS unset.
     zones["on-vultr"] = _zone("on-vultr", 94, secrets, key, lambda site, records, reverse: (
@@ -254,6 +258,8 @@ def served(tmp_path_factory) -> Iterator[Served]:
         *Zone(behind.site, old, behind.reverse, secrets).lines(),
         f"dns-rr={BEHIND}.example,2,{_wire(f'ns1.{BEHIND}.example')}",
         f"host-record=ns1.{BEHIND}.example,{ZONE_SERVER}",
+        f"dns-rr=dead-ns.example,2,{_wire('ns1.dead-ns.example')}",
+        f"host-record=ns1.dead-ns.example,{SILENT_SERVER}",
     ]) + "\n"
     zone_conf = "\n".join(["no-resolv", "no-hosts", "bind-interfaces", f"listen-address={ZONE_SERVER}",
                            *behind.lines()]) + "\n"
@@ -432,3 +438,13 @@ def test_on_vultr_a_missing_a_record_and_reverse_dns_name_vultr_and_pulumi_up(se
     reverse = failed["mx2.on-vultr.example: reverse DNS names it (forward-confirmed)"]
     assert reverse.status is Status.FAIL and "10.94.0.2 has no PTR record" in reverse.seen
     assert "reverse DNS to mx2.on-vultr.example at Vultr" in reverse.fix
+
+
+def test_a_silent_name_server_of_the_zone_holds_no_check_past_its_deadline(served):
+    # Six SRV names differ from the stack; the zone's one name server never answers. Asked once
+    # per name, it would take six timeouts; doctor stops asking it after the first.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind((SILENT_SERVER, served.port))
+        results = _doctor(served, served.zones["dead-ns"], timeout=0.3, deadline=1.2)
+    result = _failed_only(results, "dead-ns.example: mail client SRV records")
+    assert "publish _submission._tcp.dead-ns.example. 3600 IN SRV 0 1 587 mx1.dead-ns.example." in result.fix

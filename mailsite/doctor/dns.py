@@ -30,8 +30,8 @@ import dns.resolver
 from ..dkim import PUBLISHED, RETIRING, SIGNING, DomainKeys, dkim_records
 from ..dns import (DnsRecord, address_names, address_records, named_records, presentation, reverse_zone_name,
                    zone_of)
-from ..model import Host, HostAddresses, Site
 from ..errors import UserError
+from ..model import Host, HostAddresses, Site
 from ..results import Status
 from ..secrets import domain_keys
 from .core import Check
@@ -209,6 +209,8 @@ def ask_server(address: str, port: int, name: str, rdtype: str, timeout: float) 
     query.flags &= ~dns.flags.RD
     try:
         response, _ = dns.query.udp_with_fallback(query, address, timeout=timeout, port=port)
+    except dns.exception.Timeout:
+        return Served(trouble=f"{address}: no answer within {timeout:g} s", timed_out=True)
     except (dns.exception.DNSException, OSError) as error:
         return Served(trouble=f"{address}: {type(error).__name__}")
     if response.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
@@ -258,6 +260,9 @@ class Zones:
         self.view = view
         self._servers: dict[str, list[tuple[str, str]]] = {}
         self._lock = threading.Lock()
+        # Addresses that did not answer in time once this run: not asked again, so that the
+        # checks after the first do not each wait for them.
+        self.silent: set[str] = set()
 
     def servers(self, name: str) -> list[tuple[str, str]]:
         """(name, address) of each name server of the zone `name` lies in: the NS records of its
@@ -339,7 +344,11 @@ class Comparer:
             left = min(self.view.timeout, until - time.monotonic())
             if left <= 0:
                 break
+            if address in self.zones.silent:
+                continue
             served = ask_server(address, self.view.resolver.port, want.name, want.kind.rdtype, left)
+            if served.timed_out:
+                self.zones.silent.add(address)
             if served.trouble:
                 continue
             if self._difference(want.kind, expected, [t for t in served.texts if want.kind.selects(t)]) is not None:
