@@ -47,6 +47,9 @@ HELO_NAME = "mailsite-doctor.invalid"
 PROBE_LOCAL_PART = "mailsite-doctor"
 MAX_REPLY = 64 * 1024  # a reply longer than this is not an SMTP server's
 SHOWN = 160  # characters of a server's text a result shows
+# A server writes a reply line at once; spamd's tarpit writes it a byte a second: this many bytes
+# that came one by one are a tarpit, known in a few seconds, not at the timeout.
+STUTTER_BYTES = 3
 
 # spamd's banner (spamd.c: "<name> ESMTP spamd IP-based SPAM blocker; <date>").
 _SPAMD = re.compile(r"\bspamd\b", re.IGNORECASE)
@@ -158,10 +161,11 @@ class Unreachable(Exception):
 
 
 class Tarpit(Unreachable):
-    """A reply that came a few bytes at a time and was not finished within the timeout."""
+    """A reply that came a byte at a time, or was left unfinished at the timeout: spamd's tarpit."""
 
-    def __init__(self, partial: bytes, timeout: float):
-        super().__init__(f"a stuttering answer, {len(partial)} bytes in {timeout:g} s: {_shown(partial.decode('utf-8', 'replace'))!r}")
+    def __init__(self, partial: bytes, seconds: float):
+        super().__init__(f"a stuttering answer, {len(partial)} bytes in {seconds:.1f} s: "
+                         f"{_shown(partial.decode('utf-8', 'replace'))!r}")
 
 
 def _shown(text: str) -> str:
@@ -217,7 +221,10 @@ class Conversation:
 
     def _line(self, deadline: float) -> str:
         received = b""
+        single_bytes = 0
         while b"\n" not in self.buffer:
+            if single_bytes >= STUTTER_BYTES:
+                raise Tarpit(received, time.monotonic() - deadline + self.timeout)
             left = deadline - time.monotonic()
             if left <= 0:
                 if received:
@@ -236,6 +243,7 @@ class Conversation:
                 raise Unreachable("the server closed the connection" + (f" after {_shown(self.buffer.decode('utf-8', 'replace'))!r}" if self.buffer else ""))
             received += chunk
             self.buffer += chunk
+            single_bytes += len(chunk) == 1 and b"\n" not in chunk
             if len(self.buffer) > MAX_REPLY:
                 raise Unreachable(f"a reply longer than {MAX_REPLY} bytes")
         line, self.buffer = self.buffer.split(b"\n", 1)
