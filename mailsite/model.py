@@ -738,6 +738,11 @@ def _directory_host(url: str) -> str:
     return url.split("/", 3)[2].split(":")[0].lower()
 
 
+def duration_seconds(value: str) -> int:
+    """A duration as smtpd.conf writes one (`7d`, `30m`), in seconds, as smtpd reads it."""
+    return int(value[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[value[-1]]
+
+
 class Queue(Settings):
     """smtpd's queue on every MX."""
 
@@ -756,11 +761,14 @@ class Queue(Settings):
     @field_validator("ttl")
     @classmethod
     def _a_month_at_most(cls, value: str) -> str:
-        seconds = int(value[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[value[-1]]
-        if seconds > cls.ttl_at_most_days * 86400:
+        if duration_seconds(value) > cls.ttl_at_most_days * 86400:
             raise ValueError(f"too long for a queue; use {cls.ttl_at_most_days}d or less, like 7d "
                              f"(senders hear of undelivered mail only once it expires)")
         return value
+
+    @property
+    def ttl_seconds(self) -> int:
+        return duration_seconds(self.ttl)
 
 
 class Doctor(Settings):

@@ -156,10 +156,6 @@ def test_a_queue_whose_mta_is_paused_fails_however_young(example):
     assert "smtpctl resume mta" in fix and "smtpctl schedule all" in fix
 
 
-def test_queue_ttl_reads_as_smtpd_and_the_model_read_it():
-    assert [inside.ttl_seconds(ttl) for ttl in ("90s", "30m", "4h", "7d")] == [90, 1800, 14400, 604800]
-
-
 # bgpd and the bgp-spamd lists.
 
 def test_bgp_sessions_read_from_bgpctl_json():

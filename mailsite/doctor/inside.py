@@ -23,7 +23,7 @@ from ..daemons.acme import certificates
 from ..daemons.basics import render_key_versions
 from ..daemons.bgp_spamd_update import BLACK_LIST_FILE, BYPASS_LIST_FILE, UPDATE_JOB
 from ..hosts import CommandControl, ControlError, HostControl
-from ..model import MAILBOXES, STATE_MOUNT, Host, Site
+from ..model import MAILBOXES, STATE_MOUNT, Host, Site, duration_seconds
 from ..results import Status
 from ..secrets import site_secrets
 from .core import Check
@@ -57,11 +57,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
-def ttl_seconds(ttl: str) -> int:
-    """queue.ttl ("7d") in seconds, as smtpd reads it."""
-    return int(ttl[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[ttl[-1]]
-
-
 # What each status means: pure functions of what the commands said.
 
 def smtpd_outcome(host: str, status: str | None, error: str = "") -> Outcome:
@@ -91,7 +86,7 @@ def queue_outcome(host: Host, envelopes: list[facts.Envelope], now: datetime, wa
     if oldest.error:
         seen += f", its last error: {oldest.error}"
     retry = f"`smtpctl schedule all` on {host.name} tries them again now; `smtpctl show queue` shows each one's last error"
-    ttl_limit = ttl_seconds(ttl)
+    ttl_limit = duration_seconds(ttl)
     if mta_paused:
         return (Status.FAIL, seen + "; its MTA is paused: nothing leaves",
                 f"`smtpctl resume mta` on {host.name}, then `smtpctl schedule all` to send what it holds now")
