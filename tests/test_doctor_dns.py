@@ -323,7 +323,7 @@ def test_records_written_otherwise_but_meaning_the_same_pass(served):
 def test_a_missing_mx_fails_naming_the_record_to_publish(served):
     result = _failed_only(_doctor(served, served.zones["missing-mx"]), "missing-mx.example: MX records (each MX and its preference)")
     assert "publish missing-mx.example. 3600 IN MX 20 mx2.missing-mx.example." in result.fix
-    assert "missing-mx.example.zone" in result.fix  # where: the libvirt target's zone file
+    assert "zone file in libvirt.zoneDir" in result.fix  # where: the libvirt target writes it
 
 
 def test_a_wrong_mx_preference_fails_naming_both_records(served):

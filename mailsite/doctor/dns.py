@@ -393,10 +393,12 @@ def where_published(site: Site, name: str) -> str:
     zone = zone_of(name, site.domains) or name
     if site.runs_on("vultr"):
         if site.vultr.dns:
-            return f"`pulumi up` writes the stack's records to Vultr DNS (zone {zone}); a record changed there by hand is put back"
+            # --refresh: without it Pulumi compares with its state, not with Vultr, and sees no change.
+            return (f"`pulumi up --refresh` writes the stack's records to Vultr DNS (zone {zone}), putting back one "
+                    "changed or deleted there by hand")
         return f"in the DNS that serves {zone} (vultr.dns is false: the stack writes none)"
-    return (f"in your name server's zone {zone}: `pulumi up` writes the stack's records of it to "
-            f"{site.libvirt.zone_dir}/{zone}.zone")
+    return (f"in your name server's zone {zone}: `pulumi up` writes the stack's records of it to a zone file in "
+            f"libvirt.zoneDir ({site.libvirt.zone_dir})")
 
 
 def _outcome(findings: Sequence[Finding]) -> tuple[Status, str, str]:
@@ -549,10 +551,10 @@ def _addresses(view: SiteView, comparer: Comparer, host: Host) -> tuple[Status, 
     ipv4, ipv6 = own
     if not ipv4:
         return (Status.FAIL, f"{host.mx_name} has no A record: no sender can reach it (spamd and its sync are IPv4 only)",
-                f"run pulumi up: it publishes {host.mx_name}'s A record ({where_published(site, host.mx_name)})")
+                f"publish {host.mx_name}'s A record, the address of its VM: {where_published(site, host.mx_name)}")
     if host.ipv6 is not None and not ipv6:
         return (Status.FAIL, f"{host.mx_name} has no AAAA record, and the stack gives it IPv6",
-                f"run pulumi up: it publishes {host.mx_name}'s AAAA record ({where_published(site, host.mx_name)})")
+                f"publish {host.mx_name}'s AAAA record, the address of its VM: {where_published(site, host.mx_name)}")
     wants = [Want(name, kind, tuple(DnsRecord(name, kind.rdtype, text) for text in texts))  # type: ignore[arg-type]
              for name in names if name != host.mx_name for kind, texts in ((A, ipv4), (AAAA, ipv6))]
     status, seen, fix = _outcome(findings(comparer, wants))
@@ -614,5 +616,5 @@ def _ptr_fix(site: Site, host: Host, address: ipaddress.IPv4Address | ipaddress.
                 f"(its ReverseIpv4/ReverseIpv6), or the instance's Settings, IPv{address.version}, Reverse DNS")
     length = site.network.ipv4_prefix_length if address.version == 4 else site.network.ipv6_prefix_length
     zone = reverse_zone_name(ipaddress.ip_network(f"{address}/{length}", strict=False))
-    return (f"publish {line} in the reverse zone {zone} (`pulumi up` writes it to {site.libvirt.zone_dir}/{zone}.zone), "
+    return (f"publish {line} in the reverse zone {zone} (`pulumi up` writes its zone file in libvirt.zoneDir, {site.libvirt.zone_dir}), "
             f"served where your provider delegates that zone, or set the PTR at your provider")
