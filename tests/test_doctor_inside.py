@@ -21,6 +21,7 @@ from mailsite.doctor.view import SiteView
 from mailsite.hosts import CommandControl, lab_control
 from mailsite.lab.bgp import run_update_job
 from mailsite.lab.lab import Lab
+from mailsite.model import Queue
 from mailsite.render import render_host
 from mailsite.results import Result, Status
 from mailsite.secrets import host_store
@@ -119,11 +120,11 @@ def test_smtpd_not_answering_fails_and_says_how_to_start_it():
 
 def _queue(example, host: str, after: timedelta, *, paused: bool = False, primary_takes: bool | None = True):
     envelopes = [facts.parse_envelope(line) for line in QUEUE.splitlines()]
-    return inside.queue_outcome(example.host(host), envelopes, QUEUED_AT + after, 60, "7d", paused, "mx1", primary_takes)
+    return inside.queue_outcome(example.host(host), envelopes, QUEUED_AT + after, 60, Queue(ttl="7d"), paused, "mx1", primary_takes)
 
 
 def test_an_empty_queue_passes(example):
-    assert inside.queue_outcome(example.host("mx2"), [], QUEUED_AT, 60, "7d", False, "mx1", True)[0] is Status.PASS
+    assert inside.queue_outcome(example.host("mx2"), [], QUEUED_AT, 60, Queue(), False, "mx1", True)[0] is Status.PASS
 
 
 def test_a_backup_holding_mail_while_the_primary_takes_mail_is_a_stuck_queue(example):

@@ -23,7 +23,7 @@ from ..daemons.acme import certificates
 from ..daemons.basics import render_key_versions
 from ..daemons.bgp_spamd_update import BLACK_LIST_FILE, BYPASS_LIST_FILE, UPDATE_JOB
 from ..hosts import CommandControl, ControlError, HostControl
-from ..model import MAILBOXES, STATE_MOUNT, Host, Site, duration_seconds
+from ..model import MAILBOXES, STATE_MOUNT, Host, Queue, Site
 from ..results import Status
 from ..secrets import site_secrets
 from .core import Check
@@ -74,7 +74,7 @@ def smtpd_outcome(host: str, status: str | None, error: str = "") -> Outcome:
     return Status.PASS, "smtpd runs: " + ", ".join(" ".join(line.split()) for line in status.splitlines() if line.strip()), ""
 
 
-def queue_outcome(host: Host, envelopes: list[facts.Envelope], now: datetime, warn_minutes: int, ttl: str,
+def queue_outcome(host: Host, envelopes: list[facts.Envelope], now: datetime, warn_minutes: int, queue: Queue,
                   mta_paused: bool, primary: str, primary_takes_mail: bool | None) -> Outcome:
     """The queue: how much, how old, and whether it moves. `primary_takes_mail`: the primary's
     smtpd takes mail (None: cannot tell; only a backup's queue asks)."""
@@ -86,14 +86,13 @@ def queue_outcome(host: Host, envelopes: list[facts.Envelope], now: datetime, wa
     if oldest.error:
         seen += f", its last error: {oldest.error}"
     retry = f"`smtpctl schedule all` on {host.name} tries them again now; `smtpctl show queue` shows each one's last error"
-    ttl_limit = duration_seconds(ttl)
     if mta_paused:
         return (Status.FAIL, seen + "; its MTA is paused: nothing leaves",
                 f"`smtpctl resume mta` on {host.name}, then `smtpctl schedule all` to send what it holds now")
-    if age > ttl_limit / 2:
+    if age > queue.ttl_seconds / 2:
         held = (f"{primary}, which it waits for, takes no mail: see {primary}'s checks" if not host.is_primary
                 and primary_takes_mail is False else "the next hop refuses or does not answer (the last error says which)")
-        return (Status.FAIL, seen + f"; smtpd bounces it at {_duration(ttl_limit)} (queue.ttl {ttl})",
+        return (Status.FAIL, seen + f"; smtpd bounces it at {_duration(queue.ttl_seconds)} (queue.ttl {queue.ttl})",
                 f"{held}; once it answers, {retry}")
     if not host.is_primary and primary_takes_mail and age > STUCK_AFTER.total_seconds():
         return (Status.FAIL, seen + f"; stuck: {primary} takes mail, yet {host.name} still holds it",
@@ -371,7 +370,7 @@ def _host_checks(view: SiteView, host: Host, reached: dict[str, _Reached], expec
             return Status.WARN, f"cannot tell: {error}", f"see `{name}: smtpd runs and takes mail`"
         status, _ = me.smtp_status()
         primary = site.primary.name
-        return queue_outcome(host, envelopes, view.now, warn_minutes, site.queue.ttl,
+        return queue_outcome(host, envelopes, view.now, warn_minutes, site.queue,
                              "MTA" in facts.paused(status or ""), primary,
                              None if host.is_primary else _takes_mail(reached[primary]))
 
