@@ -32,7 +32,7 @@ import dns.exception
 from cryptography import x509
 
 from ..model import Host
-from ..mta_sts import WELL_KNOWN_PATH, policy_text
+from ..mta_sts import WELL_KNOWN_PATH, policy_hosts, policy_text
 from ..results import Status
 from .core import Check
 from .view import Address, SiteView
@@ -41,8 +41,8 @@ AREA = "smtp"
 SMTP, SUBMISSION, SMTPS, IMAPS, HTTPS = 25, 587, 465, 993, 443
 # Names reserved for tests (RFC 2606), which no site receives mail for: the probe's sender, the
 # foreign domain it asks to relay to, and the name it greets with.
-PROBE_SENDER_DOMAINS = ("example.net", "example.com")
-RELAY_TEST_DOMAINS = ("relay-test.invalid", "relay-test.example.net")
+PROBE_SENDER_DOMAINS = ("example.net", "example.com", "mailsite-doctor.invalid")
+RELAY_TEST_DOMAINS = ("relay-test.invalid", "relay-test.example")
 HELO_NAME = "mailsite-doctor.invalid"
 PROBE_LOCAL_PART = "mailsite-doctor"
 MAX_REPLY = 64 * 1024  # a reply longer than this is not an SMTP server's
@@ -51,8 +51,8 @@ SHOWN = 160  # characters of a server's text a result shows
 # that came one by one are a tarpit, known in a few seconds, not at the timeout.
 STUTTER_BYTES = 3
 
-# spamd's banner (spamd.c: "<name> ESMTP spamd IP-based SPAM blocker; <date>").
-_SPAMD = re.compile(r"\bspamd\b", re.IGNORECASE)
+# spamd's banner (spamd.c: "<name> ESMTP spamd IP-based SPAM blocker; <date>"); not a host named spamd.
+_SPAMD = re.compile(r"\bESMTP spamd\b|\bIP-based SPAM blocker\b", re.IGNORECASE)
 _SPAMD_FIX = ("pf hands an IPv4 sender it does not know to spamd, not smtpd: run doctor from an address "
               "that skips spamd (pf's <nospamd>: the site's MXes and /etc/mail/nospamd; or one the "
               "bgp-spamd bypass list carries), or read the IPv6 results, which meet smtpd directly")
@@ -70,7 +70,7 @@ def checks(view: SiteView) -> list[Check]:
     for host in hosts:
         for address in _one_per_family(addresses[host.name]):
             found += _host_checks(view, host, address)
-    found += [_mta_sts_check(view, domain) for domain in view.site.domains]
+    found += [_mta_sts_check(view, policy_host) for policy_host in policy_hosts(view.site)]
     return found
 
 
@@ -189,6 +189,7 @@ class Conversation:
         self.sock.close()
 
     def tls(self, context: ssl.SSLContext, name: str) -> None:
+        self.sock.settimeout(self.timeout)  # the handshake's, not what a last read had left
         self.sock = context.wrap_socket(self.sock, server_hostname=name)
 
     def reply(self) -> Reply:
@@ -205,6 +206,7 @@ class Conversation:
 
     def command(self, line: str) -> Reply:
         try:
+            self.sock.settimeout(self.timeout)
             self.sock.sendall(line.encode("ascii") + b"\r\n")
         except OSError as error:
             raise Unreachable(f"the connection broke at {line.split()[0]}: {error.strerror or error}") from None
@@ -490,6 +492,8 @@ def _before(session: _Port25, reached: object, step: str) -> tuple[Status, str, 
         return Status.WARN, f"spamd answered, not smtpd ({session.spamd})", _SPAMD_FIX
     if reached is None:
         why = session.failed or "the session ended early"
+        if session.greeting is not None and session.failed:
+            why = f"greeting {session.greeting}, then {session.failed}"
         if session.mail is not None and session.mail.code // 100 != 2:
             why = f"MAIL FROM a stranger was refused ({session.mail}), so {step} was never asked"
             return Status.WARN, why, "a server that refuses every stranger's mail receives none: read smtpd's log for why"
@@ -530,13 +534,13 @@ def _relay_verdict(session: _Port25) -> tuple[Status, str, str]:
     if stopped:
         return stopped
     assert session.relay is not None
-    seen = "; ".join([f"RCPT TO:<{session.relay_to}> from a stranger: {session.relay}", *session.notes])
+    said = f"RCPT TO:<{session.relay_to}> from a stranger: {session.relay}"
     if session.relay.code // 100 == 5:
-        return Status.PASS, seen, ""
+        return Status.PASS, _with_notes(session, said), ""
     if session.relay.code // 100 == 4:
-        return (Status.WARN, seen + " (deferred, not refused)",
+        return (Status.WARN, _with_notes(session, said + " (deferred, not refused)"),
                 "a relay refusal is final (5xx): read smtpd's log for what it deferred")
-    return (Status.FAIL, seen + ": an OPEN RELAY, anyone can send mail through it (the probe stopped there, nothing was sent)",
+    return (Status.FAIL, _with_notes(session, said + ": an OPEN RELAY, anyone can send mail through it (the probe stopped there, nothing was sent)"),
             "only authenticated users and the host itself may relay out: match from auth / from local for any, never from any for any, in smtpd.conf")
 
 
@@ -545,15 +549,19 @@ def _unknown_verdict(session: _Port25, mx: str) -> tuple[Status, str, str]:
     if stopped:
         return stopped
     assert session.unknown is not None
-    seen = "; ".join([f"RCPT TO:<{session.unknown_to}>: {session.unknown}", *session.notes])
+    said = f"RCPT TO:<{session.unknown_to}>: {session.unknown}"
     if session.unknown.code // 100 == 5:
-        return Status.PASS, seen, ""
+        return Status.PASS, _with_notes(session, said), ""
     if session.unknown.code // 100 == 4:
-        return (Status.WARN, seen + " (deferred, not refused)",
+        return (Status.WARN, _with_notes(session, said + " (deferred, not refused)"),
                 "an unknown recipient's refusal is final (5xx), or the sender retries for days: read smtpd's log")
-    return (Status.FAIL, seen + f": {mx} accepts mail for a recipient the site does not have, and would bounce it later "
-                                "(backscatter to forged senders)",
+    return (Status.FAIL, _with_notes(session, said + f": {mx} accepts mail for a recipient the site does not have, and would "
+                                                     "bounce it later (backscatter to forged senders)"),
             "match only the site's recipients (rcpt-to <recipients> on a backup, the virtuals table on the primary) in smtpd.conf")
+
+
+def _with_notes(session: _Port25, said: str) -> str:
+    return "; ".join([said, *session.notes])
 
 
 # The primary's submission, smtps and IMAPS.
@@ -720,8 +728,7 @@ _IMAPS_FIX = "Dovecot on the primary serves IMAPS on 993 (doveadm service status
 # MTA-STS: the policy each site domain serves.
 
 
-def _mta_sts_check(view: SiteView, domain: str) -> Check:
-    host = f"mta-sts.{domain}"
+def _mta_sts_check(view: SiteView, host: str) -> Check:
     return Check(f"{host}: serves the site's MTA-STS policy", AREA, view.site.primary.name,
                  lambda: _mta_sts(view, host))
 
