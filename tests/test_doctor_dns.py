@@ -105,10 +105,10 @@ class Zone:
     store: Path
 
     def lines(self) -> list[str]:
-        # dnsmasq's host-record answers the address's PTR too: an address without one is served
-        # by address=, which answers A/AAAA alone.
-        pointed = {r.address for r in self.reverse}
-        bare = [r for r in self.records if r.type in ("A", "AAAA") and r.value not in pointed]
+        # dnsmasq's host-record answers the address's PTR too: an address whose PTR does not
+        # name it is served by address=, which answers A/AAAA alone.
+        pointed = {(r.address, r.name) for r in self.reverse}
+        bare = [r for r in self.records if r.type in ("A", "AAAA") and (r.value, r.name) not in pointed]
         return [*(f"local=/{domain}/" for domain in self.site.domains),
                 *dnsmasq_options([r for r in self.records if r not in bare]),
                 *(f"address=/{r.name}/{r.value}" for r in bare),
@@ -157,6 +157,10 @@ FAULTS: dict[str, Fault] = {
     "old-sts-id": _changed(_is("_mta-sts.old-sts-id.example", "TXT"), lambda r: replace(r, value="v=STSv1; id=20250101old")),
     "missing-ptr": lambda site, records, reverse: (records, [r for r in reverse if r.name != f"mx2.{site.domains[0]}"]),
     # (its reverse DNS right: only the address is wrong)
+    # mx3's IPv4 answers the hoster's name for it, as a VPS's address does until its PTR is set.
+    "hosters-ptr": lambda site, records, reverse: (records, [
+        replace(r, name="vps-10-12-0-3.hoster.example") if r.name == "mx3.hosters-ptr.example" and "." in r.address else r
+        for r in reverse]),
     "wrong-address": lambda site, records, reverse: (
         _changed(_is("mx3.wrong-address.example", "A"), lambda r: replace(r, value="10.99.0.3"))(site, records, reverse)[0],
         [*reverse, ReverseRecord("10.99.0.3", "mx3.wrong-address.example")]),
@@ -448,3 +452,11 @@ def test_a_silent_name_server_of_the_zone_holds_no_check_past_its_deadline(serve
         results = _doctor(served, served.zones["dead-ns"], timeout=0.3, deadline=1.2)
     result = _failed_only(results, "dead-ns.example: mail client SRV records")
     assert "publish _submission._tcp.dead-ns.example. 3600 IN SRV 0 1 587 mx1.dead-ns.example." in result.fix
+
+
+def test_a_ptr_naming_the_hosters_name_fails_asking_for_the_mx_name(served):
+    zone = served.zones["hosters-ptr"]
+    result = _failed_only(_doctor(served, zone), "mx3.hosters-ptr.example: reverse DNS names it (forward-confirmed)")
+    mx3 = zone.site.host("mx3")
+    assert f"{mx3.ipv4} answers vps-10-12-0-3.hoster.example (which does not even resolve back to it)" in result.seen
+    assert f"{mx3.ipv4.reverse_pointer}. 3600 IN PTR mx3.hosters-ptr.example." in result.fix
