@@ -88,9 +88,10 @@ def summary_line(results: Sequence[Result]) -> str:
     return line
 
 
-def json_line(result: Result) -> str:
+def json_line(result: Result, about: dict[str, str | None] | None = None) -> str:
+    """`about`: what a monitor sorts the result by, added after its own keys (doctor's area and host)."""
     # ASCII: U+2028, U+2029 and U+0085 are line breaks to many readers, and one object keeps to one line.
-    return json_module.dumps(result.to_json(), ensure_ascii=True, allow_nan=False)
+    return json_module.dumps({**result.to_json(), **(about or {})}, ensure_ascii=True, allow_nan=False)
 
 
 def print_result(result: Result, json: bool = False, file: TextIO | None = None, width: int = 0) -> None:

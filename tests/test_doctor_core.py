@@ -10,8 +10,9 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
+import dns.resolver
 import pytest
 import yaml
 
@@ -109,26 +110,41 @@ def test_an_area_that_cannot_make_its_checks_is_one_fail_and_the_others_still_ru
 
 
 def test_every_area_module_gives_checks_of_a_known_area_and_a_host_of_the_site(example_site):
-    """The modules that are in: each gives Check objects, cheaply (nothing asked of the network
-    while they are made), each about a host of the stack or the site."""
-    view = _view(example_site)
+    """The modules that are in: each gives Check objects, about a host of the stack or the site,
+    and reaches nothing while making them but the MX names' addresses (which decide the checks
+    of each address family), asked through the view."""
+    resolver = _Addresses()
+    view = SiteView(example_site, "example", resolver, lambda host: _Unasked(), lambda: _Unasked(), None,
+                    datetime.now(timezone.utc), 1.0)
+    assert [module.__name__ for module in core.areas()] == [
+        "mailsite.doctor.dns", "mailsite.doctor.smtp", "mailsite.doctor.blocklists", "mailsite.doctor.inside"]
     for module in core.areas():
         made = module.checks(view)
         assert made and all(isinstance(c, Check) for c in made), module.__name__
         assert {c.area for c in made} == {module.__name__.rsplit(".", 1)[-1]}
         assert {c.host for c in made} <= {None, *(h.name for h in example_site.hosts)}
+        assert len({c.name for c in made}) == len(made), f"{module.__name__}: two checks of one name"
+    assert set(resolver.asked) <= {(host.mx_name, rdtype) for host in example_site.hosts for rdtype in ("A", "AAAA")}
 
 
 class _Unasked:
-    """A resolver, a host, a secrets backend that must not be reached while checks are made."""
+    """A host or a secrets backend that must not be reached while checks are made."""
 
     def __getattr__(self, name):
         raise AssertionError(f"reached the network while making checks ({name})")
 
 
-def _view(site) -> SiteView:
-    return SiteView(site, "example", _Unasked(), lambda host: _Unasked(), lambda: _Unasked(), None,
-                    datetime.now(timezone.utc), 1.0)
+class _Addresses:
+    """A resolver knowing each MX name's IPv4 address (TEST-NET-1), and nothing else."""
+
+    def __init__(self):
+        self.asked: list[tuple[str, str]] = []
+
+    def resolve(self, name, rdtype, lifetime=None):
+        self.asked.append((str(name), rdtype))
+        if rdtype == "A" and str(name).startswith("mx"):
+            return [SimpleNamespace(address=f"192.0.2.{10 + int(str(name)[2])}")]
+        raise dns.resolver.NoAnswer()
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -170,15 +186,17 @@ def test_exit_status_is_1_only_when_a_check_fails(areas_are, capsys, statuses, e
     assert lines[-1].startswith(f"{sum(s is Status.PASS for s in statuses)} of 2 passed")
 
 
-def test_json_is_one_object_per_check_in_order_and_nothing_else(areas_are, capsys):
-    areas_are(check("mx1.example.org: port 25 answers", host="mx1"), check("example.org: SPF", Status.FAIL))
+def test_json_is_one_object_per_check_in_order_with_its_area_and_host_and_nothing_else(areas_are, capsys):
+    areas_are(check("mx1.example.org: port 25 answers", host="mx1", area="smtp"), check("example.org: SPF", Status.FAIL))
     status, out, err = doctor(capsys, "--json")
     assert status == 1 and err == ""
     objects = [json.loads(line) for line in out.splitlines()]
-    assert [(o["name"], o["status"], o["seen"]) for o in objects] == [
-        ("mx1.example.org: port 25 answers", "PASS", "mx1.example.org: port 25 answers seen"),
-        ("example.org: SPF", "FAIL", "example.org: SPF seen")]
+    assert [(o["name"], o["status"], o["seen"], o["area"], o["host"]) for o in objects] == [
+        ("mx1.example.org: port 25 answers", "PASS", "mx1.example.org: port 25 answers seen", "smtp", "mx1"),
+        ("example.org: SPF", "FAIL", "example.org: SPF seen", "dns", None)]
     assert objects[1]["fix"] == "fix example.org: SPF" and all(isinstance(o["seconds"], float) for o in objects)
+    assert Result.from_json(objects[0]) == Result("mx1.example.org: port 25 answers", Status.PASS,
+                                                  "mx1.example.org: port 25 answers seen", "", objects[0]["seconds"])
 
 
 def test_host_runs_that_hosts_checks_alone(areas_are, capsys):

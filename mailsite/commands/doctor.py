@@ -18,7 +18,7 @@ from ..doctor.view import SiteView
 from ..hosts import HostControl, lab_control, ssh_control
 from ..model import Host, Site
 from ..problems import Problem, SiteConfigError, few
-from ..results import Status, exit_status, print_result, summary_line
+from ..results import Result, Status, exit_status, json_line, print_result, summary_line
 from ..secrets import host_store
 from ..secrets.store import SecretStore
 from .options import Parents
@@ -60,8 +60,8 @@ def options(command: argparse.ArgumentParser) -> None:
                               "none of the site's own (MX set, SPF, DKIM, DMARC, MTA-STS), which a run "
                               "without --host makes")
     command.add_argument("--json", action="store_true",
-                         help="print each check as one JSON object a line (name, status, seen, fix, seconds) "
-                              "for a monitoring system, and no summary")
+                         help="print each check as one JSON object a line (name, status, seen, fix, seconds, "
+                              "area, host: null for the site's) for a monitoring system, and no summary")
     command.add_argument("--timeout", metavar="SECONDS", default=str(DEFAULT_TIMEOUT),
                          help=f"seconds for one network operation (a connect, a DNS query, a command on a host; "
                               f"default {DEFAULT_TIMEOUT:g}); a check unfinished after {OPERATIONS_PER_CHECK} "
@@ -110,12 +110,25 @@ def run(args: argparse.Namespace) -> int:
     resolver = resolver_of(args.nameserver, timeout)
     view = _lab_view(args.lab_state, resolver, timeout) if args.lab_state else _site_view(args.config, resolver, timeout)
     checks = all_checks(view, host_named(view.site, args.host)) or [NOTHING_CHECKED]
-    width = max(len(check.name) for check in checks)
-    results = run_checks(checks, OPERATIONS_PER_CHECK * timeout,
-                         report=lambda result: print_result(result, json=args.json, width=width))
+    results = run_checks(checks, OPERATIONS_PER_CHECK * timeout, report=_printer(checks, args.json))
     if not args.json:
         print(summary_line(results), flush=True)
     return exit_status(results)
+
+
+def _printer(checks: list[Check], json: bool) -> Callable[[Result], None]:
+    """Each result as it is known (run_checks reports them in the order of `checks`); in JSON
+    with its check's area and host (null: the site's), by which a monitor files it."""
+    width = max(len(check.name) for check in checks)
+    reported = iter(checks)
+
+    def report(result: Result) -> None:
+        check = next(reported)
+        if json:
+            print(json_line(result, {"area": check.area, "host": check.host}), flush=True)
+        else:
+            print_result(result, width=width)
+    return report
 
 
 def _site_view(config: Path, resolver: dns.resolver.Resolver, timeout: float) -> SiteView:

@@ -73,9 +73,9 @@ def areas() -> list[ModuleType]:
     """Each area's module, in the order an admin reads their checks: the names first (nothing
     else works without them), what a sender sees, the lists, then the hosts from inside."""
     # Imported here, not above: every area imports Check from this module.
-    from . import blocklists, dns
+    from . import blocklists, dns, inside, smtp
 
-    return [dns, blocklists]
+    return [dns, smtp, blocklists, inside]
 
 
 def all_checks(view: SiteView, only_host: str | None = None,

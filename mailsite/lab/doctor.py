@@ -5,6 +5,7 @@ network namespace alone (`nsenter -n`): its connections leave from the internet 
 sender's do, while this machine's files (the interpreter, its packages, the lab's state) stay
 where they are. Hidden options tell it what the lab stands in for: the lab's DNS as the world's
 resolver, each host entered through its holder as ssh would, the lab CA as the trusted one.
+The lab's stand-in for the primary's httpd serves the MTA-STS policy while doctor runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import mailsite
 
 from .lab import Lab
+from .mta_sts import policy_served
 
 # Where `python -m mailsite` finds this very package, whatever directory the lab was started from.
 PACKAGE_PARENT = Path(mailsite.__file__).resolve().parent.parent
@@ -29,5 +31,7 @@ def doctor_argv(lab: Lab, *options: str) -> list[str]:
 
 
 def run_doctor(lab: Lab, *options: str) -> int:
-    """doctor's exit status; what it prints goes to this process's stdout and stderr."""
-    return subprocess.run(doctor_argv(lab, *options), cwd=PACKAGE_PARENT).returncode
+    """doctor's exit status; what it prints goes to this process's stdout and stderr. The
+    MTA-STS policy is served meanwhile, as the primary's httpd serves it (the lab has none)."""
+    with policy_served(lab):
+        return subprocess.run(doctor_argv(lab, *options), cwd=PACKAGE_PARENT).returncode
