@@ -287,11 +287,26 @@ def test_doctor_settings_have_their_defaults_in_the_example_site(example_site):
 
 # --- the lab -------------------------------------------------------------------------------------
 
-def test_lab_doctor_passes_on_the_healthy_lab_one_json_line_per_check(lab):
-    """The same command, from the lab's internet node, against the lab's DNS, CA and hosts."""
-    done = subprocess.run([sys.executable, "-m", "mailsite", "lab", "doctor", "--json"], cwd=ROOT,
+def _lab_doctor(*options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mailsite", "lab", "doctor", *options], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
-    results = [Result.from_json(json.loads(line)) for line in done.stdout.splitlines()]
+
+
+def test_lab_doctor_passes_on_the_healthy_lab_one_json_line_per_check(lab):
+    """The same command, from the lab's internet node, against the lab's DNS, CA and hosts: every
+    area's checks, none FAILs; --host keeps one host's, and a host the lab lacks is one line."""
+    done = _lab_doctor("--json")
+    objects = [json.loads(line) for line in done.stdout.splitlines()]
+    results = [Result.from_json(o) for o in objects]
     failed = [f"{r.name}: {r.seen}" for r in results if r.status is Status.FAIL]
     assert (done.returncode, failed, done.stderr) == (0, [], "")
-    assert len({r.name for r in results}) == len(results) > 0
+    assert len({r.name for r in results}) == len(results)
+    assert {o["area"] for o in objects} == {"dns", "smtp", "blocklists", "inside"}
+    assert {o["host"] for o in objects} == {None, "mx1", "mx2", "mx3"}
+
+    one = _lab_doctor("--json", "--host", "mx2")
+    assert one.returncode == 0, one.stderr
+    assert [json.loads(line)["name"] for line in one.stdout.splitlines()] == [o["name"] for o in objects if o["host"] == "mx2"]
+    unknown = _lab_doctor("--host", "mx9")
+    assert (unknown.returncode, unknown.stdout) == (2, "")
+    assert unknown.stderr == "error: --host = mx9: not a host of the site; use one of mx1, mx2, mx3\n"
