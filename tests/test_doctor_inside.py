@@ -5,6 +5,7 @@ healthy lab passes, a host left behind by a rotation FAILs, an unreachable host 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -19,8 +20,10 @@ from mailsite.doctor import inside
 from mailsite.doctor.core import run_checks
 from mailsite.doctor.view import SiteView
 from mailsite.hosts import CommandControl, lab_control
+from mailsite.lab import mail
 from mailsite.lab.bgp import run_update_job
 from mailsite.lab.lab import Lab
+from mailsite.lab.procs import wait_until
 from mailsite.model import Queue
 from mailsite.render import render_host
 from mailsite.results import Result, Status
@@ -381,3 +384,46 @@ def test_every_inside_check_is_bounded_by_the_views_timeout(lab: Lab):
     assert time.monotonic() - started < 5
     assert results["mx3"][0].status is Status.FAIL and "did not answer within 1 s" in results["mx3"][0].seen
     assert subprocess.run(["pgrep", "-f", "^sleep 31$"], capture_output=True).returncode == 1, "a command was left running"
+
+
+def test_a_missing_certificate_file_and_stale_lists_are_read_from_the_hosts_own_answers(lab: Lab):
+    """openssl's answer for a file that is not there, and find's for lists the job left alone."""
+    site = lab.plan.site
+    certificate = lab.path_on("mx3", site.tls.certificate_for(site.host("mx3")))
+    assert run_update_job(lab, "mx2").status == 0
+    black = lab.path_on("mx2", BLACK)
+    hours_ago = time.time() - 3 * 3600
+    own = certificate.read_bytes()
+    try:
+        certificate.unlink()  # smtpd keeps the certificate it read as it started
+        os.utime(black, (hours_ago, hours_ago))
+        results = {r.name: r for r in run_checks(inside.checks(_lab_view(lab, warn_days=5)), 30)}
+    finally:
+        certificate.write_bytes(own)
+    missing = results[f"mx3: certificate file for mx3.example.org ({site.tls.certificate_for(site.host('mx3'))})"]
+    assert missing.status is Status.FAIL and "no certificate at /etc/ssl/mx3.example.org.crt" in missing.seen, missing
+    assert "No such file" in missing.seen and "mailsite-certificates" in missing.fix
+    stale = results["mx2: bgp-spamd lists written and filled"]
+    assert stale.status is Status.WARN and f"{BLACK} not rewritten for over 60 min" in stale.seen, stale
+    assert results["mx1: certificate file for mx1.example.org (/etc/ssl/mx1.example.org.crt)"].status is Status.PASS
+
+
+def test_a_primary_whose_smtpd_is_down_fails_and_a_backup_waiting_for_it_is_not_called_stuck(lab: Lab):
+    site = lab.plan.site
+    sent = None
+    lab.stop_daemon("mx1", "smtpd")
+    try:
+        sent = mail.send(lab, "mx2", f"{site.recipients.users[0]}@{site.domains[0]}", "mailsite-lab-doctor-inside")
+        assert sent.accepted and mail.queue(lab, "mx2")
+        # Ten minutes on: long past a relay's first try, not yet doctor.queueAgeWarnMinutes.
+        view = replace(_lab_view(lab), now=datetime.now(timezone.utc) + timedelta(minutes=10))
+        results = {r.name: r for r in run_checks(inside.checks(view), 30)}
+    finally:
+        lab.start_daemon("mx1", "smtpd")
+        assert wait_until(lambda: lab.smtpd_listening("mx1"), 30)
+        if sent is not None:
+            assert mail.flush(lab, "mx2", lambda: not mail.queue(lab, "mx2"), 60), mail.queue(lab, "mx2")
+    down = results["mx1: smtpd runs and takes mail"]
+    assert down.status is Status.FAIL and "smtpd doesn't seem to be running" in down.seen and "rcctl start smtpd" in down.fix
+    held = results["mx2: queue moves (envelopes, oldest's age)"]
+    assert held.status is Status.PASS and "1 envelope(s), the oldest 10 min old" in held.seen, held
