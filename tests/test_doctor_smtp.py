@@ -462,7 +462,7 @@ def test_an_expired_certificate_fails(plays):
     _healthy(plays, MX2, certificate=plays.issue([MX2], not_after=expired))
     verdict = _one(plays.run(plays.view(), "mx2"), "STARTTLS")
     assert verdict.status is Status.FAIL and "expired on" in verdict.seen
-    assert "acme-client" in verdict.fix
+    assert f"/usr/local/sbin/mailsite-certificates on {MX2}" in verdict.fix
 
 
 def test_a_certificate_expiring_within_the_warning_days_warns(plays):

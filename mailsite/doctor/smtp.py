@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import dns.exception
 from cryptography import x509
 
+from ..daemons.acme import JOB as CERTIFICATE_JOB
 from ..model import Host
 from ..mta_sts import WELL_KNOWN_PATH, policy_hosts, policy_text
 from ..results import Status
@@ -294,7 +295,7 @@ def certificate_verdict(seen: CertificateSeen, view: SiteView, name: str) -> tup
         if ends is not None and ends <= view.now or error is not None and error.verify_code == _X509_EXPIRED:
             when = f" on {_day(ends)}" if ends else ""
             return (Status.FAIL, f"the certificate expired{when} ({named})",
-                    f"renew it: acme-client on the host has not renewed the certificate for {name}; run its job there and read why")
+                    _renew(name))
         if error is not None and error.verify_code == _X509_HOSTNAME_MISMATCH:
             return (Status.FAIL, f"the certificate is not valid for {name}: it {named}",
                     f"give the host a certificate for {name} (tls.certificate's file for that name), the name the MX records point at")
@@ -307,11 +308,16 @@ def certificate_verdict(seen: CertificateSeen, view: SiteView, name: str) -> tup
     warn_days = view.site.doctor.certificate_warn_days
     if left <= datetime.timedelta(0):
         return (Status.FAIL, f"the certificate expired on {_day(ends)} ({named})",
-                f"renew it: acme-client on the host has not renewed the certificate for {name}; run its job there and read why")
+                _renew(name))
     if left < datetime.timedelta(days=warn_days):
         return (Status.WARN, f"valid for {name}, but expires on {_day(ends)}, in {_days(left)} (under doctor.certificateWarnDays, {warn_days})",
-                "acme-client renews a certificate well before this: run the host's certificate job and read why it has not")
+                _renew(name))
     return Status.PASS, f"valid for {name} until {_day(ends)}, verified against {_trusted(view)}", ""
+
+
+def _renew(name: str) -> str:
+    # acme-client renews 30 days ahead: a certificate this close has missed its renewals.
+    return f"run /{CERTIFICATE_JOB} on {name}: it renews what is due and says what the CA answered"
 
 
 def _names(certificate: x509.Certificate) -> list[str]:
