@@ -269,6 +269,30 @@ def test_a_dkim_key_behind_or_one_no_image_carries_fails():
     assert status is Status.FAIL and "dkim-example.net" in seen and "no image of mx2 carries" in seen
 
 
+def _answering(key_versions: str) -> CommandControl:
+    """A host, run here, that answers every command and prints `key_versions` for `cat`."""
+    script = 'test "$1" != cat || printf %s "$KEYS"'
+    return CommandControl(["env", f"KEYS={key_versions}", "sh", "-c", script, "ssh"])
+
+
+def test_key_versions_cannot_tell_when_the_secrets_backend_cannot_be_read(example, tmp_path):
+    def unreachable():
+        raise ConnectionError("Could not connect to the endpoint URL: https://secretsmanager.eu-central-1.amazonaws.com/")
+
+    empty = example.model_copy(update={"secrets": example.secrets.model_copy(update={"path": str(tmp_path)})})
+    said = []
+    for site, store in ((example, unreachable), (empty, lambda: host_store(empty, tmp_path))):
+        view = SiteView(site, "example", dns.resolver.Resolver(configure=False), lambda host: _answering(KEY_VERSIONS), store,
+                        None, datetime.now(timezone.utc), 5)
+        (check,) = [c for c in inside.checks(view) if c.name == "mx1: runs the secrets backend's current key versions"]
+        status, seen, fix = check.run()
+        assert status is Status.WARN and seen.startswith("cannot tell: the secrets backend cannot be read: "), seen
+        assert "credentials" in fix
+        said.append(seen)
+    assert "Could not connect to the endpoint URL" in said[0]
+    assert "mailsite/example/spamd-sync-key: not in the secrets backend" in said[1]
+
+
 # Certificate files.
 
 def test_certificate_end_read_without_the_locale():
