@@ -11,6 +11,7 @@ import functools
 import ipaddress
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -18,7 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dns.exception
+import dns.message
 import dns.name
+import dns.query
 import dns.resolver
 import pytest
 from pydantic import SecretStr
@@ -460,3 +463,50 @@ def test_a_ptr_naming_the_hosters_name_fails_asking_for_the_mx_name(served):
     mx3 = zone.site.host("mx3")
     assert f"{mx3.ipv4} answers vps-10-12-0-3.hoster.example (which does not even resolve back to it)" in result.seen
     assert f"{mx3.ipv4.reverse_pointer}. 3600 IN PTR mx3.hosters-ptr.example." in result.fix
+
+
+# -- found in review (issue 17) ------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _slow_resolver(port: int, delay: float) -> Iterator[int]:
+    """A resolver on loopback that answers every query as the module's dnsmasq does, `delay`
+    seconds late; yields its port. It stops with the block."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.1)
+    stop = threading.Event()
+
+    def answer(data: bytes, client) -> None:
+        time.sleep(delay)
+        with contextlib.suppress(dns.exception.DNSException, OSError):
+            reply, _ = dns.query.udp_with_fallback(dns.message.from_wire(data), "127.0.0.1", timeout=2, port=port)
+            sock.sendto(reply.to_wire(), client)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, client = sock.recvfrom(65535)
+            except (socket.timeout, OSError):
+                continue
+            threading.Thread(target=answer, args=(data, client), daemon=True).start()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        stop.set()
+        server.join(timeout=5)
+        sock.close()
+
+
+def test_a_resolver_that_answers_slowly_is_cannot_tell_before_each_checks_deadline(served):
+    # Every answer 0.8 s late, each inside the 1 s timeout: a check of four names or more (mx1's
+    # A/AAAA and its MTA-STS hosts', a reverse check) asking one after another would pass the 3 s
+    # doctor gives it (three timeouts) and be cut off as a bare FAIL saying nothing it saw.
+    with _slow_resolver(served.port, 0.8) as port:
+        results = _doctor(served, served.zones["fine"], port=port, timeout=1.0, deadline=3.0)
+    assert {n: r.seen for n, r in results.items() if r.status is Status.FAIL} == {}
+    slow = [r for r in results.values() if r.status is Status.WARN]
+    assert slow and all(r.seen.startswith("cannot tell") and "answers too slowly" in r.seen for r in slow), slow
+    assert all(r.status is Status.PASS for r in results.values() if r not in slow)

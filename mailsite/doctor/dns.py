@@ -38,6 +38,10 @@ from .core import Check
 from .view import SiteView
 
 AREA = "dns"
+# Timeouts a check may spend asking, in all: doctor gives each check three (its deadline), and a
+# resolver that answers every query just inside the timeout must leave the check time to say it
+# cannot tell, not be cut off at the deadline saying nothing.
+ASKING = 2.5
 
 
 # -- what a record means -------------------------------------------------------------------------
@@ -171,16 +175,20 @@ def _negative_ttl(response) -> int | None:
     return None
 
 
-def ask(resolver: dns.resolver.Resolver, name: str, rdtype: str, timeout: float) -> Served:
-    """`name`'s records of `rdtype` as the resolver answers them now."""
+def ask(resolver: dns.resolver.Resolver, name: str, rdtype: str, timeout: float, until: float | None = None) -> Served:
+    """`name`'s records of `rdtype` as the resolver answers them now; `until`: the monotonic
+    time the check stops asking at."""
+    left = timeout if until is None else min(timeout, until - time.monotonic())
+    if left <= 0.01:
+        return Served(trouble=_slow(timeout), timed_out=True)
     try:
-        answer = resolver.resolve(dns.name.from_text(name), rdtype, lifetime=timeout, raise_on_no_answer=False,
+        answer = resolver.resolve(dns.name.from_text(name), rdtype, lifetime=left, raise_on_no_answer=False,
                                   search=False)
     except dns.resolver.NXDOMAIN as error:
         responses = list(error.responses().values())
         return Served((), _negative_ttl(responses[0]) if responses else None)
     except dns.resolver.LifetimeTimeout:
-        return Served(trouble=f"no answer within {timeout:g} s", timed_out=True)
+        return Served(trouble=f"no answer within {timeout:g} s" if left >= timeout else _slow(timeout), timed_out=True)
     except dns.resolver.NoNameservers as error:
         return Served(trouble=_servers_trouble(error))
     except dns.exception.DNSException as error:
@@ -188,6 +196,10 @@ def ask(resolver: dns.resolver.Resolver, name: str, rdtype: str, timeout: float)
     if answer.rrset is None:
         return Served((), _negative_ttl(answer.response))
     return Served(_texts(answer.rrset), answer.rrset.ttl)
+
+
+def _slow(timeout: float) -> str:
+    return f"the resolver answers too slowly: the {ASKING * timeout:g} s this check may ask for ran out"
 
 
 def _servers_trouble(error: dns.resolver.NoNameservers) -> str:
@@ -264,7 +276,7 @@ class Zones:
         # checks after the first do not each wait for them.
         self.silent: set[str] = set()
 
-    def servers(self, name: str) -> list[tuple[str, str]]:
+    def servers(self, name: str, until: float) -> list[tuple[str, str]]:
         """(name, address) of each name server of the zone `name` lies in: the NS records of its
         site domain, or of the nearest name above that has some (a site domain may lie inside a
         zone of its parent's), as the resolver knows them; [] when none is found."""
@@ -277,26 +289,28 @@ class Zones:
         labels = domain.split(".")
         # Not above the top-level domain: the root's and the TLD's servers hold no site record.
         for start in range(max(len(labels) - 1, 1)):
-            names = ask(view.resolver, ".".join(labels[start:]), "NS", view.timeout).texts
+            names = ask(view.resolver, ".".join(labels[start:]), "NS", view.timeout, until).texts
             if names:
                 for server in names:
                     for rdtype in ("A", "AAAA"):
                         found += [(_name(server), address)
-                                  for address in ask(view.resolver, server, rdtype, view.timeout).texts]
+                                  for address in ask(view.resolver, server, rdtype, view.timeout, until).texts]
                 break
         with self._lock:
             return self._servers.setdefault(domain, found)
 
 
 class Comparer:
-    """Compares what the world is served with the stack's records, for the checks of one run."""
+    """Compares what the world is served with the stack's records, for one check: made when the
+    check starts, it asks until ASKING timeouts later."""
 
-    def __init__(self, view: SiteView):
+    def __init__(self, view: SiteView, zones: Zones):
         self.view = view
-        self.zones = Zones(view)
+        self.zones = zones
+        self.until = time.monotonic() + ASKING * view.timeout
 
     def ask(self, name: str, rdtype: str) -> Served:
-        return ask(self.view.resolver, name, rdtype, self.view.timeout)
+        return ask(self.view.resolver, name, rdtype, self.view.timeout, self.until)
 
     def find(self, want: Want) -> Finding:
         served = self.ask(want.name, want.kind.rdtype)
@@ -339,8 +353,8 @@ class Comparer:
         answered = False
         # All of them within two timeouts: a zone's dead name server must not hold the check past
         # its deadline, where it would say nothing of what the resolver did answer.
-        until = time.monotonic() + 2 * self.view.timeout
-        for _, address in self.zones.servers(want.name):
+        until = min(self.until, time.monotonic() + 2 * self.view.timeout)
+        for _, address in self.zones.servers(want.name, until):
             left = min(self.view.timeout, until - time.monotonic())
             if left <= 0:
                 break
@@ -424,8 +438,8 @@ def findings(comparer: Comparer, wants: Sequence[Want]) -> list[Finding]:
     return found
 
 
-def compared(comparer: Comparer, wants: Sequence[Want]) -> Callable[[], tuple[Status, str, str]]:
-    return lambda: _outcome(findings(comparer, wants))
+def compared(view: SiteView, zones: Zones, wants: Sequence[Want]) -> Callable[[], tuple[Status, str, str]]:
+    return lambda: _outcome(findings(Comparer(view, zones), wants))
 
 
 def wants_of(records: Sequence[DnsRecord], kind: Kind | None = None) -> list[Want]:
@@ -442,7 +456,7 @@ def wants_of(records: Sequence[DnsRecord], kind: Kind | None = None) -> list[Wan
 # -- the checks ----------------------------------------------------------------------------------
 
 def checks(view: SiteView) -> list[Check]:
-    site, comparer = view.site, Comparer(view)
+    site, zones = view.site, Zones(view)
     records = named_records(site)
     hosts = {host.mx_name: host for host in site.hosts}
     by_domain: dict[str, list[DnsRecord]] = {}
@@ -461,18 +475,18 @@ def checks(view: SiteView) -> list[Check]:
                            (CAA, "CAA records of the MTA-STS host")):
             wants = [want for want in wants_of(mine) if want.kind is kind]
             if wants:
-                found.append(Check(f"{domain}: {what}", AREA, None, compared(comparer, wants)))
+                found.append(Check(f"{domain}: {what}", AREA, None, compared(view, zones, wants)))
         found.append(Check(f"{domain}: DKIM records of the keys in the secrets backend", AREA, None,
-                           partial(_dkim, view, comparer, domain)))
+                           partial(_dkim, view, zones, domain)))
     for host in site.hosts:
         found.append(Check(f"{host.mx_name}: A/AAAA records", AREA, host.name,
-                           partial(_addresses, view, comparer, host)))
+                           partial(_addresses, view, zones, host)))
         found.append(Check(f"{host.mx_name}: reverse DNS names it (forward-confirmed)", AREA, host.name,
-                           partial(_reverse, view, comparer, host)))
+                           partial(_reverse, view, zones, host)))
         for kind, what in ((SPF, "SPF record (its bounces' HELO name)"), (CAA, "CAA record")):
             wants = [want for want in wants_of(by_host.get(host.name, [])) if want.kind is kind]
             if wants:
-                found.append(Check(f"{host.mx_name}: {what}", AREA, host.name, compared(comparer, wants)))
+                found.append(Check(f"{host.mx_name}: {what}", AREA, host.name, compared(view, zones, wants)))
     return found
 
 
@@ -483,8 +497,8 @@ _DKIM_SEVERITY = {SIGNING: (Status.FAIL, "the key the primary signs with: receiv
                   RETIRING: (Status.WARN, "a retiring key: mail it signed lately no longer verifies")}
 
 
-def _dkim(view: SiteView, comparer: Comparer, domain: str) -> tuple[Status, str, str]:
-    site = view.site
+def _dkim(view: SiteView, zones: Zones, domain: str) -> tuple[Status, str, str]:
+    site, comparer = view.site, Comparer(view, zones)
     if site.secrets.backend == "inline":
         return (Status.WARN, "the inline secrets backend keeps no DKIM keys: the site signs nothing",
                 "use secrets.backend file or aws-secretsmanager, then python -m mailsite secrets init --config <stack file>")
@@ -533,8 +547,8 @@ def _own_addresses(comparer: Comparer, host: Host) -> list[tuple[str, ...]] | tu
     return found
 
 
-def _addresses(view: SiteView, comparer: Comparer, host: Host) -> tuple[Status, str, str]:
-    site = view.site
+def _addresses(view: SiteView, zones: Zones, host: Host) -> tuple[Status, str, str]:
+    site, comparer = view.site, Comparer(view, zones)
     names = [name for name, owner in address_names(site) if owner.name == host.name]
     fixed = _fixed_addresses(site, host)
     if fixed is not None:
@@ -567,8 +581,8 @@ def _addresses(view: SiteView, comparer: Comparer, host: Host) -> tuple[Status, 
 # Reverse DNS: each address the MX name has answers the MX name (PTR), which answers that address
 # (it is one of the MX name's addresses by construction): forward-confirmed.
 
-def _reverse(view: SiteView, comparer: Comparer, host: Host) -> tuple[Status, str, str]:
-    site = view.site
+def _reverse(view: SiteView, zones: Zones, host: Host) -> tuple[Status, str, str]:
+    site, comparer = view.site, Comparer(view, zones)
     own = _own_addresses(comparer, host)
     if isinstance(own, tuple):
         return own
