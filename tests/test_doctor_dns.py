@@ -168,6 +168,9 @@ FAULTS: dict[str, Fault] = {
         _changed(_is("mx3.wrong-address.example", "A"), lambda r: replace(r, value="10.99.0.3"))(site, records, reverse)[0],
         [*reverse, ReverseRecord("10.99.0.3", "mx3.wrong-address.example")]),
     "wrong-caa": _changed(_is("mx1.wrong-caa.example", "CAA"), lambda r: replace(r, value='0 issue "ca.attacker.example"')),
+    # The stack's mechanisms, but `-all` first: a receiver tests nothing after it (RFC 7208 5.1).
+    "spf-all-first": _changed(_is("spf-all-first.example", "TXT", "v=spf1"),
+                              lambda r: replace(r, value=" ".join(["v=spf1", "-all", *r.value.split()[1:-1]]))),
 }
 # Not served at all: the resolver refuses it (dnsmasq asks no upstream).
 UNSERVED = "unserved"
@@ -510,3 +513,11 @@ def test_a_resolver_that_answers_slowly_is_cannot_tell_before_each_checks_deadli
     slow = [r for r in results.values() if r.status is Status.WARN]
     assert slow and all(r.seen.startswith("cannot tell") and "answers too slowly" in r.seen for r in slow), slow
     assert all(r.status is Status.PASS for r in results.values() if r not in slow)
+
+
+def test_an_spf_record_with_all_before_the_stacks_mechanisms_fails(served):
+    # Every mechanism of the stack's record is there, but after `-all`, where no receiver looks:
+    # the site's own mail fails SPF.
+    result = _failed_only(_doctor(served, served.zones["spf-all-first"]), "spf-all-first.example: SPF record")
+    assert 'remove spf-all-first.example. IN TXT "v=spf1 -all a:mx1.spf-all-first.example"' in result.fix
+    assert 'publish spf-all-first.example. 3600 IN TXT "v=spf1 a:mx1.spf-all-first.example -all"' in result.fix

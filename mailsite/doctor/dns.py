@@ -84,10 +84,11 @@ def _is_spf(text: str) -> bool:
 
 def _spf_key(text: str) -> Hashable:
     # The stack's mechanisms all pass, then one `all` ends the record: which comes first among
-    # the passing ones changes nothing, the closing `all` and its qualifier do.
+    # the passing ones changes nothing, the closing `all` and its qualifier do, and so does
+    # anything after it, which a receiver never tests (RFC 7208 5.1).
     terms = [term.lower().removeprefix("+") for term in text.split()[1:]]
-    closing = tuple(term for term in terms if term.lstrip("-~?") == "all")
-    return frozenset(term for term in terms if term.lstrip("-~?") != "all"), closing
+    closing = next((index for index, term in enumerate(terms) if term.lstrip("-~?") == "all"), len(terms))
+    return frozenset(terms[:closing]), tuple(terms[closing:])
 
 
 def _name(text: str) -> str:
