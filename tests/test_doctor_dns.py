@@ -171,6 +171,12 @@ FAULTS: dict[str, Fault] = {
     # The stack's mechanisms, but `-all` first: a receiver tests nothing after it (RFC 7208 5.1).
     "spf-all-first": _changed(_is("spf-all-first.example", "TXT", "v=spf1"),
                               lambda r: replace(r, value=" ".join(["v=spf1", "-all", *r.value.split()[1:-1]]))),
+    # The key right, the version tag last (RFC 6376 3.6.1: first, or the record is not a key).
+    "dkim-version-last": _changed(_is(f"{SELECTOR}._domainkey.dkim-version-last.example", "TXT"),
+                                  lambda r: replace(r, value=r.value.removeprefix("v=DKIM1; ") + "; v=DKIM1")),
+    # ... or not DKIM1 to the letter: "any other value MUST be discarded".
+    "dkim-version-case": _changed(_is(f"{SELECTOR}._domainkey.dkim-version-case.example", "TXT"),
+                                  lambda r: replace(r, value=r.value.replace("v=DKIM1", "v=dkim1"))),
 }
 # Not served at all: the resolver refuses it (dnsmasq asks no upstream).
 UNSERVED = "unserved"
@@ -521,3 +527,12 @@ def test_an_spf_record_with_all_before_the_stacks_mechanisms_fails(served):
     result = _failed_only(_doctor(served, served.zones["spf-all-first"]), "spf-all-first.example: SPF record")
     assert 'remove spf-all-first.example. IN TXT "v=spf1 -all a:mx1.spf-all-first.example"' in result.fix
     assert 'publish spf-all-first.example. 3600 IN TXT "v=spf1 a:mx1.spf-all-first.example -all"' in result.fix
+
+
+@pytest.mark.parametrize("zone", ["dkim-version-last", "dkim-version-case"])
+def test_a_dkim_record_whose_version_tag_verifiers_discard_fails(served, zone):
+    # The right key, but v= not first, or not "DKIM1" to the letter: verifiers discard the record
+    # (RFC 6376 3.6.1) and every signature of the domain fails.
+    result = _failed_only(_doctor(served, served.zones[zone]), f"{zone}.example: DKIM records of the keys in the secrets backend")
+    assert f"selector {SELECTOR}" in result.seen and "receivers fail its signatures" in result.seen
+    assert f'publish {SELECTOR}._domainkey.{zone}.example. 3600 IN TXT "v=DKIM1; k=rsa; p=' in result.fix

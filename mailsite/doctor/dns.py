@@ -59,12 +59,14 @@ def _tags(text: str, folded: str = "") -> dict[str, str]:
     return tags
 
 
-def _tag_key(exact: str = "", folded: str = "") -> Callable[[str], Hashable]:
-    """What two tag lists agree on: every tag's value without case, but `exact`'s (a DKIM key's
-    base64, an MTA-STS id: both case-sensitive)."""
+def _tag_key(exact: tuple[str, ...] = (), folded: str = "", first: str = "") -> Callable[[str], Hashable]:
+    """What two tag lists agree on: every tag's value without case, but those of `exact` (a DKIM
+    key's base64 and version, an MTA-STS id: case-sensitive); and whether the tag `first`, when
+    there, comes first (a DKIM record's v=: elsewhere, verifiers discard the record)."""
     def key(text: str) -> Hashable:
-        return frozenset((name, value if name == exact else value.lower())
-                         for name, value in _tags(text, folded).items())
+        tags = _tags(text, folded)
+        placed = first not in tags or next(iter(tags)) == first
+        return frozenset((name, value if name in exact else value.lower()) for name, value in tags.items()), placed
     return key
 
 
@@ -128,9 +130,11 @@ class Kind:
 MX = Kind("MX", "MX", _mx_key)
 SPF = Kind("SPF", "TXT", _spf_key, _is_spf)
 DMARC = Kind("DMARC", "TXT", _tag_key(), _first_tag("DMARC1"))
-MTA_STS = Kind("MTA-STS", "TXT", _tag_key(exact="id"), _first_tag("STSv1"))
+MTA_STS = Kind("MTA-STS", "TXT", _tag_key(exact=("id",)), _first_tag("STSv1"))
 TLS_RPT = Kind("TLS-RPT", "TXT", _tag_key(), _first_tag("TLSRPTv1"))
-DKIM = Kind("DKIM", "TXT", _tag_key(exact="p", folded="p"))  # a selector's name holds its key's record and nothing else
+# A selector's name holds its key's record and nothing else. v=DKIM1, when there, first and to
+# the letter: "Records beginning with a v= tag with any other value MUST be discarded" (RFC 6376 3.6.1).
+DKIM = Kind("DKIM", "TXT", _tag_key(exact=("p", "v"), folded="p", first="v"))
 SRV = Kind("SRV", "SRV", _srv_key)
 CAA = Kind("CAA", "CAA", _caa_key)
 A = Kind("A", "A", _address_key)
