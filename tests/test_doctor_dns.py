@@ -177,7 +177,12 @@ FAULTS: dict[str, Fault] = {
     # ... or not DKIM1 to the letter: "any other value MUST be discarded".
     "dkim-version-case": _changed(_is(f"{SELECTOR}._domainkey.dkim-version-case.example", "TXT"),
                                   lambda r: replace(r, value=r.value.replace("v=DKIM1", "v=dkim1"))),
+    # mx2's name an alias (CNAME, served beside, ALIASED) of the VM's own name, which holds every record mx2's should.
+    "mx-cname": lambda site, records, reverse: (
+        [replace(r, name=_ALIASED[1]) if r.name == _ALIASED[0] and r.type != "MX" else r for r in records],
+        [replace(r, name=_ALIASED[1]) if r.name == _ALIASED[0] else r for r in reverse]),
 }
+_ALIASED = ("mx2.mx-cname.example", "vm2.mx-cname.example")
 # Not served at all: the resolver refuses it (dnsmasq asks no upstream).
 UNSERVED = "unserved"
 # Served old by the resolver (an MTA-STS id from before a change), new by the zone's own name server.
@@ -275,6 +280,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
         f"dns-rr={BEHIND}.example,2,{_wire(f'ns1.{BEHIND}.example')}",
         f"host-record=ns1.{BEHIND}.example,{ZONE_SERVER}",
         f"dns-rr=dead-ns.example,2,{_wire('ns1.dead-ns.example')}",
+        f"cname={_ALIASED[0]},{_ALIASED[1]}",
         f"host-record=ns1.dead-ns.example,{SILENT_SERVER}",
     ]) + "\n"
     zone_conf = "\n".join(["no-resolv", "no-hosts", "bind-interfaces", f"listen-address={ZONE_SERVER}",
@@ -536,3 +542,16 @@ def test_a_dkim_record_whose_version_tag_verifiers_discard_fails(served, zone):
     result = _failed_only(_doctor(served, served.zones[zone]), f"{zone}.example: DKIM records of the keys in the secrets backend")
     assert f"selector {SELECTOR}" in result.seen and "receivers fail its signatures" in result.seen
     assert f'publish {SELECTOR}._domainkey.{zone}.example. 3600 IN TXT "v=DKIM1; k=rsa; p=' in result.fix
+
+
+def test_an_mx_name_that_is_an_alias_fails_asking_for_its_own_records(served):
+    # mx2.mx-cname.example CNAME vm2.mx-cname.example, which has mx2's addresses: a resolver that
+    # follows the alias answers them, but an MX target must not be an alias (RFC 2181 10.3): MTAs
+    # may refuse to deliver to it, and the name the MX greets with is not the one its PTR names.
+    results = _doctor(served, served.zones["mx-cname"])
+    result = results[f"{_ALIASED[0]}: A/AAAA records"]
+    assert result.status is Status.FAIL, result
+    assert f"{_ALIASED[0]} is an alias (CNAME) of {_ALIASED[1]}" in result.seen
+    assert f"remove {_ALIASED[0]}. IN CNAME {_ALIASED[1]}." in result.fix
+    assert f"publish {_ALIASED[0]}. 3600 IN A 10." in result.fix and f"publish {_ALIASED[0]}. 3600 IN AAAA 2001:db8:" in result.fix
+    assert results["mx1.mx-cname.example: A/AAAA records"].status is Status.PASS

@@ -161,6 +161,7 @@ class Served:
     texts: tuple[str, ...] = ()  # each record's data (TXT: its strings joined); () for none
     ttl: int | None = None  # how long the answer (or the absence) may be kept, when known
     trouble: str | None = None  # why nothing is known: no answer, SERVFAIL, refused
+    alias: str | None = None  # the name is an alias (CNAME) of this one, which holds the records
     timed_out: bool = False  # the trouble took the whole time: asking again would too
 
 
@@ -198,9 +199,10 @@ def ask(resolver: dns.resolver.Resolver, name: str, rdtype: str, timeout: float,
         return Served(trouble=_servers_trouble(error))
     except dns.exception.DNSException as error:
         return Served(trouble=f"{type(error).__name__}: {error}")
+    alias = _name(answer.canonical_name.to_text()) if answer.canonical_name != answer.qname else None
     if answer.rrset is None:
-        return Served((), _negative_ttl(answer.response))
-    return Served(_texts(answer.rrset), answer.rrset.ttl)
+        return Served((), _negative_ttl(answer.response), alias=alias)
+    return Served(_texts(answer.rrset), answer.rrset.ttl, alias=alias)
 
 
 def _slow(timeout: float) -> str:
@@ -552,6 +554,24 @@ def _own_addresses(comparer: Comparer, host: Host) -> list[tuple[str, ...]] | tu
     return found
 
 
+def _aliased(comparer: Comparer, host: Host, records: Sequence[DnsRecord]) -> tuple[Status, str, str] | None:
+    """The FAIL of an MX name that is an alias (CNAME): a resolver follows it to addresses, but an
+    MX's target must not be an alias (RFC 2181 10.3, RFC 5321 5.1), some MTAs refuse it, and the
+    name holds none of the MX's own records (its HELO SPF, its CAA) beside the CNAME. `records`:
+    its addresses as the stack has them, or as the alias answers when the provider allocates them."""
+    served = comparer.ask(host.mx_name, "A")
+    if served.alias is None:
+        return None
+    if not records:
+        records = [DnsRecord(host.mx_name, rdtype, text)
+                   for rdtype in ("A", "AAAA") for text in comparer.ask(host.mx_name, rdtype).texts]
+    site = comparer.view.site
+    publish = "; ".join(f"publish {zone_line(site, record)}" for record in records) or f"publish {host.mx_name}'s A and AAAA records"
+    return (Status.FAIL, f"{host.mx_name} is an alias (CNAME) of {served.alias}: an MX's name must hold its own "
+                         "A/AAAA records, not alias another name (RFC 2181 10.3); MTAs may refuse to deliver to it",
+            f"remove {host.mx_name}. IN CNAME {served.alias}.; {publish}; {where_published(site, host.mx_name)}")
+
+
 def _addresses(view: SiteView, zones: Zones, host: Host) -> tuple[Status, str, str]:
     site, comparer = view.site, Comparer(view, zones)
     names = [name for name, owner in address_names(site) if owner.name == host.name]
@@ -559,11 +579,17 @@ def _addresses(view: SiteView, zones: Zones, host: Host) -> tuple[Status, str, s
     if fixed is not None:
         # address_records asks every host's addresses; only this host's names are kept.
         records = [r for r in address_records(site, {h.name: fixed for h in site.hosts}) if r.name in names]
+        aliased = _aliased(comparer, host, [r for r in records if r.name == host.mx_name])
+        if aliased is not None:
+            return aliased
         wants = [want for want in wants_of(records)]
         # No AAAA in the stack: none must be served (a sender would try an address the MX lacks).
         wants += [Want(name, AAAA, ()) for name in names if fixed.ipv6 is None]
         return _outcome(findings(comparer, wants))
     # Addresses the provider allocates: the MX name must have them, the MTA-STS hosts the same.
+    aliased = _aliased(comparer, host, [])
+    if aliased is not None:
+        return aliased
     own = _own_addresses(comparer, host)
     if isinstance(own, tuple):
         return own
