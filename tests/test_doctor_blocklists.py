@@ -301,3 +301,18 @@ def test_the_lab_dns_answers_every_mx_not_listed(site, tmp_path):
     for found in results.values():
         assert found.status is Status.PASS, found
         assert found.seen.endswith("not listed")
+
+
+# -- found in review (issue 17) ------------------------------------------------------------------
+
+def test_a_spamhaus_bcl_listing_fails_as_a_listing(site, tmp_path):
+    # ZEN answers 127.0.0.30 for the Botnet Controller List, part of the SBL (Spamhaus's zone
+    # documentation, "Available Zones"): a listing, not an answer doctor cannot read.
+    mx1 = site.hosts[0]
+    with name_server(site, tmp_path, every_list_working() + listing(mx1.ipv4, ZEN, "127.0.0.30")) as resolver:
+        results = doctor(site, resolver)
+    found = result(results, mx1, ZEN)
+    assert found.status is Status.FAIL, found
+    assert found.seen.startswith(f"{mx1.ipv4} listed by Spamhaus (127.0.0.30): BCL")
+    assert "https://check.spamhaus.org/" in found.fix
+

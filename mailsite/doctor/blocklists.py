@@ -101,6 +101,9 @@ _XBL = Listing("XBL (an exploited host: a bot, an open proxy or a stolen account
 _DROP = Listing("DROP (SBL: a hijacked or criminal network)",
                 _SPAMHAUS_LOOKUP + ": the whole network is listed, which only its provider can resolve; move the MX "
                 "to an address elsewhere")
+_BCL = Listing("BCL (SBL: the address runs a botnet's command and control server)",
+               "the MX, or whatever shares its address, is compromised: find and stop the controller (a process "
+               "listening where no service of the site should), then ask for removal at https://check.spamhaus.org/")
 _PBL = ("PBL ({who} marks the address end-user or dynamic: not meant to send mail to other domains directly)",
         "have the provider give {address} a static reverse name ({mx_name}) and take it out of the PBL, or remove it "
         "yourself at https://check.spamhaus.org/ (self-service for a mail server's static address)")
@@ -114,6 +117,7 @@ SPAMHAUS = Blocklist(
         ipaddress.IPv4Address("127.0.0.9"): _DROP,
         ipaddress.IPv4Address("127.0.0.10"): Listing(_PBL[0].format(who="its provider"), _PBL[1]),
         ipaddress.IPv4Address("127.0.0.11"): Listing(_PBL[0].format(who="Spamhaus"), _PBL[1]),
+        ipaddress.IPv4Address("127.0.0.30"): _BCL,
     },
     listed_fix="",
     errors={
