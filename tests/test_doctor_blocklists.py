@@ -316,3 +316,20 @@ def test_a_spamhaus_bcl_listing_fails_as_a_listing(site, tmp_path):
     assert found.seen.startswith(f"{mx1.ipv4} listed by Spamhaus (127.0.0.30): BCL")
     assert "https://check.spamhaus.org/" in found.fix
 
+
+@pytest.mark.parametrize("code, why", [("127.255.255.250", "the key is disabled"), ("127.255.255.251", "the key is not valid")])
+def test_a_dqs_key_spamhaus_refuses_is_cannot_tell_saying_so_without_the_key(tmp_path, code, why):
+    # Every query with a disabled or unknown DQS key answers this code, the test entry's too.
+    key = "zyxwvutsrqponmlkjihgfedcba"
+    dqs = f"{key}.zen.dq.spamhaus.net"
+    settings = example_settings()
+    settings["doctor"] = {"blocklists": [dqs]}
+    site = site_of(settings)
+    with name_server(site, tmp_path, [f"address=/{dqs}/{code}"]) as resolver:
+        results = doctor(site, resolver)
+    for host in site.hosts:
+        found = result(results, host, "<DQS key>.zen.dq.spamhaus.net")
+        assert found.status is Status.WARN, found
+        assert f"Spamhaus answers {code}: it does not accept the DQS key of <DQS key>.zen.dq.spamhaus.net ({why})" in found.seen
+        assert "DQS account" in found.fix
+    assert not [r for r in results.values() if key in r.name + r.seen + r.fix]

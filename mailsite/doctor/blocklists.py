@@ -121,6 +121,11 @@ SPAMHAUS = Blocklist(
     },
     listed_fix="",
     errors={
+        # A DQS zone's own: its first label, the key, is not (or no longer) one Spamhaus accepts.
+        **{ipaddress.IPv4Address(f"127.255.255.{n}"): (
+            f"Spamhaus answers 127.255.255.{n}: it does not accept the DQS key of {{zone}} ({why})",
+            "log in to your Spamhaus DQS account and check the key; put the one it shows in doctor.blocklists "
+            "(<key>.zen.dq.spamhaus.net)") for n, why in ((250, "the key is disabled"), (251, "the key is not valid"))},
         ipaddress.IPv4Address("127.255.255.252"): (
             "Spamhaus answers 127.255.255.252: no such list, the zone's name is mistyped",
             "correct {zone} in doctor.blocklists (zen.spamhaus.org, or <key>.zen.dq.spamhaus.net with a DQS key)"),
@@ -202,7 +207,7 @@ def read_answer(listed: Blocklist, zone: str, answers: Sequence[ipaddress.IPv4Ad
     for answer in answers:
         if answer in listed.errors:
             why, fix = listed.errors[answer]
-            return Reading(Status.WARN, f"cannot tell: {why}", fix.format(zone=zone))
+            return Reading(Status.WARN, f"cannot tell: {why.format(zone=zone)}", fix.format(zone=zone))
     errors = [a for a in answers if a in ERROR_CODES or a == UNLISTED_TEST_ENTRY]
     if errors:
         return Reading(Status.WARN, f"cannot tell: {listed.name} answered {shown}, an error code (127.255.255.0/24 "
