@@ -164,6 +164,7 @@ class World:
         self.cafile = str(directory / "ca.pem")
         Path(self.cafile).write_bytes(self.ca.pem)
         self.names: dict[str, str] = {}  # DNS name -> IPv4 address
+        self.names6: dict[str, str] = {}  # DNS name -> IPv6 address, for the names that have one
         self.plays: dict[tuple[str, int], Plays] = {}
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -227,6 +228,8 @@ class World:
                 name = question.name.to_text().rstrip(".").lower()
                 if question.rdtype == dns.rdatatype.A and name in self.names:
                     response.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", self.names[name]))
+                elif question.rdtype == dns.rdatatype.AAAA and name in self.names6:
+                    response.answer.append(dns.rrset.from_text(question.name, 60, "IN", "AAAA", self.names6[name]))
                 elif name not in self.names:
                     response.set_rcode(dns.rcode.NXDOMAIN)
                 sock.sendto(response.to_wire(), client)
@@ -409,6 +412,7 @@ def plays(world) -> Iterator[World]:
     world.plays.clear()
     yield world
     world.plays.clear()
+    world.names6.clear()
 
 
 def _healthy(world: World, mx: str, **changes) -> Plays:
@@ -531,6 +535,20 @@ def test_a_silent_mx_costs_one_timeout_not_one_per_check(plays):
     assert time.monotonic() - started < 1.9
     assert {r.status for r in results.values()} == {Status.FAIL}
     assert all("no answer within 1 s" in r.seen for r in results.values())
+
+
+def test_a_family_this_machine_has_no_route_for_warns_instead_of_failing(plays):
+    # An admin's network without IPv6: the MXes' IPv6 cannot be told from here, not found broken.
+    _primary(plays)
+    _healthy(plays, MX2)
+    plays.names6.update({MX1: "2001:db8::25", MX2: "2001:db8::26"})
+    results = plays.run(plays.view())
+    over_ipv6 = {name: r for name, r in results.items() if name.endswith("over IPv6")}
+    assert len(over_ipv6) == 7 + 4
+    assert {r.status for r in over_ipv6.values()} == {Status.WARN}
+    assert all("no route to IPv6" in r.seen for r in over_ipv6.values())
+    over_ipv4 = [r for name, r in results.items() if name.endswith("over IPv4") and name.startswith((MX1, MX2))]
+    assert len(over_ipv4) == 7 + 4 and {r.status for r in over_ipv4} == {Status.PASS}
 
 
 def test_an_mx_that_hangs_up_at_once_fails(plays):

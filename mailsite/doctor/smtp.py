@@ -15,6 +15,7 @@ banner. Every reply here is read within one `view.timeout` in all.
 from __future__ import annotations
 
 import datetime
+import errno
 import http.client
 import imaplib
 import ipaddress
@@ -161,6 +162,19 @@ class Unreachable(Exception):
     """The server could not be reached or stopped speaking SMTP: the text says how."""
 
 
+class NoRouteHere(Unreachable):
+    """This machine has no route to the address's family (an admin's network without IPv6): the
+    MX may be fine, nothing can be told of it from here."""
+
+
+def _no_route(address: Address, port: int, error: OSError) -> NoRouteHere:
+    return NoRouteHere(f"cannot tell from here: this machine has no route to IPv{address.version} "
+                       f"({_where(address, port)}: {error.strerror})")
+
+
+_NO_ROUTE_FIX = "run doctor from a machine that reaches the Internet over that family too, to check the MX over it"
+
+
 class Tarpit(Unreachable):
     """A reply that came a byte at a time, or was left unfinished at the timeout: spamd's tarpit."""
 
@@ -184,6 +198,8 @@ class Conversation:
         except (TimeoutError, socket.timeout):
             raise Unreachable(f"no connection to {_where(address, port)} within {timeout:g} s") from None
         except OSError as error:
+            if error.errno == errno.ENETUNREACH:
+                raise _no_route(address, port, error) from None
             raise Unreachable(f"no connection to {_where(address, port)}: {error.strerror or error}") from None
 
     def close(self) -> None:
@@ -371,6 +387,7 @@ def _tls_error(error: Exception) -> str:
 @dataclass
 class _Port25:
     failed: str = ""  # why the session went no further than it did
+    no_route: str = ""  # this machine reaches no address of the family
     spamd: str = ""  # what showed spamd answered, not smtpd
     greeting: Reply | None = None
     ehlo: Reply | None = None
@@ -391,6 +408,8 @@ def _port25_session(view: SiteView, host: Host, address: Address) -> _Port25:
         if conversation is None:
             return session
         _probe(view, conversation, session)
+    except NoRouteHere as error:
+        session.no_route = str(error)
     except Unreachable as error:
         session.failed = str(error)
     return session
@@ -496,6 +515,8 @@ def _before(session: _Port25, reached: object, step: str) -> tuple[Status, str, 
     """The verdict every port-25 check shares when the session stopped before `step`."""
     if session.spamd:
         return Status.WARN, f"spamd answered, not smtpd ({session.spamd})", _SPAMD_FIX
+    if session.no_route:
+        return Status.WARN, session.no_route, _NO_ROUTE_FIX
     if reached is None:
         why = session.failed or "the session ended early"
         if session.greeting is not None and session.failed:
@@ -687,6 +708,8 @@ def _unverified(view: SiteView, name: str, address: Address, port: int, starttls
 
 
 def _closed(port: int, error: Exception) -> tuple[Status, str, str]:
+    if isinstance(error, NoRouteHere):
+        return Status.WARN, str(error), _NO_ROUTE_FIX
     return Status.FAIL, str(error), f"smtpd on the primary must listen on port {port} and pf and the cloud firewall pass it"
 
 
@@ -713,8 +736,12 @@ def _imaps(view: SiteView, host: Host, address: Address) -> tuple[Status, str, s
         return Status.FAIL, f"no IMAPS answer from {_where(address, IMAPS)} within {view.timeout:g} s", _IMAPS_FIX
     except ssl.SSLError as error:
         return Status.FAIL, _tls_error(error), _IMAPS_FIX
-    except (imaplib.IMAP4.error, OSError) as error:
-        return Status.FAIL, f"no IMAPS at {_where(address, IMAPS)}: {getattr(error, 'strerror', None) or error}", _IMAPS_FIX
+    except OSError as error:
+        if error.errno == errno.ENETUNREACH:
+            return _closed(IMAPS, _no_route(address, IMAPS, error))
+        return Status.FAIL, f"no IMAPS at {_where(address, IMAPS)}: {error.strerror or error}", _IMAPS_FIX
+    except imaplib.IMAP4.error as error:
+        return Status.FAIL, f"no IMAPS at {_where(address, IMAPS)}: {error}", _IMAPS_FIX
     assert isinstance(client.sock, ssl.SSLSocket)
     der = client.sock.getpeercert(binary_form=True)
     capabilities = [str(capability) for capability in client.capabilities]
