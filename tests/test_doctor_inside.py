@@ -123,11 +123,12 @@ def test_smtpd_not_answering_fails_and_says_how_to_start_it():
 
 def _queue(example, host: str, after: timedelta, *, paused: bool = False, primary_takes: bool | None = True):
     envelopes = [facts.parse_envelope(line) for line in QUEUE.splitlines()]
-    return inside.queue_outcome(example.host(host), envelopes, QUEUED_AT + after, 60, Queue(ttl="7d"), paused, "mx1", primary_takes)
+    return inside.queue_outcome(example.host(host), envelopes, QUEUED_AT + after, 60, Queue(ttl="7d"), paused, "mx1", primary_takes,
+                                example.domains)
 
 
 def test_an_empty_queue_passes(example):
-    assert inside.queue_outcome(example.host("mx2"), [], QUEUED_AT, 60, Queue(), False, "mx1", True)[0] is Status.PASS
+    assert inside.queue_outcome(example.host("mx2"), [], QUEUED_AT, 60, Queue(), False, "mx1", True, example.domains)[0] is Status.PASS
 
 
 def test_a_backup_holding_mail_while_the_primary_takes_mail_is_a_stuck_queue(example):
@@ -138,6 +139,13 @@ def test_a_backup_holding_mail_while_the_primary_takes_mail_is_a_stuck_queue(exa
 
 def test_a_backup_relaying_what_it_just_took_passes(example):
     assert _queue(example, "mx2", timedelta(seconds=30))[0] is Status.PASS
+
+
+def test_a_backup_holding_only_its_own_mail_to_the_world_is_not_stuck_on_the_primary(example):
+    """A bounce to a sender whose server is away waits for that server, not for the primary."""
+    bounce = facts.parse_envelope(QUEUE.splitlines()[0].replace("bob@example.net|bob@example.net", "someone@internet.test|someone@internet.test"))
+    assert inside.queue_outcome(example.host("mx2"), [bounce], QUEUED_AT + timedelta(minutes=10), 60, Queue(), False, "mx1", True,
+                                example.domains)[0] is Status.PASS
 
 
 def test_a_backup_waiting_for_a_primary_that_takes_no_mail_warns_after_the_warn_age_and_names_the_primary(example):

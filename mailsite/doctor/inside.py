@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from ..daemons.acme import certificates
 from ..daemons.basics import render_key_versions
 from ..daemons.bgp_spamd_update import BLACK_LIST_FILE, BYPASS_LIST_FILE, UPDATE_JOB
 from ..hosts import CommandControl, ControlError, HostControl
-from ..model import MAILBOXES, STATE_MOUNT, Host, Queue, Site
+from ..model import MAILBOXES, STATE_MOUNT, Host, Queue
 from ..results import Status
 from ..secrets import site_secrets
 from .core import Check
@@ -38,12 +38,6 @@ LISTS_DIRECTORY = str(Path(BLACK_LIST_FILE).parent)
 STUCK_AFTER = timedelta(minutes=2)
 
 Outcome = tuple[Status, str, str]
-
-
-def _doctor_settings(site: Site) -> tuple[int, int, int]:
-    """certificate_warn_days, queue_age_warn_minutes, free_space_warn_percent (site.doctor)."""
-    doctor = site.doctor
-    return doctor.certificate_warn_days, doctor.queue_age_warn_minutes, doctor.free_space_warn_percent
 
 
 def _duration(seconds: float) -> str:
@@ -70,14 +64,15 @@ def smtpd_outcome(host: str, status: str | None, error: str = "") -> Outcome:
                 "SMTP": "no mail is taken"}
         return (Status.FAIL, "; ".join(f"{part} paused: {what.get(part, 'stopped')}" for part in stopped),
                 f"on {host}: " + ", ".join(f"smtpctl resume {part.lower()}" for part in stopped)
-                + " (a drain or rotation that stopped half-way leaves smtp paused)")
+                + (" (a drain or rotation that stopped half-way leaves smtp paused)" if "SMTP" in stopped else ""))
     return Status.PASS, "smtpd runs: " + ", ".join(" ".join(line.split()) for line in status.splitlines() if line.strip()), ""
 
 
 def queue_outcome(host: Host, envelopes: list[facts.Envelope], now: datetime, warn_minutes: int, queue: Queue,
-                  mta_paused: bool, primary: str, primary_takes_mail: bool | None) -> Outcome:
+                  mta_paused: bool, primary: str, primary_takes_mail: bool | None, domains: Sequence[str]) -> Outcome:
     """The queue: how much, how old, and whether it moves. `primary_takes_mail`: the primary's
-    smtpd takes mail (None: cannot tell; only a backup's queue asks)."""
+    smtpd takes mail (None: cannot tell; only a backup's queue asks); `domains`: the site's, whose
+    mail a backup relays to the primary (its own mail and bounces go out to the world)."""
     if not envelopes:
         return Status.PASS, "empty", ""
     oldest = min(envelopes, key=lambda envelope: envelope.created)
@@ -94,8 +89,9 @@ def queue_outcome(host: Host, envelopes: list[facts.Envelope], now: datetime, wa
                 and primary_takes_mail is False else "the next hop refuses or does not answer (the last error says which)")
         return (Status.FAIL, seen + f"; smtpd bounces it at {_duration(queue.ttl_seconds)} (queue.ttl {queue.ttl})",
                 f"{held}; once it answers, {retry}")
-    if not host.is_primary and primary_takes_mail and age > STUCK_AFTER.total_seconds():
-        return (Status.FAIL, seen + f"; stuck: {primary} takes mail, yet {host.name} still holds it",
+    for_primary = [envelope.created for envelope in envelopes if envelope.recipient.rpartition("@")[2].lower() in domains]
+    if not host.is_primary and primary_takes_mail and for_primary and (now - min(for_primary)) > STUCK_AFTER:
+        return (Status.FAIL, seen + f"; stuck: {primary} takes mail, yet {host.name} still holds mail for it",
                 f"{retry}; if it stays, the error says what stops it (the primary's certificate, pf, DNS)")
     if age > warn_minutes * 60:
         waiting = f"{primary} takes no mail: see its checks; " if not host.is_primary and primary_takes_mail is False else ""
@@ -343,7 +339,8 @@ def _host_checks(view: SiteView, host: Host, reached: dict[str, _Reached], expec
     site = view.site
     me = reached[host.name]
     name = host.name
-    warn_days, warn_minutes, warn_percent = _doctor_settings(site)
+    doctor = site.doctor
+    warn_days, warn_minutes, warn_percent = doctor.certificate_warn_days, doctor.queue_age_warn_minutes, doctor.free_space_warn_percent
 
     def on_host(read: Callable[[HostControl], Outcome]) -> Callable[[], Outcome]:
         def run() -> Outcome:
@@ -372,7 +369,7 @@ def _host_checks(view: SiteView, host: Host, reached: dict[str, _Reached], expec
         primary = site.primary.name
         return queue_outcome(host, envelopes, view.now, warn_minutes, site.queue,
                              "MTA" in facts.paused(status or ""), primary,
-                             None if host.is_primary else _takes_mail(reached[primary]))
+                             None if host.is_primary else _takes_mail(reached[primary]), site.domains)
 
     servers = [(str(server.address), server.description) for server in site.bgp_spamd.route_servers]
 
