@@ -555,3 +555,33 @@ def test_an_mx_name_that_is_an_alias_fails_asking_for_its_own_records(served):
     assert f"remove {_ALIASED[0]}. IN CNAME {_ALIASED[1]}." in result.fix
     assert f"publish {_ALIASED[0]}. 3600 IN A 10." in result.fix and f"publish {_ALIASED[0]}. 3600 IN AAAA 2001:db8:" in result.fix
     assert results["mx1.mx-cname.example: A/AAAA records"].status is Status.PASS
+
+
+def test_the_lab_dns_answers_a_missing_ptr_as_missing_and_holds_no_other_reverse_zone(tmp_path):
+    # The lab's own dnsmasq.conf with mx2's addresses served without their PTRs (address= answers
+    # A/AAAA alone; a host-record would answer the PTR too): the lab's reverse zones say NXDOMAIN,
+    # as a provider's do, and doctor FAILs naming the PTR to publish, where REFUSED was cannot tell.
+    plan = lab_plan(site_of(example_settings()), tmp_path / "secrets")
+    mx2 = plan.site.host("mx2")
+    unpointed = {f"host-record={mx2.mx_name},{address}": f"address=/{mx2.mx_name}/{address}" for address in (mx2.ipv4, mx2.ipv6)}
+    lines = render_dnsmasq_conf(plan, listen="127.0.0.1").splitlines()
+    assert set(unpointed) <= set(lines)
+    conf = "\n".join(unpointed.get(line, line) for line in lines if line != f"ptr-record={_pointer(str(mx2.ipv4))},{mx2.mx_name}"
+                     and line != f"ptr-record={_pointer(str(mx2.ipv6))},{mx2.mx_name}") + "\n"
+    port = _free_port()
+    with _dnsmasq(conf, "127.0.0.1", port, tmp_path / "dnsmasq.log", plan.site.domains[0]):
+        resolver = _resolver("127.0.0.1", port)
+        view = SiteView(plan.site, STACK, resolver, control=lambda host: None,  # type: ignore[arg-type,return-value]
+                        store=lambda: FileStore(tmp_path / "secrets"), cafile=None, now=datetime.now(timezone.utc), timeout=2.0)
+        results = {r.name: r for r in run_checks(checks(view), timeout=20.0)}
+        # Outside the lab's networks nothing is the lab's to answer: still refused.
+        for outside in ("192.0.2.1", "10.78.0.1", "fd00:78::1"):
+            with pytest.raises(dns.resolver.NoNameservers, match="REFUSED"):
+                resolver.resolve(_pointer(outside), "PTR")
+    missing = results[f"{mx2.mx_name}: reverse DNS names it (forward-confirmed)"]
+    assert missing.status is Status.FAIL, missing
+    assert f"{mx2.ipv4} has no PTR record" in missing.seen and f"{mx2.ipv6} has no PTR record" in missing.seen
+    assert f"{_pointer(str(mx2.ipv4))}. 3600 IN PTR {mx2.mx_name}." in missing.fix
+    assert results[f"{plan.site.host('mx1').mx_name}: reverse DNS names it (forward-confirmed)"].status is Status.PASS
+    assert results[f"{mx2.mx_name}: A/AAAA records"].status is Status.PASS
+

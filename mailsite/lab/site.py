@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from ..configtest import DOVECOT_HOST_ACCOUNTS
-from ..dns import DnsRecord, dns_records, dnsmasq_options, reverse_records
+from ..dns import DnsRecord, dns_records, dnsmasq_options, reverse_records, reverse_zone_name
 from ..doctor.blocklists import LISTED_TEST_ENTRY, blocklist_zones, query_name
 from ..model import MAIL_USER, MAILBOXES, Host, HostAddresses, HostSecrets, Site
 from ..problems import Problem, SiteConfigError
@@ -145,6 +145,7 @@ def render_dnsmasq_conf(plan: LabPlan, listen: str | None = None, dkim: Sequence
         domains=plan.site.domains,
         records=dnsmasq_options(dns_records(plan.site, addresses, dkim)),
         reverse=[(ipaddress.ip_address(r.address).reverse_pointer, r.name) for r in reverse_records(plan.site, addresses)],
+        reverse_zones=[reverse_zone_name(network) for network in (LAB_IPV4, LAB_IPV6)],
         outside=outside(plan),
         blocklists=[(zone, query_name(LISTED_TEST_ENTRY, zone), LISTED_TEST_ENTRY) for zone in blocklist_zones(plan.site)],
     )
