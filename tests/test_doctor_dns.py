@@ -178,11 +178,15 @@ FAULTS: dict[str, Fault] = {
     "dkim-version-case": _changed(_is(f"{SELECTOR}._domainkey.dkim-version-case.example", "TXT"),
                                   lambda r: replace(r, value=r.value.replace("v=DKIM1", "v=dkim1"))),
     # mx2's name an alias (CNAME, served beside, ALIASED) of the VM's own name, which holds every record mx2's should.
+    "hostile-txt": lambda site, records, reverse: (records, reverse),  # and HOSTILE_SPF
     "mx-cname": lambda site, records, reverse: (
         [replace(r, name=_ALIASED[1]) if r.name == _ALIASED[0] and r.type != "MX" else r for r in records],
         [replace(r, name=_ALIASED[1]) if r.name == _ALIASED[0] else r for r in reverse]),
 }
 _ALIASED = ("mx2.mx-cname.example", "vm2.mx-cname.example")
+# A second SPF record at hostile-txt.example, served beside the stack's as raw TXT: a terminal's
+# escape sequence, quotes and a backslash, non-ASCII, a NUL, in strings to be joined.
+HOSTILE_SPF = [b"v=spf1 a:mx1.hostile-txt.example ", b'\x1b[2J"x"\\ \xc3\xa9\x00 ', b"z" * 255, b" -all"]
 # Not served at all: the resolver refuses it (dnsmasq asks no upstream).
 UNSERVED = "unserved"
 # Served old by the resolver (an MTA-STS id from before a change), new by the zone's own name server.
@@ -281,6 +285,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
         f"host-record=ns1.{BEHIND}.example,{ZONE_SERVER}",
         f"dns-rr=dead-ns.example,2,{_wire('ns1.dead-ns.example')}",
         f"cname={_ALIASED[0]},{_ALIASED[1]}",
+        f"dns-rr=hostile-txt.example,16,{b''.join(bytes([len(part)]) + part for part in HOSTILE_SPF).hex()}",
         f"host-record=ns1.dead-ns.example,{SILENT_SERVER}",
     ]) + "\n"
     zone_conf = "\n".join(["no-resolv", "no-hosts", "bind-interfaces", f"listen-address={ZONE_SERVER}",
@@ -585,3 +590,21 @@ def test_the_lab_dns_answers_a_missing_ptr_as_missing_and_holds_no_other_reverse
     assert results[f"{plan.site.host('mx1').mx_name}: reverse DNS names it (forward-confirmed)"].status is Status.PASS
     assert results[f"{mx2.mx_name}: A/AAAA records"].status is Status.PASS
 
+
+def test_a_hostile_txt_record_is_named_escaped_as_a_zone_file_writes_it(served):
+    # A second SPF record (a permerror) holding what a terminal obeys and what ends a zone file's
+    # string: the fix names it to remove as a zone file line reads it, in printable ASCII.
+    result = _failed_only(_doctor(served, served.zones["hostile-txt"]), "hostile-txt.example: SPF record")
+    remove = next(fix for fix in result.fix.split("; ") if fix.startswith("remove "))
+    assert remove == ('remove hostile-txt.example. IN TXT "v=spf1 a:mx1.hostile-txt.example \\027[2J\\"x\\"\\\\ '
+                      '\\195\\169\\000 ' + "z" * 255 + ' -all"')
+    text = result.name + result.seen + result.fix
+    assert text.isascii() and text.isprintable(), text
+
+
+def test_a_huge_record_is_named_for_removal_by_its_start_and_length():
+    # A name server may serve a TXT record of up to 64 KB (over TCP): a fix line shows its start.
+    from mailsite.doctor.dns import SPF, _removed
+    removed = _removed(SPF, "v=spf1 " + "\x1b" * 65000)
+    assert removed.startswith('"v=spf1 \\027\\027') and removed.endswith('..." (a record of 65007 characters)')
+    assert len(removed) < 600

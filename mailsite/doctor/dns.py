@@ -260,8 +260,28 @@ class Finding:
     timed_out: bool = False
 
 
+# Characters of a served record a fix shows whole: a DKIM key's record fits; a hostile name
+# server's 64 KB record is shown by its start and its length.
+SHOWN_WHOLE = 1000
+
+
+def _zone_string(text: str) -> str:
+    """TXT data as a zone file's quoted string holds it: quotes and backslashes escaped, every
+    byte that is not printable ASCII as \\DDD. What a hostile name server put there (a terminal's
+    escape sequence) is shown, never obeyed, and the line stays one a zone file reads."""
+    return "".join(f"\\{char}" if char in '"\\' else char if " " <= char <= "~" else
+                   "".join(f"\\{byte:03d}" for byte in char.encode("utf-8")) for char in text)
+
+
 def _shown(kind: Kind, text: str) -> str:
-    return f'"{text}"' if kind.rdtype == "TXT" else text
+    return f'"{_zone_string(text)}"' if kind.rdtype == "TXT" else text
+
+
+def _removed(kind: Kind, text: str) -> str:
+    """A served record as a fix names it for removal: whole, or a long one by its start."""
+    if len(text) <= SHOWN_WHOLE:
+        return _shown(kind, text)
+    return f"{_shown(kind, text[:100])[:-1]}...\" (a record of {len(text)} characters)"
 
 
 def _listed(kind: Kind, texts: Sequence[str]) -> str:
@@ -382,7 +402,7 @@ class Comparer:
         want_keys = {kind.key(_text(record)) for record in want.records}
         fixes = [f"publish {zone_line(site, record)}" for record in want.records
                  if kind.key(_text(record)) not in {_safe_key(kind, text) for text in got}]
-        fixes += [f"remove {want.name}. IN {kind.rdtype} {_shown(kind, text)}" for text in got
+        fixes += [f"remove {want.name}. IN {kind.rdtype} {_removed(kind, text)}" for text in got
                   if _safe_key(kind, text) not in want_keys]
         if not fixes:  # the same records, one of them twice over (a second SPF record: a permerror)
             fixes = [f"publish exactly {'; '.join(zone_line(site, record) for record in want.records)}"]
