@@ -333,3 +333,17 @@ def test_a_dqs_key_spamhaus_refuses_is_cannot_tell_saying_so_without_the_key(tmp
         assert f"Spamhaus answers {code}: it does not accept the DQS key of <DQS key>.zen.dq.spamhaus.net ({why})" in found.seen
         assert "DQS account" in found.fix
     assert not [r for r in results.values() if key in r.name + r.seen + r.fix]
+
+
+def test_a_list_whose_test_entry_answers_a_code_doctor_does_not_know_still_works(site, tmp_path):
+    # ZEN's test entry answers one code per list it is in (SBL, XBL, PBL); a list that adds a code
+    # to it still answers: every MX it does not list is not listed, not cannot tell.
+    lines = every_list_working()[2:] + [f"local=/{ZEN}/"] + [f"host-record=2.0.0.127.{ZEN},{code}"
+                                                             for code in ("127.0.0.2", "127.0.0.4", "127.0.0.10", "127.0.0.42")]
+    with name_server(site, tmp_path, lines) as resolver:
+        assert {r.address for r in resolver.resolve(f"2.0.0.127.{ZEN}", "A")} == {"127.0.0.2", "127.0.0.4", "127.0.0.10", "127.0.0.42"}
+        results = doctor(site, resolver)
+    for host in site.hosts:
+        found = result(results, host, ZEN)
+        assert found.status is Status.PASS, found
+        assert found.seen == f"{host.ipv4}, {host.ipv6} not listed"

@@ -39,6 +39,7 @@ LISTED_TEST_ENTRY = ipaddress.IPv4Address("127.0.0.2")  # every list lists it (R
 UNLISTED_TEST_ENTRY = ipaddress.IPv4Address("127.0.0.1")  # and no list lists this one
 ANSWERS = ipaddress.IPv4Network("127.0.0.0/8")  # where every list's answers lie (RFC 5782 2.1)
 ERROR_CODES = ipaddress.IPv4Network("127.255.255.0/24")  # Spamhaus's query errors; others follow it
+UNDOCUMENTED = ", which it does not document as a listing"
 TXT_SHOWN = 200  # characters of a listing's TXT record shown: a reason and a link fit
 
 
@@ -215,8 +216,8 @@ def read_answer(listed: Blocklist, zone: str, answers: Sequence[ipaddress.IPv4Ad
     if listed.codes:
         unknown = [a for a in answers if a not in listed.codes]
         if unknown:
-            return Reading(Status.WARN, f"cannot tell: {listed.name} answered {shown}, which it does not document "
-                           "as a listing", listed.unanswered_fix.format(zone=zone))
+            return Reading(Status.WARN, f"cannot tell: {listed.name} answered {shown}{UNDOCUMENTED}",
+                           listed.unanswered_fix.format(zone=zone))
         meanings = list(dict.fromkeys(listed.codes[a].meaning for a in answers))
         fixes = list(dict.fromkeys(listed.codes[a].fix for a in answers))
         return Reading(Status.FAIL, f"listed by {listed.name} ({shown}): {'; '.join(meanings)}", " ".join(fixes))
@@ -294,7 +295,10 @@ class _Lookups:
                                "as every working list does (RFC 5782): it does not answer through this resolver, or "
                                "has shut down", fix)
             reading = read_answer(self.list, self.shown, answers)
-            return Reading(Status.PASS, "") if reading.status is Status.FAIL else reading
+            # Listed at all, by a code the list documents or a newer one: the list answers. Only
+            # an error code or a rewritten answer says it does not.
+            working = reading.status is Status.FAIL or reading.seen.endswith(UNDOCUMENTED)
+            return Reading(Status.PASS, "") if working else reading
         if answers is None:
             return Reading(Status.PASS, "")
         reading = read_answer(self.list, self.shown, answers)
