@@ -179,6 +179,17 @@ FAULTS: dict[str, Fault] = {
                                   lambda r: replace(r, value=r.value.replace("v=DKIM1", "v=dkim1"))),
     # mx2's name an alias (CNAME, served beside, ALIASED) of the VM's own name, which holds every record mx2's should.
     "hostile-txt": lambda site, records, reverse: (records, reverse),  # and HOSTILE_SPF
+    # What a receiver acts on, each a record beside or instead of the stack's (see HELD).
+    "spf-softfail": _changed(_is("spf-softfail.example", "TXT", "v=spf1"), lambda r: replace(r, value=r.value.replace("-all", "~all"))),
+    "spf-pass-all": _changed(_is("spf-pass-all.example", "TXT", "v=spf1"), lambda r: replace(r, value=r.value.replace("-all", "+all"))),
+    "dmarc-none": _changed(_is("_dmarc.dmarc-none.example", "TXT"), lambda r: replace(r, value=r.value.replace("p=quarantine", "p=none"))),
+    "two-sts": lambda site, records, reverse: (
+        records + [DnsRecord("_mta-sts.two-sts.example", "TXT", "v=STSv1; id=20250101old")], reverse),
+    "second-ca": lambda site, records, reverse: (
+        records + [DnsRecord("mx1.second-ca.example", "CAA", '0 issue "ca.attacker.example"')], reverse),
+    "ptr-elsewhere": lambda site, records, reverse: (records + [DnsRecord("mx1.elsewhere.example", "A", "10.99.0.9")], [
+        replace(r, name="mx1.elsewhere.example") if r.name == "mx3.ptr-elsewhere.example" and "." in r.address else r
+        for r in reverse]),
     "mx-cname": lambda site, records, reverse: (
         [replace(r, name=_ALIASED[1]) if r.name == _ALIASED[0] and r.type != "MX" else r for r in records],
         [replace(r, name=_ALIASED[1]) if r.name == _ALIASED[0] else r for r in reverse]),
@@ -608,3 +619,22 @@ def test_a_huge_record_is_named_for_removal_by_its_start_and_length():
     removed = _removed(SPF, "v=spf1 " + "\x1b" * 65000)
     assert removed.startswith('"v=spf1 \\027\\027') and removed.endswith('..." (a record of 65007 characters)')
     assert len(removed) < 600
+
+
+
+# Each a record that is wrong in a way a receiving MTA acts on, and the one check that FAILs it.
+HELD = {
+    "spf-softfail": "spf-softfail.example: SPF record",  # ~all: forged mail only marked
+    "spf-pass-all": "spf-pass-all.example: SPF record",  # +all: anyone may send as the domain
+    "dmarc-none": "dmarc-none.example: DMARC record",  # p=none where the stack quarantines
+    "two-sts": "two-sts.example: MTA-STS record (the policy's id)",  # two: senders take no policy (RFC 8461 3.1)
+    "second-ca": "mx1.second-ca.example: CAA record",  # another CA may issue for the MX too
+    # mx3's IPv4 PTR names a name that resolves elsewhere: not forward-confirmed.
+    "ptr-elsewhere": "mx3.ptr-elsewhere.example: reverse DNS names it (forward-confirmed)",
+}
+
+
+@pytest.mark.parametrize("zone", sorted(HELD))
+def test_a_record_wrong_as_a_receiver_reads_it_fails_its_check_alone(served, zone):
+    result = _failed_only(_doctor(served, served.zones[zone]), HELD[zone])
+    assert result.fix
