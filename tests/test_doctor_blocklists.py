@@ -347,3 +347,19 @@ def test_a_list_whose_test_entry_answers_a_code_doctor_does_not_know_still_works
         found = result(results, host, ZEN)
         assert found.status is Status.PASS, found
         assert found.seen == f"{host.ipv4}, {host.ipv6} not listed"
+
+
+def test_an_abusix_zones_api_key_is_never_shown(tmp_path):
+    # Abusix Mail Intelligence is asked as <API key>.combined.mail.abusix.zone: its first label
+    # is the account's key, as a Spamhaus DQS zone's is.
+    key = "0123456789abcdef0123456789abcdef"
+    abusix = f"{key}.combined.mail.abusix.zone"
+    settings = example_settings()
+    settings["doctor"] = {"blocklists": [abusix]}
+    site = site_of(settings)
+    mx1 = site.hosts[0]
+    with name_server(site, tmp_path, working_list(abusix) + listing(mx1.ipv4, abusix, "127.0.0.2")) as resolver:
+        results = doctor(site, resolver)
+    listed = result(results, mx1, "<API key>.combined.mail.abusix.zone")
+    assert listed.status is Status.FAIL and "listed by" in listed.seen
+    assert not [r for r in results.values() if key in r.name + r.seen + r.fix]

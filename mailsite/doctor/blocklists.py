@@ -55,11 +55,16 @@ def query_name(address: ipaddress.IPv4Address | ipaddress.IPv6Address, zone: str
     return ".".join([*reversed(digits), zone])
 
 
+# Lists asked through an account: the zone's first label is the account's key, a secret.
+KEYED_ZONES = {".dq.spamhaus.net": "<DQS key>", ".mail.abusix.zone": "<API key>"}
+
+
 def shown_zone(zone: str) -> str:
-    """The zone as reports print it: a Spamhaus DQS zone's first label is the account's key."""
+    """The zone as reports print it: the key of a list asked through an account left out."""
     labels = zone.split(".")
-    if zone.endswith(".dq.spamhaus.net") and len(labels) > 4:
-        return ".".join(["<DQS key>", *labels[1:]])
+    for suffix, key in KEYED_ZONES.items():
+        if zone.endswith(suffix) and len(labels) > suffix.count(".") + 1:
+            return ".".join([key, *labels[1:]])
     return zone
 
 
@@ -179,7 +184,7 @@ def blocklist(zone: str) -> Blocklist:
         return SPAMCOP
     if zone.endswith("surriel.com"):
         return PSBL
-    return Blocklist(zone, codes={}, listed_fix="look {address} up on the web site of {zone}: it says why it is "
+    return Blocklist(shown_zone(zone), codes={}, listed_fix="look {address} up on the web site of {zone}: it says why it is "
                      "listed and how to ask for removal; stop what sent the spam first")
 
 
