@@ -50,7 +50,9 @@ MIRROR = "http://deb.debian.org/debian"
 # installs no recommendations), dig for the lab's DNS queries; pebble (Let's Encrypt's ACME test
 # CA) and lego, the ACME client standing in for OpenBSD's acme-client (mailsite/lab/acme.py).
 PACKAGES = ("opensmtpd", "openbgpd", "dnsmasq-base", "swaks", "libnet-ssleay-perl", "openssl", "bind9-dnsutils",
-            "ca-certificates", "netbase", "rspamd", "redis-server", "opensmtpd-filter-rspamd", "pebble", "lego")
+            "ca-certificates", "netbase", "rspamd", "redis-server", "opensmtpd-filter-rspamd", "pebble", "lego",
+            # filter-dkimsign: a backup signs its own mail with it (mailsite/daemons/dkimsign.py).
+            "opensmtpd-filter-dkimsign")
 # Dovecot as OpenBSD 7.8's packages ship it (2.3.21.1), from Debian 12's backports (its main
 # suite has 2.3.19.1): the server, IMAP and LMTP, and Pigeonhole's Sieve (0.5.21.1, as OpenBSD's
 # dovecot-pigeonhole; Debian builds it from Dovecot's source, so its version is Dovecot's) that files

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
-from .dns import DnsRecord
-from .model import DkimKey
+from .dns import DnsRecord, zone_of
+from .model import DkimKey, Host, Site
 
 # In DNS and still valid: PUBLISHED waits to sign (a new key), SIGNING signs, RETIRING no longer
 # signs but stays published so that mail it signed still verifies.
@@ -49,8 +49,8 @@ class DkimSelector:
     live: datetime | None = None
     # SIGNING: since when the state says sign with it; RETIRING: since when it no longer signs.
     since: datetime | None = None
-    # RETIRING: when the primary was first seen signing with its successor (the retire wait counts
-    # from there, not from the switch: the primary signs with the new key only after an up).
+    # RETIRING: when every host that signs the domain was first seen signing with its successor (the
+    # retire wait counts from there, not from the switch: a host signs with the new key only after an up).
     confirmed: datetime | None = None
 
     @property
@@ -138,8 +138,22 @@ def dkim_records(domains: Iterable[DomainKeys]) -> list[DnsRecord]:
             for keys in domains for selector in keys.selectors]
 
 
+def own_mail_domain(site: Site, host: Host) -> str | None:
+    """The site domain a host's own mail (root@, MAILER-DAEMON@ its MX name) is signed for: the
+    one its MX name lies in (the longest), so that it aligns with DMARC's relaxed mode. None when
+    it lies in none: that host's own mail leaves unsigned."""
+    return zone_of(host.mx_name, site.domains)
+
+
+def signing_hosts(site: Site, domain: str) -> list[Host]:
+    """The hosts that sign `domain`'s mail: the primary (rspamd, every domain) and each backup
+    whose MX name lies in it (filter-dkimsign, its own mail)."""
+    return [host for host in site.hosts if host.is_primary or own_mail_domain(site, host) == domain]
+
+
 def key_path(domain: str, selector: str) -> str:
-    """Where the primary keeps a signing key (below /): rspamd's dkim_signing reads it there."""
+    """Where a host keeps a signing key (below /): rspamd's dkim_signing reads it there on the
+    primary, filter-dkimsign on a backup."""
     return f"etc/mail/dkim/{domain}.{selector}.key"
 
 

@@ -154,7 +154,8 @@ class HostSecrets:
     # smtpd's credentials table and Dovecot's passwd-file are both made from them, on the primary.
     password_hashes: Mapping[str, SecretStr] = field(default_factory=dict)
     password_hashes_version: str = "none"
-    # The primary's DKIM signing keys, one per domain (rspamd signs there alone).
+    # The DKIM signing keys: the primary's, one per domain (rspamd); a backup's, the one of the site
+    # domain its MX name lies in (filter-dkimsign signs its own mail).
     dkim_keys: tuple[DkimKey, ...] = ()
 
     @property
@@ -1040,6 +1041,11 @@ class Packages(Settings):
         "opensmtpd-filter-rspamd-0.1.8", description=(
             "The package of the filter through which the primary's smtpd asks rspamd, as pkg_info -Q "
             "opensmtpd-filter-rspamd names it on your mirror (check the revision there: a pN suffix)."))
+    opensmtpd_filter_dkimsign: Annotated[str, _package_of("opensmtpd-filter-dkimsign", None, "opensmtpd-filter-dkimsign-0.6")] = Field(
+        "opensmtpd-filter-dkimsign-0.6", description=(
+            "The package of the filter that DKIM-signs a backup's own mail (cron's, its bounces), as "
+            "pkg_info -Q opensmtpd-filter-dkimsign names it on your mirror: check it there (OpenBSD "
+            "7.8's exact version is not confirmed here; Debian 13, which the checks run, has 0.5)."))
     dovecot_pigeonhole: Annotated[str, _package_of("dovecot-pigeonhole", (0, 5), "dovecot-pigeonhole-0.5.21.1v1",
                                                    "Dovecot 2.3 loads Pigeonhole")] = Field(
         "dovecot-pigeonhole-0.5.21.1v1", description=(

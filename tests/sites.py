@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from mailsite.config import load_site, read_stack_settings
+from mailsite.dkim import own_mail_domain
 from mailsite.local import REDACTED
 from mailsite.model import DkimKey, HostAddresses, HostSecrets, Site
 from mailsite.problems import SiteConfigError
@@ -62,6 +63,11 @@ def fake_secrets(site: Site) -> dict[str, HostSecrets]:
         # A DKIM key per domain, as a review render shows them: golden files hold no private key.
         dkim_keys=tuple(DkimKey(domain, "mailsite20261126", SecretStr(REDACTED), fake_key(f"dkim {domain}")[:12]) for domain in site.domains),
     )
+    # A backup carries the key of the site domain its MX name lies in (it signs its own mail).
+    for host in site.backups:
+        if (domain := own_mail_domain(site, host)) is not None:
+            secrets[host.name] = replace(secrets[host.name], dkim_keys=(
+                DkimKey(domain, "mailsite20261126", SecretStr(REDACTED), fake_key(f"dkim {domain}")[:12]),))
     return secrets
 
 

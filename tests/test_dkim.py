@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from mailsite.config import load_site
 from mailsite.daemons.dkim import CONFIG, RSPAMD_USER
+from mailsite.daemons.dkimsign import FILTER as DKIMSIGN_FILTER, USER as DKIMSIGN_USER
 from mailsite.dkim import SIGNING, dkim_records, key_path
 from mailsite.local import REDACTED, render_stack
 from mailsite.problems import SiteConfigError
@@ -63,24 +64,30 @@ def test_published_record_verifies_mail_the_primary_key_signs_and_no_other(store
     assert not dkim.verify(forged, dnsfunc=_dnsfunc(records)), "another key under the same selector fails"
 
 
-def test_primary_alone_carries_the_keys_as_files_only_rspamd_reads(stored):
+def test_each_signing_host_carries_its_keys_as_files_only_its_signer_reads(stored):
+    """The primary every domain's key (rspamd's); a backup only the key of the site domain its MX
+    name lies in (filter-dkimsign's), for its own mail."""
     site, _, _, _ = stored
     secrets = site_secrets(site, "test", ROOT)
-    assert secrets["mx2"].dkim_keys == () and secrets["mx3"].dkim_keys == ()
+    assert [k.domain for k in secrets["mx2"].dkim_keys] == ["example.org"] == [k.domain for k in secrets["mx3"].dkim_keys]
+    every = [k.private_key.get_secret_value() for k in secrets[site.primary.name].dkim_keys]
     for host in site.hosts:
         tree = render_host(site, host, addresses(site), secrets[host.name])
-        keys = secrets[site.primary.name].dkim_keys
-        pems = [k.private_key.get_secret_value() for k in keys]
-        holders = {path for path, rendered in tree.items() if any(pem.strip() in rendered.text for pem in pems)}
-        if not host.is_primary:
-            assert holders == set() and CONFIG not in tree
-            continue
+        keys = secrets[host.name].dkim_keys
+        holders = {path for path, rendered in tree.items() if any(pem.strip() in rendered.text for pem in every)}
         assert holders == {key_path(k.domain, k.selector) for k in keys}
+        owner = RSPAMD_USER if host.is_primary else DKIMSIGN_USER
         for path in holders:
-            assert tree[path].secret and tree[path].mode == 0o400 and tree[path].owner == RSPAMD_USER
-        config = tree[CONFIG].text
-        for k in keys:
-            assert f'selector = "{k.selector}";' in config and f'path = "/{key_path(k.domain, k.selector)}";' in config
+            assert tree[path].secret and tree[path].mode == 0o400 and tree[path].owner == owner
+        if host.is_primary:
+            config = tree[CONFIG].text
+            for k in keys:
+                assert f'selector = "{k.selector}";' in config and f'path = "/{key_path(k.domain, k.selector)}";' in config
+        else:
+            assert CONFIG not in tree
+            [key] = keys
+            assert (f'proc-exec "{DKIMSIGN_FILTER} -c relaxed/relaxed -d {key.domain} -s {key.selector} '
+                    f'-k /{key_path(key.domain, key.selector)}" user {DKIMSIGN_USER} group {DKIMSIGN_USER}') in tree["etc/mail/smtpd.conf"].text
         versions = tree["etc/mailsite/key-versions"].text.splitlines()
         assert {f"dkim-{k.domain} {k.selector}/{k.fingerprint}" for k in keys} <= set(versions)
 

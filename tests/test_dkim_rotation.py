@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from mailsite.config import load_site
-from mailsite.dkim import PUBLISHED, RETIRING, SIGNING, dkim_records
+from mailsite.dkim import PUBLISHED, RETIRING, SIGNING, dkim_records, signing_hosts
 from mailsite.dkim_rotation import dns_lookup, rotate_domain
 from mailsite.facts import parse_key_versions
 from mailsite.render import render_host
@@ -55,15 +55,19 @@ class Deployed:
         self.lookup = dns_lookup(server.address, server.port, timeout=2)
         self.up()
 
-    def up(self):
+    def up(self, only=None):
+        """DNS published; every host's image (or those named in `only`) rendered anew."""
         self.server.publish(dkim_records(site_dkim_keys(self.site, self.stack, ROOT).values()))
-        primary = self.site.primary
-        tree = render_host(self.site, primary, addresses(self.site), site_secrets(self.site, self.stack, ROOT)[primary.name])
-        self.image = parse_key_versions(tree["etc/mailsite/key-versions"].text)
+        secrets = site_secrets(self.site, self.stack, ROOT)
+        self.images = getattr(self, "images", {})
+        for host in self.site.hosts:
+            if only is None or host.name in only:
+                tree = render_host(self.site, host, addresses(self.site), secrets[host.name])
+                self.images[host.name] = parse_key_versions(tree["etc/mailsite/key-versions"].text)
 
     def run(self, now, hurry=False):
         return rotate_domain(self.site, self.stack, self.store, DOMAIN, now, self.lookup,
-                             lambda domain: self.image.get(f"dkim-{domain}"), hurry)
+                             lambda host, domain: self.images[host.name].get(f"dkim-{domain}"), hurry)
 
     def keys(self):
         return domain_keys(self.store, self.stack, DOMAIN)[0]
@@ -115,7 +119,7 @@ def test_rotation_publishes_signs_then_retires_and_mail_signed_before_and_after_
     assert deployed.keys().signing.name == first.name
 
     step = deployed.run(seen + timedelta(seconds=3600))
-    assert step.outcome == "advanced" and "replaces the primary (mx1) alone" in step.message
+    assert step.outcome == "advanced" and f"replaces the hosts that sign {DOMAIN} (mx1, mx2, mx3) alone" in step.message
     assert deployed.keys().signing.name == new.name and deployed.keys().in_state(RETIRING).name == first.name
 
     # The primary still runs the old image: nothing is withdrawn on faith.
@@ -136,6 +140,23 @@ def test_rotation_publishes_signs_then_retires_and_mail_signed_before_and_after_
     deployed.up()
     assert deployed.published() == [new.name]
     assert _verifies(deployed, after) and not _verifies(deployed, before), "the retired key verifies nothing"
+
+
+def test_the_old_key_stays_published_while_a_backup_still_signs_its_own_mail_with_it(deployed):
+    """A backup signs its bounces and cron mail with the key of the site domain its MX name lies
+    in: withdrawing the old key before its image carries the new one would fail them."""
+    first = deployed.keys().signing
+    assert [h.name for h in signing_hosts(deployed.site, DOMAIN)] == ["mx1", "mx2", "mx3"]
+    deployed.run(T0, hurry=True)
+    deployed.up()
+    assert deployed.run(T0, hurry=True).outcome == "advanced"  # the new key signs from the next up
+    deployed.up(only={"mx1", "mx3"})  # mx2 not replaced yet
+    step = deployed.run(T0 + timedelta(days=30), hurry=True)
+    assert step.outcome == "waiting" and f"mx2 still signs with {first.name}" in step.message, step.message
+    assert deployed.keys().in_state(RETIRING).confirmed is None
+    deployed.up(only={"mx2"})
+    assert deployed.run(T0 + timedelta(days=30), hurry=True).outcome == "advanced"
+    assert [s.state for s in deployed.keys().selectors] == [SIGNING]
 
 
 def test_now_skips_the_waits_but_not_dns_or_the_primary(deployed):
@@ -166,7 +187,7 @@ def test_a_step_whose_write_fails_is_not_half_done(deployed):
 
     stored = domain_keys(deployed.store, deployed.stack, DOMAIN)[1]
     with pytest.raises(OSError):
-        rotate_domain(deployed.site, deployed.stack, Failing(deployed.store), DOMAIN, T0, deployed.lookup, lambda d: None)
+        rotate_domain(deployed.site, deployed.stack, Failing(deployed.store), DOMAIN, T0, deployed.lookup, lambda h, d: None)
     assert domain_keys(deployed.store, deployed.stack, DOMAIN)[1].version == stored.version
     assert deployed.run(T0).outcome == "advanced" and deployed.keys().in_state(PUBLISHED) is not None
 
@@ -203,9 +224,10 @@ def test_cli_first_run_makes_the_new_key_and_says_to_up(tmp_path, dns_server):
     assert dkim_keys_id("dkimtest", DOMAIN) not in result.stderr
 
 
-def test_only_the_switch_replaces_the_primary_and_dns_publishes_every_selector(tmp_path):
+def test_only_the_switch_replaces_the_signing_hosts_and_dns_publishes_every_selector(tmp_path):
     """Through the program (under mocks): publishing or retiring a key changes DNS alone; the
-    switch to the new key changes the primary's image alone."""
+    switch to the new key changes the images of the hosts that sign the domain alone (the primary,
+    and the backups whose MX names lie in it)."""
     from tests.test_program import evaluate, vultr_settings
 
     settings = vultr_settings(example_settings())
@@ -225,11 +247,11 @@ def test_only_the_switch_replaces_the_primary_and_dns_publishes_every_selector(t
     before, txt = deployed()
     assert txt == [f"{first}._domainkey"]
     lookup = lambda name: [r.value for r in dkim_records(site_dkim_keys(site, "test", ROOT).values()) if r.name == name]
-    rotate_domain(site, "test", store, DOMAIN, T0, lookup, lambda d: None)
+    rotate_domain(site, "test", store, DOMAIN, T0, lookup, lambda h, d: None)
     new = domain_keys(store, "test", DOMAIN)[0].in_state(PUBLISHED).name
     published, txt = deployed()
     assert published == before and txt == sorted([f"{first}._domainkey", f"{new}._domainkey"])
-    assert rotate_domain(site, "test", store, DOMAIN, T0 + timedelta(hours=2), lookup, lambda d: None).outcome == "waiting"
-    assert rotate_domain(site, "test", store, DOMAIN, T0 + timedelta(hours=3), lookup, lambda d: None).outcome == "advanced"
+    assert rotate_domain(site, "test", store, DOMAIN, T0 + timedelta(hours=2), lookup, lambda h, d: None).outcome == "waiting"
+    assert rotate_domain(site, "test", store, DOMAIN, T0 + timedelta(hours=3), lookup, lambda h, d: None).outcome == "advanced"
     switched, txt = deployed()
-    assert {h for h in before if switched[h] != before[h]} == {"mx1"} and len(txt) == 2
+    assert {h for h in before if switched[h] != before[h]} == {h.name for h in signing_hosts(site, DOMAIN)} and len(txt) == 2

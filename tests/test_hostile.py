@@ -208,7 +208,9 @@ def assert_structure_the_model_implies(setting: StringSetting, site: Site, trees
         for path, file in tree.items():
             assert not _NOT_TEXT.search(file.text), (host.name, path)
         smtpd = tree["etc/mail/smtpd.conf"].text
-        assert _lines(smtpd, "listen") == (4 if host.is_primary else 2), host.name
+        # The MX (and on the primary the MSA's two), then the local socket and lo0 (the host's own mail).
+        assert _lines(smtpd, "listen") == (5 if host.is_primary else 3), host.name
+        assert _lines(smtpd, "filter") == 1, host.name  # rspamd on the primary, dkimsign on a backup
         assert _lines(smtpd, "action") == 3 and _lines(smtpd, "match") == (4 if host.is_primary else 3), host.name
         assert _lines(smtpd, "table") == (5 if host.is_primary else 3), host.name
         bgpd = tree["etc/bgpd.conf"].text

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -406,15 +407,18 @@ def test_key_archive_holds_only_the_key_files_at_0600(example_site):
     tree = render_site(example_site)["mx2"]
     with tarfile.open(fileobj=io.BytesIO(key_archive(tree))) as archive:
         members = {m.name.removeprefix("./"): m for m in archive.getmembers()}
-    assert sorted(members) == ["etc/mail/queue-key.conf", "etc/mail/spamd.key"]
-    assert {(m.mode, m.uid, m.gid) for m in members.values()} == {(0o600, 0, 0)}
+    # A backup's DKIM key too (it signs its own mail): filter-dkimsign's alone, as the package's user.
+    dkim_key = "etc/mail/dkim/example.org.mailsite20261126.key"
+    assert sorted(members) == [dkim_key, "etc/mail/queue-key.conf", "etc/mail/spamd.key"]
+    assert {(m.mode, m.uid, m.gid) for name, m in members.items() if name != dkim_key} == {(0o600, 0, 0)}
+    assert (members[dkim_key].mode, members[dkim_key].uname) == (0o400, "_dkimsign")
 
 
 def test_identity_follows_the_key_version_not_the_key(example_site, tmp_path):
     secrets = fake_secrets(example_site)
     request = _request(example_site, tmp_path, secrets=secrets)
-    same_version_new_key = {**secrets, "mx2": secrets["mx2"].__class__(secrets["mx1"].queue_key, secrets["mx2"].queue_key_version, secrets["mx2"].spamd_sync_key, "test-sync")}
-    new_version = {**secrets, "mx2": secrets["mx2"].__class__(secrets["mx2"].queue_key, "v2", secrets["mx2"].spamd_sync_key, "test-sync")}
+    same_version_new_key = {**secrets, "mx2": replace(secrets["mx2"], queue_key=secrets["mx1"].queue_key)}
+    new_version = {**secrets, "mx2": replace(secrets["mx2"], queue_key_version="v2")}
     base = identity_of(request, "1.6.6")
     assert identity_of(_request(example_site, tmp_path, secrets=same_version_new_key), "1.6.6") == base
     assert identity_of(_request(example_site, tmp_path, secrets=new_version), "1.6.6") != base
@@ -481,7 +485,7 @@ def test_packer_past_its_timeout_is_stopped_with_a_clear_error(tmp_path):
 # finish.sh on a stand-in for the freshly installed system: a chroot holding a pdksh shell (mksh,
 # the nearest to OpenBSD's /bin/sh here) as /bin/sh, tar and gzip, and for the OpenBSD commands
 # stand-ins that log their arguments (and fail when /fail-<name> exists).
-_FINISH_STUBS = ("usermod", "pfctl", "smtpd", "bgpd", "httpd", "acme-client")
+_FINISH_STUBS = ("usermod", "pfctl", "smtpd", "bgpd", "httpd", "acme-client", "pkg_add", "pkg_info")
 
 
 def _chroot_with(root: Path, programs: dict[str, str]) -> None:
@@ -546,7 +550,9 @@ def test_finish_unpacks_the_site_set_and_keys_then_checks_with_the_real_parsers(
     assert (root / "etc/mail/queue-key.conf").read_text() == tree["etc/mail/queue-key.conf"].text
     assert (root / "install-site-ran").exists() and not (root / "install.site").exists()
     assert not (root / "root/mailsite-keys.tar").exists() and not (root / "tmp/site.tgz").exists()
-    assert (root / "calls.log").read_text().splitlines() == ["usermod -p * root", "pfctl -nf /etc/pf.conf", "smtpd -n", "bgpd -n",
+    # mx2's one package first (filter-dkimsign: it signs the backup's own mail).
+    assert (root / "calls.log").read_text().splitlines() == ["pkg_add -I opensmtpd-filter-dkimsign-0.6",
+                                                             "pkg_info -e opensmtpd-filter-dkimsign-0.6", "usermod -p * root", "pfctl -nf /etc/pf.conf", "smtpd -n", "bgpd -n",
                                                              "httpd -n", "acme-client -n mx2.example.org"]
     assert result.stdout.strip() == "mailsite: mx2.example.org checked by pfctl -nf, smtpd -n, bgpd -n, httpd -n, acme-client -n"
 

@@ -1,5 +1,6 @@
 """The policy pack on a site with DKIM keys: the primary's bake carries each domain's private key,
-which must reach it as a declared secret and appear nowhere else in clear, whole or in part.
+a backup's the key of the site domain its MX name lies in (it signs its own mail), which must reach
+each as a declared secret and appear nowhere else in clear, whole or in part.
 Through the pack's own analyzer process, with a preview of the program reading the keys from a
 file backend that secrets init filled."""
 
@@ -36,20 +37,25 @@ def _keys(bake):
     return value["value"] if isinstance(value, dict) and "value" in value else value
 
 
-def test_the_primary_bake_alone_carries_the_dkim_keys_as_a_declared_secret_and_passes(pack, with_dkim):  # noqa: F811
-    bake = _bake(with_dkim, "mx1")
-    assert sorted(key["domain"] for key in _keys(bake)) == ["example.net", "example.org"]
-    assert all(key["privateKey"].startswith("-----BEGIN RSA PRIVATE KEY-----") for key in _keys(bake))
-    assert "dkimKeys" in bake.secret_outputs
-    assert "dkimKeys" not in _bake(with_dkim, "mx2").inputs
+def test_each_signing_bake_carries_its_dkim_keys_as_a_declared_secret_and_passes(pack, with_dkim):  # noqa: F811
+    # The primary every domain's; a backup (mx2.example.org, mx3.example.org) example.org's alone.
+    for host, domains in (("mx1", ["example.net", "example.org"]), ("mx2", ["example.org"]), ("mx3", ["example.org"])):
+        bake = _bake(with_dkim, host)
+        assert sorted(key["domain"] for key in _keys(bake)) == domains
+        assert all(key["privateKey"].startswith("-----BEGIN RSA PRIVATE KEY-----") for key in _keys(bake))
+        assert "dkimKeys" in bake.secret_outputs
     assert violations(pack, with_dkim) == {}
 
 
-def test_dkim_keys_not_declared_secret_are_caught(pack, with_dkim):  # noqa: F811
+@pytest.mark.parametrize("host", ["mx1", "mx2"])
+def test_dkim_keys_not_declared_secret_are_caught_on_the_primary_and_a_backup(pack, with_dkim, host):  # noqa: F811
     broken = copy.deepcopy(with_dkim)
-    bake = _bake(broken, "mx1")
+    bake = _bake(broken, host)
     bake.secret_outputs = [name for name in bake.secret_outputs if name != "dkimKeys"]
-    assert violations(pack, broken) == {"queue-keys-secret": [f"{bake.name}: dkimKeys carries a key but is not a secret"]}
+    found = violations(pack, broken)
+    assert found["queue-keys-secret"] == [f"{bake.name}: dkimKeys carries a key but is not a secret"]
+    # example.org's key is a declared secret in the other signing hosts' bakes: in clear here, it is out.
+    assert found["keys-not-in-clear-elsewhere"] == [f"{bake.name}: property dkimKeys.0.privateKey holds a key that is a secret elsewhere"]
 
 
 def test_any_private_key_in_clear_is_caught(pack, with_dkim):  # noqa: F811

@@ -80,8 +80,10 @@ def test_the_primary_filters_mail_from_outside_through_rspamd_and_the_backups_ru
     primary = trees["mx1"]["etc/mail/smtpd.conf"].text
     assert f'filter "rspamd" proc-exec "{FILTER} -url http://{SCANNER}"' in primary
     listeners = [line for line in primary.splitlines() if line.startswith("listen on ")]
-    # Port 25, submission and smtps: what comes from outside; lo0 (the host's own mail) is not scored.
-    assert [line.endswith(' filter "rspamd"') for line in listeners] == [True, True, True, False], listeners
+    # Port 25, submission and smtps: what comes from outside; the local socket and lo0: the host's
+    # own mail (cron's, smtpd's bounces), for rspamd to DKIM-sign.
+    assert listeners[-2:] == ['listen on socket filter "rspamd"', 'listen on lo0 filter "rspamd"'], listeners
+    assert [line.endswith(' filter "rspamd"') for line in listeners] == [True] * 5, listeners
     for backup in ("mx2", "mx3"):
         assert "rspamd" not in trees[backup]["etc/mail/smtpd.conf"].text
         assert not [path for path in trees[backup] if "rspamd" in path or "redis" in path], backup

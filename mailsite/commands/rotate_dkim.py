@@ -1,6 +1,6 @@
 """rotate-dkim-key: a domain's DKIM key rotated with overlapping selectors (mailsite.dkim_rotation),
 one step per run: publish the new selector, sign with it after the record's TTL, withdraw the old
-one dkim.retireAfterDays after the primary signs with the new one."""
+one dkim.retireAfterDays after every host that signs the domain signs with the new one."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 from ..config import load_site_file, stack_name
 from ..dkim_rotation import DkimStep, dns_lookup, rotate_dkim
 from ..facts import key_versions
-from ..hosts import ssh_control
+from ..hosts import HostControl, ssh_control
+from ..model import Host
 from ..problems import Problem, SiteConfigError, few
 from ..secrets import host_store
 from .options import Parents
@@ -39,13 +40,19 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise SiteConfigError([Problem("--nameserver", args.nameserver, "not an IP address; give the name server's address")]) from None
     stack = stack_name(args.config)
-    control = ssh_control(site.primary)
+    controls: dict[str, HostControl] = {}
+
+    def signing_on(host: Host, domain: str) -> str | None:
+        # Each signing host says which key its image signs with: nothing is withdrawn on faith.
+        if host.name not in controls:
+            controls[host.name] = ssh_control(host)
+        return key_versions(controls[host.name]).get(f"dkim-{domain}")
+
     done = rotate_dkim(
         site, stack, host_store(site, args.config.resolve().parent),
         now=lambda: datetime.now(timezone.utc),
         lookup=dns_lookup(args.nameserver),
-        # The primary says which key its image signs with: nothing is withdrawn on faith.
-        signing_on_primary=lambda domain: key_versions(control).get(f"dkim-{domain}"),
+        signing_on=signing_on,
         only=args.domain and args.domain.rstrip(".").lower(), hurry=args.now, report=_report,
     )
     return 0 if done else 1

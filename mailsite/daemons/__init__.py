@@ -12,6 +12,7 @@ from .basics import basics
 from .bgp_spamd_update import bgp_spamd_update
 from .bgpd import bgpd
 from .dkim import dkim
+from .dkimsign import dkimsign
 from .dovecot import dovecot
 from .httpd import httpd
 from .mail_volume import mail_volume
@@ -29,7 +30,7 @@ from .sshd import sshd
 # redis before rspamd, its store; both and Dovecot before smtpd, which asks rspamd through
 # filter-rspamd and delivers to Dovecot's LMTP socket; httpd before acme-client, whose
 # challenges it answers.
-DAEMONS: tuple[Daemon, ...] = (basics, mail_volume, spamd, spamlogd, bgpd, bgp_spamd_update, redis, rspamd, dovecot, dkim, smtpd, httpd, acme, sshd, pf)
+DAEMONS: tuple[Daemon, ...] = (basics, mail_volume, spamd, spamlogd, bgpd, bgp_spamd_update, redis, rspamd, dovecot, dkim, dkimsign, smtpd, httpd, acme, sshd, pf)
 
 
 def daemons_on(site: Site, host: Host) -> tuple[Daemon, ...]:

@@ -15,11 +15,12 @@ from .dovecot import on_the_primary
 CONFIG = "etc/rspamd/local.d/dkim_signing.conf"
 # rspamd's workers run as this user (OpenBSD's package creates it) and read the keys when they sign.
 RSPAMD_USER = "_rspamd"
-# What the host hands smtpd itself (its own mail, over loopback): signed like a user's.
+# What the host hands smtpd itself (its own mail over lo0; the local socket, which filter-rspamd
+# gives rspamd as 127.0.0.1): signed like a user's.
 LOOPBACK = ("127.0.0.0/8", "::1")
 # A selector and a domain go into a quoted UCL string and a path; the model and mailsite.dkim
 # refuse anything else, this is the second line of defence.
-_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
+NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,13 @@ def files(context: HostContext) -> dict[str, RenderedFile]:
     keys = context.secrets.dkim_keys
     signing = []
     for key in keys:
-        if not (_NAME.fullmatch(key.domain) and _NAME.fullmatch(key.selector)):
+        if not (NAME.fullmatch(key.domain) and NAME.fullmatch(key.selector)):
             raise UnsafeValue("a DKIM domain or selector is not a DNS name")
         signing.append(_Signing(key.domain, key.selector, key_path(key.domain, key.selector)))
-    tree = {CONFIG: RenderedFile(render_template("dkim/dkim_signing.conf.j2", keys=signing, loopback=LOOPBACK))}
+    # The longest first: a From: domain lying under two site domains is signed as the nearer one.
+    longest_first = sorted((sign.domain for sign in signing), key=lambda domain: (-len(domain), domain))
+    tree = {CONFIG: RenderedFile(render_template("dkim/dkim_signing.conf.j2", keys=signing, loopback=LOOPBACK,
+                                                 longest_first=longest_first))}
     for key, sign in zip(keys, signing):
         # Read by rspamd's workers alone, after they dropped root; nothing writes it on the host.
         tree[sign.path] = RenderedFile(key.private_key.get_secret_value().strip() + "\n", 0o400, secret=True, owner=RSPAMD_USER)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from ..model import Host, Site
 from ..templates import RenderedFile, render_template
 from .base import ConfigTest, Daemon, HostContext, LabRun
+from .dkim import LOOPBACK
 from .redis import ADDRESS as REDIS_ADDRESS, PORT as REDIS_PORT
 
 LOCAL_D = "etc/rspamd/local.d"
@@ -53,6 +54,9 @@ def files(context: HostContext) -> dict[str, RenderedFile]:
         "worker-normal.inc": render_template("rspamd/worker-normal.inc.j2", mx_name=name, scanner=SCANNER),
         "worker-controller.inc": render_template("rspamd/worker-controller.inc.j2", mx_name=name, controller=CONTROLLER),
         "worker-proxy.inc": render_template("rspamd/worker-proxy.inc.j2", mx_name=name),
+        "settings.conf": render_template("rspamd/settings.conf.j2", mx_name=name, loopback=LOOPBACK),
+        # The package's rules read local.d/rspamd.lua last (rules/rspamd.lua).
+        "rspamd.lua": render_template("rspamd/rspamd.lua.j2", mx_name=name),
     }
     tree = {f"{LOCAL_D}/{file}": RenderedFile(text) for file, text in rendered.items()}
     tree[f"{OVERRIDE_D}/options.inc"] = RenderedFile(render_template("rspamd/options.inc.j2", mx_name=name))

@@ -10,12 +10,14 @@ from ..model import LMTP_SOCKET, MAIL_USER, Host, HostAddresses, Site
 from ..service import ANYWHERE, Service
 from ..templates import RenderedFile, render_template
 from .base import ConfigTest, Daemon, HostContext, LabRun
+from .dkimsign import USER as DKIMSIGN_USER, filter_command as dkimsign_filter, signing_key
 from .rspamd import FILTER_COMMAND as RSPAMD_FILTER
 
 
 def render_smtpd_conf(context: HostContext) -> str:
     site, host = context.site, context.host
     tls = {"certificate": site.tls.certificate_for(host), "key": site.tls.key_for(host)}
+    dkimsign_key = signing_key(context)  # a backup's own mail; None on the primary (rspamd signs)
     return render_template(
         "smtpd/smtpd.conf.j2",
         mx_name=host.mx_name,
@@ -31,6 +33,9 @@ def render_smtpd_conf(context: HostContext) -> str:
         lmtp_socket=LMTP_SOCKET,
         tls=tls,
         rspamd_filter=RSPAMD_FILTER,
+        dkimsign_filter=dkimsign_filter(dkimsign_key) if dkimsign_key else None,
+        dkimsign_domain=dkimsign_key.domain if dkimsign_key else None,
+        dkimsign_user=DKIMSIGN_USER,
     )
 
 

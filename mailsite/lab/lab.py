@@ -42,6 +42,7 @@ from ..config import load_site_file, stack_name
 from ..daemonroot import daemon_root
 from ..daemons import LabRun, daemons_on
 from ..daemons.redis import DIRECTORY as REDIS_DIRECTORY
+from ..daemons.dkimsign import FILTER as DKIMSIGN_FILTER
 from ..daemons.rspamd import FILTER as RSPAMD_FILTER
 from ..errors import UserError
 from ..model import LMTP_SOCKET, MAIL_UID, MAILBOXES, STATE_MOUNT, HostSecrets, Site
@@ -75,6 +76,7 @@ HOST_ROOT = "daemons"  # the daemon root every node's first tree is laid over; o
 LMTP_DIR = os.path.dirname(LMTP_SOCKET)
 # smtpd.conf names OpenBSD's filter-rspamd; Debian's package puts it where Debian's smtpd looks.
 DEBIAN_RSPAMD_FILTER = "/usr/libexec/opensmtpd/filter-rspamd"
+DEBIAN_DKIMSIGN_FILTER = "/usr/libexec/opensmtpd/filter-dkimsign"
 # The lab's additions to rspamd's rendered config. GTUBE's test variants besides the one that
 # rejects, so that a scenario can send a message rspamd marks (YJS...: add header) as one of
 # junkScore would be; never on a host: another variant (AJS...) lets any sender skip every check.
@@ -323,6 +325,11 @@ class Lab:
             RSPAMD_CACHE.mkdir(mode=0o755, parents=True, exist_ok=True)
             rspamd_uid = account_ids((daemon_root(HOST_ROOT).path / "etc/passwd").read_text())["_rspamd"]
             os.chown(RSPAMD_CACHE, rspamd_uid, rspamd_uid)
+        if any(daemon.name == "dkimsign" for daemon in daemons_on(self.plan.site, host)):
+            # Where OpenBSD's package puts the filter a backup signs its own mail with.
+            filter_path = self.root(node.name).joinpath(DKIMSIGN_FILTER.lstrip("/"))
+            filter_path.parent.mkdir(parents=True, exist_ok=True)
+            filter_path.symlink_to(DEBIAN_DKIMSIGN_FILTER)
         if host.is_primary:
             self.lmtp_dir(node.name).mkdir(mode=0o755)
             # A blank volume, as the image finds one at its first boot (a replaced primary finds

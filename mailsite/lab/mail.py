@@ -128,17 +128,20 @@ Protection = Literal["starttls", "smtps", "none"]
 
 
 def submit(lab: Lab, user: str, to: str, subject: str, *, password: str | None, protection: Protection = "starttls",
-           quit_after: str | None = None, sender: str | None = None) -> Sent:
+           quit_after: str | None = None, sender: str | None = None, headers: Sequence[str] = ()) -> Sent:
     """A site user's mail client on the internet node submitting `to` through the primary: on the
     submission port with STARTTLS ("starttls") or without ("none"), or on the smtps port, TLS from
     the first byte ("smtps"); authenticated as `user` with `password` (AUTH PLAIN), None: without
     AUTH. `quit_after` ("RCPT"): the session ends there and nothing is sent. `sender`: the MAIL
-    FROM address, the user's own in the site's first domain unless given."""
+    FROM address, the user's own in the site's first domain unless given; `headers`: header lines
+    ("From: ..."), each in place of swaks's own of that name."""
     site = lab.plan.site
     primary = lab.plan.node(site.primary.name)
     options = ["--port", str(SMTPS if protection == "smtps" else SUBMISSION), "--to", to,
                "--from", sender or f"{user}@{site.domains[0]}", "--helo", SENDER_HELO, "--header", f"Subject: {subject}",
                "--body", plain_body(subject)]
+    for header in headers:
+        options += ["--header", header]
     options += {"starttls": ["--tls"], "smtps": ["--tls-on-connect"], "none": []}[protection]
     if password is not None:
         options += ["--auth-user", user]

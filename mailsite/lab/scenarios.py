@@ -964,7 +964,9 @@ def _dkim_verdict(lab: Lab, message: bytes) -> tuple[bool, str]:
         texts = _lab_txt(lab, name.decode().rstrip("."))
         return texts[0].encode() if texts else b""
 
-    signature = re.search(rb"^DKIM-Signature:(.*?)\r?\n(?![ \t])", message, re.M | re.S)
+    # In the header only: a bounce quotes the message it returns, with that message's signature.
+    header = re.split(rb"\r?\n\r?\n", message, maxsplit=1)[0] + b"\n"
+    signature = re.search(rb"^DKIM-Signature:(.*?)\r?\n(?![ \t])", header, re.M | re.S)
     tags = dict(re.findall(rb"\b([ds])=([^;\s]+)", signature[1])) if signature else {}
     where = f"d={tags.get(b'd', b'').decode()} s={tags.get(b's', b'').decode()}" if signature else ""
     return bool(signature) and bool(dkim.verify(message, dnsfunc=dnsfunc)), where
@@ -1004,10 +1006,15 @@ def _mail_out(lab: Lab, label: str) -> tuple[bytes | None, str]:
     sent = mail.submit(lab, user, f"someone@{outside(lab.plan).domain}", marker, password=lab.password(user))
     if not sent.accepted:
         return None, f"{user} could not submit (swaks {sent.status}: {sent.refusal})"
+    return _at_outside(lab, marker, site.primary.name)
+
+
+def _at_outside(lab: Lab, marker: str, host: str) -> tuple[bytes | None, str]:
+    """The first message holding `marker` the outside MTA stored (waited for), or why there is none."""
     arrived = lambda: [path for path in lab.outside_maildir().glob("*/*") if path.parent.name in ("new", "cur")
                        and marker.encode() in path.read_bytes()]
     if not wait_until(arrived, DELIVERY_TIMEOUT, 0.1):
-        return None, f"not at the outside MTA {DELIVERY_TIMEOUT} s later; {site.primary.name}'s queue: {mail.queue(lab, site.primary.name)}"
+        return None, f"not at the outside MTA {DELIVERY_TIMEOUT} s later; {host}'s queue: {mail.queue(lab, host)}"
     return arrived()[0].read_bytes(), ""
 
 
@@ -1058,26 +1065,153 @@ def forged_site_mail_is_not_signed(lab: Lab) -> tuple[bool, str]:
         f"from outside as {address}: delivered unsigned through every MX")
 
 
+def _signed_as(lab: Lab, host: str) -> str:
+    """The d= and s= a host's own mail is signed with: the site domain its MX name lies in, and
+    that domain's current selector ("" when it lies in none: its mail leaves unsigned)."""
+    from ..dkim import own_mail_domain
+    from ..secrets import site_dkim_keys
+
+    site = lab.plan.site
+    domain = own_mail_domain(site, site.host(host))
+    if domain is None:
+        return ""
+    return f"d={domain} s={site_dkim_keys(site, lab.state.stack, lab.dir)[domain].signing.name}"
+
+
+def _verified_as(lab: Lab, message: bytes, want: str) -> str:
+    """"" when `message` is signed as `want` ("d=... s=...") and dkimpy verifies it against the
+    lab's DNS, else what it is."""
+    verified, where = _dkim_verdict(lab, message)
+    if where != want:
+        return f"signed {where or 'not at all'}, want {want}"
+    return "" if verified else f"signed {where}, but dkimpy refuses it"
+
+
+@scenario("dkim: each MX's own mail (root's, cron's) leaves signed for the site domain its name lies in", proves="""
+    On each MX, root gives sendmail a message without a From: for an outside address, as cron
+    does (smtpctl enqueue, through smtpd's local socket: smtpd writes From: root@<MX name>), and
+    a client on the MX sends one as root@<MX name> to 127.0.0.1 (lo0). Each copy the outside MTA
+    stores carries a DKIM-Signature d=<the site domain the MX name lies in>, with that domain's
+    current selector (rspamd's dkim_signing on the primary, filter-dkimsign on a backup), and
+    dkimpy verifies it against the lab's DNS: the MX name's mail aligns with the site domain's
+    DMARC record (relaxed).""")
+def hosts_own_mail_leaves_dkim_signed(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    to = f"someone@{outside(lab.plan).domain}"
+    problems, seen = [], []
+    for host in site.hosts:
+        want = _signed_as(lab, host.name)
+        for way in ("sendmail", "lo0"):
+            marker = _marker(f"own-mail-{host.name}-{way}")
+            if way == "sendmail":
+                handed = lab.run_in(host.name, ["sendmail", "-t"], input=f"To: {to}\nSubject: {marker}\n\n{mail.plain_body(marker)}")
+            else:
+                handed = lab.run_in(host.name, ["swaks", "--server", "127.0.0.1", "--to", to, "--from", f"root@{host.mx_name}",
+                                                "--header", f"Subject: {marker}", "--body", mail.plain_body(marker)])
+            if handed.returncode != 0:
+                problems.append(f"{host.name}: {way} refused root's message: {(handed.stdout + handed.stderr).strip()[-200:]}")
+                continue
+            message, problem = _at_outside(lab, marker, host.name)
+            if message is None or (problem := _verified_as(lab, message, want)):
+                problems.append(f"{host.name} ({way}): {problem}")
+        seen.append(f"{host.name} {want}")
+    return not problems, "; ".join(problems) or f"root's mail by sendmail and over lo0 verified: {', '.join(seen)}"
+
+
+@scenario("dkim: bounces leave signed, the primary's and a backup's", proves="""
+    A site user submits to an address in a name that does not exist (in the site's first domain,
+    which the lab's DNS answers NXDOMAIN for): the primary bounces it, smtpd's bounce
+    (From: MAILER-DAEMON@<its MX name>, through the local socket) lands in the user's mailbox
+    signed for the site domain the primary's name lies in, and dkimpy verifies it. A stranger's
+    GTUBE through a backup is refused by the primary on relay; the backup's bounce, stored by the
+    outside MTA, is signed by filter-dkimsign for the site domain the backup's name lies in, and
+    verifies too.""")
+def bounces_leave_dkim_signed(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    primary, backups = _host_names(lab)
+    user = site.recipients.users[0]
+    marker = _marker("bounce-primary")
+    sent = mail.submit(lab, user, f"nobody@no-such-name.{site.domains[0]}", marker, password=lab.password(user))
+    if not sent.accepted:
+        return False, f"{user} could not submit (swaks {sent.status}: {sent.refusal})"
+    bounces = [path for path in _delivered_once(lab, marker) if b"MAILER-DAEMON@" in path.read_bytes()]
+    if len(bounces) != 1:
+        return False, f"{len(bounces)} bounces of {primary} in {user}'s mailbox, want 1; its queue: {mail.queue(lab, primary)}"
+    if problem := _verified_as(lab, bounces[0].read_bytes(), _signed_as(lab, primary)):
+        return False, f"{primary}'s bounce: {problem}"
+    seen = [f"{primary}'s bounce {_signed_as(lab, primary)}"]
+    if backups:
+        backup = backups[0]
+        relayed = _marker("bounce-backup")
+        sent = mail.send(lab, backup, f"{user}@{site.domains[0]}", relayed, GTUBE, sender=f"sender@{outside(lab.plan).domain}")
+        if not sent.accepted:
+            return False, f"{backup} refused GTUBE ({sent.refusal}): a backup runs no rspamd and takes it"
+        found = _bounced_to(lab, relayed, "Gtube pattern")
+        if len(found) != 1:
+            return False, f"{len(found)} bounces of {backup} at the outside MTA, want 1; its queue: {mail.queue(lab, backup)}"
+        if problem := _verified_as(lab, found[0].read_bytes(), _signed_as(lab, backup)):
+            return False, f"{backup}'s bounce: {problem}"
+        seen.append(f"{backup}'s bounce {_signed_as(lab, backup)}")
+    return True, "; ".join(seen) + ", each verified by dkimpy"
+
+
+@scenario("submission: a user's From: header must be the address the user sends as", proves="""
+    A site user authenticated on 587 sends with MAIL FROM the user's own address and a From:
+    header of another user of the same domain (which smtpd's senders table, reading the envelope
+    only, lets through): the primary refuses it at the end of DATA (550, rspamd's
+    local.d/rspamd.lua saying why), and nothing is delivered or signed. The same message with
+    From: the user's own address in capitals is delivered once, DKIM-signed for the user's
+    domain, and dkimpy verifies it.""")
+def from_header_must_be_the_senders(lab: Lab) -> tuple[bool, str]:
+    site = lab.plan.site
+    user, other = site.recipients.users[0], site.recipients.users[-1]
+    domain = site.domains[0]
+    to = f"{other}@{domain}"
+    forged = _marker("from-forged")
+    sent = mail.submit(lab, user, to, forged, password=lab.password(user), headers=[f"From: {other}@{domain}"])
+    if sent.accepted or not sent.refusal.startswith("550") or "From:" not in sent.refusal:
+        return False, f"{user} as From: {other}@{domain} answered {sent.refusal or 'acceptance'} (swaks {sent.status}), want 550 naming From:"
+    own = _marker("from-own")
+    taken = mail.submit(lab, user, to, own, password=lab.password(user), headers=[f"From: {user.upper()}@{domain.upper()}"])
+    if not taken.accepted:
+        return False, f"{user} as From: {user.upper()}@{domain.upper()} refused: {taken.refusal} (swaks {taken.status})"
+    found = _delivered_once(lab, own)
+    if len(found) != 1:
+        return False, f"{len(found)} copies of {user}'s own message delivered, want 1"
+    from ..secrets import site_dkim_keys
+    want = f"d={domain} s={site_dkim_keys(site, lab.state.stack, lab.dir)[domain].signing.name}"
+    if problem := _verified_as(lab, found[0].read_bytes(), want):
+        return False, f"{user}'s own message: {problem}"
+    if mail.delivered(lab, forged):
+        return False, f"the message with From: {other}@{domain} was delivered"
+    return True, f"From: {other}@{domain} refused ({sent.refusal[:90]}); From: {user.upper()}@{domain.upper()} delivered, {want} verified"
+
+
 @scenario("dkim: after rotate-dkim-key, mail signed before and after the switch both verify", proves="""
     rotate-dkim-key's steps on the lab's backend, each followed by what `pulumi up` does (the
-    lab's DNS published again; the primary replaced when its signing key changes): a message
-    signed with the old key before the rotation and one signed with the new key after the
-    switch both verify while both selectors are published; once the old one is retired and
+    lab's DNS published again; each host that signs the domain replaced when its signing key
+    changes): a message signed with the old key before the rotation and one signed with the new
+    key after the switch both verify while both selectors are published; the old one is not
+    retired while a backup still signs its own mail with it (only the primary replaced: the
+    command waits, naming the backup), and once every signing host carries the new key a
+    backup's own mail is signed with it; once the old one is retired and
     withdrawn, the new one's still verifies and the old one's no longer does. --now stands in for
     the waits (the record's TTL, dkim.retireAfterDays), which tests/test_dkim_rotation.py proves.""")
 def dkim_rotation_keeps_mail_verifying(lab: Lab) -> tuple[bool, str]:
     from datetime import datetime, timezone
 
+    from ..dkim import signing_hosts
     from ..dkim_rotation import rotate_domain
     from ..facts import parse_key_versions
 
     site, domain = lab.plan.site, lab.plan.site.domains[0]
     store = host_store(site, lab.dir)
     primary = site.primary.name
+    backups = [host.name for host in signing_hosts(site, domain) if not host.is_primary]
 
     def step(expect: str) -> str:
         done = rotate_domain(site, lab.state.stack, store, domain, datetime.now(timezone.utc), lambda name: _lab_txt(lab, name),
-                             lambda d: parse_key_versions(lab.run_in(primary, ["cat", "/etc/mailsite/key-versions"]).stdout).get(f"dkim-{d}"),
+                             lambda host, d: parse_key_versions(lab.run_in(host.name, ["cat", "/etc/mailsite/key-versions"]).stdout).get(f"dkim-{d}"),
                              hurry=True)
         if done.outcome != expect:
             raise LabError(f"rotate-dkim-key: {done.message}")
@@ -1092,6 +1226,19 @@ def dkim_rotation_keeps_mail_verifying(lab: Lab) -> tuple[bool, str]:
     if not wait_until(lambda: not mail.queue(lab, primary), DELIVERY_TIMEOUT, 0.2):
         return False, f"{primary}'s queue did not empty before its replacement"
     lab.replace_host(primary)
+    if backups:
+        waiting = step("waiting")  # a backup still signs its own mail with the old key
+        if backups[0] not in waiting:
+            return False, f"with only {primary} replaced, rotate-dkim-key says: {waiting}"
+        for backup in backups:
+            if not wait_until(lambda: not mail.queue(lab, backup), DELIVERY_TIMEOUT, 0.2):
+                return False, f"{backup}'s queue did not empty before its replacement"
+            lab.replace_host(backup)
+        marker = _marker("dkim-after-backup")
+        lab.run_in(backups[0], ["sendmail", "-t"], input=f"To: someone@{outside(lab.plan).domain}\nSubject: {marker}\n\n{mail.plain_body(marker)}")
+        own, problem = _at_outside(lab, marker, backups[0])
+        if own is None or (problem := _verified_as(lab, own, _signed_as(lab, backups[0]))):
+            return False, f"{backups[0]}'s own mail after the switch: {problem}"
     after, problem = _mail_out(lab, "dkim-after")
     if after is None:
         return False, problem
@@ -1099,7 +1246,7 @@ def dkim_rotation_keeps_mail_verifying(lab: Lab) -> tuple[bool, str]:
     if not all(ok for ok, _ in verdicts.values()) or verdicts["before"][1] == verdicts["after"][1]:
         return False, "during the overlap: " + "; ".join(f"{name} {where or 'unsigned'} {'verifies' if ok else 'fails'}"
                                                          for name, (ok, where) in verdicts.items())
-    step("advanced")  # the primary seen signing with the new key; --now: the old one retired at once
+    step("advanced")  # every signing host seen signing with the new key; --now: the old one retired at once
     lab.publish_dns()
     old_ok, new_ok = _dkim_verdict(lab, before)[0], _dkim_verdict(lab, after)[0]
     if old_ok or not new_ok:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from ..dkim import DomainKeys, MalformedKeys, first_keys, parse_domain_keys, serialize_domain_keys
+from ..dkim import DomainKeys, MalformedKeys, first_keys, own_mail_domain, parse_domain_keys, serialize_domain_keys
 from ..keys import key_problem, new_key
 from ..model import HostSecrets, Site
 from ..passwords import is_password_hash
@@ -149,9 +149,14 @@ def site_secrets(site: Site, stack: str, base: Path, store: SecretStore | None =
         rolled = store.read(sync_id, host_label(host.name))
         host_sync = _checked(sync_id, rolled) if rolled else current_sync
         result[host.name] = HostSecrets(key.value, key.version, host_sync.value, host_sync.version)
-    # rspamd signs on the primary alone: a backup's image holds no DKIM key.
-    signing = tuple(keys.signing_key() for keys in _site_dkim_keys(store, site, stack).values())
+    # The primary signs every domain (rspamd); a backup signs its own mail (filter-dkimsign) and
+    # carries one key, that of the site domain its MX name lies in (none when it lies in none).
+    domain_keys = _site_dkim_keys(store, site, stack)
+    signing = tuple(keys.signing_key() for keys in domain_keys.values())
     result[site.primary.name] = replace(result[site.primary.name], dkim_keys=signing)
+    for host in site.backups:
+        if (domain := own_mail_domain(site, host)) is not None:
+            result[host.name] = replace(result[host.name], dkim_keys=(domain_keys[domain].signing_key(),))
     # Only the primary authenticates (IMAP, submission); a backup's image holds no hash. Users
     # since removed from the stack are left out: they can no longer log in.
     # Only their entries are checked: user passwd refuses a user who has left the stack, so it could
