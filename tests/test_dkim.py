@@ -1,10 +1,13 @@
 """DKIM keys: made by secrets init in the backend, one signing key per domain carried by the
-primary alone, as files only rspamd's user reads, never in a review render or a non-secret file;
-their TXT records checked by a real DKIM verifier (dkimpy), not by comparing strings."""
+primary (a backup: the key of the site domain its MX name lies in), as files only the signer's
+user reads, never in a review render or a non-secret file; their TXT records checked by a real
+DKIM verifier (dkimpy), not by comparing strings."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import dkim
 import pytest
@@ -12,14 +15,15 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from mailsite.config import load_site
+from mailsite.configtest import run_shaped_like_host
 from mailsite.daemons.dkim import CONFIG, RSPAMD_USER
 from mailsite.daemons.dkimsign import FILTER as DKIMSIGN_FILTER, USER as DKIMSIGN_USER
-from mailsite.dkim import SIGNING, dkim_records, key_path
+from mailsite.dkim import SIGNING, dkim_records, key_path, own_mail_domain
 from mailsite.local import REDACTED, render_stack
 from mailsite.problems import SiteConfigError
 from mailsite.render import render_host
 from mailsite.secrets import dkim_keys_id, host_store, init_secrets, site_dkim_keys, site_secrets
-from tests.sites import ROOT, addresses, example_settings
+from tests.sites import ROOT, addresses, example_settings, fake_secrets, site_of
 
 MESSAGE = b"From: alice@example.org\r\nTo: someone@outside.test\r\nSubject: hello\r\n\r\nSigned by the site.\r\n"
 
@@ -143,3 +147,27 @@ def test_a_site_without_dkim_keys_is_told_to_run_secrets_init(tmp_path):
     assert [str(p) for p in raised.value.problems] == [
         f"secret = {dkim_keys_id('test', 'example.org')}: not in the secrets backend; create it with: "
         "python -m mailsite secrets init --config <stack file>"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root for network namespaces (CI runs it as root)")
+def test_own_mail_is_signed_for_the_nearest_site_domain_its_from_lies_in(tmp_path):
+    """rspamd's choice of d= (the rendered use_domain_custom, run by the daemon root's own rspamd
+    Lua) is the model's (own_mail_domain, which gives a backup its key): the longest site domain
+    the From: domain is or lies in, letter case aside, and none for any other domain."""
+    settings = example_settings()
+    settings["domains"] = ["example.org", "example.net", "mail.example.org"]
+    settings["hosts"][0]["fqdn"] = "mx1.mail.example.org"
+    site = site_of(settings)
+    config = render_host(site, site.primary, addresses(site), fake_secrets(site)[site.primary.name])[CONFIG].text
+    chooser = re.search(r"use_domain_custom = <<EOD\n(.*?)\nEOD\n", config, re.S)[1]
+    froms = ["root@MX1.Mail.Example.org", "MAILER-DAEMON@mx2.example.org", "alice@example.org", "bob@xexample.org",
+             "ceo@outside.test"]
+    script = ("local choose = (loadstring or load)([==[" + chooser + "]==])()\n"
+              + "".join(f"print(choose({{ get_from = function() return {{ {{ domain = '{address.split('@')[1]}' }} }} end }}) or 'none')\n"
+                        for address in froms))
+    (tmp_path / "etc").mkdir()
+    result = run_shaped_like_host(tmp_path, (), ["rspamadm", "lua", "/choose.lua"], written={"choose.lua": script})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["mail.example.org", "example.org", "example.org", "none", "none"]
+    assert own_mail_domain(site, site.primary) == "mail.example.org"
+    assert own_mail_domain(site, site.host("mx2")) == "example.org"
