@@ -147,7 +147,7 @@ def _other_key() -> str:
 FAULTS: dict[str, Fault] = {
     "fine": lambda site, records, reverse: (records, reverse),
     # The same records written otherwise: mechanisms and tags in another order, blanks, case.
-    "rewritten": lambda site, records, reverse: ([replace(r, value=_rewritten(r.value)) if r.type == "TXT" else r
+    "rewritten": lambda site, records, reverse: ([replace(r, value=_rewritten(r.value)) if r.type in ("TXT", "CAA") else r
                                                   for r in records], reverse),
     "missing-mx": _without(_is("missing-mx.example", "MX", "mx2.")),
     "wrong-preference": _changed(_is("wrong-preference.example", "MX", "mx2."), lambda r: replace(r, priority=25)),
@@ -206,6 +206,8 @@ BEHIND = "behind"
 
 def _rewritten(text: str) -> str:
     """`text` as someone else might write it, meaning the same to a receiver."""
+    if text.startswith("0 issue "):  # the tag and the CA's name, without case
+        return f'0 ISSUE "{text.removeprefix("0 issue ").strip(chr(34)).title()}"'
     if text.startswith("v=spf1 "):
         *mechanisms, closing = text.split(" ")[1:]
         return " ".join(["v=spf1", *(f"+{m.upper()}" for m in reversed(mechanisms)), closing])
@@ -354,6 +356,7 @@ def test_the_lab_dns_passes_every_dns_check(served):
 def test_records_written_otherwise_but_meaning_the_same_pass(served):
     zone = served.zones["rewritten"]
     assert 'txt-record=rewritten.example,"v=spf1 +A:MX1.REWRITTEN.EXAMPLE -all"' in zone.lines()
+    assert '0 ISSUE "Letsencrypt.Org"' in [r.value for r in zone.records if r.type == "CAA"]
     results = _doctor(served, zone)
     assert {n: (r.status, r.seen) for n, r in results.items() if r.status is not Status.PASS} == {}
 

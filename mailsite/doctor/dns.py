@@ -108,8 +108,14 @@ def _srv_key(text: str) -> Hashable:
 
 
 def _caa_key(text: str) -> Hashable:
+    # Tags without case (RFC 8659 4.1); an issue value starts with the CA's domain name, which
+    # has none either (its parameters, an account URI, may).
     flags, tag, value = text.split(" ", 2)
-    return int(flags), tag.lower(), value.strip('"')
+    value, tag = value.strip('"'), tag.lower()
+    if tag in ("issue", "issuewild"):
+        issuer, semicolon, parameters = value.partition(";")
+        value = issuer.lower() + semicolon + parameters
+    return int(flags), tag, value
 
 
 def _address_key(text: str) -> Hashable:
