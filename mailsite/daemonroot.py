@@ -48,9 +48,10 @@ MIRROR = "http://deb.debian.org/debian"
 # refuses `port submission` without it), the CA bundle the lab adds its CA to, openssl for test
 # certificates and TLS probes, Net::SSLeay for swaks's TLS (only recommended, and mmdebstrap
 # installs no recommendations), dig for the lab's DNS queries; pebble (Let's Encrypt's ACME test
-# CA) and lego, the ACME client standing in for OpenBSD's acme-client (mailsite/lab/acme.py).
+# CA) and lego, the ACME client standing in for OpenBSD's acme-client (mailsite/lab/acme.py); restic
+# 0.18, the primary's backup tool (mailsite/daemons/restic.py), which the lab's backups run.
 PACKAGES = ("opensmtpd", "openbgpd", "dnsmasq-base", "swaks", "libnet-ssleay-perl", "openssl", "bind9-dnsutils",
-            "ca-certificates", "netbase", "rspamd", "redis-server", "opensmtpd-filter-rspamd", "pebble", "lego",
+            "ca-certificates", "netbase", "rspamd", "redis-server", "opensmtpd-filter-rspamd", "pebble", "lego", "restic",
             # filter-dkimsign: a backup signs its own mail with it (mailsite/daemons/dkimsign.py).
             "opensmtpd-filter-dkimsign")
 # Dovecot as OpenBSD 7.8's packages ship it (2.3.21.1), from Debian 12's backports (its main

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from .config import load_site_file, stack_name
-from .model import HostAddresses, HostSecrets, Site
+from .model import BackupSecrets, HostAddresses, HostSecrets, Site
 from .problems import Problem, SiteConfigError
 from .render import render_host
 from .templates import HostTree
@@ -51,11 +51,16 @@ def render_stack(config: Path, redacted: bool = False, secrets_base: Path | None
         if not redacted:
             raise
         secrets = {h.name: HostSecrets(SecretStr(""), "unknown", SecretStr(""), "unknown") for h in site.hosts}
+        if site.backup.enabled:
+            unknown = BackupSecrets(SecretStr(""), "unknown", SecretStr(""), SecretStr(""), "unknown")
+            secrets[site.primary.name] = replace(secrets[site.primary.name], backup=unknown)
     if redacted:
         secrets = {
             name: HostSecrets(SecretStr(REDACTED), s.queue_key_version, SecretStr(REDACTED), s.spamd_sync_key_version,
                               {user: SecretStr(REDACTED) for user in s.password_hashes}, s.password_hashes_version,
-                              tuple(replace(key, private_key=SecretStr(REDACTED)) for key in s.dkim_keys))
+                              tuple(replace(key, private_key=SecretStr(REDACTED)) for key in s.dkim_keys),
+                              s.backup and replace(s.backup, repository_password=SecretStr(REDACTED),
+                                                   access_key_id=SecretStr(REDACTED), secret_access_key=SecretStr(REDACTED)))
             for name, s in secrets.items()
         }
     trees = {host.name: render_host(site, host, addresses, secrets[host.name]) for host in site.hosts}

@@ -143,6 +143,18 @@ class DkimKey:
 
 
 @dataclass(frozen=True)
+class BackupSecrets:
+    """What the primary's backup job opens its restic repository with; each version names its
+    secret without revealing it."""
+
+    repository_password: SecretStr
+    repository_password_version: str
+    access_key_id: SecretStr
+    secret_access_key: SecretStr
+    credentials_version: str
+
+
+@dataclass(frozen=True)
 class HostSecrets:
     """The secrets a host's image carries; each version names its secret without revealing it."""
 
@@ -157,6 +169,8 @@ class HostSecrets:
     # The DKIM signing keys: the primary's, one per domain (rspamd); a backup's, the one of the site
     # domain its MX name lies in (filter-dkimsign signs its own mail).
     dkim_keys: tuple[DkimKey, ...] = ()
+    # The primary's, when backup is on (backup.bucket): restic's repository password, the storage's keys.
+    backup: BackupSecrets | None = None
 
     @property
     def dkim_keys_version(self) -> str:
@@ -962,6 +976,81 @@ class MailVolume(Settings):
         return int(self.size.removesuffix("G"))
 
 
+# A key prefix inside the backup bucket: names of letters, digits and . _ - with / between them.
+_BUCKET_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}(/[A-Za-z0-9][A-Za-z0-9._-]{0,62}){0,7}")
+
+
+def _bucket_prefix(value: str) -> str:
+    if not _BUCKET_PREFIX.fullmatch(value):
+        raise ValueError("not a prefix; write names of letters, digits and . _ - with / between them, like mailsite/example")
+    return value
+
+
+class Backup(Settings):
+    """Encrypted, deduplicated backups of the primary's mail volume (the mailboxes, spamd's
+    database, the ACME keys and certificates) with restic, to a bucket of S3-compatible storage.
+    Off until bucket is set; the repository password and the storage's keys live in the secrets
+    backend (secrets init, secrets backup-credentials), never here."""
+
+    endpoint_url: Url | None = Field(None, description=(
+        "The S3-compatible endpoint the primary sends its backups to, like "
+        "https://ams1.vultrobjects.com; null for AWS S3."))
+    bucket: Name | Literal[""] = Field("", description=(
+        "A private bucket of yours for the backups, made beforehand (docs/backups.md); empty for "
+        "no backups."))
+    prefix: Annotated[str, AfterValidator(_bucket_prefix)] = Field("mailsite", description=(
+        "Where in the bucket the restic repository lives, like mailsite or mailsite/example: "
+        "sites sharing a bucket each take their own."))
+    region: Name | None = Field(None, description=(
+        "The storage's region, where the endpoint needs one (AWS S3: the bucket's); null for none."))
+    every_hours: Annotated[int, Field(ge=1, le=168), _WHOLE] = Field(24, description=(
+        "Hours between two backups: 1, 2, 3, 4, 6, 8, 12 or 24, or whole days up to 168. Root's "
+        "cron on the primary runs the job at a random minute (once a day at a random hour for "
+        "24). doctor warns once the last backup is older than twice this."))
+    keep_daily: Annotated[int, Field(ge=0, le=3650), _WHOLE] = Field(7, description=(
+        "How many days' last backups are kept (restic forget --keep-daily)."))
+    keep_weekly: Annotated[int, Field(ge=0, le=520), _WHOLE] = Field(5, description=(
+        "How many weeks' last backups are kept besides (--keep-weekly)."))
+    keep_monthly: Annotated[int, Field(ge=0, le=1200), _WHOLE] = Field(12, description=(
+        "How many months' last backups are kept besides (--keep-monthly); at least one of the "
+        "three is above 0, or every backup would be forgotten."))
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        # S3's own rule for bucket names; restic would otherwise retry a refused one for minutes.
+        if value and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+            raise ValueError("not a bucket name; S3 takes 3 to 63 lower-case letters, digits, . and -, like example-mail-backups")
+        return value
+
+    @field_validator("every_hours")
+    @classmethod
+    def _schedulable(cls, value: int) -> int:
+        # cron repeats evenly only by a divisor of a day's hours, or by whole days.
+        if 24 % value and value % 24:
+            raise ValueError("cron runs a job evenly only every 1, 2, 3, 4, 6, 8, 12 or 24 hours, or whole days (48 to 168); "
+                             "choose one of those")
+        return value
+
+    @field_validator("keep_monthly")
+    @classmethod
+    def _keeps_something(cls, value: int, info: ValidationInfo) -> int:
+        if not (value or info.data.get("keep_daily") or info.data.get("keep_weekly")):
+            raise ValueError("keepDaily and keepWeekly are 0 too, so every backup would be deleted after it is made; "
+                             "keep at least one, like keepMonthly: 12")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.bucket)
+
+    @property
+    def repository(self) -> str:
+        """The restic repository, as restic names an S3 one: s3:<endpoint>/<bucket>/<prefix>."""
+        endpoint = (self.endpoint_url or "https://s3.amazonaws.com").rstrip("/")
+        return f"s3:{endpoint}/{self.bucket}/{self.prefix}"
+
+
 class ObjectStorage(Settings):
     """S3-compatible storage (Vultr Object Storage or S3) that hands raw images to Vultr."""
 
@@ -1051,6 +1140,12 @@ class Packages(Settings):
         "dovecot-pigeonhole-0.5.21.1v1", description=(
             "The Sieve plugin the primary's Dovecot files marked mail into Junk with, as pkg_info -Q "
             "dovecot-pigeonhole names it: OpenBSD 7.8's is dovecot-pigeonhole-0.5.21.1v1 (0.5, for Dovecot 2.3)."))
+
+    restic: Annotated[str, _package_of("restic", None, "restic-0.18.1")] = Field("restic-0.18.1", description=(
+        "The restic package the primary's image installs when backup is on, as pkg_info -Q "
+        "restic names it on your mirror (check it there: OpenBSD 7.8's exact version is not "
+        "confirmed here). restic 0.17 or later: older ones keep no size with a snapshot, so "
+        "backup status shows none."))
 
     def pinned(self, package: str) -> str:
         """The exact package name for a daemon's package (its Daemon.package). A package without
@@ -1216,6 +1311,7 @@ class Site(Settings):
     secrets: Secrets = Secrets()
     images: Images = Images()
     mail_volume: MailVolume = MailVolume()
+    backup: Backup = Backup()
     doctor: Doctor = Doctor()
 
     @field_validator("max_message_size")

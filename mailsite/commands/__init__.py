@@ -4,7 +4,7 @@ MailsiteError for what it cannot do; mailsite.cli says it, once, for every comma
 
 from __future__ import annotations
 
-from . import bake, configtest, diff, doctor, lab, render, rotate, rotate_dkim, secrets, snapshot, user
+from . import backup, bake, configtest, diff, doctor, lab, render, rotate, rotate_dkim, secrets, snapshot, user
 
 # In the order `mailsite --help` lists them.
-COMMANDS = (render, configtest, diff, doctor, bake, rotate, rotate_dkim, secrets, user, lab, snapshot)
+COMMANDS = (render, configtest, diff, doctor, bake, rotate, rotate_dkim, secrets, user, backup, lab, snapshot)

@@ -18,6 +18,7 @@ from .httpd import httpd
 from .mail_volume import mail_volume
 from .pf import pf
 from .redis import redis
+from .restic import restic
 from .rspamd import rspamd
 from .smtpd import smtpd
 from .spamd import spamd
@@ -29,8 +30,8 @@ from .sshd import sshd
 # to the whole internet, pf.conf's rules: pf comes last, as its rule set is everyone else's.
 # redis before rspamd, its store; both and Dovecot before smtpd, which asks rspamd through
 # filter-rspamd and delivers to Dovecot's LMTP socket; httpd before acme-client, whose
-# challenges it answers.
-DAEMONS: tuple[Daemon, ...] = (basics, mail_volume, spamd, spamlogd, bgpd, bgp_spamd_update, redis, rspamd, dovecot, dkim, dkimsign, smtpd, httpd, acme, sshd, pf)
+# challenges it answers. restic (the primary's backups) after every daemon whose state it keeps.
+DAEMONS: tuple[Daemon, ...] = (basics, mail_volume, spamd, spamlogd, bgpd, bgp_spamd_update, redis, rspamd, dovecot, dkim, dkimsign, smtpd, httpd, acme, restic, sshd, pf)
 
 
 def daemons_on(site: Site, host: Host) -> tuple[Daemon, ...]:

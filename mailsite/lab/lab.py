@@ -52,6 +52,7 @@ from ..dkim import dkim_records
 from ..secrets import host_store, init_secrets, password_hashes_id, site_dkim_keys, site_secrets
 from ..trees import write_tree
 from . import net
+from .backup import lend_restic, store_lab_credentials
 from .bgp import routes_received, sessions
 from .ca import LabCA
 from .procs import (
@@ -261,6 +262,8 @@ class Lab:
         # The users' hashes, where `mailsite user passwd` keeps them: the primary's image is
         # rendered with them, as a real one is.
         host_store(self.plan.site, self.dir).create(password_hashes_id(stack), json.dumps(self._new_passwords()))
+        if self.plan.site.backup.enabled:
+            store_lab_credentials(host_store(self.plan.site, self.dir), stack)
         secrets = site_secrets(self.plan.site, stack, self.dir)
         ca = LabCA.new(stack)
         ca.save(self.dir / "ca")
@@ -342,6 +345,8 @@ class Lab:
             for name in self.trees(node.name):
                 for mount_point in (STATE_MOUNT, LMTP_DIR):
                     self.root(node.name, name).joinpath(mount_point.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            if self.plan.site.backup.enabled:
+                lend_restic(self, node.name)
 
     def _write_internet(self, node: Node, common: HostTree) -> None:
         """The internet node: the sender's tools, and the outside world's MTA with its Maildir."""

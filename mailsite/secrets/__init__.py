@@ -3,7 +3,10 @@
 Secret ids follow one scheme in every backend: `mailsite/<stack>/<host>/queue-key` per host,
 `mailsite/<stack>/spamd-sync-key` and `mailsite/<stack>/password-hashes` (the mailbox users'
 bcrypt hashes, a JSON object of user: hash) per site, `mailsite/<stack>/dkim/<domain>` (the domain's
-DKIM selectors and their private keys: mailsite.dkim) per domain. The file backend keeps AWS Secrets Manager's shape
+DKIM selectors and their private keys: mailsite.dkim) per domain, and with backups on
+`mailsite/<stack>/backup/repository-password` (restic's, made by secrets init) and
+`mailsite/<stack>/backup/storage-credentials` (the bucket's keys, a JSON object stored by
+`secrets backup-credentials`: mailsite.secrets.backup). The file backend keeps AWS Secrets Manager's shape
 (versions, and a label naming the current one) so that both behave alike.
 """
 
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from .backup import backup_credentials_id, backup_password_id, backup_secrets, new_repository_password
 from ..dkim import DomainKeys, MalformedKeys, first_keys, own_mail_domain, parse_domain_keys, serialize_domain_keys
 from ..keys import key_problem, new_key
 from ..model import HostSecrets, Site
@@ -25,7 +29,7 @@ from ..problems import show
 from .file import FileStore
 from .store import CURRENT, PENDING, PREVIOUS, SecretStore, SecretVersion, host_label, secret_error
 
-__all__ = ["CURRENT", "PENDING", "PREVIOUS", "FileStore", "SecretStore", "SecretVersion", "dkim_keys_id", "domain_keys",
+__all__ = ["CURRENT", "PENDING", "PREVIOUS", "FileStore", "backup_credentials_id", "backup_password_id", "SecretStore", "SecretVersion", "dkim_keys_id", "domain_keys",
            "host_label", "host_store", "init_secrets", "site_dkim_keys", "password_hashes", "password_hashes_id", "queue_key_id", "site_secrets", "spamd_sync_key_id"]
 
 
@@ -171,6 +175,8 @@ def site_secrets(site: Site, stack: str, base: Path, store: SecretStore | None =
             password_hashes={user: SecretStr(hashed) for user, hashed in carried.items()},
             password_hashes_version=version.version,
         )
+    if site.backup.enabled:
+        result[site.primary.name] = replace(result[site.primary.name], backup=backup_secrets(store, stack))
     return result
 
 
@@ -191,4 +197,8 @@ def init_secrets(site: Site, stack: str, base: Path) -> list[str]:
             keys = first_keys(domain, site.dkim.selector_prefix, site.dkim.key_bits, now)
             store.create(secret_id, serialize_domain_keys(keys), description=f"DKIM keys of {domain} (mailsite)")
             created.append(secret_id)
+    # The storage's keys are the storage provider's, stored by `secrets backup-credentials`.
+    if site.backup.enabled and store.read(password_id := backup_password_id(stack)) is None:
+        store.create(password_id, new_repository_password(), description="restic repository password of the mail backups (mailsite)")
+        created.append(password_id)
     return created
