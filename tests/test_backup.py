@@ -237,3 +237,31 @@ def test_snapshot_times_with_nanoseconds_and_offsets_read_alike():
     found = parse_snapshots('[{"time":"2026-11-26T04:40:00.999999999+01:00","id":"ab"}]')
     assert found == [Snapshot("ab", datetime(2026, 11, 26, 3, 40, 0, 999999, tzinfo=timezone.utc), "", None, None)]
     assert found[0].time + timedelta(0) == found[0].time
+
+
+def _doctor_view(site, control, now):
+    import dns.resolver
+
+    from mailsite.doctor.view import SiteView
+
+    return SiteView(site, "example", dns.resolver.Resolver(configure=False), lambda host: control,
+                    lambda: None, None, now, 10)  # type: ignore[arg-type, return-value]
+
+
+def test_doctor_warns_once_the_last_backup_is_older_than_the_schedule_allows():
+    from mailsite.doctor.backup import checks
+    from mailsite.results import Status
+
+    site = _site(everyHours=12)
+    recent = datetime(2026, 11, 26, 20, 0, tzinfo=timezone.utc)
+    (check,) = checks(_doctor_view(site, _answering(SNAPSHOTS), recent))
+    assert check.name == "mx1.example.org: the last backup is at most 24 h old" and check.area == "backup" and check.host == "mx1"
+    status, seen, _ = check.run()
+    assert status is Status.PASS and seen.startswith("the last backup (ab12cd34) is 16.3 h old"), seen
+    status, _, fix = checks(_doctor_view(site, _answering(SNAPSHOTS), recent + timedelta(hours=8)))[0].run()
+    assert status is Status.WARN and "mailsite backup now" in fix
+    assert checks(_doctor_view(site, _answering("[]"), recent))[0].run()[:2] == (Status.WARN, "no backup yet")
+    refused = _answering(stderr="mailsite-backup: password: the repository password does not open it\n", status=3)
+    status, seen, _ = checks(_doctor_view(site, refused, recent))[0].run()
+    assert status is Status.FAIL and "the repository password does not open it" in seen
+    assert checks(_doctor_view(_site(bucket=""), _answering("[]"), recent)) == [], "no check while backups are off"
