@@ -363,3 +363,12 @@ def test_an_abusix_zones_api_key_is_never_shown(tmp_path):
     listed = result(results, mx1, "<API key>.combined.mail.abusix.zone")
     assert listed.status is Status.FAIL and "listed by" in listed.seen
     assert not [r for r in results.values() if key in r.name + r.seen + r.fix]
+
+
+def test_a_resolver_answering_127_0_0_2_for_every_name_lists_no_mx(site, tmp_path):
+    # A broken or hostile resolver: every name it does not hold, every list's, is 127.0.0.2. Each
+    # list then lists 127.0.0.1 too, which no working list does: cannot tell, never listed.
+    with name_server(site, tmp_path, ["address=/#/127.0.0.2"]) as resolver:
+        results = doctor(site, resolver)
+    assert results and all(r.status is Status.WARN for r in results.values()), results
+    assert all("lists 127.0.0.1 too" in r.seen and "listed by" not in r.seen for r in results.values())
