@@ -210,7 +210,8 @@ def _rewritten(text: str) -> str:
         return f'0 ISSUE "{text.removeprefix("0 issue ").strip(chr(34)).title()}"'
     if text.startswith("v=spf1 "):
         *mechanisms, closing = text.split(" ")[1:]
-        return " ".join(["v=spf1", *(f"+{m.upper()}" for m in reversed(mechanisms)), closing])
+        # ... and each domain with its final dot (RFC 7208 7.1 allows it).
+        return " ".join(["v=spf1", *(f"+{m.upper()}{'.' if ':' in m else ''}" for m in reversed(mechanisms)), closing])
     version, *tags = text.split("; ")
     return ";".join([version, *(f"  {tag} " for tag in reversed(tags))]).replace("quarantine", "Quarantine")
 
@@ -355,7 +356,7 @@ def test_the_lab_dns_passes_every_dns_check(served):
 
 def test_records_written_otherwise_but_meaning_the_same_pass(served):
     zone = served.zones["rewritten"]
-    assert 'txt-record=rewritten.example,"v=spf1 +A:MX1.REWRITTEN.EXAMPLE -all"' in zone.lines()
+    assert 'txt-record=rewritten.example,"v=spf1 +A:MX1.REWRITTEN.EXAMPLE. -all"' in zone.lines()
     assert '0 ISSUE "Letsencrypt.Org"' in [r.value for r in zone.records if r.type == "CAA"]
     results = _doctor(served, zone)
     assert {n: (r.status, r.seen) for n, r in results.items() if r.status is not Status.PASS} == {}

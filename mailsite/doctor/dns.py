@@ -12,6 +12,7 @@ tell, never PASS. The MTA-STS policy text itself is fetched by the smtp checks (
 from __future__ import annotations
 
 import ipaddress
+import re
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -88,7 +89,8 @@ def _spf_key(text: str) -> Hashable:
     # The stack's mechanisms all pass, then one `all` ends the record: which comes first among
     # the passing ones changes nothing, the closing `all` and its qualifier do, and so does
     # anything after it, which a receiver never tests (RFC 7208 5.1).
-    terms = [term.lower().removeprefix("+") for term in text.split()[1:]]
+    # A domain may end in a dot (RFC 7208 7.1: domain-end), which changes nothing.
+    terms = [re.sub(r"([:=].*)\.(?=/|$)", r"\1", term.lower().removeprefix("+")) for term in text.split()[1:]]
     closing = next((index for index, term in enumerate(terms) if term.lstrip("-~?") == "all"), len(terms))
     return frozenset(terms[:closing]), tuple(terms[closing:])
 
