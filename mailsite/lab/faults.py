@@ -182,8 +182,13 @@ def bgp_session_down(lab: Lab, host: str, route_server: str) -> Iterator[None]:
             raise LabError(f"{host}'s session with {route_server} stayed Established after neighbor down")
         yield
     finally:
-        lab.run_in(host, ["bgpctl", "neighbor", address, "up"], timeout=10)
-        if not wait_until(lambda: routes_received(lab, host), RESTORE_TIMEOUT, 0.1):
+        # Both ends: the route server, sent a Cease, holds its side Idle for a while of its own
+        # and refuses the MX's connections meanwhile (up to tens of seconds).
+        def back() -> bool:
+            lab.start_sessions(host)
+            lab.start_sessions(route_server)
+            return routes_received(lab, host)
+        if not wait_until(back, RESTORE_TIMEOUT, 0.5):
             raise LabError(f"{host}'s session with {route_server} did not come back with its routes")
 
 
