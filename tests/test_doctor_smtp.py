@@ -142,6 +142,7 @@ class Plays:
     stutter: float = 0.0  # seconds between the greeting's bytes, as spamd's tarpit
     greeting_end: str = "\r\n"  # "": a greeting never finished
     silent: bool = False  # accepts the connection, says nothing
+    tls_breaks: bool = False  # answers STARTTLS with 220, then hangs up
     open_relay: bool = False
     takes_unknown: bool = False  # accepts any local part of a site domain
     implicit_tls: bool = False  # TLS from the first byte (465, 993)
@@ -335,6 +336,8 @@ class _Server:
             self.send(*[f"250-{plays.name} Hello", *[f"250-{word}" for word in offered], "250 HELP"])
         elif verb == "STARTTLS":
             self.send("220 2.0.0 Ready to start TLS")
+            if plays.tls_breaks:
+                raise _Gone
             self.start_tls()
         elif verb == "MAIL":
             if plays.tls_required and not self.tls:
@@ -492,6 +495,15 @@ def test_an_mx_without_starttls_fails(plays):
     assert _one(results, "STARTTLS").status is Status.FAIL
     assert "not offered" in _one(results, "STARTTLS").seen
     assert _one(results, "no open relay").status is Status.PASS  # probed in clear
+
+
+def test_a_broken_tls_handshake_fails_starttls_and_the_probes_go_on_in_clear(plays):
+    _healthy(plays, MX2, tls_breaks=True)
+    results = plays.run(plays.view(), "mx2")
+    starttls = _one(results, "STARTTLS")
+    assert starttls.status is Status.FAIL and "the TLS handshake failed" in starttls.seen
+    relay = _one(results, "no open relay")
+    assert relay.status is Status.PASS and "the probes ran without TLS" in relay.seen
 
 
 def test_an_mx_greeting_as_another_name_fails(plays):
