@@ -179,6 +179,9 @@ FAULTS: dict[str, Fault] = {
                                   lambda r: replace(r, value=r.value.replace("v=DKIM1", "v=dkim1"))),
     # mx2's name an alias (CNAME, served beside, ALIASED) of the VM's own name, which holds every record mx2's should.
     "hostile-txt": lambda site, records, reverse: (records, reverse),  # and HOSTILE_SPF
+    # mx2's HELO record naming mx2 itself (a:mx2.<domain>), which means what the stack's `a` does.
+    "helo-own-name": _changed(_is("mx2.helo-own-name.example", "TXT", "v=spf1"),
+                              lambda r: replace(r, value="v=spf1 a:MX2.helo-own-name.example. -all")),
     # What a receiver acts on, each a record beside or instead of the stack's (see HELD).
     "spf-softfail": _changed(_is("spf-softfail.example", "TXT", "v=spf1"), lambda r: replace(r, value=r.value.replace("-all", "~all"))),
     "spf-pass-all": _changed(_is("spf-pass-all.example", "TXT", "v=spf1"), lambda r: replace(r, value=r.value.replace("-all", "+all"))),
@@ -352,6 +355,13 @@ def test_the_lab_dns_passes_every_dns_check(served):
                  "mail client SRV records", "CAA record", "A/AAAA records", "reverse DNS"):
         assert what in names
     assert all(f"{host.mx_name}: reverse DNS names it (forward-confirmed)" in results for host in served.lab.site.hosts)
+
+
+def test_a_helo_spf_record_naming_its_own_name_passes(served):
+    zone = served.zones["helo-own-name"]
+    assert 'txt-record=mx2.helo-own-name.example,"v=spf1 a:MX2.helo-own-name.example. -all"' in zone.lines()
+    results = _doctor(served, zone)
+    assert {n: (r.status, r.seen) for n, r in results.items() if r.status is not Status.PASS} == {}
 
 
 def test_records_written_otherwise_but_meaning_the_same_pass(served):

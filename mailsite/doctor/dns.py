@@ -95,6 +95,16 @@ def _spf_key(text: str) -> Hashable:
     return frozenset(terms[:closing]), tuple(terms[closing:])
 
 
+def _as_at(kind: Kind, name: str, text: str) -> str:
+    """A served record as the stack would write it at `name`, to compare: an SPF `a:<name>` or
+    `mx:<name>` at <name> itself is the stack's bare `a` or `mx` (RFC 7208 5.3: the domain
+    defaults to the one checked)."""
+    if kind is not SPF:
+        return text
+    own = re.escape(name.rstrip("."))
+    return re.sub(rf"(?i)(?<=\s)([-~?+]?)(a|mx):{own}\.?(?=[\s/]|$)", r"\1\2", text)
+
+
 def _name(text: str) -> str:
     return text.rstrip(".").lower()
 
@@ -355,7 +365,7 @@ class Comparer:
             return Finding(Status.WARN, f"cannot tell: {name} {kind.rdtype}: {served.trouble}",
                            (cannot_tell_fix(self.view.site, name),), served.timed_out)
         got = [text for text in served.texts if kind.selects(text)]
-        problem = self._difference(kind, expected, got)
+        problem = self._difference(kind, expected, [_as_at(kind, name, text) for text in got])
         if problem is None:
             return Finding(Status.PASS, f"{name} {_listed(kind, expected)}")
         if self._published_at_zone(want, expected):
@@ -400,7 +410,8 @@ class Comparer:
                 self.zones.silent.add(address)
             if served.trouble:
                 continue
-            if self._difference(want.kind, expected, [t for t in served.texts if want.kind.selects(t)]) is not None:
+            if self._difference(want.kind, expected, [_as_at(want.kind, want.name, t) for t in served.texts
+                                                      if want.kind.selects(t)]) is not None:
                 return False
             answered = True
         return answered
