@@ -179,6 +179,9 @@ FAULTS: dict[str, Fault] = {
                                   lambda r: replace(r, value=r.value.replace("v=DKIM1", "v=dkim1"))),
     # mx2's name an alias (CNAME, served beside, ALIASED) of the VM's own name, which holds every record mx2's should.
     "hostile-txt": lambda site, records, reverse: (records, reverse),  # and HOSTILE_SPF
+    # The key alone: v= and k= left to their defaults, DKIM1 and rsa (RFC 6376 3.6.1).
+    "dkim-defaults": _changed(_is(f"{SELECTOR}._domainkey.dkim-defaults.example", "TXT"),
+                              lambda r: replace(r, value=r.value.replace("v=DKIM1; k=rsa; ", ""))),
     # mx2's HELO record naming mx2 itself (a:mx2.<domain>), which means what the stack's `a` does.
     "helo-own-name": _changed(_is("mx2.helo-own-name.example", "TXT", "v=spf1"),
                               lambda r: replace(r, value="v=spf1 a:MX2.helo-own-name.example. -all")),
@@ -355,6 +358,13 @@ def test_the_lab_dns_passes_every_dns_check(served):
                  "mail client SRV records", "CAA record", "A/AAAA records", "reverse DNS"):
         assert what in names
     assert all(f"{host.mx_name}: reverse DNS names it (forward-confirmed)" in results for host in served.lab.site.hosts)
+
+
+def test_a_dkim_record_leaving_v_and_k_to_their_defaults_passes(served):
+    zone = served.zones["dkim-defaults"]
+    assert [r.value[:4] for r in zone.records if r.name.endswith("._domainkey.dkim-defaults.example")] == ["p=MI"]
+    results = _doctor(served, zone)
+    assert {n: (r.status, r.seen) for n, r in results.items() if r.status is not Status.PASS} == {}
 
 
 def test_a_helo_spf_record_naming_its_own_name_passes(served):

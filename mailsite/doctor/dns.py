@@ -60,13 +60,16 @@ def _tags(text: str, folded: str = "") -> dict[str, str]:
     return tags
 
 
-def _tag_key(exact: tuple[str, ...] = (), folded: str = "", first: str = "") -> Callable[[str], Hashable]:
+def _tag_key(exact: tuple[str, ...] = (), folded: str = "", first: str = "",
+             defaults: dict[str, str] | None = None) -> Callable[[str], Hashable]:
     """What two tag lists agree on: every tag's value without case, but those of `exact` (a DKIM
-    key's base64 and version, an MTA-STS id: case-sensitive); and whether the tag `first`, when
-    there, comes first (a DKIM record's v=: elsewhere, verifiers discard the record)."""
+    key's base64 and version, an MTA-STS id: case-sensitive), a tag left out as its default; and
+    whether the tag `first`, when there, comes first (a DKIM record's v=: elsewhere, verifiers
+    discard the record)."""
     def key(text: str) -> Hashable:
-        tags = _tags(text, folded)
-        placed = first not in tags or next(iter(tags)) == first
+        written = _tags(text, folded)
+        placed = first not in written or next(iter(written)) == first
+        tags = {**(defaults or {}), **written}
         return frozenset((name, value if name in exact else value.lower()) for name, value in tags.items()), placed
     return key
 
@@ -152,7 +155,7 @@ MTA_STS = Kind("MTA-STS", "TXT", _tag_key(exact=("id",)), _first_tag("STSv1"))
 TLS_RPT = Kind("TLS-RPT", "TXT", _tag_key(), _first_tag("TLSRPTv1"))
 # A selector's name holds its key's record and nothing else. v=DKIM1, when there, first and to
 # the letter: "Records beginning with a v= tag with any other value MUST be discarded" (RFC 6376 3.6.1).
-DKIM = Kind("DKIM", "TXT", _tag_key(exact=("p", "v"), folded="p", first="v"))
+DKIM = Kind("DKIM", "TXT", _tag_key(exact=("p", "v"), folded="p", first="v", defaults={"v": "DKIM1", "k": "rsa"}))
 SRV = Kind("SRV", "SRV", _srv_key)
 CAA = Kind("CAA", "CAA", _caa_key)
 A = Kind("A", "A", _address_key)
