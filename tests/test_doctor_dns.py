@@ -182,6 +182,9 @@ FAULTS: dict[str, Fault] = {
     # The key alone: v= and k= left to their defaults, DKIM1 and rsa (RFC 6376 3.6.1).
     "dkim-defaults": _changed(_is(f"{SELECTOR}._domainkey.dkim-defaults.example", "TXT"),
                               lambda r: replace(r, value=r.value.replace("v=DKIM1; k=rsa; ", ""))),
+    # DMARC's defaults written out (RFC 7489 6.3): the same policy.
+    "dmarc-defaults": _changed(_is("_dmarc.dmarc-defaults.example", "TXT"),
+                               lambda r: replace(r, value=r.value + "; adkim=r; aspf=r; pct=100; fo=0; rf=afrf; ri=86400")),
     # mx2's HELO record naming mx2 itself (a:mx2.<domain>), which means what the stack's `a` does.
     "helo-own-name": _changed(_is("mx2.helo-own-name.example", "TXT", "v=spf1"),
                               lambda r: replace(r, value="v=spf1 a:MX2.helo-own-name.example. -all")),
@@ -364,6 +367,11 @@ def test_a_dkim_record_leaving_v_and_k_to_their_defaults_passes(served):
     zone = served.zones["dkim-defaults"]
     assert [r.value[:4] for r in zone.records if r.name.endswith("._domainkey.dkim-defaults.example")] == ["p=MI"]
     results = _doctor(served, zone)
+    assert {n: (r.status, r.seen) for n, r in results.items() if r.status is not Status.PASS} == {}
+
+
+def test_a_dmarc_record_writing_out_its_defaults_passes(served):
+    results = _doctor(served, served.zones["dmarc-defaults"])
     assert {n: (r.status, r.seen) for n, r in results.items() if r.status is not Status.PASS} == {}
 
 

@@ -150,7 +150,9 @@ class Kind:
 
 MX = Kind("MX", "MX", _mx_key)
 SPF = Kind("SPF", "TXT", _spf_key, _is_spf)
-DMARC = Kind("DMARC", "TXT", _tag_key(), _first_tag("DMARC1"))
+# The tags RFC 7489 6.3 gives a default, which a record may as well write out (sp=: p='s, not fixed).
+DMARC = Kind("DMARC", "TXT", _tag_key(defaults={"adkim": "r", "aspf": "r", "pct": "100", "fo": "0", "rf": "afrf",
+                                                "ri": "86400"}), _first_tag("DMARC1"))
 MTA_STS = Kind("MTA-STS", "TXT", _tag_key(exact=("id",)), _first_tag("STSv1"))
 TLS_RPT = Kind("TLS-RPT", "TXT", _tag_key(), _first_tag("TLSRPTv1"))
 # A selector's name holds its key's record and nothing else. v=DKIM1, when there, first and to
