@@ -524,7 +524,11 @@ def _before(session: _Port25, reached: object, step: str) -> tuple[Status, str, 
         if session.mail is not None and session.mail.code // 100 != 2:
             why = f"MAIL FROM a stranger was refused ({session.mail}), so {step} was never asked"
             return Status.WARN, why, "a server that refuses every stranger's mail receives none: read smtpd's log for why"
-        return Status.FAIL, why, "make the MX answer on port 25 from anywhere: smtpd running (rcctl check smtpd), pf and the cloud firewall passing tcp/25"
+        fix = "make the MX answer on port 25 from anywhere: smtpd running (rcctl check smtpd), pf and the cloud firewall passing tcp/25"
+        if session.greeting is None and "within" in why:
+            # Many home and office networks drop outgoing port 25: then every MX looks dead from here.
+            fix += "; if every MX fails so, this machine's network may block outgoing port 25: run doctor from a server"
+        return Status.FAIL, why, fix
     return None
 
 
