@@ -114,10 +114,13 @@ def test_every_area_module_gives_checks_of_a_known_area_and_a_host_of_the_site(e
     and reaches nothing while making them but the MX names' addresses (which decide the checks
     of each address family), asked through the view."""
     resolver = _Addresses()
-    view = SiteView(example_site, "example", resolver, lambda host: _Unasked(), lambda: _Unasked(), None,
+    # Backups on, so that every area has checks to make.
+    site = example_site.model_copy(update={"backup": example_site.backup.model_copy(update={"bucket": "example-mail-backups"})})
+    view = SiteView(site, "example", resolver, lambda host: _Unasked(), lambda: _Unasked(), None,
                     datetime.now(timezone.utc), 1.0)
     assert [module.__name__ for module in core.areas()] == [
-        "mailsite.doctor.dns", "mailsite.doctor.smtp", "mailsite.doctor.blocklists", "mailsite.doctor.inside"]
+        "mailsite.doctor.dns", "mailsite.doctor.smtp", "mailsite.doctor.blocklists", "mailsite.doctor.inside",
+        "mailsite.doctor.backup"]
     for module in core.areas():
         made = module.checks(view)
         assert made and all(isinstance(c, Check) for c in made), module.__name__

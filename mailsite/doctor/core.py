@@ -71,11 +71,12 @@ def run_checks(checks: Sequence[Check], timeout: float,
 
 def areas() -> list[ModuleType]:
     """Each area's module, in the order an admin reads their checks: the names first (nothing
-    else works without them), what a sender sees, the lists, then the hosts from inside."""
+    else works without them), what a sender sees, the lists, the hosts from inside, then the
+    primary's backups."""
     # Imported here, not above: every area imports Check from this module.
-    from . import blocklists, dns, inside, smtp
+    from . import backup, blocklists, dns, inside, smtp
 
-    return [dns, smtp, blocklists, inside]
+    return [dns, smtp, blocklists, inside, backup]
 
 
 def all_checks(view: SiteView, only_host: str | None = None,
