@@ -1,0 +1,52 @@
+"""An authenticated user's From: header (issue 16.2): smtpd's senders table holds the envelope's
+sender to the user's own addresses, and the primary's rspamd (local.d/rspamd.lua) holds the From:
+header to that sender, as one header of one address, so that no user gets a message signed in
+another's name. Asked of the lab's real rspamd with rspamc, as filter-rspamd asks it (the user and
+the envelope's sender in the request)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+SENDER = "alice@example.org"
+
+
+def _scan(lab, headers: str, user: str | None = "alice") -> dict:
+    message = headers + "To: bob@example.org\nSubject: hello\nDate: Thu, 26 Nov 2026 12:00:00 +0000\n" \
+                        "Message-Id: <test@example.org>\n\nHello Bob.\n"
+    argv = ["rspamc", "-h", "127.0.0.1:11333", "--json", "--ip", "198.51.100.7", "--from", SENDER,
+            "--rcpt", "bob@example.org"] + (["--user", user] if user else []) + ["symbols"]
+    result = lab.run_in(lab.plan.site.primary.name, argv, input=message)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("headers", [
+    "From: bob@example.org\n",
+    "From: alice@example.org, bob@example.org\n",
+    "From: alice@example.org\nFrom: bob@example.org\n",
+    "",  # no From: at all
+    'From: "alice@example.org" <bob@example.org>\n',
+], ids=["another user", "two addresses", "two headers", "none", "display name"])
+def test_an_authenticated_users_other_from_is_refused_and_left_unsigned(lab, headers):
+    verdict = _scan(lab, headers)
+    assert verdict["action"] == "reject" and "MAILSITE_FROM_NOT_SENDER" in verdict["symbols"], verdict
+    assert "From: header must be one address" in verdict["messages"]["smtp_message"]
+    assert "DKIM_SIGNED" not in verdict["symbols"] and "dkim-signature" not in verdict
+
+
+@pytest.mark.parametrize("headers", ["From: alice@example.org\n", "From: Alice <ALICE@Example.ORG>\n"],
+                         ids=["same", "other case"])
+def test_an_authenticated_users_own_from_is_taken_and_signed(lab, headers):
+    verdict = _scan(lab, headers)
+    assert verdict["action"] != "reject" and "MAILSITE_FROM_NOT_SENDER" not in verdict["symbols"], verdict
+    assert "DKIM_SIGNED" in verdict["symbols"]
+
+
+def test_mail_no_one_logged_in_for_may_carry_others_from(lab):
+    """A list or a forwarder rightly sends someone else's From:; such mail is scored, never held
+    to its envelope (nor signed: it came from outside)."""
+    verdict = _scan(lab, "From: bob@example.org\n", user=None)
+    assert "MAILSITE_FROM_NOT_SENDER" not in verdict["symbols"] and "DKIM_SIGNED" not in verdict["symbols"], verdict
