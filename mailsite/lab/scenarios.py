@@ -1231,7 +1231,9 @@ def dkim_rotation_keeps_mail_verifying(lab: Lab) -> tuple[bool, str]:
         if backups[0] not in waiting:
             return False, f"with only {primary} replaced, rotate-dkim-key says: {waiting}"
         for backup in backups:
-            if not wait_until(lambda: not mail.queue(lab, backup), DELIVERY_TIMEOUT, 0.2):
+            def drained(host: str = backup) -> bool:
+                return not mail.queue(lab, host)
+            if not wait_until(drained, DELIVERY_TIMEOUT, 0.2):
                 return False, f"{backup}'s queue did not empty before its replacement"
             lab.replace_host(backup)
         marker = _marker("dkim-after-backup")
