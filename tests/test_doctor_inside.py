@@ -347,8 +347,7 @@ NOT_IN_THE_LAB = re.compile(r"^not in the lab: ")
 def test_a_healthy_lab_passes_every_inside_check(lab: Lab):
     for host in lab.plan.site.hosts:  # what cron does on a host every bgpSpamd.updateMinutes
         assert run_update_job(lab, host.name).status == 0
-    # The lab CA's certificates live 7 days: warned of from 14 days, so asked from 5.
-    view = _lab_view(lab, warn_days=5)
+    view = _lab_view(lab)
     checks = inside.checks(view)
     results = run_checks(checks, 30)
     assert {check.host for check in checks} == {"mx1", "mx2", "mx3"}

@@ -19,8 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-# Long enough for any lab session; a certificate the lab needs expired is issued with not_after.
-LIFETIME = datetime.timedelta(days=7)
+# As long as an ACME CA's (Let's Encrypt: 90 days): doctor's expiry warning (doctor.certificateWarnDays)
+# then holds of a healthy lab as of a healthy site. A certificate the lab needs expired, or close to
+# expiry, is issued with not_after.
+LIFETIME = datetime.timedelta(days=90)
 # Clocks of the nodes are this machine's, but a certificate valid from "now" may be refused by a
 # check made in the same second: valid a little before it was made.
 BACKDATE = datetime.timedelta(minutes=5)
