@@ -15,12 +15,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import mailsite.daemons
 import mailsite.lab.lab
+import mailsite.lab.net
 from mailsite.daemons import Daemon, LabRun
 from mailsite.lab.lab import STATE_DIR, TOOLS, Lab, is_up, leftovers, teardown
 from mailsite.lab.procs import NETNS_DIR, LabError, ProcessRecord, alive, record_of, wait_until
@@ -209,6 +211,47 @@ def test_down_stops_what_a_daemon_forks_as_it_is_told_to_stop(monkeypatch):
     monkeypatch.setattr(mailsite.daemons, "DAEMONS", (*mailsite.daemons.DAEMONS, forker))
     running = Lab.up(EXAMPLE)
     assert running.down() == []
+    assert leftovers() == []
+
+
+def _network_of(process: subprocess.Popen) -> int | None:
+    try:
+        return os.stat(f"/proc/{process.pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def test_down_neither_names_nor_stops_what_runs_in_a_namespace_made_as_it_deletes_the_labs(monkeypatch):
+    """Another program's network namespace made while down deletes the lab's (a test's `unshare
+    -n`, a container) may be given the inode number of a lab namespace already freed: what runs
+    in it is not the lab's, and down says nothing is left and leaves it running."""
+    running = Lab.up(EXAMPLE)
+    names = set(mailsite.lab.net.lab_namespaces())
+    numbers = {mailsite.lab.net.namespace_inode(name) for name in names}
+    ours = os.stat("/proc/self/ns/net").st_ino
+    others: list[subprocess.Popen] = []
+    delete = mailsite.lab.net.delete_namespace
+
+    def delete_then_others_make_namespaces(name: str) -> None:
+        delete(name)
+        names.discard(name)
+        if names:
+            return
+        # The kernel gives a freed number again, lowest first: new namespaces, one after another,
+        # until one has a number a lab namespace had, or 3 s pass.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not any(_network_of(other) in numbers for other in others):
+            others.append(subprocess.Popen(["unshare", "--net", "sleep", "600"]))
+            wait_until(lambda: _network_of(others[-1]) not in (None, ours), 5)
+            time.sleep(0.05)
+    monkeypatch.setattr(mailsite.lab.net, "delete_namespace", delete_then_others_make_namespaces)
+    try:
+        assert running.down() == []
+        assert others and all(other.poll() is None for other in others), "down stopped another program's process"
+    finally:
+        for other in others:
+            other.kill()
+            other.wait()
     assert leftovers() == []
 
 

@@ -27,6 +27,7 @@ trees, as mail outlives a replaced VM.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets as random
@@ -729,39 +730,64 @@ def _teardown(state_dir: Path) -> list[str]:
     existing = [name for name in namespaces if (net.NETNS_DIR / name).exists()]
     # A recorded pid in this machine's own network namespace is not a lab process, whatever the record says.
     records = [record for record in state.processes.values() if net.in_a_lab_network(record.pid)] if state else []
-    # Whatever runs in a lab namespace is the lab's, recorded or not (a daemon's children, swaks).
-    inodes = {net.namespace_inode(name) for name in existing}
-    # And whatever joined a node's files only (`nsenter -m`, in this machine's network): found
-    # before anything is removed, since removing a node's mount point detaches its tree from
-    # every namespace's view (not from a process inside it, which still reads its keys).
-    mount_inodes = _node_mount_namespaces(state_dir)
+    with contextlib.ExitStack() as held:
+        # Whatever runs in a lab namespace is the lab's, recorded or not (a daemon's children, swaks).
+        # Each is held open until what is left in it is counted: once freed, its inode number goes
+        # to the next namespace anyone makes (configtest's, another program's `unshare -n`), whose
+        # processes are not the lab's.
+        inodes = _held(held, [net.NETNS_DIR / name for name in existing])
+        # And whatever joined a node's files only (`nsenter -m`, in this machine's network): found
+        # before anything is removed, since removing a node's mount point detaches its tree from
+        # every namespace's view (not from a process inside it, which still reads its keys).
+        mount_inodes = _node_mount_namespaces(state_dir, held)
 
-    def inside() -> list[ProcessRecord]:
-        return [record for inode in inodes for pid in network_namespace_pids(inode) if (record := record_of(pid))] + [
-            record for inode in mount_inodes for pid in mount_namespace_pids(inode) if (record := record_of(pid))]
+        def inside() -> list[ProcessRecord]:
+            return [record for inode in inodes for pid in network_namespace_pids(inode) if (record := record_of(pid))] + [
+                record for inode in mount_inodes for pid in mount_namespace_pids(inode) if (record := record_of(pid))]
 
-    stuck = stop(records + inside())
-    # A daemon told to stop may fork once more first (a worker replaced, a delivery started):
-    # stopped too, until nothing runs in a lab namespace or a few rounds pass.
-    for _ in range(_STOP_ROUNDS):
-        if stuck or not (late := inside()):
-            break
-        stuck = stop(late)
-    for name in existing:
-        net.delete_namespace(name)
+        stuck = stop(records + inside())
+        # A daemon told to stop may fork once more first (a worker replaced, a delivery started):
+        # stopped too, until nothing runs in a lab namespace or a few rounds pass.
+        for _ in range(_STOP_ROUNDS):
+            if stuck or not (late := inside()):
+                break
+            stuck = stop(late)
+        for name in existing:
+            net.delete_namespace(name)
+        left = [f"process {record.pid} still running" for record in stuck] + _processes_left(inodes, mount_inodes)
     shutil.rmtree(state_dir, ignore_errors=True)
-    return [f"process {record.pid} still running" for record in stuck] + leftovers(state_dir, inodes, mount_inodes)
+    return left + leftovers(state_dir)
 
 
-def leftovers(state_dir: Path = STATE_DIR, inodes: Collection[int] = (), mount_inodes: Collection[int] = ()) -> list[str]:
-    """Anything of a lab still on this machine: namespaces, processes, mounts, files. `inodes`,
-    `mount_inodes`: the lab's network and mount namespaces a teardown found, which may outlive
-    their names and mounts while a process is in one."""
-    found = [f"network namespace {name}" for name in net.lab_namespaces()]
+def _held(stack: contextlib.ExitStack, namespaces: Sequence[Path]) -> set[int]:
+    """The inodes of the namespaces at these nsfs paths, each kept open (so kept, and its inode
+    number kept from any other namespace) until `stack` closes; one gone meanwhile is left out."""
+    inodes = set()
+    for path in namespaces:
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        stack.callback(os.close, descriptor)
+        inodes.add(os.fstat(descriptor).st_ino)
+    return inodes
+
+
+def _processes_left(inodes: Collection[int], mount_inodes: Collection[int]) -> list[str]:
+    """Processes still in the lab's network and mount namespaces a teardown holds open (which
+    outlive their names and mounts while a process is in one)."""
+    found = []
     for inode in inodes:
         found += [f"process {pid} in a lab namespace" for pid in network_namespace_pids(inode)]
     for inode in mount_inodes:
         found += [f"process {pid} in a lab node's mount namespace" for pid in mount_namespace_pids(inode)]
+    return found
+
+
+def leftovers(state_dir: Path = STATE_DIR) -> list[str]:
+    """Anything of a lab still on this machine: namespaces, processes holding a node's mounts,
+    mounts, files."""
+    found = [f"network namespace {name}" for name in net.lab_namespaces()]
     mounts = Path("/proc/self/mounts").read_text()
     found += [f"mount {line.split()[1]}" for line in mounts.splitlines() if "mailsite-lab" in line or "/netns/mslab" in line]
     found += [f"a lab node's mounts (over the daemon root), held by process {pid}" for pid in _lab_mount_holders()]
@@ -773,10 +799,10 @@ def leftovers(state_dir: Path = STATE_DIR, inodes: Collection[int] = (), mount_i
     return found
 
 
-def _node_mount_namespaces(state_dir: Path) -> set[int]:
-    """The mount namespace of each lab node still held (mnt inodes): provably a node's, as it
-    holds the overlay only a holder mounts, the upper layer in this lab's nodes/ (never this
-    process's own namespace)."""
+def _node_mount_namespaces(state_dir: Path, stack: contextlib.ExitStack) -> set[int]:
+    """The mount namespace of each lab node still held (mnt inodes), kept open as _held keeps
+    them: provably a node's, as it holds the overlay only a holder mounts, the upper layer in this
+    lab's nodes/ (never this process's own namespace)."""
     nodes = f"upperdir={state_dir / 'nodes'}/"
     ours = {os.stat("/proc/self/ns/mnt").st_ino}
     found = set()
@@ -788,7 +814,8 @@ def _node_mount_namespaces(state_dir: Path) -> set[int]:
             continue
         if namespace not in ours and any(line.startswith("mailsite-lab ") and " overlay " in line and nodes in line
                                          for line in mounts):
-            found.add(namespace)
+            # Still the same namespace once open (the pid not gone and reused meanwhile).
+            found |= _held(stack, [Path(f"/proc/{pid}/ns/mnt")]) & {namespace}
     return found
 
 
