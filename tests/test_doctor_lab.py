@@ -26,6 +26,7 @@ from tests.sites import ROOT
 
 PRIMARY, BACKUP, WORST = "mx1", "mx2", "mx3"  # the example site's
 ROUTE_SERVER = "rs1"
+BLOCKLIST = "zen.spamhaus.org"  # the lab's DNS answers it, listing nothing but its test entries
 STRANGER = "probe@relay-test.invalid"  # no site domain: an MX that takes it is an open relay
 
 
@@ -59,6 +60,12 @@ def _mx_names(lab: Lab) -> str:
 def _spf(lab: Lab) -> str:
     texts = _dig(lab, "TXT", lab.plan.site.domains[0])
     return "" if texts == {'"v=spf1 +all"'} else f"TXT served: {sorted(texts)}"
+
+
+def _listed(lab: Lab) -> str:
+    address = str(lab.plan.node(BACKUP).ipv4)
+    answers = _dig(lab, "A", ".".join([*reversed(address.split(".")), BLOCKLIST]))
+    return "" if answers == {faults.LISTED} else f"{BLOCKLIST} answers {sorted(answers) or 'nothing'} for {address}"
 
 
 def _certificate_refused(saying: str) -> Callable[[Lab], str]:
@@ -95,6 +102,7 @@ FAULTS = [
           _mx_names),
     Fault("spf_record_wrong", lambda lab: faults.dns_record_wrong(
         lab, faults.dns_option(lab, "txt-record=example.org,"), 'txt-record=example.org,"v=spf1 +all"'), _spf),
+    Fault("listed_by_a_blocklist", lambda lab: faults.blocklisted(lab, BACKUP, BLOCKLIST), _listed),
     Fault("certificate_expired", lambda lab: faults.certificate_expired(lab, BACKUP), _certificate_refused("expired")),
     Fault("certificate_wrong_name", lambda lab: faults.certificate_wrong_name(lab, BACKUP),
           _certificate_refused("failed host verification")),
@@ -229,6 +237,8 @@ DIAGNOSES = {
                                    _record("example.org: MX records")),
     "spf_record_wrong": Diagnosis([Failing("dns", None, ("example.org: SPF",), '"v=spf1 a:mx1.example.org -all"')],
                                   _record("example.org: SPF")),
+    "listed_by_a_blocklist": Diagnosis([Failing("blocklists", BACKUP, (f"mx2.example.org: not listed by {BLOCKLIST}",),
+                                                "check.spamhaus.org")], _of_host(BACKUP)),
     "certificate_expired": Diagnosis([*_both_families("smtp", BACKUP, ("mx2.example.org: STARTTLS",), "renew"),
                                       Failing("inside", BACKUP, ("mx2: certificate file",), "mailsite-certificates")],
                                      _of_host(BACKUP)),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,20 +89,13 @@ def dns_option(lab: Lab, prefix: str) -> str:
 
 
 @contextlib.contextmanager
-def dns_changed(lab: Lab, record: str, instead: str | None) -> Iterator[None]:
-    """The lab DNS serving `instead` in place of the record line `record` (None: the record
-    missing), as a zone edited by hand or a provider's record deleted would. Restored by
-    publishing the site's records again (what `pulumi up` does), checked to be what was served
-    before."""
+def _dns_served(lab: Lab, edit: Callable[[list[str]], list[str]]) -> Iterator[None]:
+    """The lab DNS serving its config's lines as `edit` changes them. Restored by publishing the
+    site's records again (what `pulumi up` does), checked to be what was served before."""
     conf = _dnsmasq_conf(lab)
     own = conf.read_text()
-    lines = own.splitlines(keepends=True)
-    at = [index for index, line in enumerate(lines) if line.rstrip("\n") == record]
-    if len(at) != 1:
-        raise LabError(f"the lab's dnsmasq.conf has {len(at)} lines {record!r}, want 1")
-    lines[at[0]] = "" if instead is None else instead + "\n"
     try:
-        conf.with_suffix(".new").write_text("".join(lines))
+        conf.with_suffix(".new").write_text("".join(line + "\n" for line in edit(own.splitlines())))
         conf.with_suffix(".new").replace(conf)
         _restart_dnsmasq(lab)
         yield
@@ -115,12 +108,38 @@ def dns_changed(lab: Lab, record: str, instead: str | None) -> Iterator[None]:
             raise LabError("the lab DNS's records changed while a DNS fault held; put back what it served before")
 
 
+def dns_changed(lab: Lab, record: str, instead: str | None) -> contextlib.AbstractContextManager[None]:
+    """The lab DNS serving `instead` in place of the record line `record` (None: the record
+    missing), as a zone edited by hand or a provider's record deleted would."""
+    def edit(lines: list[str]) -> list[str]:
+        if lines.count(record) != 1:
+            raise LabError(f"the lab's dnsmasq.conf has {lines.count(record)} lines {record!r}, want 1")
+        return [line for line in lines if line != record] if instead is None else \
+            [instead if line == record else line for line in lines]
+    return _dns_served(lab, edit)
+
+
 def dns_record_missing(lab: Lab, record: str) -> contextlib.AbstractContextManager[None]:
     return dns_changed(lab, record, None)
 
 
 def dns_record_wrong(lab: Lab, record: str, wrong: str) -> contextlib.AbstractContextManager[None]:
     return dns_changed(lab, record, wrong)
+
+
+# What a DNS blocklist answers for a listed address: Spamhaus's XBL code (an exploited host), an
+# address in 127.0.0.0/8 as every list answers (RFC 5782 2.3), not the test entry's own 127.0.0.2.
+LISTED = "127.0.0.4"
+
+
+def blocklisted(lab: Lab, host: str, zone: str) -> contextlib.AbstractContextManager[None]:
+    """The MX's IPv4 address listed by the blocklist `zone`, as the lab's DNS answers that zone
+    (it holds each of doctor's lists, listing nothing but their test entries)."""
+    address = lab.plan.node(host).ipv4
+    name = ".".join([*reversed(str(address).split(".")), zone])
+    if not any(line == f"local=/{zone}/" for line in _dnsmasq_conf(lab).read_text().splitlines()):
+        raise LabError(f"the lab's DNS does not answer the blocklist zone {zone}")
+    return _dns_served(lab, lambda lines: [*lines, f"host-record={name},{LISTED}"])
 
 
 # Certificates: the MX's own pki files replaced by one from the lab CA that is not what it must be.
