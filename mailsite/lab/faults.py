@@ -1,6 +1,7 @@
 """Faults injected into the running lab, each what `doctor` must report as a FAIL: a primary
-down, a DNS record missing or wrong, an expired or wrong-name certificate, an open relay, a bgp
-session down, a stuck queue, a host left behind by a key rotation.
+down, a DNS record missing or wrong, an MX on a DNS blocklist, an expired or wrong-name
+certificate, an open relay, a bgp session down, a stuck queue, a host left behind by a key
+rotation.
 
 Each is a context manager: the fault holds inside the `with`, and on the way out, however the
 body ends, the lab is put back exactly as it was (the same bytes in every file touched, every
@@ -27,8 +28,8 @@ from .procs import LabError, wait_until
 from .scenarios import REDELIVERY_TIMEOUT, _replace_file, _restart_smtpd
 
 RESTORE_TIMEOUT = 30  # seconds for a restored daemon to answer as before (bgp routes back in)
-# What a relay line looks like in an open relay: anyone, to anywhere, relayed out. A backup has
-# the action ("outbound", for its own mail and bounces); only its match is `from local`.
+# The rule that makes an open relay: anyone's mail, to anywhere, relayed out. A backup has the
+# action already ("outbound", for its own mail and bounces), matched only `from local`.
 OPEN_RELAY_MATCH = 'match from any for any action "outbound"'
 
 
