@@ -198,8 +198,9 @@ def test_status_lists_each_backup_with_its_time_size_and_the_last_ones_age():
 
 @pytest.mark.parametrize("what, kind", [("password", BackupRefused), ("bucket", BackupRefused),
                                         ("credentials", BackupRefused), ("user", BackupRefused), ("busy", BackupBusy)])
-def test_the_jobs_refusals_become_one_line_errors(what, kind):
-    said = f"logger: socket /dev/log: No such file or directory\nmailsite-backup: {what}: the line the admin reads\n"
+@pytest.mark.parametrize("before", ["", "logger: socket /dev/log: No such file or directory\n"])
+def test_the_jobs_refusals_become_one_line_errors(what, kind, before):
+    said = f"{before}mailsite-backup: {what}: the line the admin reads\n"
     with pytest.raises(kind) as refused:
         snapshots(_answering(stderr=said, status=3))
     assert str(refused.value) == "the line the admin reads"
