@@ -266,3 +266,23 @@ def test_doctor_warns_once_the_last_backup_is_older_than_the_schedule_allows():
     status, seen, _ = checks(_doctor_view(site, refused, recent))[0].run()
     assert status is Status.FAIL and "the repository password does not open it" in seen
     assert checks(_doctor_view(_site(bucket=""), _answering("[]"), recent)) == [], "no check while backups are off"
+
+
+def test_a_review_render_shows_the_backup_secrets_redacted_even_without_the_backend(tmp_path):
+    from mailsite.local import render_stack
+
+    settings = example_settings()
+    settings["backup"] = BACKUP
+    settings["secrets"] = {"backend": "file", "path": str(tmp_path / "keys")}
+    config = tmp_path / "Pulumi.review.yaml"
+    config.write_text(yaml.safe_dump({"config": {f"mailsite:{key}": value for key, value in settings.items()}}))
+    for stored in (False, True):  # the backend unreachable or empty; then holding both secrets
+        if stored:
+            site = site_of(settings)
+            init_secrets(site, "review", tmp_path)
+            store_credentials(host_store(site, tmp_path), "review", "AKIAIOSFODNN7EXAMPLE", SECRET_KEY)
+        _, trees, _ = render_stack(config, redacted=True)
+        tree = trees["mx1"]
+        assert tree[PASSWORD].text == "<redacted>\n" and "'<redacted>'" in tree[CREDENTIALS].text
+        assert SECRET_KEY not in tree[CREDENTIALS].text
+        assert ("version unknown" in tree[CREDENTIALS].text) is not stored
