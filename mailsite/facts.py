@@ -44,8 +44,10 @@ def queued_envelopes(show_queue: str) -> list[str]:
 
 def envelope_recipient(line: str) -> str:
     """The recipient of one `smtpctl show queue` line (its sixth field)."""
-    parts = line.split("|")
-    return parts[5] if len(parts) > 5 else "?"
+    try:
+        return parse_envelope(line).recipient
+    except ValueError:
+        return "?"
 
 
 def queue(host: HostControl) -> list[str]:
@@ -86,13 +88,27 @@ class Envelope:
     error: str  # smtpd's last error for it, "" before a failed try
 
 
+# A local part may hold a `|` (smtpd takes `a|b@example.org`, as RFC 5321 allows), so the line is
+# not split on `|` alone: each address is read up to its `@` and its domain, which holds none;
+# the last error (strnvis'd, yet free to hold `|`) is the rest of the line.
+_ADDRESS = r"[^@\n]*@[^|@\n]*"
+_ENVELOPE_LINE = re.compile(
+    rf"^(?P<id>[0-9a-f]{{16}})\|(?P<source>[^|]*)\|(?P<agent>[^|]*)\|(?P<flags>[^|]*)"
+    rf"\|(?P<sender>{_ADDRESS})\|(?P<recipient>{_ADDRESS})\|(?P<destination>{_ADDRESS})"
+    r"\|(?P<created>\d+)\|(?P<expiry>\d+)\|(?P<tried>\d+)\|(?P<retries>\d+)\|(?P<state>[a-z]+)\|(?P<state_seconds>-?\d*)"
+    r"(?:\|(?P<error>.*))?$")
+
+
 def parse_envelope(line: str) -> Envelope:
-    parts = line.split("|", 13)
-    if len(parts) < 13 or not _ENVELOPE.match(line) or not parts[7].isdigit():
+    found = _ENVELOPE_LINE.match(line)
+    if found is None:
         raise ValueError(f"not a `smtpctl show queue` line: {line[:120]!r}")
-    return Envelope(parts[0], parts[2], parts[3], parts[4], parts[5],
-                    datetime.fromtimestamp(int(parts[7]), timezone.utc),
-                    int(parts[10]) if parts[10].isdigit() else 0, parts[13].strip() if len(parts) > 13 else "")
+    try:
+        created = datetime.fromtimestamp(int(found["created"]), timezone.utc)
+    except (OverflowError, OSError, ValueError):  # a time past what a date holds
+        raise ValueError(f"not a `smtpctl show queue` line (its creation time): {line[:120]!r}") from None
+    return Envelope(found["id"], found["agent"], found["flags"], found["sender"], found["recipient"], created,
+                    int(found["retries"]), (found["error"] or "").strip())
 
 
 def envelopes(host: HostControl) -> list[Envelope]:
@@ -108,7 +124,11 @@ def paused(show_status: str) -> list[str]:
 def bgp_sessions(summary_json: str) -> dict[str, str]:
     """Neighbor address -> session state, from `bgpctl -j show summary` (the update job reads the
     same answer). bgpd with no neighbor answers nothing at all."""
-    neighbors = json.loads(summary_json or "{}").get("neighbors", [])
+    answer = json.loads(summary_json or "{}")
+    neighbors = answer.get("neighbors", []) if isinstance(answer, dict) else None
+    # Not bgpctl's shape (a list, null, a neighbor that is no object): one line saying so, never a crash.
+    if not isinstance(neighbors, list) or not all(isinstance(n, dict) and "remote_addr" in n and "state" in n for n in neighbors):
+        raise ValueError(f"not a `bgpctl -j show summary` answer: {summary_json.strip()[:120]!r}")
     return {str(neighbor["remote_addr"]): str(neighbor["state"]) for neighbor in neighbors}
 
 

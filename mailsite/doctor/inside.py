@@ -22,7 +22,7 @@ from ..daemons.acme import JOB as CERTIFICATES_JOB
 from ..daemons.acme import certificates
 from ..daemons.basics import render_key_versions
 from ..daemons.bgp_spamd_update import BLACK_LIST_FILE, BYPASS_LIST_FILE, UPDATE_JOB
-from ..hosts import CommandControl, ControlError, HostControl
+from ..hosts import KNOWN_HOSTS, CommandControl, ControlError, HostControl
 from ..model import MAILBOXES, STATE_MOUNT, Host, Queue
 from ..results import Status
 from ..secrets import site_secrets
@@ -65,7 +65,12 @@ def smtpd_outcome(host: str, status: str | None, error: str = "") -> Outcome:
         return (Status.FAIL, "; ".join(f"{part} paused: {what.get(part, 'stopped')}" for part in stopped),
                 f"on {host}: " + ", ".join(f"smtpctl resume {part.lower()}" for part in stopped)
                 + (" (a drain or rotation that stopped half-way leaves smtp paused)" if "SMTP" in stopped else ""))
-    return Status.PASS, "smtpd runs: " + ", ".join(" ".join(line.split()) for line in status.splitlines() if line.strip()), ""
+    said = [" ".join(line.split()) for line in status.splitlines() if line.split()[:1] in (["MDA"], ["MTA"], ["SMTP"])]
+    if "SMTP running" not in said:
+        # An answer that is not smtpd's (empty, a wrapper's noise) tells nothing: never a PASS.
+        return (Status.WARN, f"cannot tell: `smtpctl show status` did not say SMTP running: {status.strip()[:200]!r}",
+                f"run `smtpctl show status` on {host} by hand")
+    return Status.PASS, "smtpd runs: " + ", ".join(said), ""
 
 
 def queue_outcome(host: Host, envelopes: list[facts.Envelope], now: datetime, warn_minutes: int, queue: Queue,
@@ -216,7 +221,10 @@ class _Throttled:
 
     def run(self, *command: str) -> str:
         with self._at_once:
-            return self._control.run(*command)
+            try:
+                return self._control.run(*command)
+            except UnicodeDecodeError:  # a broken or hostile host's binary answer: its check says so
+                raise ControlError(f"`{' '.join(command)}` answered with bytes that are not text") from None
 
     def reachable(self) -> bool:
         with self._at_once:
@@ -281,6 +289,28 @@ class _Reached:
         """bgpd's sessions by neighbor address, or None and why not."""
         sessions, error = self._fact("bgp sessions", facts.bgp_summary)
         return (sessions if isinstance(sessions, dict) else None), error
+
+
+# What ssh says when it is refused, in a few of its words (its banner for a changed host key is a
+# dozen lines): the cause, and what the admin does about it.
+_SSH_REFUSALS = [
+    ("REMOTE HOST IDENTIFICATION HAS CHANGED", "its ssh host key is not the one this machine knows",
+     "if `pulumi up` replaced {name}, forget the old key: ssh-keygen -R {mx} -f {known}; if not, someone may be "
+     "in between: compare the key with the VM's console first"),
+    ("Host key verification failed", "its ssh host key cannot be verified",
+     "ssh root@{mx} by hand says which key it expected; ssh-keygen -R {mx} -f {known} once the VM was replaced"),
+    ("Permission denied", "the admin key is refused (doctor never types a password: ssh runs in BatchMode)",
+     "load the admin key (ssh-add) or name it for {mx} in ~/.ssh/config; the site's image takes that key for root"),
+]
+
+
+def _unreached(host: Host, error: str) -> Outcome:
+    for words, seen, fix in _SSH_REFUSALS:
+        if words in error:
+            return (Status.FAIL, f"cannot reach {host.name} over ssh: {seen}",
+                    fix.format(name=host.name, mx=host.mx_name, known=KNOWN_HOSTS))
+    return (Status.FAIL, f"cannot reach {host.name} over ssh: {error[:300]}",
+            f"is the VM running? `ssh root@{host.mx_name}` by hand says why; `pulumi up` recreates a VM that is gone")
 
 
 def _takes_mail(primary: _Reached) -> bool | None:
@@ -352,8 +382,7 @@ def _host_checks(view: SiteView, host: Host, reached: dict[str, _Reached], expec
 
     def reach() -> Outcome:
         if me.control() is None:
-            return (Status.FAIL, f"cannot reach {name} over ssh: {me.error}",
-                    f"is the VM running? `ssh root@{host.mx_name}` by hand says why; `pulumi up` recreates a VM that is gone")
+            return _unreached(host, me.error)
         return Status.PASS, "a root shell answers", ""
 
     def smtpd(control: HostControl) -> Outcome:
@@ -427,10 +456,16 @@ def _host_checks(view: SiteView, host: Host, reached: dict[str, _Reached], expec
 
     def keys(control: HostControl) -> Outcome:
         try:
-            running = facts.parse_key_versions(control.run("cat", facts.KEY_VERSIONS))
+            text = control.run("cat", facts.KEY_VERSIONS)
         except ControlError as error:
             return (Status.FAIL, f"{facts.KEY_VERSIONS} cannot be read: {error}",
                     f"every image carries it: `pulumi up --stack {view.stack}` replaces {name} with one")
+        running = facts.parse_key_versions(text)
+        pairs = {tuple(line.split()) for line in text.splitlines() if len(line.split()) == 2}
+        twice = sorted({key for key, _ in pairs if sum(other == key for other, _ in pairs) > 1})
+        if twice:  # which of two versions the host runs cannot be told: never the PASS of the last line
+            return (Status.FAIL, f"{facts.KEY_VERSIONS} names two versions of {', '.join(twice)}",
+                    f"every image writes it once: `pulumi up --stack {view.stack}` replaces {name} with one")
         wanted, unread = expected.versions()
         if wanted is None:
             return (Status.WARN, f"cannot tell: the secrets backend cannot be read: {unread}",
