@@ -28,12 +28,27 @@ class Check:
     run: Callable[[], tuple[Status, str, str]]  # status, what was seen, the fix
 
 
+# What a host or a server said may be megabytes (a hostile banner, a runaway command): a result
+# keeps its start, and says how much more there was, so one line stays a line a monitor stores.
+MOST_CHARACTERS = 4000
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MOST_CHARACTERS:
+        return text
+    return f"{text[:MOST_CHARACTERS]}... ({len(text) - MOST_CHARACTERS} more characters)"
+
+
 def _outcome(check: Check) -> tuple[Status, str, str]:
+    bug = "report it as a mailsite bug, with this line"
     try:
-        return check.run()
+        outcome = check.run()
     except Exception as error:  # a surprise in one check: the others still run and print
-        return Status.FAIL, f"the check itself failed: {type(error).__name__}: {error}", \
-            "report it as a mailsite bug, with this line"
+        return Status.FAIL, _bounded(f"the check itself failed: {type(error).__name__}: {error}"), bug
+    if not (isinstance(outcome, tuple) and len(outcome) == 3 and isinstance(outcome[0], Status)
+            and isinstance(outcome[1], str) and isinstance(outcome[2], str)):
+        return Status.FAIL, f"the check itself failed: it gave {type(outcome).__name__}, not a status, seen and fix", bug
+    return outcome[0], _bounded(outcome[1]), _bounded(outcome[2])
 
 
 def run_checks(checks: Sequence[Check], timeout: float,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -39,12 +40,16 @@ class SiteView:
         with self._lock:
             if host.mx_name in self._addresses:
                 return self._addresses[host.mx_name]
-        found: list[Address] = []
-        for rdtype in ("A", "AAAA"):
-            try:
-                answer = self.resolver.resolve(host.mx_name, rdtype, lifetime=self.timeout)
-            except dns.exception.DNSException:
-                continue
-            found += [ipaddress.ip_address(record.address) for record in answer]
+        # A and AAAA asked at once: the checks are made from these before any runs, so a resolver
+        # that does not answer costs the run one timeout here, not one per record type.
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda rdtype: self._records(host.mx_name, rdtype), ("A", "AAAA")))
+        found = [address for answer in answers for address in answer]
         with self._lock:
             return self._addresses.setdefault(host.mx_name, found)
+
+    def _records(self, name: str, rdtype: str) -> list[Address]:
+        try:
+            return [ipaddress.ip_address(record.address) for record in self.resolver.resolve(name, rdtype, lifetime=self.timeout)]
+        except dns.exception.DNSException:
+            return []
