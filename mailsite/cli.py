@@ -4,6 +4,7 @@ bake its images and manage its keys, outside `pulumi up`."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -12,6 +13,7 @@ from .errors import MailsiteError  # no imports of its own: caught however early
 _INTERRUPTED = "interrupted; nothing half-written was kept"
 # sysexits.h's EX_SOFTWARE: the tool itself is wrong, neither the operation nor the settings.
 EX_SOFTWARE = 70
+EX_BROKEN_PIPE = 128 + 13  # a shell's status for a process ended by SIGPIPE
 _BUG = "error: a bug in mailsite, not your settings; report it with the traceback above"
 
 
@@ -39,6 +41,15 @@ def main(argv: list[str] | None = None, prog: str = "mailsite") -> int:
     except KeyboardInterrupt:
         print(getattr(args, "interrupted", _INTERRUPTED), file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # What reads the output stopped (`doctor --json | head -1`): it had what it wanted, so end
+        # quietly, as a shell tool killed by SIGPIPE does; the interpreter's last flush at exit
+        # goes nowhere instead of printing an error of its own.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout with no file descriptor (a test's capture)
+            pass
+        return EX_BROKEN_PIPE
     except MailsiteError as error:
         from .problems import SiteConfigError, printable
 

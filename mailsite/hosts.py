@@ -51,7 +51,10 @@ class CommandControl:
 
     def run(self, *command: str) -> str:
         try:
-            result = subprocess.run([*self.prefix, *command], capture_output=True, text=True, timeout=self.timeout)
+            # stdin: none. ssh would forward ours to the host, eating what a `while read` loop or
+            # a pipe feeding the caller meant for itself.
+            result = subprocess.run([*self.prefix, *command], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                    timeout=self.timeout)
         except subprocess.TimeoutExpired:
             raise ControlError(f"`{' '.join(command)}` did not answer within {self.timeout:.0f} s") from None
         if result.returncode != 0:

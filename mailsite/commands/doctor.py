@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import signal
+import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -105,7 +107,14 @@ def host_named(site: Site, name: str | None) -> str | None:
     return name
 
 
+def _stopped(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    # A monitor's own timeout or `kill` ends doctor as Ctrl-C does: one line, never a silent death.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stopped)
     timeout = timeout_of(args.timeout)
     resolver = resolver_of(args.nameserver, timeout)
     view = _lab_view(args.lab_state, resolver, timeout) if args.lab_state else _site_view(args.config, resolver, timeout)
