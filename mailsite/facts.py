@@ -45,9 +45,10 @@ def queued_envelopes(show_queue: str) -> list[str]:
 def envelope_recipient(line: str) -> str:
     """The recipient of one `smtpctl show queue` line (its sixth field)."""
     try:
-        return parse_envelope(line).recipient
+        return parse_envelope(line).recipient  # a sender's `|` shifts the sixth field
     except ValueError:
-        return "?"
+        parts = line.split("|")
+        return parts[5] if len(parts) > 5 else "?"
 
 
 def queue(host: HostControl) -> list[str]:
