@@ -12,6 +12,7 @@ Kept apart, as pyinfra keeps connectors from facts and operations: what is read 
 from __future__ import annotations
 
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -41,6 +42,24 @@ class HostControl(Protocol):
         ...
 
 
+# Commands on hosts still running. A caller that stops waiting for them (doctor at its deadline,
+# leaving a hung host's check behind) ends them on its way out: an ssh to a host whose df hangs
+# would otherwise outlive the run, one more with every run cron starts.
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def end_running_commands() -> None:
+    """Kill every command this process still runs on a host (their waiting threads then fail)."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for process in running:
+        try:
+            process.kill()
+        except OSError:  # ended meanwhile
+            pass
+
+
 @dataclass
 class CommandControl:
     """Commands through a prefix that reaches the host (see ssh_to and lab_control)."""
@@ -50,16 +69,28 @@ class CommandControl:
     forget: list[str] | None = None  # run once the host is a new VM (drop its old ssh host key)
 
     def run(self, *command: str) -> str:
+        # stdin: none. ssh would forward ours to the host, eating what a `while read` loop or a
+        # pipe feeding the caller meant for itself.
+        process = subprocess.Popen([*self.prefix, *command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        with _RUNNING_LOCK:
+            _RUNNING.add(process)
         try:
-            # stdin: none. ssh would forward ours to the host, eating what a `while read` loop or
-            # a pipe feeding the caller meant for itself.
-            result = subprocess.run([*self.prefix, *command], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                    timeout=self.timeout)
+            stdout, stderr = process.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            raise ControlError(f"`{' '.join(command)}` did not answer within {self.timeout:.0f} s") from None
-        if result.returncode != 0:
-            raise ControlError(f"`{' '.join(command)}` failed: {(result.stderr or result.stdout).strip()}")
-        return result.stdout
+            process.kill()
+            process.communicate()
+            raise ControlError(f"`{' '.join(command)}` did not answer within {self.timeout:g} s") from None
+        except BaseException:  # an answer that is not text, an interrupt: the command ends with it
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(process)
+        if process.returncode != 0:
+            raise ControlError(f"`{' '.join(command)}` failed: {(stderr or stdout).strip()}")
+        return stdout
 
     def reachable(self) -> bool:
         try:

@@ -5,12 +5,14 @@ give it: each is one line, never a traceback, never a false PASS, and the run en
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dns.resolver
 import pytest
@@ -243,3 +245,32 @@ def test_every_host_hanging_at_once_ends_in_three_timeouts_naming_each_host(exam
     for name, result in reach.items():
         assert result.status is Status.FAIL and name.split(":")[0] in result.seen and "within" in result.seen
     assert all(r.status is not Status.PASS for r in results)
+
+
+def _running_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_command_hung_on_a_host_does_not_outlive_the_run():
+    """A host whose df hangs (a stuck file system): the check is left behind at its deadline, and
+    so was its ssh, alive after doctor exited, one more with every run cron started."""
+    marker = f"sleep {os.getpid() % 1000 + 200}.25"
+    hung = (f'[Check("mx1: free space", "inside", "mx1", lambda: (Status.PASS, __import__("mailsite.hosts").hosts'
+            f'.CommandControl(["sh", "-c", "exec {marker}"], timeout=60).run(), ""))]')
+    process = _doctor_with(hung, "--json", "--timeout", "0.2")
+    try:
+        out, _ = process.communicate(timeout=30)
+        assert json.loads(out)["seen"] == "no answer within 0.6 s"
+        time.sleep(0.3)
+        left = _running_with(marker)
+    finally:
+        for pid in _running_with(marker):
+            os.kill(pid, signal.SIGKILL)
+    assert left == []

@@ -17,7 +17,7 @@ import dns.resolver
 from ..config import load_site_file, stack_name
 from ..doctor.core import Check, all_checks, run_checks
 from ..doctor.view import SiteView
-from ..hosts import HostControl, lab_control, ssh_control
+from ..hosts import HostControl, end_running_commands, lab_control, ssh_control
 from ..model import Host, Site
 from ..problems import Problem, SiteConfigError, few
 from ..results import Result, Status, exit_status, json_line, print_result, summary_line
@@ -119,7 +119,10 @@ def run(args: argparse.Namespace) -> int:
     resolver = resolver_of(args.nameserver, timeout)
     view = _lab_view(args.lab_state, resolver, timeout) if args.lab_state else _site_view(args.config, resolver, timeout)
     checks = all_checks(view, host_named(view.site, args.host)) or [NOTHING_CHECKED]
-    results = run_checks(checks, OPERATIONS_PER_CHECK * timeout, report=_printer(checks, args.json))
+    try:
+        results = run_checks(checks, OPERATIONS_PER_CHECK * timeout, report=_printer(checks, args.json))
+    finally:
+        end_running_commands()  # a check left behind at its deadline leaves no ssh behind the run
     if not args.json:
         print(summary_line(results), flush=True)
     return exit_status(results)
