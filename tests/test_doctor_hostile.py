@@ -274,3 +274,17 @@ def test_a_command_hung_on_a_host_does_not_outlive_the_run():
         for pid in _running_with(marker):
             os.kill(pid, signal.SIGKILL)
     assert left == []
+
+
+def test_doctor_run_in_a_process_leaves_that_process_its_own_sigterm(monkeypatch):
+    import mailsite.doctor.core as core
+    from types import ModuleType
+
+    from mailsite.cli import main
+
+    module = ModuleType("mailsite.doctor.stand_in")
+    module.checks = lambda view: [Check("one", "dns", None, lambda: (Status.PASS, "ok", ""))]
+    monkeypatch.setattr(core, "areas", lambda: [module])
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["doctor", "--config", str(EXAMPLE), "--nameserver", "127.0.0.1", "--json"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -113,8 +113,17 @@ def _stopped(signum: int, frame: object) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # A monitor's own timeout or `kill` ends doctor as Ctrl-C does: one line, never a silent death.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _stopped)
+    # Put back afterwards: a process calling main() (a test) keeps its own.
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _stopped) if main else None
+    try:
+        return _run(args)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _run(args: argparse.Namespace) -> int:
     timeout = timeout_of(args.timeout)
     resolver = resolver_of(args.nameserver, timeout)
     view = _lab_view(args.lab_state, resolver, timeout) if args.lab_state else _site_view(args.config, resolver, timeout)
