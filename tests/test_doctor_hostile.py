@@ -288,3 +288,45 @@ def test_doctor_run_in_a_process_leaves_that_process_its_own_sigterm(monkeypatch
     before = signal.getsignal(signal.SIGTERM)
     assert main(["doctor", "--config", str(EXAMPLE), "--nameserver", "127.0.0.1", "--json"]) == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_ctrl_c_on_lab_doctor_is_one_line():
+    """`lab doctor` runs doctor as a child in the internet node's namespace: a Ctrl-C reaches both,
+    and each said 'interrupted'. A stand-in lab: the child is doctor's own interrupt handling."""
+    child = textwrap.dedent(f"""
+        import sys, threading
+        from mailsite.cli import main
+        import mailsite.doctor.core as core
+        from mailsite.doctor.core import Check
+        from mailsite.results import Status
+        from types import ModuleType
+        module = ModuleType("mailsite.doctor.stand_in")
+        module.checks = lambda view: [Check("hung", "dns", None,
+                                            lambda: (print("started", flush=True), threading.Event().wait(), (Status.PASS, "", ""))[2])]
+        core.areas = lambda: [module]
+        sys.exit(main(["doctor", "--config", {str(EXAMPLE)!r}, "--nameserver", "127.0.0.1", "--timeout", "60"]))
+    """)
+    parent = textwrap.dedent(f"""
+        import contextlib, sys
+        from types import SimpleNamespace
+        import mailsite.commands.lab as command
+        import mailsite.lab.doctor as lab_doctor
+        command.Lab = SimpleNamespace(attach=lambda: None)
+        command._refuse_if_abandoned = lambda lab: None
+        lab_doctor.policy_served = lambda lab: contextlib.nullcontext()
+        lab_doctor.doctor_argv = lambda lab, *options: [sys.executable, "-c", {child!r}]
+        command.run_doctor = lab_doctor.run_doctor
+        from mailsite.cli import main
+        sys.exit(main(["lab", "doctor"]))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        assert process.stdout.readline() == "started\n"
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130
+    assert err.splitlines() == ["interrupted; no check changes anything, run doctor again"]

@@ -34,4 +34,14 @@ def run_doctor(lab: Lab, *options: str) -> int:
     """doctor's exit status; what it prints goes to this process's stdout and stderr. The
     MTA-STS policy is served meanwhile, as the primary's httpd serves it (the lab has none)."""
     with policy_served(lab):
-        return subprocess.run(doctor_argv(lab, *options), cwd=PACKAGE_PARENT).returncode
+        process = subprocess.Popen(doctor_argv(lab, *options), cwd=PACKAGE_PARENT)
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached doctor too (one process group): it ends saying so in its one line, and
+            # this command adds none. Interrupted alone (kill -INT), it ends doctor the same way.
+            try:
+                return process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                process.terminate()
+                return process.wait()
