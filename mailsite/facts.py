@@ -201,7 +201,10 @@ def parse_line_counts(text: str) -> dict[str, int]:
 def spamd_sync(flags: str) -> tuple[list[str], list[str]]:
     """spamd's flags (`rcctl get spamd flags`): the addresses it listens for sync on (-y) and
     sends its greylist to (-Y)."""
-    words = shlex.split(flags)
+    try:
+        words = shlex.split(flags)
+    except ValueError:  # a stray quote in rc.conf.local: read its words as rcctl would pass them on
+        words = flags.split()
     listen = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "-y"]
     peers = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "-Y"]
     return listen, peers

@@ -330,3 +330,8 @@ def test_ctrl_c_on_lab_doctor_is_one_line():
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130
     assert err.splitlines() == ["interrupted; no check changes anything, run doctor again"]
+
+
+def test_spamd_flags_with_a_stray_quote_are_read_not_a_crash():
+    status, seen, _ = inside.spamd_outcome("mx2", '-v -y 192.0.2.12 -Y "192.0.2.11', "192.0.2.12", {"mx1": ["192.0.2.11"]})
+    assert status is Status.FAIL and "sends no sync to mx1" in seen
