@@ -286,3 +286,15 @@ def test_a_review_render_shows_the_backup_secrets_redacted_even_without_the_back
         assert tree[PASSWORD].text == "<redacted>\n" and "'<redacted>'" in tree[CREDENTIALS].text
         assert SECRET_KEY not in tree[CREDENTIALS].text
         assert ("version unknown" in tree[CREDENTIALS].text) is not stored
+
+
+def test_the_jobs_repository_is_the_settings_own_whatever_the_endpoint_url_holds(tmp_path):
+    # A URL may hold & ? = ~ : (a query string, a path): unquoted in the job, & would send the
+    # assignment to the background and run the rest as a command, as root; :~ would become a home.
+    site = _site(endpointUrl="https://s3.example.net:8443/a:~root/b?x=1&touch")
+    job = _tree(site)[JOB].text
+    preamble = job[:job.index("\n. /etc/mailsite/backup-credentials")]
+    shown = subprocess.run(["sh", "-c", preamble + '\nprintf "%s\\n" "$RESTIC_REPOSITORY"'], capture_output=True, text=True,
+                           timeout=10, cwd=tmp_path)
+    assert (shown.returncode, shown.stdout, shown.stderr) == (0, site.backup.repository + "\n", "")
+    assert list(tmp_path.iterdir()) == []
