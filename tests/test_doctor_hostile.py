@@ -335,3 +335,36 @@ def test_ctrl_c_on_lab_doctor_is_one_line():
 def test_spamd_flags_with_a_stray_quote_are_read_not_a_crash():
     status, seen, _ = inside.spamd_outcome("mx2", '-v -y 192.0.2.12 -Y "192.0.2.11', "192.0.2.12", {"mx1": ["192.0.2.11"]})
     assert status is Status.FAIL and "sends no sync to mx1" in seen
+
+
+def test_the_queue_of_a_host_whose_smtpd_does_not_answer_is_not_called_empty(example):
+    """smtpctl without smtpd walks the queue itself and skips each encrypted envelope (OpenBSD's
+    smtpctl.c: "offline encrypted queue is not supported yet"), printing none and exiting 0."""
+    down = ControlError("`smtpctl show status` failed: smtpctl: smtpd doesn't seem to be running")
+    result = _inside(example, {"true": "", "smtpctl show status": down, "smtpctl show queue": ""}, "queue moves", "mx1")
+    assert result.status is Status.WARN and "cannot tell" in result.seen and "empty" not in result.seen
+
+
+def test_the_lab_primary_with_smtpd_stopped_has_no_empty_queue(lab):
+    from dataclasses import replace
+
+    from mailsite.hosts import lab_control
+    from mailsite.lab.procs import wait_until
+
+    view = SiteView(lab.plan.site, lab.state.stack, _NoResolver(), lambda h: lab_control(lab.holder(h.name).pid, timeout=10),
+                    lambda: None, None, datetime.now(timezone.utc), 10.0, in_lab=True)
+    lab.stop_daemon("mx1", "smtpd")
+    try:
+        (queue,) = [c for c in inside.checks(view) if c.name == "mx1: queue moves (envelopes, oldest's age)"]
+        result = run_checks([queue], 30)[0]
+    finally:
+        lab.start_daemon("mx1", "smtpd")
+        assert wait_until(lambda: lab.smtpd_listening("mx1"), 30)
+    assert result.status is not Status.PASS, result
+    assert replace(result, seconds=0).seen.startswith("cannot tell")
+
+
+def test_a_certificate_date_doctor_cannot_read_is_not_called_missing(example):
+    answers = {**HEALTHY, "openssl x509": "notAfter=Dec  3 11:40:12.250 2026 GMT\n"}
+    result = _inside(example, answers, "certificate file for mx2")
+    assert result.status is Status.WARN and "cannot tell its expiry" in result.seen and "no certificate" not in result.seen
