@@ -151,6 +151,11 @@ class Plays:
     auth_optional: bool = False  # AUTH offered inside TLS, MAIL taken without it (smtpd's auth-optional)
     imap: bool = False
     http_body: str | None = None  # an HTTPS server answering every GET with this text/plain
+    http_status: str = "200 OK"
+    http_headers: str = "Content-Type: text/plain\r\n"
+    ehlo_flood: bool = False  # answers EHLO with 250- lines that never end
+    starttls_reply: str | None = None  # in place of 220 to STARTTLS (the server stays in clear)
+    mail_reply: str | None = None  # in place of 250 to MAIL FROM a stranger
     heard: list[str] = field(default_factory=list)  # every command received
 
 
@@ -164,8 +169,9 @@ class World:
         self.ca = LabCA.new("doctor-smtp")
         self.cafile = str(directory / "ca.pem")
         Path(self.cafile).write_bytes(self.ca.pem)
-        self.names: dict[str, str] = {}  # DNS name -> IPv4 address
+        self.names: dict[str, str] = {}  # DNS name -> IPv4 address ("a, b": two A records)
         self.names6: dict[str, str] = {}  # DNS name -> IPv6 address, for the names that have one
+        self.unanswered: set[str] = set()  # names whose queries get no answer (a resolver timing out)
         self.plays: dict[tuple[str, int], Plays] = {}
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -227,8 +233,10 @@ class World:
                 response = dns.message.make_response(query)
                 question = query.question[0]
                 name = question.name.to_text().rstrip(".").lower()
+                if name in self.unanswered:
+                    continue
                 if question.rdtype == dns.rdatatype.A and name in self.names:
-                    response.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", self.names[name]))
+                    response.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", *self.names[name].split(", ")))
                 elif question.rdtype == dns.rdatatype.AAAA and name in self.names6:
                     response.answer.append(dns.rrset.from_text(question.name, 60, "IN", "AAAA", self.names6[name]))
                 elif name not in self.names:
@@ -327,20 +335,28 @@ class _Server:
         plays = self.plays
         plays.heard.append(line)
         verb = line.split(" ", 1)[0].upper()
-        if verb == "EHLO":
+        if verb == "EHLO" and not plays.ehlo_flood:
             offered = []
             if plays.certificate is not None and not self.tls:
                 offered.append("STARTTLS")
             if (plays.auth_required or plays.auth_optional) and (self.tls or not plays.tls_required):
                 offered.append("AUTH PLAIN")
             self.send(*[f"250-{plays.name} Hello", *[f"250-{word}" for word in offered], "250 HELP"])
+        elif verb == "EHLO" and plays.ehlo_flood:
+            self.send(f"250-{plays.name} Hello")
+            while True:
+                self.send("250-X-FLOOD " + "x" * 60)
+        elif verb == "STARTTLS" and plays.starttls_reply:
+            self.send(plays.starttls_reply)
         elif verb == "STARTTLS":
             self.send("220 2.0.0 Ready to start TLS")
             if plays.tls_breaks:
                 raise _Gone
             self.start_tls()
         elif verb == "MAIL":
-            if plays.tls_required and not self.tls:
+            if plays.mail_reply:
+                self.send(plays.mail_reply)
+            elif plays.tls_required and not self.tls:
                 self.send("530 5.7.0 Must issue a STARTTLS command first")
             elif plays.auth_required and not self.authenticated:
                 self.send("530 5.5.1 Invalid command: Must issue an AUTH command first")
@@ -379,8 +395,8 @@ class _Server:
         while not self.buffer.endswith(b"\r\n\r\n"):
             self.line_into_buffer()
         body = (self.plays.http_body or "").encode()
-        self.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                          % (len(body), body))
+        self.sock.sendall(b"HTTP/1.1 %s\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                          % (self.plays.http_status.encode(), self.plays.http_headers.encode(), len(body), body))
 
     def line_into_buffer(self) -> None:
         chunk = self.sock.recv(4096)
@@ -416,6 +432,8 @@ def plays(world) -> Iterator[World]:
     yield world
     world.plays.clear()
     world.names6.clear()
+    world.names.update(ADDRESSES)
+    world.unanswered.clear()
 
 
 def _healthy(world: World, mx: str, **changes) -> Plays:
@@ -617,3 +635,159 @@ def test_an_mta_sts_policy_other_than_the_stacks_fails(plays):
     results = plays.run(plays.view(), "mx1")
     verdict = _one(results, "mta-sts.example.org")
     assert verdict.status is Status.FAIL and "mode: testing" in verdict.seen and "mode: enforce" in verdict.seen
+
+
+# Found in review (issue 17): what a hostile MX, a real internet path and a real admin's site give.
+
+
+def _common_name_only(world: World, name: str) -> Issued:
+    """A certificate of the world's CA naming `name` in its subject's CN alone, no subjectAltName:
+    what old tools made, and what every modern client refuses for the name."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                   .issuer_name(world.ca.certificate.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=90))
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(world.ca.key.public_key()), critical=False)
+                   .sign(world.ca.key, hashes.SHA256()))
+    return Issued(certificate.public_bytes(serialization.Encoding.PEM),
+                  key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+
+
+def test_a_certificate_naming_the_mx_only_in_its_common_name_fails(plays):
+    _healthy(plays, MX2, certificate=_common_name_only(plays, MX2))
+    verdict = _one(plays.run(plays.view(), "mx2"), "STARTTLS")
+    assert verdict.status is Status.FAIL, verdict
+    assert f"not valid for {MX2}" in verdict.seen and f"only the CN {MX2}" in verdict.seen
+
+
+def test_imaps_with_the_name_only_in_the_common_name_fails(plays):
+    _primary(plays)
+    plays.plays[(ADDRESSES[MX1], smtp.IMAPS)].certificate = _common_name_only(plays, MX1)
+    verdict = _one(plays.run(plays.view(), "mx1"), "IMAPS")
+    assert verdict.status is Status.FAIL and "only the CN" in verdict.seen
+
+
+def test_a_wildcard_certificate_for_the_mx_domain_passes(plays):
+    _healthy(plays, MX2, certificate=plays.issue(["*.example.org"]))
+    verdict = _one(plays.run(plays.view(), "mx2"), "STARTTLS")
+    assert verdict.status is Status.PASS, verdict
+
+
+def test_an_endless_ehlo_reply_fails_at_its_size_not_as_spamd_at_the_timeout(plays):
+    _healthy(plays, MX2, ehlo_flood=True)
+    started = time.monotonic()
+    results = plays.run(plays.view(timeout=5.0), "mx2")
+    assert time.monotonic() - started < 4.0
+    verdict = _one(results, "port 25 answers")
+    assert verdict.status is Status.FAIL, verdict
+    assert "a reply longer than 65536 bytes" in verdict.seen and "spamd" not in verdict.seen
+    assert len(verdict.seen) < 600
+
+
+def test_a_hostile_greeting_stays_one_printable_line(plays):
+    from mailsite.results import json_line, result_lines
+
+    _healthy(plays, MX2, greeting=f"220-{MX2} \x1b[2J\x1b]0;owned\x07 hello\r\n220-" + "y" * 3000 + f"\r\n220 {MX2} ESMTP")
+    results = plays.run(plays.view(), "mx2")
+    greeting = _one(results, "port 25 answers")
+    assert greeting.status is Status.PASS  # a multi-line greeting, first word the MX name
+    for result in results.values():
+        text = "\n".join(result_lines(result))
+        assert "\x1b" not in text and "\x07" not in text
+        assert len(json_line(result).splitlines()) == 1
+        assert len(result.seen) <= 4000 + 60
+
+
+def test_an_mx_name_without_an_address_is_reported_not_checked(plays):
+    del plays.names[MX2]
+    results = plays.run(plays.view(), "mx2")
+    assert list(results) == [f"{MX2}: port 25 answers as {MX2}"]
+    verdict = results[f"{MX2}: port 25 answers as {MX2}"]
+    assert verdict.status is Status.FAIL
+    assert "no A or AAAA record" in verdict.seen and "not checked from outside" in verdict.seen
+
+
+def test_an_mx_name_the_resolver_does_not_answer_for_warns_not_checked(plays):
+    plays.unanswered.add(MX1)
+    results = plays.run(plays.view(timeout=0.5), "mx1")
+    verdict = results[f"{MX1}: port 25 answers as {MX1}"]
+    assert verdict.status is Status.WARN and "cannot tell" in verdict.seen
+    assert "587, 465 and 993 were not checked" in verdict.seen
+    assert not [name for name in results if "over IPv4" in name]
+
+
+def test_every_address_of_an_mx_name_is_checked(plays):
+    # A stale A record left for a rebuilt VM's old address: senders try it too.
+    _healthy(plays, MX2)
+    plays.names[MX2] = f"{ADDRESSES[MX2]}, 127.0.0.99"
+    results = plays.run(plays.view(), "mx2")
+    good = _one(results, "port 25 answers", f"({ADDRESSES[MX2]})")
+    stale = _one(results, "port 25 answers", "(127.0.0.99)")
+    assert good.status is Status.PASS
+    assert stale.status is Status.FAIL and "closed the connection" in stale.seen
+
+
+def test_starttls_offered_then_refused_fails_and_probes_go_on_in_clear(plays):
+    relay = _healthy(plays, MX2, starttls_reply="454 4.7.0 TLS not available due to local problem")
+    results = plays.run(plays.view(), "mx2")
+    starttls = _one(results, "STARTTLS")
+    assert starttls.status is Status.FAIL and "offered, then refused: 454" in starttls.seen
+    assert _one(results, "no open relay").status is Status.PASS
+    assert "DATA" not in [line.split()[0].upper() for line in relay.heard]
+
+
+def test_an_open_relay_refusing_the_probes_sender_is_never_a_pass(plays):
+    relay = _healthy(plays, MX3, open_relay=True, mail_reply="550 5.7.1 Sender domain not accepted")
+    results = plays.run(plays.view(), "mx3")
+    for name in ("no open relay", "unknown recipient"):
+        verdict = _one(results, name)
+        assert verdict.status is Status.WARN and "MAIL FROM a stranger was refused" in verdict.seen
+    assert "RCPT" not in [line.split()[0].upper() for line in relay.heard]
+
+
+def test_an_mta_sts_policy_with_lf_line_ends_passes(plays):
+    # RFC 8461's grammar ends a policy's lines with CRLF or LF: httpd serving an LF file is fine.
+    _primary(plays)
+    plays.plays[(ADDRESSES[MX1], smtp.HTTPS)].http_body = policy_text(SITE).replace("\r\n", "\n")
+    verdict = _one(plays.run(plays.view(), "mx1"), "mta-sts.example.org")
+    assert verdict.status is Status.PASS, verdict
+
+
+def test_an_mta_sts_policy_with_a_charset_passes(plays):
+    _primary(plays)
+    plays.plays[(ADDRESSES[MX1], smtp.HTTPS)].http_headers = "Content-Type: text/plain; charset=utf-8\r\n"
+    assert _one(plays.run(plays.view(), "mx1"), "mta-sts.example.org").status is Status.PASS
+
+
+def test_an_mta_sts_policy_behind_a_redirect_fails(plays):
+    _primary(plays)
+    https = plays.plays[(ADDRESSES[MX1], smtp.HTTPS)]
+    https.http_status, https.http_headers = "301 Moved Permanently", "Location: https://example.org/mta-sts.txt\r\n"
+    verdict = _one(plays.run(plays.view(), "mx1"), "mta-sts.example.org")
+    assert verdict.status is Status.FAIL and "HTTP 301" in verdict.seen and "no redirect" in verdict.fix
+
+
+def test_an_mta_sts_policy_served_with_an_unverified_certificate_fails(plays):
+    _primary(plays)
+    plays.plays[(ADDRESSES[MX1], smtp.HTTPS)].certificate = plays.issue(
+        [f"mta-sts.{d}" for d in SITE.domains], ca=LabCA.new("stranger"))
+    verdict = _one(plays.run(plays.view(), "mx1"), "mta-sts.example.org")
+    assert verdict.status is Status.FAIL and "does not verify" in verdict.seen
+
+
+def test_a_huge_mta_sts_body_fails_quickly(plays):
+    _primary(plays)
+    plays.plays[(ADDRESSES[MX1], smtp.HTTPS)].http_body = policy_text(SITE) + "x" * 1_000_000
+    started = time.monotonic()
+    verdict = _one(plays.run(plays.view(), "mx1"), "mta-sts.example.org")
+    assert verdict.status is Status.FAIL and time.monotonic() - started < 5
+    assert len(verdict.seen) < 1000

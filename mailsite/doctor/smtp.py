@@ -1,9 +1,9 @@
-"""Every MX as the world meets it, per address family: port 25's greeting, STARTTLS and its
+"""Every MX as the world meets it, at each address its name has: port 25's greeting, STARTTLS and its
 certificate, no relaying for strangers, unknown recipients refused at RCPT; on the primary,
 submission (587) and smtps (465) demanding TLS and AUTH, and IMAPS (993); and the MTA-STS policy
 each site domain serves.
 
-One connection per (MX, family, port) serves every check of it: the first check to run makes it,
+One connection per (MX, address, port) serves every check of it: the first check to run makes it,
 the others wait for the same result, so a dead MX costs one timeout, not one per check. No probe
 ever sends DATA: the relay and recipient probes stop at RCPT, then RSET and QUIT.
 
@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import dns.exception
+import dns.resolver
 from cryptography import x509
 
 from ..daemons.acme import JOB as CERTIFICATE_JOB
@@ -62,7 +63,8 @@ _X509_EXPIRED, _X509_HOSTNAME_MISMATCH = 10, 62  # OpenSSL's verify codes
 
 
 def checks(view: SiteView) -> list[Check]:
-    """The outside checks of every MX, for each address family its MX name has an address in."""
+    """The outside checks of every MX, at every address its MX name has; for an MX name with
+    none, one check saying its outside went unchecked (never silence, which reads as healthy)."""
     hosts = view.site.hosts
     # The names' addresses decide which checks exist: asked at once for every MX (view caches
     # them for the other areas), so a dead resolver costs one timeout here, not one per MX.
@@ -70,25 +72,55 @@ def checks(view: SiteView) -> list[Check]:
         addresses = dict(zip([host.name for host in hosts], pool.map(view.addresses, hosts)))
     found: list[Check] = []
     for host in hosts:
-        for address in _one_per_family(addresses[host.name]):
-            found += _host_checks(view, host, address)
+        if not addresses[host.name]:
+            found.append(_unaddressed_check(view, host))
+        # Every address, not one per family: a sender tries any of them, and a stale record left
+        # for a rebuilt VM's old address takes a share of the mail to wherever it points now.
+        for address in addresses[host.name]:
+            found += _host_checks(view, host, address, _family(address, addresses[host.name]))
     found += [_mta_sts_check(view, policy_host) for policy_host in policy_hosts(view.site)]
     return found
 
 
-def _one_per_family(addresses: list[Address]) -> list[Address]:
-    first: dict[int, Address] = {}
-    for address in addresses:
-        first.setdefault(address.version, address)
-    return [first[version] for version in sorted(first)]
+def _family(address: Address, every: list[Address]) -> str:
+    """"IPv4", or with the address when the name has several of that family."""
+    family = f"IPv{address.version}"
+    if sum(other.version == address.version for other in every) > 1:
+        return f"{family} ({address})"
+    return family
 
 
-def _family(address: Address) -> str:
-    return f"IPv{address.version}"
+def _unaddressed_check(view: SiteView, host: Host) -> Check:
+    mx = host.mx_name
+    return Check(f"{mx}: port 25 answers as {mx}", AREA, host.name, lambda: _unaddressed(view, host))
 
 
-def _host_checks(view: SiteView, host: Host, address: Address) -> list[Check]:
-    mx, family = host.mx_name, _family(address)
+def _unaddressed(view: SiteView, host: Host) -> tuple[Status, str, str]:
+    """Why an MX had no address when the checks were made: none in DNS (FAIL: no sender reaches
+    it), or the resolver did not answer (WARN: cannot tell). Asked again, as view.addresses
+    does not say which."""
+    mx = host.mx_name
+    unchecked = "its port 25" + (", 587, 465 and 993 were" if host.is_primary else " was") + " not checked from outside"
+    troubles, found = [], []
+    for rdtype in ("A", "AAAA"):
+        try:
+            found += [record.address for record in view.resolver.resolve(mx, rdtype, lifetime=view.timeout)]
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            continue
+        except dns.exception.DNSException as error:
+            troubles.append(f"{rdtype}: {type(error).__name__}")
+    if found:
+        return (Status.WARN, f"{mx} had no address when doctor began, and now has {', '.join(found)}: {unchecked}",
+                "run doctor again (a resolver that answers only sometimes: see the DNS checks)")
+    if troubles:
+        return (Status.WARN, f"cannot tell: the resolver gave no answer for {mx} ({'; '.join(troubles)}): {unchecked}",
+                "run doctor again, or with --nameserver set to a resolver that answers")
+    return (Status.FAIL, f"{mx} has no A or AAAA record: no sender can reach it, and {unchecked}",
+            f"publish {mx}'s addresses (the DNS checks say which)")
+
+
+def _host_checks(view: SiteView, host: Host, address: Address, family: str) -> list[Check]:
+    mx = host.mx_name
     port25 = _Once(lambda: _port25_session(view, host, address))
 
     def check(name: str, run: Callable[[], tuple[Status, str, str]]) -> Check:
@@ -212,8 +244,13 @@ class Conversation:
     def reply(self) -> Reply:
         deadline = time.monotonic() + self.timeout
         lines: list[str] = []
+        size = 0
         while True:
             line = self._line(deadline)
+            # A reply of endless short lines (250-...) never fills the buffer: count them all.
+            size += len(line) + 2
+            if size > MAX_REPLY:
+                raise Unreachable(f"a reply longer than {MAX_REPLY} bytes: {_shown(line)!r}...")
             match = re.fullmatch(r"(\d{3})([ -]?)(.*)", line)
             if not match:
                 raise Unreachable(f"not an SMTP reply: {_shown(line)!r}")
@@ -283,7 +320,12 @@ def _context(view: SiteView, verify: bool = True) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
-    return ssl.create_default_context(cafile=view.cafile)
+    context = ssl.create_default_context(cafile=view.cafile)
+    # A name only in the subject's CN is no name to a modern client (RFC 6125 6.4.4; browsers and
+    # Postfix's, Exim's and Google's MTA-STS verification read subjectAltName alone): Python's
+    # default still falls back to the CN, which would PASS a certificate senders refuse.
+    context.hostname_checks_common_name = False
+    return context
 
 
 def _trusted(view: SiteView) -> str:
@@ -305,7 +347,7 @@ def certificate_verdict(seen: CertificateSeen, view: SiteView, name: str) -> tup
     certificate = x509.load_der_x509_certificate(seen.der) if seen.der else None
     names = _names(certificate) if certificate else []
     ends = certificate.not_valid_after_utc if certificate else None
-    named = f"names {', '.join(names) or 'no DNS name'}" if certificate else "was not shown"
+    named = f"names {', '.join(names) or _no_dns_name(certificate)}" if certificate else "was not shown"
     if not seen.verified:
         error = seen.error
         if ends is not None and ends <= view.now or error is not None and error.verify_code == _X509_EXPIRED:
@@ -341,6 +383,13 @@ def _names(certificate: x509.Certificate) -> list[str]:
         return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     except x509.ExtensionNotFound:
         return []
+
+
+def _no_dns_name(certificate: x509.Certificate) -> str:
+    common = [str(attribute.value) for attribute in certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    if common:
+        return f"no DNS name (subjectAltName), only the CN {', '.join(common)}, which senders ignore"
+    return "no DNS name"
 
 
 def _day(moment: datetime.datetime) -> str:
@@ -810,7 +859,18 @@ def _mta_sts(view: SiteView, host: str) -> tuple[Status, str, str]:
             "serve the policy as text/plain (httpd.conf's types for the well-known path)"
     want = policy_text(view.site)
     text = body.decode("utf-8", "replace")
-    if text != want:
+    if _policy_fields(text) != _policy_fields(want):
         return (Status.FAIL, f"{url} serves {_shown(' | '.join(text.splitlines()))!r}, the stack's policy is {' | '.join(want.splitlines())!r}",
                 "deploy the image rendered from this stack on the primary (its httpd serves the policy it was baked with)")
     return Status.PASS, f"{url} from {address}: the stack's policy ({' | '.join(want.splitlines()[1:-1])})", ""
+
+
+def _policy_fields(text: str) -> list[tuple[str, str]]:
+    """A policy as a sender reads it (RFC 8461 3.2): key/value lines ended by CRLF or LF alike,
+    blanks around them dropped, in any order; a server's LF file is the stack's CRLF policy."""
+    fields = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        key, colon, value = line.partition(":")
+        if line.strip():
+            fields.append((key.strip(), value.strip()) if colon else (line.strip(), ""))
+    return sorted(fields)
