@@ -22,6 +22,7 @@ import ssl
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,8 @@ class Plays:
     ehlo_flood: bool = False  # answers EHLO with 250- lines that never end
     starttls_reply: str | None = None  # in place of 220 to STARTTLS (the server stays in clear)
     mail_reply: str | None = None  # in place of 250 to MAIL FROM a stranger
+    tls_up_to: ssl.TLSVersion | None = None  # the newest TLS it speaks (TLSv1_1: an old server's)
+    rcpt_delay: float = 0.0  # seconds before each RCPT's answer
     heard: list[str] = field(default_factory=list)  # every command received
 
 
@@ -306,7 +309,14 @@ class _Server:
 
     def start_tls(self) -> None:
         assert self.plays.certificate is not None
-        self.sock = self.world.server_context(self.plays.certificate).wrap_socket(self.sock, server_side=True)
+        context = self.world.server_context(self.plays.certificate)
+        if self.plays.tls_up_to is not None:
+            with warnings.catch_warnings():  # deprecated, as the server played is meant to be
+                warnings.simplefilter("ignore", DeprecationWarning)
+                context.minimum_version = ssl.TLSVersion.TLSv1
+                context.maximum_version = self.plays.tls_up_to
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")  # OpenSSL 3 speaks TLS 1.1 only at level 0
+        self.sock = context.wrap_socket(self.sock, server_side=True)
         self.tls = True
 
     def run(self) -> None:
@@ -363,6 +373,7 @@ class _Server:
             else:
                 self.send("250 2.0.0 Ok")
         elif verb == "RCPT":
+            time.sleep(plays.rcpt_delay)
             address = line.split(":", 1)[1].strip().strip("<>")
             local, domain = address.rsplit("@", 1)
             if domain in SITE.domains:
@@ -791,3 +802,21 @@ def test_a_huge_mta_sts_body_fails_quickly(plays):
     verdict = _one(plays.run(plays.view(), "mx1"), "mta-sts.example.org")
     assert verdict.status is Status.FAIL and time.monotonic() - started < 5
     assert len(verdict.seen) < 1000
+
+
+def test_an_mx_speaking_only_tls_1_1_fails_starttls_and_probes_go_on_in_clear(plays):
+    _healthy(plays, MX2, tls_up_to=ssl.TLSVersion.TLSv1_1)
+    results = plays.run(plays.view(), "mx2")
+    starttls = _one(results, "STARTTLS")
+    assert starttls.status is Status.FAIL and "the TLS handshake failed" in starttls.seen, starttls
+    assert _one(results, "no open relay").status is Status.PASS
+
+
+def test_an_open_relay_answering_rcpt_after_the_timeout_is_never_a_pass(plays):
+    relay = _healthy(plays, MX3, open_relay=True, rcpt_delay=1.5)
+    started = time.monotonic()
+    results = plays.run(plays.view(timeout=1.0), "mx3")
+    assert time.monotonic() - started < 2.5
+    verdict = _one(results, "no open relay")
+    assert verdict.status is Status.FAIL and "no answer within 1 s" in verdict.seen
+    assert "DATA" not in [line.split()[0].upper() for line in relay.heard]
