@@ -155,6 +155,7 @@ class Plays:
     http_status: str = "200 OK"
     http_headers: str = "Content-Type: text/plain\r\n"
     ehlo_flood: bool = False  # answers EHLO with 250- lines that never end
+    ehlo_reply: str | None = None  # in place of the EHLO answer
     starttls_reply: str | None = None  # in place of 220 to STARTTLS (the server stays in clear)
     mail_reply: str | None = None  # in place of 250 to MAIL FROM a stranger
     tls_up_to: ssl.TLSVersion | None = None  # the newest TLS it speaks (TLSv1_1: an old server's)
@@ -345,7 +346,9 @@ class _Server:
         plays = self.plays
         plays.heard.append(line)
         verb = line.split(" ", 1)[0].upper()
-        if verb == "EHLO" and not plays.ehlo_flood:
+        if verb == "EHLO" and plays.ehlo_reply:
+            self.send(plays.ehlo_reply)
+        elif verb == "EHLO" and not plays.ehlo_flood:
             offered = []
             if plays.certificate is not None and not self.tls:
                 offered.append("STARTTLS")
@@ -820,3 +823,15 @@ def test_an_open_relay_answering_rcpt_after_the_timeout_is_never_a_pass(plays):
     verdict = _one(results, "no open relay")
     assert verdict.status is Status.FAIL and "no answer within 1 s" in verdict.seen
     assert "DATA" not in [line.split()[0].upper() for line in relay.heard]
+
+
+def test_spamd_with_its_banner_renamed_is_known_by_its_ehlo_answer_never_an_open_relay(plays):
+    # spamd -n "sendmail" greets with other words; it still answers EHLO as spamd.c does, then
+    # takes every RCPT with 250 ("This is hurting you more than it is hurting me").
+    spamd = _healthy(plays, MX2, greeting=f"220 {MX2} ESMTP sendmail; Thu Nov 26 12:00:00 2026", certificate=None,
+                     ehlo_reply="250 Hello, spam sender. Pleased to be wasting your time.",
+                     open_relay=True, takes_unknown=True)
+    results = plays.run(plays.view(), "mx2")
+    assert {r.status for r in results.values()} == {Status.WARN}, results
+    assert all("spamd answered" in r.seen and "nospamd" in r.fix for r in results.values())
+    assert [line.split()[0] for line in spamd.heard] == ["EHLO"]

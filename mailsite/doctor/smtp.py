@@ -56,6 +56,9 @@ STUTTER_BYTES = 3
 
 # spamd's banner (spamd.c: "<name> ESMTP spamd IP-based SPAM blocker; <date>"); not a host named spamd.
 _SPAMD = re.compile(r"\bESMTP spamd\b|\bIP-based SPAM blocker\b", re.IGNORECASE)
+# spamd -n replaces that banner's words; its answer to EHLO stays (spamd.c), and after it spamd
+# takes every RCPT with 250, which must not read as an open relay.
+_SPAMD_EHLO = re.compile(r"\bspam sender\b.*\bwasting your time\b", re.IGNORECASE)
 _SPAMD_FIX = ("pf hands an IPv4 sender it does not know to spamd, not smtpd: run doctor from an address "
               "that skips spamd (pf's <nospamd>: the site's MXes and /etc/mail/nospamd; or one the "
               "bgp-spamd bypass list carries), or read the IPv6 results, which meet smtpd directly")
@@ -475,6 +478,9 @@ def _greet(view: SiteView, address: Address, port: int, session: _Port25 | None 
                 conversation.close()
                 return conversation, greeting, greeting
         ehlo = conversation.command(f"EHLO {HELO_NAME}")
+        if session is not None and _SPAMD_EHLO.search(ehlo.text):
+            session.spamd = f"spamd's answer to EHLO: {ehlo}"
+            conversation.close()
     except Tarpit as error:
         conversation.close()
         if session is not None:
