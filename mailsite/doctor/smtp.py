@@ -104,14 +104,20 @@ def _unaddressed(view: SiteView, host: Host) -> tuple[Status, str, str]:
     does not say which."""
     mx = host.mx_name
     unchecked = "its port 25" + (", 587, 465 and 993 were" if host.is_primary else " was") + " not checked from outside"
-    troubles, found = [], []
-    for rdtype in ("A", "AAAA"):
+
+    def ask(rdtype: str) -> tuple[list[str], str]:
         try:
-            found += [record.address for record in view.resolver.resolve(mx, rdtype, lifetime=view.timeout)]
+            return [record.address for record in view.resolver.resolve(mx, rdtype, lifetime=view.timeout)], ""
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            continue
+            return [], ""
         except dns.exception.DNSException as error:
-            troubles.append(f"{rdtype}: {type(error).__name__}")
+            return [], f"{rdtype}: {type(error).__name__}"
+
+    # A and AAAA at once: a silent resolver costs this check one timeout, well inside its deadline.
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(ask, ("A", "AAAA")))
+    found = [address for addresses, _ in answers for address in addresses]
+    troubles = [trouble for _, trouble in answers if trouble]
     if found:
         return (Status.WARN, f"{mx} had no address when doctor began, and now has {', '.join(found)}: {unchecked}",
                 "run doctor again (a resolver that answers only sometimes: see the DNS checks)")
