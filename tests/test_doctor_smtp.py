@@ -836,3 +836,41 @@ def test_spamd_with_its_banner_renamed_is_known_by_its_ehlo_answer_never_an_open
     assert {r.status for r in results.values()} == {Status.WARN}, results
     assert all("spamd answered" in r.seen and "nospamd" in r.fix for r in results.values())
     assert [line.split()[0] for line in spamd.heard] == ["EHLO"]
+
+
+def _root_and_intermediate(directory: Path) -> tuple[str, LabCA]:
+    """A root of a CA file of its own (as Let's Encrypt's ISRG root) and an intermediate it signed
+    (as R11), which signs the servers' certificates."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    root = LabCA.new("root")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = x509.CertificateBuilder().issuer_name(root.certificate.subject).serial_number(x509.random_serial_number())
+    root_certificate = (builder.subject_name(root.certificate.subject).public_key(root.key.public_key())
+                        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=365))
+                        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                        .sign(root.key, hashes.SHA256()))
+    intermediate = LabCA.new("intermediate")
+    intermediate_certificate = (
+        x509.CertificateBuilder().issuer_name(root.certificate.subject).serial_number(x509.random_serial_number())
+        .subject_name(intermediate.certificate.subject).public_key(intermediate.key.public_key())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root.key.public_key()), critical=False)
+        .sign(root.key, hashes.SHA256()))
+    cafile = directory / f"root-{os.urandom(4).hex()}.pem"
+    cafile.write_bytes(LabCA(root_certificate, root.key).pem)
+    return str(cafile), LabCA(intermediate_certificate, intermediate.key)
+
+
+def test_a_certificate_served_without_its_intermediate_fails_and_with_it_passes(plays):
+    cafile, intermediate = _root_and_intermediate(plays.directory)
+    leaf = intermediate.issue([MX2], not_after=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=60))
+    _healthy(plays, MX2, certificate=leaf)
+    verdict = _one(plays.run(plays.view(cafile=cafile), "mx2"), "STARTTLS")
+    assert verdict.status is Status.FAIL and "cannot be verified" in verdict.seen
+    assert "the chain included in the certificate file" in verdict.fix
+    _healthy(plays, MX2, certificate=Issued(leaf.certificate + intermediate.pem, leaf.key))
+    verdict = _one(plays.run(plays.view(cafile=cafile), "mx2"), "STARTTLS")
+    assert verdict.status is Status.PASS, verdict
