@@ -35,9 +35,18 @@ def site():
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port free on 127.0.0.1 for UDP and TCP (dnsmasq binds both) as it is asked."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port on loopback")
 
 
 def working_list(zone: str) -> list[str]:
@@ -55,25 +64,32 @@ def listing(address, zone: str, *codes: str, text: str = "") -> list[str]:
 def name_server(site, tmp_path: Path, lines: list[str]):
     """dnsmasq on 127.0.0.1 answering the site's MX names and `lines` while the block runs, and
     a resolver that asks it; dnsmasq stops with the block, or by itself after a minute."""
-    port = _free_port()
     records = [f"host-record={h.mx_name},{h.ipv4},{h.ipv6}" for h in site.hosts]
     conf = "\n".join(["no-resolv", "no-hosts", "no-poll", "listen-address=127.0.0.1", "bind-interfaces",
                       "log-queries", *[f"local=/{d}/" for d in site.domains], *records, *lines]) + "\n"
     log = tmp_path / "dnsmasq.log"
-    argv = ["timeout", "60", "chroot", str(daemon_root().path), "dnsmasq", "--keep-in-foreground", "--conf-file=-",
-            f"--port={port}", "--pid-file=", "--log-facility=-"]
-    with open(log, "w") as out:
-        server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=out, text=True)
-    server.stdin.write(conf)
-    server.stdin.close()
-    resolver = _resolver(port)
-    try:
+    # The port found free may be taken again before dnsmasq binds it (other test workers, the
+    # resolvers' own source ports): then dnsmasq says so at once, and another port is tried.
+    for _ in range(5):
+        port = _free_port()
+        argv = ["timeout", "60", "chroot", str(daemon_root().path), "dnsmasq", "--keep-in-foreground", "--conf-file=-",
+                f"--port={port}", "--pid-file=", "--log-facility=-"]
+        with open(log, "w") as out:
+            server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=out, text=True)
+        server.stdin.write(conf)
+        server.stdin.close()
+        resolver = _resolver(port)
         for _ in range(100):
             with contextlib.suppress(dns.exception.DNSException):
                 resolver.resolve(site.hosts[0].mx_name, "A", lifetime=0.1)
                 break
-            assert server.poll() is None, log.read_text()
+            if server.poll() is not None:
+                break
             time.sleep(0.05)
+        if server.poll() is None or "Address already in use" not in log.read_text():
+            break
+    try:
+        assert server.poll() is None, log.read_text()
         yield resolver
     finally:
         server.terminate()
