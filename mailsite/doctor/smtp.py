@@ -66,8 +66,9 @@ _X509_EXPIRED, _X509_HOSTNAME_MISMATCH = 10, 62  # OpenSSL's verify codes
 
 
 def checks(view: SiteView) -> list[Check]:
-    """The outside checks of every MX, at every address its MX name has; for an MX name with
-    none, one check saying its outside went unchecked (never silence, which reads as healthy)."""
+    """The outside checks of every MX, at every address its MX name has; for a family the MX
+    must have (IPv4 always, IPv6 when the stack gives it) and has no address in, one check saying
+    it went unchecked over it (never silence, which a run that exits 0 reads as healthy)."""
     hosts = view.site.hosts
     # The names' addresses decide which checks exist: asked at once for every MX (view caches
     # them for the other areas), so a dead resolver costs one timeout here, not one per MX.
@@ -75,14 +76,20 @@ def checks(view: SiteView) -> list[Check]:
         addresses = dict(zip([host.name for host in hosts], pool.map(view.addresses, hosts)))
     found: list[Check] = []
     for host in hosts:
-        if not addresses[host.name]:
-            found.append(_unaddressed_check(view, host))
+        had = {address.version for address in addresses[host.name]}
+        found += [_unaddressed_check(view, host, version) for version in _families(host) if version not in had]
         # Every address, not one per family: a sender tries any of them, and a stale record left
         # for a rebuilt VM's old address takes a share of the mail to wherever it points now.
         for address in addresses[host.name]:
             found += _host_checks(view, host, address, _family(address, addresses[host.name]))
     found += [_mta_sts_check(view, policy_host) for policy_host in policy_hosts(view.site)]
     return found
+
+
+def _families(host: Host) -> list[int]:
+    """The address families senders must reach the MX over: IPv4 always (spamd, its sync and
+    most senders are IPv4 only), IPv6 when the stack gives the host IPv6."""
+    return [4] + ([6] if host.ipv6 is not None else [])
 
 
 def _family(address: Address, every: list[Address]) -> str:
@@ -93,39 +100,32 @@ def _family(address: Address, every: list[Address]) -> str:
     return family
 
 
-def _unaddressed_check(view: SiteView, host: Host) -> Check:
+def _unaddressed_check(view: SiteView, host: Host, version: int) -> Check:
     mx = host.mx_name
-    return Check(f"{mx}: port 25 answers as {mx}", AREA, host.name, lambda: _unaddressed(view, host))
+    return Check(f"{mx}: port 25 answers as {mx} over IPv{version}", AREA, host.name,
+                 lambda: _unaddressed(view, host, version))
 
 
-def _unaddressed(view: SiteView, host: Host) -> tuple[Status, str, str]:
-    """Why an MX had no address when the checks were made: none in DNS (FAIL: no sender reaches
-    it), or the resolver did not answer (WARN: cannot tell). Asked again, as view.addresses
-    does not say which."""
-    mx = host.mx_name
-    unchecked = "its port 25" + (", 587, 465 and 993 were" if host.is_primary else " was") + " not checked from outside"
-
-    def ask(rdtype: str) -> tuple[list[str], str]:
-        try:
-            return [record.address for record in view.resolver.resolve(mx, rdtype, lifetime=view.timeout)], ""
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return [], ""
-        except dns.exception.DNSException as error:
-            return [], f"{rdtype}: {type(error).__name__}"
-
-    # A and AAAA at once: a silent resolver costs this check one timeout, well inside its deadline.
-    with ThreadPoolExecutor(2) as pool:
-        answers = list(pool.map(ask, ("A", "AAAA")))
-    found = [address for addresses, _ in answers for address in addresses]
-    troubles = [trouble for _, trouble in answers if trouble]
-    if found:
-        return (Status.WARN, f"{mx} had no address when doctor began, and now has {', '.join(found)}: {unchecked}",
-                "run doctor again (a resolver that answers only sometimes: see the DNS checks)")
-    if troubles:
-        return (Status.WARN, f"cannot tell: the resolver gave no answer for {mx} ({'; '.join(troubles)}): {unchecked}",
+def _unaddressed(view: SiteView, host: Host, version: int) -> tuple[Status, str, str]:
+    """Why an MX had no address of a family when the checks were made: none in DNS (FAIL: no
+    sender reaches it over that family), or the resolver did not answer (WARN: cannot tell).
+    Asked again, as view.addresses does not say which."""
+    mx, rdtype = host.mx_name, "A" if version == 4 else "AAAA"
+    ports = "port 25" + (", 587, 465 and 993" if host.is_primary else "")
+    unchecked = f"its {ports} not checked from outside over IPv{version}"
+    try:
+        now = [record.address for record in view.resolver.resolve(mx, rdtype, lifetime=view.timeout)]
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        now = []
+    except dns.exception.DNSException as error:
+        return (Status.WARN, f"cannot tell: the resolver gave no {rdtype} answer for {mx} ({type(error).__name__}): {unchecked}",
                 "run doctor again, or with --nameserver set to a resolver that answers")
-    return (Status.FAIL, f"{mx} has no A or AAAA record: no sender can reach it, and {unchecked}",
-            f"publish {mx}'s addresses (the DNS checks say which)")
+    if now:
+        return (Status.WARN, f"{mx} had no {rdtype} record when doctor began, and now has {', '.join(now)}: {unchecked}",
+                "run doctor again (a resolver that answers only sometimes: see the DNS checks)")
+    why = "no sender can reach it" if version == 4 else "the stack gives it IPv6, and no sender reaches it over IPv6"
+    return (Status.FAIL, f"{mx} has no {rdtype} record: {why}, and {unchecked}",
+            f"publish {mx}'s {rdtype} record (the DNS checks say which address)")
 
 
 def _host_checks(view: SiteView, host: Host, address: Address, family: str) -> list[Check]:
