@@ -433,6 +433,7 @@ class _Server:
 # Each MX at an address of its own on the namespace's loopback; the policy hosts at the primary's.
 ADDRESSES = {host.mx_name: f"127.0.0.{11 + index}" for index, host in enumerate(SITE.hosts)}
 MX1, MX2, MX3 = (host.mx_name for host in SITE.hosts)
+NAMES = dict(ADDRESSES) | {f"mta-sts.{domain}": ADDRESSES[MX1] for domain in SITE.domains}
 
 
 @pytest.fixture(scope="module")
@@ -442,7 +443,7 @@ def world(tmp_path_factory) -> Iterator[World]:
     made = World(namespace, tmp_path_factory.mktemp("doctor-smtp"))
     try:
         subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
-        made.names = dict(ADDRESSES) | {f"mta-sts.{domain}": ADDRESSES[MX1] for domain in SITE.domains}
+        made.names = dict(NAMES)
         made.start((smtp.SMTP, smtp.SUBMISSION, smtp.SMTPS, smtp.IMAPS, smtp.HTTPS))
         yield made
     finally:
@@ -457,7 +458,8 @@ def plays(world) -> Iterator[World]:
     yield world
     world.plays.clear()
     world.names6.clear()
-    world.names.update(ADDRESSES)
+    world.names.clear()
+    world.names.update(NAMES)
     world.unanswered.clear()
 
 
@@ -895,3 +897,16 @@ def test_a_certificate_served_without_its_intermediate_fails_and_with_it_passes(
     _healthy(plays, MX2, certificate=Issued(leaf.certificate + intermediate.pem, leaf.key))
     verdict = _one(plays.run(plays.view(cafile=cafile), "mx2"), "STARTTLS")
     assert verdict.status is Status.PASS, verdict
+
+
+def test_an_mta_sts_host_the_resolver_does_not_answer_for_warns_cannot_tell(plays):
+    _primary(plays)
+    plays.unanswered.add("mta-sts.example.org")
+    results = plays.run(plays.view(timeout=0.5), "mx1")
+    verdict = _one(results, "mta-sts.example.org")
+    assert verdict.status is Status.WARN and "cannot tell" in verdict.seen, verdict
+    assert verdict.seconds < 0.9
+    assert _one(results, "mta-sts.example.net").status is Status.PASS
+    plays.unanswered.clear()
+    del plays.names["mta-sts.example.org"]
+    assert _one(plays.run(plays.view(), "mx1"), "mta-sts.example.org").status is Status.FAIL

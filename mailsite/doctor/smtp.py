@@ -833,13 +833,24 @@ def _mta_sts_check(view: SiteView, host: str) -> Check:
 
 def _mta_sts(view: SiteView, host: str) -> tuple[Status, str, str]:
     url = f"https://{host}{WELL_KNOWN_PATH}"
-    addresses: list[Address] = []
-    for rdtype in ("A", "AAAA"):
+
+    def ask(rdtype: str) -> tuple[list[Address], str]:
         try:
             answer = view.resolver.resolve(host, rdtype, lifetime=view.timeout)
-        except dns.exception.DNSException:
-            continue
-        addresses += [ipaddress.ip_address(record.address) for record in answer]
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return [], ""
+        except dns.exception.DNSException as error:
+            return [], f"{rdtype}: {type(error).__name__}"
+        return [ipaddress.ip_address(record.address) for record in answer], ""
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(ask, ("A", "AAAA")))
+    addresses = [address for found, _ in answers for address in found]
+    troubles = [trouble for _, trouble in answers if trouble]
+    if not addresses and troubles:
+        # A resolver that did not answer says nothing of the policy: not a FAIL of the site.
+        return (Status.WARN, f"cannot tell: the resolver gave no answer for {host} ({'; '.join(troubles)})",
+                "run doctor again, or with --nameserver set to a resolver that answers")
     if not addresses:
         return Status.FAIL, f"{host} has no address in DNS", f"publish {host} with the primary's addresses (the DNS checks say what is missing)"
     address = addresses[0]
