@@ -556,6 +556,8 @@ def test_an_mx_greeting_as_another_name_fails(plays):
     verdict = _one(plays.run(plays.view(), "mx2"), "port 25 answers")
     assert verdict.status is Status.FAIL and "localhost.localdomain" in verdict.seen
     assert "/etc/myname" in verdict.fix
+    # An ISP handing outgoing port 25 to its own server makes every MX greet with that server's name.
+    assert "hands outgoing port 25 to its own server" in verdict.fix
 
 
 def test_spamd_answering_warns_to_run_from_the_bypass_list(plays):

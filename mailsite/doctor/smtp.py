@@ -605,7 +605,9 @@ def _greeting_verdict(session: _Port25, mx: str) -> tuple[Status, str, str]:
         return Status.FAIL, seen, "smtpd greets a sender with 220 when it takes mail: read its log for why it refuses"
     if any(word.lower().rstrip(".") != mx.lower() for word in said):
         return (Status.FAIL, seen, f"the MX must greet as {mx}, the name its MX record, PTR and certificate carry: "
-                                   f"set the host's name (/etc/myname) or smtpd's listener hostname to it")
+                                   f"set the host's name (/etc/myname) or smtpd's listener hostname to it; if every MX "
+                                   "greets with the same other name, this machine's network hands outgoing port 25 to "
+                                   "its own server (many ISPs do): run doctor from a server")
     return Status.PASS, seen, ""
 
 
