@@ -330,9 +330,9 @@ def _context(view: SiteView, verify: bool = True) -> ssl.SSLContext:
         context.verify_mode = ssl.CERT_NONE
         return context
     context = ssl.create_default_context(cafile=view.cafile)
-    # A name only in the subject's CN is no name to a modern client (RFC 6125 6.4.4; browsers and
-    # Postfix's, Exim's and Google's MTA-STS verification read subjectAltName alone): Python's
-    # default still falls back to the CN, which would PASS a certificate senders refuse.
+    # A name only in the subject's CN is no name to a modern client (RFC 9525 dropped the CN as an
+    # identity; browsers and MTA-STS senders match subjectAltName): Python's default still falls
+    # back to the CN, which would PASS a certificate senders refuse.
     context.hostname_checks_common_name = False
     return context
 
