@@ -197,7 +197,8 @@ def test_status_lists_each_backup_with_its_time_size_and_the_last_ones_age():
 
 
 @pytest.mark.parametrize("what, kind", [("password", BackupRefused), ("bucket", BackupRefused),
-                                        ("credentials", BackupRefused), ("user", BackupRefused), ("busy", BackupBusy)])
+                                        ("credentials", BackupRefused), ("volume", BackupRefused), ("user", BackupRefused),
+                                        ("busy", BackupBusy)])
 @pytest.mark.parametrize("before", ["", "logger: socket /dev/log: No such file or directory\n"])
 def test_the_jobs_refusals_become_one_line_errors(what, kind, before):
     said = f"{before}mailsite-backup: {what}: the line the admin reads\n"
