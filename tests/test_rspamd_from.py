@@ -50,3 +50,33 @@ def test_mail_no_one_logged_in_for_may_carry_others_from(lab):
     to its envelope (nor signed: it came from outside)."""
     verdict = _scan(lab, "From: bob@example.org\n", user=None)
     assert "MAILSITE_FROM_NOT_SENDER" not in verdict["symbols"] and "DKIM_SIGNED" not in verdict["symbols"], verdict
+
+
+@pytest.mark.parametrize("headers", [
+    "From: bob@example.org <alice@example.org>\n",
+    'From: "bob@example.org" <alice@example.org>\n',
+    "From: =?utf-8?b?Ym9iQGV4YW1wbGUub3Jn?= <alice@example.org>\n",  # "bob@example.org", MIME-encoded
+    "From: alice@example.org (bob@example.org)\n",
+    "From: alice@example.org\n\tbob@example.org\n",
+    "From: alice@example.org\nSender: bob@example.org\n",
+], ids=["bare display name", "quoted display name", "encoded display name", "comment", "folded", "sender"])
+def test_another_address_a_reader_takes_for_the_sender_is_refused_around_the_users_own(lab, headers):
+    """rspamd parses the user's own address out of each From: here, but a reader is shown bob's
+    (many mail apps show only the display name, "on behalf of" a Sender:; Python's parser takes
+    bob@example.org for the address of the first): signed for example.org, it would pass DMARC as
+    bob's. Found in review."""
+    verdict = _scan(lab, headers)
+    assert verdict["action"] == "reject" and "MAILSITE_FROM_NOT_SENDER" in verdict["symbols"], verdict
+    assert "DKIM_SIGNED" not in verdict["symbols"] and "dkim-signature" not in verdict
+
+
+@pytest.mark.parametrize("headers", [
+    'From: "Alice Doe" <alice@example.org>\n',
+    "From: =?utf-8?q?Alice_D=C3=B6e?= <alice@example.org>\n",
+    "From: alice@example.org <alice@example.org>\n",
+    "From: Alice @ Home <alice@example.org>\n",
+], ids=["thunderbird", "encoded name", "own address as name", "at sign in name"])
+def test_a_mail_apps_from_with_the_users_name_is_taken_and_signed(lab, headers):
+    verdict = _scan(lab, headers)
+    assert verdict["action"] != "reject" and "MAILSITE_FROM_NOT_SENDER" not in verdict["symbols"], verdict
+    assert "DKIM_SIGNED" in verdict["symbols"]
