@@ -16,9 +16,10 @@ from .hosts import ControlError, HostControl
 from .model import Site
 
 # The job's refusals ("mailsite-backup: <what>: <line>", exit 3): what the admin must mend (a
-# password, a bucket, the keys, a new volume not yet restored, a user), or a run already at work.
+# password, a bucket, the keys, a new volume not yet restored, a volume with no room for the copy, a
+# user), or a run already at work.
 # ssh's error puts the first line of it after "... failed: ".
-_REFUSAL = re.compile(r"(?:^|\s)mailsite-backup: (password|bucket|credentials|volume|user|busy): (.+)$", re.M)
+_REFUSAL = re.compile(r"(?:^|\s)mailsite-backup: (password|bucket|credentials|volume|space|user|busy): (.+)$", re.M)
 # A snapshot as restic names one: latest, or its id or a prefix of it (8 hex digits are shown).
 SNAPSHOT = re.compile(r"latest|[0-9a-f]{8,64}")
 

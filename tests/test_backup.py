@@ -197,7 +197,7 @@ def test_status_lists_each_backup_with_its_time_size_and_the_last_ones_age():
 
 
 @pytest.mark.parametrize("what, kind", [("password", BackupRefused), ("bucket", BackupRefused),
-                                        ("credentials", BackupRefused), ("volume", BackupRefused), ("user", BackupRefused),
+                                        ("credentials", BackupRefused), ("volume", BackupRefused), ("space", BackupRefused), ("user", BackupRefused),
                                         ("busy", BackupBusy)])
 @pytest.mark.parametrize("before", ["", "logger: socket /dev/log: No such file or directory\n"])
 def test_the_jobs_refusals_become_one_line_errors(what, kind, before):
@@ -299,3 +299,31 @@ def test_the_jobs_repository_is_the_settings_own_whatever_the_endpoint_url_holds
                            timeout=10, cwd=tmp_path)
     assert (shown.returncode, shown.stdout, shown.stderr) == (0, site.backup.repository + "\n", "")
     assert list(tmp_path.iterdir()) == []
+
+
+def _room(tmp_path, mailboxes_kb: int, copied_kb: int | None, total_kb: int, free_kb: int) -> subprocess.CompletedProcess[str]:
+    """The job's check of the volume's room before it copies the mailboxes, run by sh with du and
+    df answering as a volume of those sizes would (no volume here to fill)."""
+    job = _tree(_site())[JOB].text
+    start = job.index("\nroom() {") + 1
+    function = job[start:job.index("\n}\n", start) + 3]
+    stubs = f"""
+du() {{ case $2 in */backup/mail) {'echo "%d $2"' % copied_kb if copied_kb is not None else 'return 1'} ;; *) echo "{mailboxes_kb} $2" ;; esac; }}
+df() {{ printf 'Filesystem 1024-blocks Used Available Capacity Mounted on\\n/dev/sd1a {total_kb} {total_kb - free_kb} {free_kb} 50%% /var/mailsite\\n'; }}
+refuse() {{ echo "mailsite-backup: $1: $2" >&2; exit 3; }}
+volume=/var/mailsite mailboxes=/var/mailsite/mail staging=/var/mailsite/backup/mail
+"""
+    return subprocess.run(["sh", "-c", stubs + function + "room && echo room"], capture_output=True, text=True, timeout=10, cwd=tmp_path)
+
+
+def test_a_backup_makes_no_copy_of_the_mailboxes_the_volume_has_no_room_for(tmp_path):
+    gb = 1024 * 1024
+    # 40 GB of mail on a 100 GB volume with 55 GB free: the first copy would leave 15 GB.
+    assert _room(tmp_path, 40 * gb, None, 100 * gb, 55 * gb).stdout == "room\n"
+    # 60% full (the mail alone): the copy would fill it, and deliveries would stop.
+    full = _room(tmp_path, 60 * gb, None, 100 * gb, 40 * gb)
+    assert full.returncode == 3 and full.stdout == "", full
+    assert full.stderr == ("mailsite-backup: space: /var/mailsite has 40960 MB free of 102400 MB; the mailboxes' copy needs "
+                           "61440 MB more, and a tenth must stay free for mail: grow mailVolume.size (docs/backups.md)\n")
+    # The copy kept from the last run: only what changed since needs room.
+    assert _room(tmp_path, 60 * gb, 59 * gb, 130 * gb, 20 * gb).stdout == "room\n"
