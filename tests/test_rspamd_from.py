@@ -80,3 +80,28 @@ def test_a_mail_apps_from_with_the_users_name_is_taken_and_signed(lab, headers):
     verdict = _scan(lab, headers)
     assert verdict["action"] != "reject" and "MAILSITE_FROM_NOT_SENDER" not in verdict["symbols"], verdict
     assert "DKIM_SIGNED" in verdict["symbols"]
+
+
+@pytest.mark.parametrize(("header", "signed"), [
+    ("From: ROOT@MX1.EXAMPLE.ORG\n", True),
+    ("From: x@" + "a" * 3000 + ".example.org\n", True),
+    ("From: =?utf-8?b?/w==?= <root@mx1.example.org>\n", True),  # a name that is no UTF-8
+    ("From: root\n", False),
+    ("From: root@\n", False),
+    ("From: <>\n", False),
+    ("From: x@exämple.org\n", False),
+    ("From: x@mx1.example.org.evil.test\n", False),
+    ("", False),
+], ids=["capitals", "very long", "bad utf-8 name", "no at", "no domain", "empty", "unicode", "site name inside", "none"])
+def test_the_hosts_own_mail_of_any_from_is_answered_and_signed_only_in_a_site_domain(lab, header, signed):
+    """A bounce's (no envelope sender) or root's From: may be anything a local program wrote: the
+    rendered use_domain_custom Lua, run by rspamd on the message it parsed, never errs (an error
+    would leave the mail unsigned or held), never refuses, and signs only a From: in a site domain."""
+    message = header + "To: someone@outside.test\nSubject: report\n\nThe nightly report.\n"
+    argv = ["rspamc", "-h", "127.0.0.1:11333", "--json", "--ip", "127.0.0.1", "--from", "", "--rcpt",
+            "someone@outside.test", "symbols"]
+    result = lab.run_in(lab.plan.site.primary.name, argv, input=message)
+    assert result.returncode == 0, result.stderr
+    verdict = json.loads(result.stdout)
+    assert verdict["action"] == "no action", verdict
+    assert ("d=example.org;" in verdict.get("dkim-signature", "")) is signed, verdict
