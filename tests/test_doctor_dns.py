@@ -294,6 +294,11 @@ def served(tmp_path_factory) -> Iterator[Served]:
         [r for r in records if not _is("mx3.on-vultr.example", "A")(r)],
         [r for r in reverse if r.name != "mx2.on-vultr.example"]), vultr=True)
     zones[BEHIND] = _zone(BEHIND, 91, secrets, key, FAULTS["fine"])
+    # On Vultr (addresses allocated, so not in the stack): mx2's A record typed by hand as loopback.
+    zones["loopback-a"] = _zone("loopback-a", 96, secrets, key, lambda site, records, reverse: (
+        [replace(r, value="127.0.0.1") if _is("mx2.loopback-a.example", "A")(r) else r for r in records],
+        [r for r in reverse if not (r.name == "mx2.loopback-a.example" and ipaddress.ip_address(r.address).version == 4)]),
+        vultr=True)
     behind = zones[BEHIND]
     old = [replace(r, value="v=STSv1; id=20250101old") if r.name == f"_mta-sts.{BEHIND}.example" else r for r in behind.records]
     port = _free_port()
@@ -508,6 +513,13 @@ def test_on_vultr_a_missing_a_record_and_reverse_dns_name_vultr_and_pulumi_up(se
     reverse = failed["mx2.on-vultr.example: reverse DNS names it (forward-confirmed)"]
     assert reverse.status is Status.FAIL and "10.94.0.2 has no PTR record" in reverse.seen
     assert "reverse DNS to mx2.on-vultr.example at Vultr" in reverse.fix
+
+
+def test_an_mx_name_served_a_loopback_address_fails_naming_it(served):
+    # Checked from outside, 127.0.0.1 would be the machine doctor runs on: a PASS there would be
+    # a check of the wrong host.
+    result = _doctor(served, served.zones["loopback-a"])["mx2.loopback-a.example: A/AAAA records"]
+    assert result.status is Status.FAIL and "no sender can reach: 127.0.0.1" in result.seen and "Vultr DNS" in result.fix
 
 
 def test_a_silent_name_server_of_the_zone_holds_no_check_past_its_deadline(served):

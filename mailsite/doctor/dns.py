@@ -616,6 +616,14 @@ def _aliased(comparer: Comparer, host: Host, records: Sequence[DnsRecord]) -> tu
             f"remove {host.mx_name}. IN CNAME {served.alias}.; {publish}; {where_published(site, host.mx_name)}")
 
 
+def _nowhere(text: str) -> bool:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified or address.is_link_local or address.is_multicast
+
+
 def _addresses(view: SiteView, zones: Zones, host: Host) -> tuple[Status, str, str]:
     site, comparer = view.site, Comparer(view, zones)
     names = [name for name, owner in address_names(site) if owner.name == host.name]
@@ -644,6 +652,13 @@ def _addresses(view: SiteView, zones: Zones, host: Host) -> tuple[Status, str, s
     if host.ipv6 is not None and not ipv6:
         return (Status.FAIL, f"{host.mx_name} has no AAAA record, and the stack gives it IPv6",
                 f"publish {host.mx_name}'s AAAA record, the address of its VM: {where_published(site, host.mx_name)}")
+    # An address no sender can reach (loopback, unspecified, link-local, multicast): a record
+    # typed by hand or a placeholder, which the checks from outside would then test on the machine
+    # doctor runs on. Private ones stay: a libvirt site's network may be one.
+    unreachable = [text for text in (*ipv4, *ipv6) if _nowhere(text)]
+    if unreachable:
+        return (Status.FAIL, f"{host.mx_name} has an address no sender can reach: {', '.join(unreachable)}",
+                f"publish the address of its VM instead: {where_published(site, host.mx_name)}")
     wants = [Want(name, kind, tuple(DnsRecord(name, kind.rdtype, text) for text in texts))  # type: ignore[arg-type]
              for name in names if name != host.mx_name for kind, texts in ((A, ipv4), (AAAA, ipv6))]
     status, seen, fix = _outcome(findings(comparer, wants))
