@@ -196,6 +196,13 @@ def _domain(value: str) -> str:
     name = value.rstrip(".").lower()
     labels = name.split(".")
     if len(name) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+        if not name.isascii():
+            # An internationalized name goes into DNS, smtpd.conf and certificates as its A-labels.
+            try:
+                ascii_name = name.encode("idna").decode("ascii")
+            except UnicodeError:
+                raise ValueError("not a domain name; write it like example.org") from None
+            raise ValueError(f"write the domain in its ASCII form (A-labels), {ascii_name}")
         raise ValueError("not a domain name; write it like example.org")
     if labels[-1].isdigit():
         raise ValueError("not a domain name (an address?); write it like example.org")

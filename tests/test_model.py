@@ -52,6 +52,7 @@ BAD = [
     ("backup not worse", lambda s: _host(s, 1).update(preference=10), "mailsite:hosts[1].preference", "set it above 10"),
     ("backup better", lambda s: _host(s, 2).update(preference=5), "mailsite:hosts[2].preference", "set it above 10"),
     ("bad domain", lambda s: s["domains"].__setitem__(0, "example..org"), "mailsite:domains[0]", "like example.org"),
+    ("unicode domain", lambda s: s["domains"].__setitem__(0, "bücher.example"), "mailsite:domains[0]", "A-labels), xn--bcher-kva.example"),
     ("address as domain", lambda s: s["domains"].__setitem__(1, "192.0.2.1"), "mailsite:domains[1]", "like example.org"),
     ("resolver not an address", lambda s: s["network"].update(nameservers=["ns1"]), "mailsite:network.nameservers[0]",
      "not an IP address; write one like 192.0.2.10 or 2001:db8::10"),
