@@ -726,8 +726,12 @@ def test_next_bake_removes_the_key_archive_a_killed_bake_left(example_site, tmp_
 
     dead = subprocess.Popen(["true"])
     dead.wait()
+    # Made whole, then named as a dead bake's: a bake of another test worker sweeps such names at
+    # any moment, and could take the directory before its archive was written into it.
+    made = Path(tempfile.mkdtemp(prefix="mailsite-test-"))
+    (made / "keys.tar").write_bytes(key_archive(render_site(example_site)["mx2"]))
     left = Path(tempfile.mkdtemp(prefix=f"mailsite-bake-{dead.pid}-"))
-    (left / "keys.tar").write_bytes(key_archive(render_site(example_site)["mx2"]))
+    os.rename(made, left)  # over the empty directory: one step
     alive = Path(tempfile.mkdtemp(prefix=f"mailsite-bake-{os.getpid()}-"))  # a bake under way here
     try:
         bake(_request(example_site, tmp_path), progress=lambda _: None)
