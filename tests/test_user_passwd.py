@@ -359,6 +359,16 @@ def test_the_provider_process_bakes_the_primary_the_program_asked_for(tmp_path, 
     assert rpc.is_rpc_secret(rpc.deserialize_properties(again.state[mx1].inputs)["passwordHashes"]), "...as a secret"
     leaked = [h for h in hashes if any(h in text for text in (first.in_clear(), preview.in_clear(), again.in_clear(), log))]
     assert not leaked, "a hash in clear in state or the provider's log"
+    # The DKIM private keys (the primary's, and each backup's for its own mail) travel the same way.
+    # Their PEM's second half, past the modulus the published public key shares: the private part.
+    from mailsite.secrets import site_dkim_keys
+    bodies = [[line for line in selector.private_key.get_secret_value().splitlines() if "PRIVATE KEY" not in line]
+              for keys in site_dkim_keys(load_site(settings), "test", ROOT).values() for selector in keys.selectors]
+    private = [line for body in bodies for line in body[len(body) // 2:-1]]
+    assert private, "the file backend holds the site's DKIM keys"
+    where = {name for name, text in (("state", first.in_clear()), ("state after a change", again.in_clear()), ("the provider's log", log))
+             if any(line in text for line in private)}
+    assert not where, f"a DKIM private key in clear in {', '.join(sorted(where))}"  # named, never shown
 
 
 def test_a_review_render_shows_each_hash_as_redacted_with_its_version(tmp_path):
